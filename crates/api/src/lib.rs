@@ -1,0 +1,43 @@
+//! Stratum's REST surface on actix-web: routes, the auth extractor, DTOs and the one
+//! error mapping. Everything here is wiring; rules live in the domain crates.
+
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod middleware;
+pub mod state;
+
+use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::{web, App, HttpResponse};
+
+pub use error::ApiError;
+pub use state::AppState;
+
+async fn unknown_route() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::not_found("NOT_FOUND", "route"))
+}
+
+/// Builds the whole application for `state`.
+pub fn app(
+    state: web::Data<AppState>,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl actix_web::body::MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    App::new()
+        .app_data(state)
+        .configure(extract::configure)
+        .configure(health::routes)
+        .service(web::scope("/api/v1").configure(routes))
+        .default_service(web::to(unknown_route))
+        .wrap(actix_web::middleware::from_fn(middleware::request_id))
+}
+
+/// The `/api/v1` routes.
+pub fn routes(_cfg: &mut web::ServiceConfig) {}

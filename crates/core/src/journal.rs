@@ -1,0 +1,119 @@
+//! The record every mutation commits together with its change: audit entry + event.
+
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::Actor;
+
+/// Request facts kept in the audit entry's `metadata`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RequestMeta {
+    /// The `X-Request-Id` of the request.
+    pub request_id: Option<String>,
+    /// The client address.
+    pub ip: Option<String>,
+    /// The client's `User-Agent`.
+    pub user_agent: Option<String>,
+}
+
+/// An event to put in the outbox and fan out to subscribed webhooks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventDraft {
+    /// One of the supported event names, e.g. `tenant.created`.
+    pub event_type: String,
+    /// The tenant the event is about (`None`: global).
+    pub tenant_id: Option<Uuid>,
+    /// The resource after the change, secrets redacted.
+    pub payload: Value,
+    /// Tenants whose webhooks also receive it besides the tenant's own ancestry
+    /// (a moved tenant's former ancestors).
+    pub extra_audience: Vec<Uuid>,
+}
+
+/// What a mutation records: built by a domain service, written by the adapter in the
+/// mutation's own transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Journal {
+    /// `actor_id` of the audit entry.
+    pub actor_id: String,
+    /// `actor_type` of the audit entry.
+    pub actor_type: String,
+    /// e.g. `tenant.created`.
+    pub action: String,
+    /// e.g. `tenant`.
+    pub resource_type: String,
+    /// The resource's id.
+    pub resource_id: Option<String>,
+    /// The tenant the change belongs to.
+    pub tenant_id: Option<Uuid>,
+    /// State before, redacted.
+    pub before: Option<Value>,
+    /// State after, redacted.
+    pub after: Option<Value>,
+    /// Request facts.
+    pub meta: RequestMeta,
+    /// The event, when the change is one webhooks hear about.
+    pub event: Option<EventDraft>,
+}
+
+impl Journal {
+    /// A journal entry for `action` on `resource_type` by `actor`.
+    pub fn new(actor: &Actor, meta: &RequestMeta, action: &str, resource_type: &str) -> Self {
+        Self {
+            actor_id: actor.id(),
+            actor_type: actor.kind_name().to_owned(),
+            action: action.to_owned(),
+            resource_type: resource_type.to_owned(),
+            resource_id: None,
+            tenant_id: None,
+            before: None,
+            after: None,
+            meta: meta.clone(),
+            event: None,
+        }
+    }
+
+    /// Sets the resource id.
+    pub fn resource(mut self, id: impl ToString) -> Self {
+        self.resource_id = Some(id.to_string());
+        self
+    }
+
+    /// Sets the tenant.
+    pub fn tenant(mut self, tenant_id: Option<Uuid>) -> Self {
+        self.tenant_id = tenant_id;
+        self
+    }
+
+    /// Sets the before state.
+    pub fn before(mut self, state: Option<Value>) -> Self {
+        self.before = state;
+        self
+    }
+
+    /// Sets the after state.
+    pub fn after(mut self, state: Option<Value>) -> Self {
+        self.after = state;
+        self
+    }
+
+    /// Emits an event named like the action, for the journal's tenant, with `payload`.
+    pub fn emit(mut self, payload: Value) -> Self {
+        self.event = Some(EventDraft {
+            event_type: self.action.clone(),
+            tenant_id: self.tenant_id,
+            payload,
+            extra_audience: Vec::new(),
+        });
+        self
+    }
+
+    /// Also delivers the event to webhooks of these tenants.
+    pub fn also_to(mut self, tenants: Vec<Uuid>) -> Self {
+        if let Some(e) = self.event.as_mut() {
+            e.extra_audience = tenants;
+        }
+        self
+    }
+}

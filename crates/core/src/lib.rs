@@ -1,0 +1,25 @@
+//! Stratum core: the vocabulary every other crate shares.
+//!
+//! Ids, who is acting ([`Actor`], [`Scope`]), where in the tenant tree ([`TenantPath`]),
+//! what a mutation records alongside itself ([`Journal`]), the [`Clock`] port, pagination
+//! and the wire format of timestamps.
+
+pub mod actor;
+pub mod clock;
+pub mod ids;
+pub mod journal;
+pub mod page;
+pub mod store_error;
+pub mod tenant_path;
+pub mod timefmt;
+
+pub use actor::{Actor, ActorKind, Scope, TenantScope};
+pub use clock::{Clock, SystemClock};
+pub use ids::new_id;
+pub use journal::{EventDraft, Journal, RequestMeta};
+pub use page::{Limit, LimitError};
+pub use store_error::StoreError;
+pub use tenant_path::TenantPath;
+
+/// The marker that replaces secrets and sensitive values wherever they would be shown.
+pub const REDACTED: &str = "[REDACTED]";

@@ -1,0 +1,193 @@
+//! The current encryption key plus, during a rotation, the previous one.
+
+use crate::envelope::{envelope_key_id, EncryptionKey};
+use crate::error::CryptoError;
+
+/// Encrypts with the current key and decrypts with whichever known key a value names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keyring {
+    current: EncryptionKey,
+    previous: Option<EncryptionKey>,
+}
+
+impl Keyring {
+    /// Builds a keyring; a previous key equal to the current one is dropped.
+    pub fn new(current: EncryptionKey, previous: Option<EncryptionKey>) -> Self {
+        let previous = previous.filter(|p| *p != current);
+        Self { current, previous }
+    }
+
+    /// Derives both keys from master key strings as read from the environment.
+    pub fn from_env_values(current: &str, previous: Option<&str>) -> Result<Self, CryptoError> {
+        let current = EncryptionKey::derive(current)?;
+        let previous = previous.map(EncryptionKey::derive).transpose()?;
+        Ok(Self::new(current, previous))
+    }
+
+    /// The key new values are encrypted with.
+    pub fn current(&self) -> &EncryptionKey {
+        &self.current
+    }
+
+    /// The key being rotated away from, if any.
+    pub fn previous(&self) -> Option<&EncryptionKey> {
+        self.previous.as_ref()
+    }
+
+    /// Encrypts with the current key.
+    pub fn encrypt(&self, plaintext: &[u8]) -> Result<String, CryptoError> {
+        self.current.encrypt(plaintext)
+    }
+
+    /// Encrypts UTF-8 text with the current key.
+    pub fn encrypt_str(&self, plaintext: &str) -> Result<String, CryptoError> {
+        self.current.encrypt_str(plaintext)
+    }
+
+    /// Decrypts with the key the envelope names; `KeyMismatch` (expecting the current
+    /// key) when it names neither.
+    pub fn decrypt(&self, stored: &str) -> Result<Vec<u8>, CryptoError> {
+        self.key_for(stored)?.decrypt(stored)
+    }
+
+    /// Decrypts UTF-8 text with the key the envelope names.
+    pub fn decrypt_str(&self, stored: &str) -> Result<String, CryptoError> {
+        self.key_for(stored)?.decrypt_str(stored)
+    }
+
+    /// Whether the envelope names a key this keyring holds (says nothing about tampering).
+    pub fn can_decrypt(&self, stored: &str) -> bool {
+        self.key_for(stored).is_ok()
+    }
+
+    fn key_for(&self, stored: &str) -> Result<&EncryptionKey, CryptoError> {
+        let key_id = envelope_key_id(stored).ok_or(CryptoError::Malformed)?;
+        if key_id == self.current.key_id() {
+            return Ok(&self.current);
+        }
+        match &self.previous {
+            Some(previous) if key_id == previous.key_id() => Ok(previous),
+            _ => Err(CryptoError::KeyMismatch {
+                expected: self.current.key_id().to_owned(),
+                found: key_id.to_owned(),
+            }),
+        }
+    }
+}
+
+/// Re-encrypts a value stored under `old` with `new`; `KeyMismatch` if `old` did not make it.
+pub fn reencrypt(
+    old: &EncryptionKey,
+    new: &EncryptionKey,
+    stored: &str,
+) -> Result<String, CryptoError> {
+    new.encrypt(&old.decrypt(stored)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OLD: &str = "old-master-key-0123456789abcdefgh";
+    const NEW: &str = "new-master-key-0123456789abcdefgh";
+    const STRANGER: &str = "some-other-key-0123456789abcdefgh";
+
+    fn k(master: &str) -> EncryptionKey {
+        EncryptionKey::derive(master).unwrap()
+    }
+
+    #[test]
+    fn encrypts_with_current() {
+        let ring = Keyring::from_env_values(NEW, Some(OLD)).unwrap();
+        let stored = ring.encrypt_str("v").unwrap();
+        assert_eq!(envelope_key_id(&stored), Some(k(NEW).key_id()));
+        assert_eq!(k(NEW).decrypt_str(&stored).unwrap(), "v");
+        assert_eq!(ring.decrypt_str(&stored).unwrap(), "v");
+        assert_eq!(ring.decrypt(&ring.encrypt(b"b").unwrap()).unwrap(), b"b");
+    }
+
+    #[test]
+    fn picks_previous_key_by_id() {
+        let stored = k(OLD).encrypt_str("legacy").unwrap();
+        let ring = Keyring::new(k(NEW), Some(k(OLD)));
+        assert_eq!(ring.previous(), Some(&k(OLD)));
+        assert!(ring.can_decrypt(&stored));
+        assert_eq!(ring.decrypt_str(&stored).unwrap(), "legacy");
+        assert_eq!(ring.decrypt(&stored).unwrap(), b"legacy");
+    }
+
+    #[test]
+    fn unknown_key_is_mismatch_against_current() {
+        let stored = k(STRANGER).encrypt(b"x").unwrap();
+        let ring = Keyring::new(k(NEW), Some(k(OLD)));
+        assert!(!ring.can_decrypt(&stored));
+        assert_eq!(
+            ring.decrypt(&stored),
+            Err(CryptoError::KeyMismatch {
+                expected: k(NEW).key_id().to_owned(),
+                found: k(STRANGER).key_id().to_owned(),
+            })
+        );
+        let only_new = Keyring::new(k(NEW), None);
+        assert!(!only_new.can_decrypt(&k(OLD).encrypt(b"x").unwrap()));
+        assert_eq!(ring.decrypt("not an envelope"), Err(CryptoError::Malformed));
+        assert!(!ring.can_decrypt("not an envelope"));
+    }
+
+    #[test]
+    fn previous_equal_to_current_is_dropped() {
+        let ring = Keyring::from_env_values(NEW, Some(NEW)).unwrap();
+        assert!(ring.previous().is_none());
+    }
+
+    #[test]
+    fn short_keys_rejected() {
+        assert!(matches!(
+            Keyring::from_env_values("short", None),
+            Err(CryptoError::KeyTooShort { .. })
+        ));
+        assert!(matches!(
+            Keyring::from_env_values(NEW, Some("short")),
+            Err(CryptoError::KeyTooShort { got: 5, .. })
+        ));
+    }
+
+    #[test]
+    fn debug_hides_masters() {
+        let ring = Keyring::from_env_values(NEW, Some(OLD)).unwrap();
+        let dbg = format!("{ring:?}");
+        assert!(dbg.contains(k(NEW).key_id()) && dbg.contains(k(OLD).key_id()));
+        assert!(!dbg.contains(NEW) && !dbg.contains(OLD));
+    }
+
+    #[test]
+    fn reencrypt_round_trip() {
+        let (old, new) = (k(OLD), k(NEW));
+        let stored = old.encrypt_str("whsec_abc").unwrap();
+        let rotated = reencrypt(&old, &new, &stored).unwrap();
+        assert_eq!(envelope_key_id(&rotated), Some(new.key_id()));
+        assert_eq!(new.decrypt_str(&rotated).unwrap(), "whsec_abc");
+        assert!(matches!(
+            old.decrypt(&rotated),
+            Err(CryptoError::KeyMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn reencrypt_refuses_values_not_under_old() {
+        let (old, new) = (k(OLD), k(NEW));
+        let under_new = new.encrypt(b"x").unwrap();
+        assert_eq!(
+            reencrypt(&old, &new, &under_new),
+            Err(CryptoError::KeyMismatch {
+                expected: old.key_id().to_owned(),
+                found: new.key_id().to_owned(),
+            })
+        );
+        let stranger = k(STRANGER).encrypt(b"x").unwrap();
+        assert!(matches!(
+            reencrypt(&old, &new, &stranger),
+            Err(CryptoError::KeyMismatch { .. })
+        ));
+    }
+}

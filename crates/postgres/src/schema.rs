@@ -1,0 +1,166 @@
+// @generated automatically by Diesel CLI.
+
+diesel::table! {
+    api_keys (id) {
+        id -> Uuid,
+        tenant_id -> Nullable<Uuid>,
+        name -> Nullable<Text>,
+        key_hash -> Text,
+        key_prefix -> Text,
+        scopes -> Array<Nullable<Text>>,
+        created_at -> Timestamptz,
+        last_used_at -> Nullable<Timestamptz>,
+        revoked_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    audit_logs (id) {
+        id -> Uuid,
+        tenant_id -> Nullable<Uuid>,
+        actor_id -> Text,
+        actor_type -> Text,
+        action -> Text,
+        resource_type -> Text,
+        resource_id -> Nullable<Text>,
+        before_state -> Nullable<Jsonb>,
+        after_state -> Nullable<Jsonb>,
+        metadata -> Jsonb,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    config_entries (tenant_id, key) {
+        tenant_id -> Uuid,
+        key -> Text,
+        value -> Nullable<Jsonb>,
+        encrypted_value -> Nullable<Text>,
+        locked -> Bool,
+        sensitive -> Bool,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    consent_records (id) {
+        id -> Uuid,
+        tenant_id -> Uuid,
+        subject_id -> Text,
+        purpose -> Text,
+        granted -> Bool,
+        granted_at -> Timestamptz,
+        revoked_at -> Nullable<Timestamptz>,
+        expires_at -> Nullable<Timestamptz>,
+        metadata -> Jsonb,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    permission_policies (id) {
+        id -> Uuid,
+        tenant_id -> Uuid,
+        key -> Text,
+        value -> Jsonb,
+        mode -> Text,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    tenants (id) {
+        id -> Uuid,
+        parent_id -> Nullable<Uuid>,
+        name -> Text,
+        slug -> Text,
+        ancestry_path -> Text,
+        depth -> Int4,
+        metadata -> Jsonb,
+        status -> Text,
+        deleted_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    webhook_deliveries (id) {
+        id -> Uuid,
+        webhook_id -> Uuid,
+        event_id -> Uuid,
+        event_type -> Text,
+        tenant_id -> Nullable<Uuid>,
+        status -> Text,
+        attempts -> Int4,
+        next_retry_at -> Timestamptz,
+        last_error -> Nullable<Text>,
+        response_code -> Nullable<Int4>,
+        lease_id -> Nullable<Uuid>,
+        lease_expires_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+        completed_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    webhook_delivery_attempts (id) {
+        id -> Uuid,
+        delivery_id -> Uuid,
+        attempt -> Int4,
+        status_code -> Nullable<Int4>,
+        duration_ms -> Int4,
+        error -> Nullable<Text>,
+        response_body -> Nullable<Text>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    webhook_events (id) {
+        id -> Uuid,
+        event_type -> Text,
+        tenant_id -> Nullable<Uuid>,
+        payload -> Jsonb,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    webhooks (id) {
+        id -> Uuid,
+        tenant_id -> Nullable<Uuid>,
+        url -> Text,
+        events -> Array<Nullable<Text>>,
+        secret_encrypted -> Text,
+        active -> Bool,
+        description -> Nullable<Text>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(api_keys -> tenants (tenant_id));
+diesel::joinable!(config_entries -> tenants (tenant_id));
+diesel::joinable!(consent_records -> tenants (tenant_id));
+diesel::joinable!(permission_policies -> tenants (tenant_id));
+diesel::joinable!(webhook_deliveries -> webhook_events (event_id));
+diesel::joinable!(webhook_deliveries -> webhooks (webhook_id));
+diesel::joinable!(webhook_delivery_attempts -> webhook_deliveries (delivery_id));
+diesel::joinable!(webhooks -> tenants (tenant_id));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    api_keys,
+    audit_logs,
+    config_entries,
+    consent_records,
+    permission_policies,
+    tenants,
+    webhook_deliveries,
+    webhook_delivery_attempts,
+    webhook_events,
+    webhooks,
+);

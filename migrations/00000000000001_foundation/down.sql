@@ -1,0 +1,1 @@
+DROP FUNCTION IF EXISTS stratum_uuid_v7();

@@ -1,0 +1,9 @@
+DROP TABLE IF EXISTS webhook_delivery_attempts;
+DROP TABLE IF EXISTS webhook_deliveries;
+DROP TABLE IF EXISTS webhook_events;
+DROP TABLE IF EXISTS webhooks;
+DROP TABLE IF EXISTS audit_logs;
+DROP TABLE IF EXISTS api_keys;
+DROP TABLE IF EXISTS permission_policies;
+DROP TABLE IF EXISTS config_entries;
+DROP TABLE IF EXISTS tenants;

@@ -1,0 +1,1 @@
+DROP TABLE IF EXISTS consent_records;
