@@ -7,6 +7,7 @@ pub mod envelope;
 pub mod error;
 pub mod keyring;
 pub mod secret;
+pub mod shared;
 pub mod signing;
 pub mod tokens;
 
@@ -14,6 +15,7 @@ pub use envelope::{envelope_key_id, is_envelope, EncryptionKey};
 pub use error::CryptoError;
 pub use keyring::{reencrypt, Keyring};
 pub use secret::{SecretString, REDACTED};
+pub use shared::SharedKeyring;
 pub use signing::{
     generate_whsec, sign_delivery, sign_standard, sign_stratum, signing_key_bytes, verify_standard,
     verify_stratum, Signatures, DEFAULT_TOLERANCE_SECS,
