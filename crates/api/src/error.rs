@@ -171,3 +171,51 @@ impl From<StoreError> for ApiError {
         }
     }
 }
+
+impl From<stratum_tenancy::TenancyError> for ApiError {
+    fn from(e: stratum_tenancy::TenancyError) -> Self {
+        use stratum_tenancy::TenancyError as E;
+        match e {
+            E::Validation { field, message } => Self::field(field, message),
+            E::TenantNotFound => Self::not_found("TENANT_NOT_FOUND", "tenant"),
+            E::ConfigNotFound => Self::not_found("NOT_FOUND", "config key"),
+            E::PermissionNotFound => Self::not_found("NOT_FOUND", "permission policy"),
+            E::ApiKeyNotFound => Self::not_found("NOT_FOUND", "api key"),
+            E::Conflict(m) => Self::conflict("CONFLICT", m),
+            E::HasChildren => Self::conflict(
+                "HAS_CHILDREN",
+                "tenant has active children; archive or move them first",
+            ),
+            E::CycleDetected => Self::conflict(
+                "CYCLE_DETECTED",
+                "a tenant cannot move under itself or one of its descendants",
+            ),
+            E::ConfigLocked(key) => Self::conflict(
+                "CONFIG_LOCKED",
+                format!("config key '{key}' is locked by an ancestor"),
+            ),
+            E::Forbidden(m) => Self::forbidden(m),
+            E::Crypto(m) => Self::internal(format!("stored secret unreadable: {m}")),
+            E::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<stratum_audit::AuditError> for ApiError {
+    fn from(e: stratum_audit::AuditError) -> Self {
+        use stratum_audit::AuditError as E;
+        match e {
+            E::NotFound => Self::not_found("AUDIT_ENTRY_NOT_FOUND", "audit entry"),
+            E::BadCursor => Self::field("cursor", "does not name an audit entry"),
+            E::TenantNotFound => Self::not_found("TENANT_NOT_FOUND", "tenant"),
+            E::BadRange => Self::field("from", "must not be after 'to'"),
+            E::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<stratum_core::LimitError> for ApiError {
+    fn from(e: stratum_core::LimitError) -> Self {
+        Self::field("limit", format!("must be between 1 and {}", e.max))
+    }
+}

@@ -1,12 +1,15 @@
 //! Stratum's REST surface on actix-web: routes, the auth extractor, DTOs and the one
 //! error mapping. Everything here is wiring; rules live in the domain crates.
 
+pub mod api_keys;
+pub mod audit;
 pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod health;
 pub mod middleware;
 pub mod state;
+pub mod tenants;
 
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::{web, App, HttpResponse};
@@ -34,10 +37,19 @@ pub fn app(
         .app_data(state)
         .configure(extract::configure)
         .configure(health::routes)
-        .service(web::scope("/api/v1").configure(routes))
+        .service(
+            web::scope("/api/v1")
+                .wrap(actix_web::middleware::from_fn(auth::authenticate))
+                .configure(routes),
+        )
         .default_service(web::to(unknown_route))
         .wrap(actix_web::middleware::from_fn(middleware::request_id))
 }
 
 /// The `/api/v1` routes.
-pub fn routes(_cfg: &mut web::ServiceConfig) {}
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.configure(tenants::routes)
+        .configure(api_keys::routes)
+        .configure(audit::routes)
+        .default_service(web::to(unknown_route));
+}

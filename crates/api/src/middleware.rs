@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use actix_web::body::MessageBody;
+use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
@@ -29,8 +29,8 @@ fn acceptable(id: &str) -> bool {
 /// response, and logs one line per request.
 pub async fn request_id(
     req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let started = Instant::now();
     let id = req
         .headers()
@@ -41,7 +41,10 @@ pub async fn request_id(
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     req.extensions_mut().insert(RequestId(id.clone()));
     let method = req.method().clone();
-    let mut res = REQUEST_ID.scope(id.clone(), next.call(req)).await?;
+    let mut res = REQUEST_ID
+        .scope(id.clone(), next.call(req))
+        .await?
+        .map_into_boxed_body();
     if let Ok(v) = HeaderValue::from_str(&id) {
         res.headers_mut().insert(X_REQUEST_ID.clone(), v);
     }
@@ -50,11 +53,12 @@ pub async fn request_id(
         .match_pattern()
         .unwrap_or_else(|| "<unmatched>".to_owned());
     let status = res.status().as_u16();
-    let key_id = res
+    let (key_id, tenant_id) = res
         .request()
         .extensions()
         .get::<crate::auth::AuthInfo>()
-        .map(|a| a.key_id.clone());
+        .map(|a| (Some(a.key_id.clone()), a.tenant_id.clone()))
+        .unwrap_or_default();
     tracing::info!(
         request_id = %id,
         method = %method,
@@ -62,6 +66,7 @@ pub async fn request_id(
         status,
         latency_ms = started.elapsed().as_secs_f64() * 1000.0,
         key_id = key_id.as_deref().unwrap_or("-"),
+        tenant_id = tenant_id.as_deref().unwrap_or("-"),
         "request"
     );
     Ok(res)

@@ -1,9 +1,23 @@
 //! What handlers share.
 
-use stratum_postgres::Pool;
+use std::sync::Arc;
 
-/// Shared application state.
+use stratum_audit::AuditService;
+use stratum_postgres::Pool;
+use stratum_tenancy::{ApiKeyService, ConfigService, PermissionService, TenantService};
+
+/// Shared application state, built once by the composition root.
 pub struct AppState {
-    /// The database pool.
+    /// The database pool (readiness).
     pub pool: Pool,
+    /// Tenants.
+    pub tenants: Arc<TenantService>,
+    /// Config.
+    pub config: Arc<ConfigService>,
+    /// Permission policies.
+    pub permissions: Arc<PermissionService>,
+    /// API keys and authentication.
+    pub api_keys: Arc<ApiKeyService>,
+    /// The audit log.
+    pub audit: Arc<AuditService>,
 }

@@ -117,3 +117,27 @@ impl Journal {
         self
     }
 }
+
+/// Who calls, and from where: what every use case needs to check access and to journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The principal.
+    pub actor: Actor,
+    /// Request facts for the audit entry.
+    pub meta: RequestMeta,
+}
+
+impl Caller {
+    /// Stratum itself, outside any request.
+    pub fn system() -> Self {
+        Self {
+            actor: Actor::system(),
+            meta: RequestMeta::default(),
+        }
+    }
+
+    /// Starts a journal entry for `action` on `resource_type`.
+    pub fn journal(&self, action: &str, resource_type: &str) -> Journal {
+        Journal::new(&self.actor, &self.meta, action, resource_type)
+    }
+}

@@ -16,7 +16,7 @@ pub mod timefmt;
 pub use actor::{Actor, ActorKind, Scope, TenantScope};
 pub use clock::{Clock, SystemClock};
 pub use ids::new_id;
-pub use journal::{EventDraft, Journal, RequestMeta};
+pub use journal::{Caller, EventDraft, Journal, RequestMeta};
 pub use page::{Limit, LimitError};
 pub use store_error::StoreError;
 pub use tenant_path::TenantPath;

@@ -16,7 +16,10 @@ impl SharedKeyring {
 
     /// The keyring in force now; callers keep it for the duration of one operation.
     pub fn get(&self) -> Arc<Keyring> {
-        self.0.read().unwrap_or_else(PoisonError::into_inner).clone()
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Puts `keyring` in force for every later [`get`](Self::get).

@@ -2,11 +2,18 @@
 //! path (audit + outbox + fan-out in the mutation's transaction), the delivery queue and
 //! the embedded migrations.
 
+pub mod audit;
 pub mod error;
+pub mod journal;
 pub mod migrate;
 pub mod pool;
 pub mod schema;
+pub mod tenancy;
+pub mod tx;
 
+pub use audit::PgAuditLog;
 pub use error::{map_pool_error, map_query_error};
+pub use journal::{record, DELIVERY_CHANNEL};
 pub use migrate::{migrations_current, run_migrations, MigrateError};
 pub use pool::{connect, Pool, PoolConfig, PooledConn};
+pub use tenancy::{PgApiKeyStore, PgConfigStore, PgPermissionStore, PgTenantStore};

@@ -2,10 +2,16 @@
 //! [`Dispatcher`](dispatcher::Dispatcher) use case that claims, signs, sends and completes
 //! deliveries through ports.
 
+pub mod dispatcher;
 pub mod error;
 pub mod model;
+pub mod policy;
 pub mod ports;
 
+pub use dispatcher::{
+    random_jitter, BuildError, Dispatcher, DispatcherConfig, DispatcherStats, RELEASE_DELAY,
+};
 pub use error::WebhookError;
 pub use model::*;
+pub use policy::{RetryPolicy, MAX_RETRY_AFTER};
 pub use ports::*;

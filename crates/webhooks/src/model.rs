@@ -96,7 +96,10 @@ pub struct Subscriptions(Vec<EventType>);
 impl Subscriptions {
     /// Validates event names.
     pub fn parse(names: &[String]) -> Result<Self, WebhookError> {
-        let invalid = |message: String| WebhookError::Validation { field: "events", message };
+        let invalid = |message: String| WebhookError::Validation {
+            field: "events",
+            message,
+        };
         if names.is_empty() {
             return Err(invalid("must name at least one event".into()));
         }
@@ -143,7 +146,9 @@ impl WebhookUrl {
         if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(bad("url contains whitespace or control characters"));
         }
-        let (scheme, rest) = raw.split_once("://").ok_or_else(|| bad("url must be absolute"))?;
+        let (scheme, rest) = raw
+            .split_once("://")
+            .ok_or_else(|| bad("url must be absolute"))?;
         match scheme.to_ascii_lowercase().as_str() {
             "https" => {}
             "http" if allow_http => {}
@@ -180,7 +185,10 @@ fn host_of_authority(authority: &str) -> &str {
     if let Some(v6) = authority.strip_prefix('[') {
         return v6.split(']').next().unwrap_or_default();
     }
-    authority.rsplit_once(':').map(|(h, _)| h).unwrap_or(authority)
+    authority
+        .rsplit_once(':')
+        .map(|(h, _)| h)
+        .unwrap_or(authority)
 }
 
 /// A registered webhook (the secret is never part of it).
@@ -371,14 +379,18 @@ mod tests {
     fn event_names_round_trip() {
         for e in EventType::SUBSCRIBABLE {
             assert_eq!(EventType::parse(e.as_str()), Some(e));
-            assert_eq!(serde_json::to_value(e).unwrap(), serde_json::json!(e.as_str()));
+            assert_eq!(
+                serde_json::to_value(e).unwrap(),
+                serde_json::json!(e.as_str())
+            );
         }
         assert_eq!(EventType::parse("tenant.exploded"), None);
     }
 
     #[test]
     fn subscriptions_are_validated() {
-        let s = |v: &[&str]| Subscriptions::parse(&v.iter().map(|x| x.to_string()).collect::<Vec<_>>());
+        let s =
+            |v: &[&str]| Subscriptions::parse(&v.iter().map(|x| x.to_string()).collect::<Vec<_>>());
         assert!(s(&["tenant.created", "config.updated"]).is_ok());
         assert!(s(&[]).is_err());
         assert!(s(&["tenant.created", "tenant.created"]).is_err());
@@ -400,7 +412,17 @@ mod tests {
         assert!(!ok("https://example.com/a b"));
         assert!(!ok("https://example.com/#frag"));
         assert!(!ok(&format!("https://example.com/{}", "a".repeat(2100))));
-        assert_eq!(WebhookUrl::parse("https://[::1]:8080/x", false).unwrap().host(), "::1");
-        assert_eq!(WebhookUrl::parse("https://Example.com:1/x", false).unwrap().host(), "Example.com");
+        assert_eq!(
+            WebhookUrl::parse("https://[::1]:8080/x", false)
+                .unwrap()
+                .host(),
+            "::1"
+        );
+        assert_eq!(
+            WebhookUrl::parse("https://Example.com:1/x", false)
+                .unwrap()
+                .host(),
+            "Example.com"
+        );
     }
 }

@@ -1,0 +1,348 @@
+//! The [`DeliveryClient`] adapter on reqwest (rustls with the ring provider).
+
+use std::error::Error as StdError;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use reqwest::{redirect, Client, Response, Url};
+use stratum_webhooks::{AttemptOutcome, DeliveryClient, OutgoingRequest};
+
+use crate::resolve::{system_lookup, BlockedTarget, GuardedResolver, Lookup};
+use crate::ssrf::{precheck, target_host};
+
+/// Longer connect waits only tie up workers on dead receivers.
+const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Reading past this much of a response body is pointless: nobody looks at more.
+const BODY_READ_CAP: usize = 64 * 1024;
+/// How much of the body is kept on the attempt record.
+const EXCERPT_BYTES: usize = 4 * 1024;
+/// Extra bytes kept while reading so the last character before the cut decodes whole.
+const UTF8_SLACK: usize = 3;
+
+/// How the delivery client behaves.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Total time for one attempt, from connect to the last body byte read.
+    pub timeout: Duration,
+    /// Time to establish the connection (TLS included); capped at 5 s.
+    pub connect_timeout: Duration,
+    /// Lets deliveries reach private and loopback addresses (local development, tests).
+    pub allow_private: bool,
+    /// The `User-Agent` header, e.g. `Stratum-Webhooks/0.1.0`.
+    pub user_agent: String,
+    /// Idle keep-alive connections kept per receiver host.
+    pub max_idle_per_host: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(10),
+            connect_timeout: MAX_CONNECT_TIMEOUT,
+            allow_private: false,
+            user_agent: format!("Stratum-Webhooks/{}", env!("CARGO_PKG_VERSION")),
+            max_idle_per_host: 8,
+        }
+    }
+}
+
+/// Why the client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBuildError {
+    /// The configured user agent is not a valid header value.
+    #[error("user agent is not a valid header value")]
+    UserAgent,
+    /// reqwest refused the configuration.
+    #[error("building the HTTP client failed: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+/// Sends deliveries with reqwest; never follows redirects and never connects to an address
+/// the SSRF guard has not checked.
+#[derive(Debug, Clone)]
+pub struct ReqwestDeliveryClient {
+    client: Client,
+    allow_private: bool,
+    user_agent: HeaderValue,
+    timeout: Duration,
+}
+
+impl ReqwestDeliveryClient {
+    /// Builds the client (installing ring as the process-wide rustls provider if none is).
+    pub fn new(config: ClientConfig) -> Result<Self, ClientBuildError> {
+        Self::with_lookup(config, system_lookup())
+    }
+
+    pub(crate) fn with_lookup(
+        config: ClientConfig,
+        lookup: Lookup,
+    ) -> Result<Self, ClientBuildError> {
+        // Another component may have installed a provider first; any provider will do.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let user_agent =
+            HeaderValue::from_str(&config.user_agent).map_err(|_| ClientBuildError::UserAgent)?;
+        let client = Client::builder()
+            .tls_backend_rustls()
+            .redirect(redirect::Policy::none())
+            // A proxy would resolve the name itself, past our resolver.
+            .no_proxy()
+            .timeout(config.timeout)
+            .connect_timeout(config.connect_timeout.min(MAX_CONNECT_TIMEOUT))
+            .pool_max_idle_per_host(config.max_idle_per_host)
+            .tcp_keepalive(Some(Duration::from_secs(60)))
+            .user_agent(user_agent.clone())
+            .dns_resolver(Arc::new(GuardedResolver::new(config.allow_private, lookup)))
+            .build()?;
+        Ok(Self {
+            client,
+            allow_private: config.allow_private,
+            user_agent,
+            timeout: config.timeout,
+        })
+    }
+
+    async fn attempt(&self, request: OutgoingRequest) -> AttemptOutcome {
+        let url = match Url::parse(&request.url) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => url,
+            Ok(url) => return failed(format!("invalid url: unsupported scheme {}", url.scheme())),
+            Err(e) => return failed(format!("invalid url: {e}")),
+        };
+        // reqwest skips the resolver for address literals, so those are judged here.
+        let host = match target_host(&url) {
+            Ok(host) => host,
+            Err(reason) => return failed(format!("invalid url: {reason}")),
+        };
+        if !self.allow_private {
+            if let Err(reason) = precheck(&host) {
+                return failed(format!("blocked target: {reason}"));
+            }
+        }
+        let headers = match self.headers(&request.headers) {
+            Ok(headers) => headers,
+            Err(reason) => return failed(reason),
+        };
+        let response = match self
+            .client
+            .post(url)
+            .headers(headers)
+            .body(request.body)
+            .send()
+            .await
+        {
+            Ok(response) => response,
+            Err(e) => return failed(describe_error(&e, self.timeout)),
+        };
+        let status = response.status().as_u16();
+        let retry_after_secs = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        let body_excerpt = read_excerpt(response).await;
+        AttemptOutcome {
+            status: Some(status),
+            retry_after_secs,
+            error: None,
+            body_excerpt,
+            duration_ms: 0,
+        }
+    }
+
+    fn headers(&self, pairs: &[(String, String)]) -> Result<HeaderMap, String> {
+        let mut headers = HeaderMap::with_capacity(pairs.len() + 2);
+        for (name, value) in pairs {
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("invalid header name {name:?}"))?;
+            let value = HeaderValue::from_str(value)
+                .map_err(|_| format!("invalid value for header {name}"))?;
+            headers.append(name, value);
+        }
+        // The body is always the signed JSON and the agent always ours, whatever came in.
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(USER_AGENT, self.user_agent.clone());
+        Ok(headers)
+    }
+}
+
+#[async_trait]
+impl DeliveryClient for ReqwestDeliveryClient {
+    async fn send(&self, request: OutgoingRequest) -> AttemptOutcome {
+        let started = Instant::now();
+        let mut outcome = self.attempt(request).await;
+        outcome.duration_ms = u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX);
+        outcome
+    }
+}
+
+fn failed(error: String) -> AttemptOutcome {
+    AttemptOutcome {
+        error: Some(error),
+        ..AttemptOutcome::default()
+    }
+}
+
+/// A short, human description of a transport failure.
+fn describe_error(err: &reqwest::Error, timeout: Duration) -> String {
+    if let Some(blocked) = find_source::<BlockedTarget>(err) {
+        return format!("blocked target: {blocked}");
+    }
+    if err.is_timeout() {
+        if err.is_connect() {
+            return "connect timeout: the receiver did not accept the connection in time"
+                .to_owned();
+        }
+        return format!("timeout: no response within {} ms", timeout.as_millis());
+    }
+    if err.is_dns() {
+        return format!("dns error: {}", root_cause(err));
+    }
+    if err.is_connect() {
+        return format!("connect error: {}", root_cause(err));
+    }
+    format!("request failed: {}", root_cause(err))
+}
+
+fn find_source<'a, E: StdError + 'static>(err: &'a (dyn StdError + 'static)) -> Option<&'a E> {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if let Some(found) = e.downcast_ref::<E>() {
+            return Some(found);
+        }
+        current = e.source();
+    }
+    None
+}
+
+fn root_cause(err: &(dyn StdError + 'static)) -> String {
+    let mut current = err;
+    while let Some(next) = current.source() {
+        current = next;
+    }
+    current.to_string()
+}
+
+/// Reads at most [`BODY_READ_CAP`] bytes of the body and keeps the first [`EXCERPT_BYTES`].
+async fn read_excerpt(mut response: Response) -> Option<String> {
+    let mut kept = Vec::new();
+    let mut seen = 0usize;
+    while seen < BODY_READ_CAP {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                seen += chunk.len();
+                let room = (EXCERPT_BYTES + UTF8_SLACK).saturating_sub(kept.len());
+                kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            Ok(None) => break,
+            Err(e) => {
+                // The status already arrived, which is what the verdict rests on; a body
+                // cut short only shortens the excerpt.
+                tracing::debug!(error = %e, "response body read failed");
+                break;
+            }
+        }
+    }
+    excerpt(&kept)
+}
+
+/// Lossy UTF-8 of `bytes`, cut to at most [`EXCERPT_BYTES`] on a character boundary.
+fn excerpt(bytes: &[u8]) -> Option<String> {
+    if bytes.is_empty() {
+        return None;
+    }
+    let mut text = String::from_utf8_lossy(bytes).into_owned();
+    if text.len() > EXCERPT_BYTES {
+        let mut cut = EXCERPT_BYTES;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    Some(text)
+}
+
+/// `Retry-After` as seconds from `now`: delta-seconds or an HTTP-date (a past date is 0).
+fn parse_retry_after(value: &str, now: SystemTime) -> Option<u64> {
+    let value = value.trim();
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // Absurdly long delays still mean "a long time"; the engine clamps.
+        return Some(value.parse().unwrap_or(u64::MAX));
+    }
+    let at = parse_http_date(value)?;
+    let now = now.duration_since(UNIX_EPOCH).ok()?.as_secs();
+    Some(at.saturating_sub(now))
+}
+
+/// Unix seconds of an HTTP-date in any of its three formats (RFC 9110 §5.6.7):
+/// `Sun, 06 Nov 1994 08:49:37 GMT`, `Sunday, 06-Nov-94 08:49:37 GMT`,
+/// `Sun Nov  6 08:49:37 1994`.
+fn parse_http_date(value: &str) -> Option<u64> {
+    let normalized = value.replace([',', '-'], " ");
+    let tokens: Vec<&str> = normalized.split_whitespace().collect();
+    let (day, month, year, clock) = match tokens.as_slice() {
+        [_, day, month, year, clock, "GMT"] => (*day, *month, *year, *clock),
+        [_, month, day, clock, year] if month_number(month).is_some() => {
+            (*day, *month, *year, *clock)
+        }
+        _ => return None,
+    };
+    let day: u64 = parse_digits(day, 1, 2)?;
+    let month = month_number(month)?;
+    let year: u64 = match year.len() {
+        4 => parse_digits(year, 4, 4)?,
+        // RFC 850 two-digit years; the POSIX pivot keeps 1994 examples meaning 1994.
+        2 => match parse_digits(year, 2, 2)? {
+            yy @ 70.. => 1900 + yy,
+            yy => 2000 + yy,
+        },
+        _ => return None,
+    };
+    let mut hms = clock.split(':');
+    let (h, m, s) = (hms.next()?, hms.next()?, hms.next()?);
+    if hms.next().is_some() {
+        return None;
+    }
+    let (h, m, s) = (
+        parse_digits(h, 2, 2)?,
+        parse_digits(m, 2, 2)?,
+        parse_digits(s, 2, 2)?,
+    );
+    if !(1..=31).contains(&day) || h > 23 || m > 59 || s > 60 || year < 1970 {
+        return None;
+    }
+    let days = days_from_civil(year, month, day);
+    Some(days * 86_400 + h * 3600 + m * 60 + s)
+}
+
+fn parse_digits(text: &str, min: usize, max: usize) -> Option<u64> {
+    if text.len() < min || text.len() > max || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+fn month_number(name: &str) -> Option<u64> {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    MONTHS
+        .iter()
+        .position(|m| m.eq_ignore_ascii_case(name))
+        .map(|i| i as u64 + 1)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm), for
+/// years from 1970 on.
+fn days_from_civil(year: u64, month: u64, day: u64) -> u64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests;

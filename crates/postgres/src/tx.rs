@@ -1,0 +1,59 @@
+//! Running a unit of work in one transaction with errors kept apart: driver errors become
+//! the port's `StoreError`, domain errors pass through.
+
+use diesel::result::Error as DieselError;
+use stratum_core::StoreError;
+
+use crate::error::{map_pool_error, map_query_error};
+use crate::Pool;
+
+/// An error inside a transaction: from the driver, or a domain rule the adapter checked.
+#[derive(Debug)]
+pub enum TxError<E> {
+    /// The driver failed.
+    Db(DieselError),
+    /// A rule failed; the transaction rolls back.
+    Domain(E),
+}
+
+impl<E> From<DieselError> for TxError<E> {
+    fn from(e: DieselError) -> Self {
+        Self::Db(e)
+    }
+}
+
+impl<E: From<StoreError>> TxError<E> {
+    /// Flattens into the domain error.
+    pub fn into_domain(self) -> E {
+        match self {
+            Self::Db(e) => E::from(map_query_error(e)),
+            Self::Domain(e) => e,
+        }
+    }
+}
+
+/// Runs a block in one transaction on a pooled connection:
+/// `in_tx!(pool, DomainError, |conn| { ...; Ok(value) })` evaluates to
+/// `Result<T, DomainError>`.
+#[macro_export]
+macro_rules! in_tx {
+    ($pool:expr, $err:ty, |$conn:ident| $body:block) => {{
+        match $pool.get().await {
+            Err(e) => Err(<$err>::from($crate::error::map_pool_error(e))),
+            Ok(mut pooled) => {
+                let c: &mut ::diesel_async::AsyncPgConnection = &mut pooled;
+                ::diesel_async::AsyncConnection::transaction::<_, $crate::tx::TxError<$err>, _>(
+                    c,
+                    async move |$conn: &mut ::diesel_async::AsyncPgConnection| $body,
+                )
+                .await
+                .map_err($crate::tx::TxError::into_domain)
+            }
+        }
+    }};
+}
+
+/// Checks out a connection for reads.
+pub async fn read_conn(pool: &Pool) -> Result<crate::PooledConn, StoreError> {
+    pool.get().await.map_err(map_pool_error)
+}

@@ -1,0 +1,60 @@
+//! Tenancy errors.
+
+use stratum_core::StoreError;
+use thiserror::Error;
+
+/// Why a tenancy operation failed.
+#[derive(Debug, Error)]
+pub enum TenancyError {
+    /// Bad input; `field` names what.
+    #[error("{field}: {message}")]
+    Validation {
+        /// The offending field.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// No such tenant, or not visible to the caller.
+    #[error("tenant not found")]
+    TenantNotFound,
+    /// No such config key on this tenant.
+    #[error("config key not found")]
+    ConfigNotFound,
+    /// No such permission policy.
+    #[error("permission policy not found")]
+    PermissionNotFound,
+    /// No such API key.
+    #[error("api key not found")]
+    ApiKeyNotFound,
+    /// A unique value is taken (slug, permission key).
+    #[error("{0}")]
+    Conflict(String),
+    /// The tenant still has active children.
+    #[error("tenant has active children")]
+    HasChildren,
+    /// The move would put a tenant under itself.
+    #[error("a tenant cannot move under itself or one of its descendants")]
+    CycleDetected,
+    /// An ancestor locked this config key.
+    #[error("config key '{0}' is locked by an ancestor")]
+    ConfigLocked(String),
+    /// The caller may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// A stored sensitive value cannot be decrypted with this process's key.
+    #[error("stored secret cannot be decrypted: {0}")]
+    Crypto(String),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl TenancyError {
+    /// A validation error about `field`.
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        Self::Validation {
+            field,
+            message: message.into(),
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! The ports tenancy needs. Every mutating method takes the [`Journal`] to commit in the
+//! same transaction as the change.
+
+use async_trait::async_trait;
+use stratum_core::{Journal, StoreError, TenantPath};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::{ApiKey, KeyPrincipal, PermissionPolicy, StoredConfigEntry, TenancyError, Tenant};
+
+/// Tenants.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait TenantStore: Send + Sync {
+    /// The tenant, archived or not; `None` when unknown.
+    async fn get(&self, id: Uuid) -> Result<Option<Tenant>, StoreError>;
+
+    /// Active tenants with these ids.
+    async fn get_many(&self, ids: Vec<Uuid>) -> Result<Vec<Tenant>, StoreError>;
+
+    /// Active tenants within `subtree` (all when `None`), by id ascending, after `after`.
+    async fn list(
+        &self,
+        subtree: Option<TenantPath>,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Vec<Tenant>, StoreError>;
+
+    /// Active children of `id`.
+    async fn children(&self, id: Uuid) -> Result<Vec<Tenant>, StoreError>;
+
+    /// Active tenants strictly below `path`, shallowest first.
+    async fn descendants(&self, path: TenantPath) -> Result<Vec<Tenant>, StoreError>;
+
+    /// Inserts `tenant`. `TenantNotFound` when its parent is gone or archived (or moved:
+    /// the parent's path must still be the one `tenant.ancestry_path` was built from);
+    /// `Conflict` when the slug is taken.
+    async fn create(&self, tenant: Tenant, journal: Journal) -> Result<(), TenancyError>;
+
+    /// Writes name, slug, metadata and `updated_at`. `TenantNotFound` when not active;
+    /// `Conflict` when the slug is taken.
+    async fn update(&self, tenant: Tenant, journal: Journal) -> Result<(), TenancyError>;
+
+    /// Archives `id`. `HasChildren` when it has active children; `TenantNotFound` when not active.
+    async fn archive(
+        &self,
+        id: Uuid,
+        at: OffsetDateTime,
+        journal: Journal,
+    ) -> Result<(), TenancyError>;
+
+    /// Moves the subtree at `from` (the tenant's current path) so that the tenant's path
+    /// becomes `to`, rewriting every descendant's path and depth in one transaction.
+    /// `Conflict` when either path changed meanwhile; `CycleDetected` when `to` lies in
+    /// the subtree; `TenantNotFound` when the new parent is gone.
+    async fn move_subtree(
+        &self,
+        id: Uuid,
+        new_parent: Uuid,
+        from: TenantPath,
+        to: TenantPath,
+        at: OffsetDateTime,
+        journal: Journal,
+    ) -> Result<(), TenancyError>;
+}
+
+/// Config entries.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait ConfigStore: Send + Sync {
+    /// Every entry stored on any of these tenants.
+    async fn entries_for(
+        &self,
+        tenant_ids: Vec<Uuid>,
+    ) -> Result<Vec<StoredConfigEntry>, StoreError>;
+
+    /// Inserts or replaces the entry (keeping `created_at`). `ConfigLocked` when one of
+    /// `ancestors` has the key locked at commit time; `TenantNotFound` when the tenant is gone.
+    async fn put(
+        &self,
+        entry: StoredConfigEntry,
+        ancestors: Vec<Uuid>,
+        journal: Journal,
+    ) -> Result<StoredConfigEntry, TenancyError>;
+
+    /// Removes the entry. `ConfigNotFound` when the tenant has no such key.
+    async fn delete(
+        &self,
+        tenant_id: Uuid,
+        key: String,
+        journal: Journal,
+    ) -> Result<(), TenancyError>;
+}
+
+/// Permission policies.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait PermissionStore: Send + Sync {
+    /// The tenant's policies, by key.
+    async fn list(&self, tenant_id: Uuid) -> Result<Vec<PermissionPolicy>, StoreError>;
+
+    /// One policy; `None` when unknown.
+    async fn get(&self, id: Uuid) -> Result<Option<PermissionPolicy>, StoreError>;
+
+    /// Inserts. `Conflict` when the tenant already has the key.
+    async fn create(&self, policy: PermissionPolicy, journal: Journal) -> Result<(), TenancyError>;
+
+    /// Writes value, mode and `updated_at`. `PermissionNotFound` when gone.
+    async fn update(&self, policy: PermissionPolicy, journal: Journal) -> Result<(), TenancyError>;
+
+    /// Removes. `PermissionNotFound` when gone.
+    async fn delete(&self, id: Uuid, journal: Journal) -> Result<(), TenancyError>;
+}
+
+/// API keys.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait ApiKeyStore: Send + Sync {
+    /// The unrevoked key with this SHA-256 digest, with its tenant's path.
+    async fn find_by_hash(&self, key_hash: String) -> Result<Option<KeyPrincipal>, StoreError>;
+
+    /// Records use; cheap, and at most one write a minute per key.
+    async fn touch(&self, id: Uuid) -> Result<(), StoreError>;
+
+    /// One key; `None` when unknown.
+    async fn get(&self, id: Uuid) -> Result<Option<ApiKey>, StoreError>;
+
+    /// Keys, newest first, optionally of one tenant.
+    async fn list(&self, tenant_id: Option<Uuid>) -> Result<Vec<ApiKey>, StoreError>;
+
+    /// Stores a new key by its digest. `TenantNotFound` when the tenant is gone.
+    async fn create(
+        &self,
+        key: ApiKey,
+        key_hash: String,
+        journal: Journal,
+    ) -> Result<(), TenancyError>;
+
+    /// Revokes. `ApiKeyNotFound` when unknown or already revoked.
+    async fn revoke(
+        &self,
+        id: Uuid,
+        at: OffsetDateTime,
+        journal: Journal,
+    ) -> Result<(), TenancyError>;
+}
