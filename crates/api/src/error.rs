@@ -219,3 +219,28 @@ impl From<stratum_core::LimitError> for ApiError {
         Self::field("limit", format!("must be between 1 and {}", e.max))
     }
 }
+
+impl From<stratum_webhooks::WebhookError> for ApiError {
+    fn from(e: stratum_webhooks::WebhookError) -> Self {
+        use stratum_webhooks::WebhookError as E;
+        match e {
+            E::Validation { field, message } => Self::field(field, message),
+            E::UrlInvalid(m) => Self {
+                details: vec![FieldError {
+                    field: "url".into(),
+                    message: m.clone(),
+                }],
+                ..Self::new(StatusCode::BAD_REQUEST, "WEBHOOK_URL_INVALID", m)
+            },
+            E::NotFound => Self::not_found("WEBHOOK_NOT_FOUND", "webhook"),
+            E::DeliveryNotFound => Self::not_found("DELIVERY_NOT_FOUND", "delivery"),
+            E::DeliveryNotFailed => Self::conflict(
+                "DELIVERY_NOT_FAILED",
+                "only a failed delivery can be retried",
+            ),
+            E::TenantNotFound => Self::not_found("TENANT_NOT_FOUND", "tenant"),
+            E::Forbidden(m) => Self::forbidden(m),
+            E::Store(s) => s.into(),
+        }
+    }
+}

@@ -10,6 +10,7 @@ pub mod health;
 pub mod middleware;
 pub mod state;
 pub mod tenants;
+pub mod webhooks;
 
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::{web, App, HttpResponse};
@@ -51,5 +52,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.configure(tenants::routes)
         .configure(api_keys::routes)
         .configure(audit::routes)
+        .configure(webhooks::routes)
         .default_service(web::to(unknown_route));
 }

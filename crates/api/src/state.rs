@@ -18,6 +18,8 @@ pub struct AppState {
     pub permissions: Arc<PermissionService>,
     /// API keys and authentication.
     pub api_keys: Arc<ApiKeyService>,
+    /// Webhooks and deliveries.
+    pub webhooks: Arc<stratum_webhooks::WebhookService>,
     /// The audit log.
     pub audit: Arc<AuditService>,
 }

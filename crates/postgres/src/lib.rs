@@ -3,17 +3,23 @@
 //! the embedded migrations.
 
 pub mod audit;
+pub mod consent;
 pub mod error;
 pub mod journal;
+pub mod listen;
 pub mod migrate;
 pub mod pool;
 pub mod schema;
 pub mod tenancy;
 pub mod tx;
+pub mod webhooks;
 
 pub use audit::PgAuditLog;
+pub use consent::PgConsentStore;
 pub use error::{map_pool_error, map_query_error};
 pub use journal::{record, DELIVERY_CHANNEL};
+pub use listen::listen_for_deliveries;
 pub use migrate::{migrations_current, run_migrations, MigrateError};
 pub use pool::{connect, Pool, PoolConfig, PooledConn};
 pub use tenancy::{PgApiKeyStore, PgConfigStore, PgPermissionStore, PgTenantStore};
+pub use webhooks::{PgDeliveryQueue, PgDeliveryStore, PgWebhookStore};

@@ -1,6 +1,7 @@
 //! Configuration: read from the environment once, into typed values.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use clap::Args;
 
@@ -15,21 +16,95 @@ pub struct DbArgs {
     pub db_pool_size: usize,
 }
 
-/// Settings of `stratum serve` and `stratum worker`.
+/// Keys for encryption at rest.
 #[derive(Debug, Clone, Args)]
-pub struct ServeArgs {
-    #[command(flatten)]
-    pub db: DbArgs,
-    /// Listen address.
-    #[arg(long, env = "STRATUM_BIND", default_value = "127.0.0.1:3001")]
-    pub bind: SocketAddr,
+pub struct KeyArgs {
     /// Master key for encryption at rest (at least 32 bytes).
     #[arg(long, env = "STRATUM_ENCRYPTION_KEY", hide_env_values = true)]
     pub encryption_key: String,
     /// The previous master key, kept for decryption during a rolling restart.
     #[arg(long, env = "STRATUM_ENCRYPTION_KEY_PREVIOUS", hide_env_values = true)]
     pub encryption_key_previous: Option<String>,
+}
+
+/// Webhook delivery settings.
+#[derive(Debug, Clone, Args)]
+pub struct WebhookArgs {
+    /// Allow `http://` and loopback/private targets (development and tests only).
+    #[arg(long, env = "STRATUM_WEBHOOK_ALLOW_PRIVATE_TARGETS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_private_targets: bool,
+    /// Attempts before a delivery is dead-lettered.
+    #[arg(long, env = "STRATUM_WEBHOOK_MAX_ATTEMPTS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub max_attempts: u32,
+    /// First retry delay in ms; doubles per attempt, ±20 % jitter.
+    #[arg(long, env = "STRATUM_WEBHOOK_BACKOFF_BASE_MS", default_value_t = 5000)]
+    pub backoff_base_ms: u64,
+    /// Cap on one retry delay in ms.
+    #[arg(
+        long,
+        env = "STRATUM_WEBHOOK_BACKOFF_MAX_MS",
+        default_value_t = 3_600_000
+    )]
+    pub backoff_max_ms: u64,
+    /// Per-attempt timeout in ms (connect ≤ 5 s).
+    #[arg(long, env = "STRATUM_WEBHOOK_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=120_000))]
+    pub timeout_ms: u64,
+    /// Deliveries in flight per process.
+    #[arg(long, env = "STRATUM_WORKER_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub worker_concurrency: u64,
+    /// Deliveries in flight to one webhook.
+    #[arg(long, env = "STRATUM_WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub max_in_flight_per_endpoint: u64,
+}
+
+impl WebhookArgs {
+    /// The per-attempt timeout.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+/// Settings of `stratum serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(flatten)]
+    pub keys: KeyArgs,
+    #[command(flatten)]
+    pub webhook: WebhookArgs,
+    /// Listen address.
+    #[arg(long, env = "STRATUM_BIND", default_value = "127.0.0.1:3001")]
+    pub bind: SocketAddr,
     /// Bootstrap global admin key (at least 32 characters).
     #[arg(long, env = "STRATUM_ADMIN_API_KEY", hide_env_values = true)]
     pub admin_api_key: Option<String>,
+    /// Serve the API only; run no delivery worker in this process.
+    #[arg(long)]
+    pub no_worker: bool,
+}
+
+/// Settings of `stratum worker`.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(flatten)]
+    pub keys: KeyArgs,
+    #[command(flatten)]
+    pub webhook: WebhookArgs,
+}
+
+#[derive(clap::Parser)]
+struct WebhookOnly {
+    #[command(flatten)]
+    webhook: WebhookArgs,
+}
+
+impl WebhookArgs {
+    /// The settings as the environment (or the defaults) give them.
+    pub fn from_env() -> Result<Self, clap::Error> {
+        use clap::Parser as _;
+        WebhookOnly::try_parse_from(["stratum"]).map(|w| w.webhook)
+    }
 }

@@ -1,16 +1,13 @@
 //! `stratum`: the control plane's one binary.
 
-mod config;
-mod telemetry;
-mod wiring;
-
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use stratum_core::Caller;
 use stratum_crypto::{Keyring, SharedKeyring};
 use uuid::Uuid;
 
-use config::{DbArgs, ServeArgs};
+use stratum_server::config::{DbArgs, KeyArgs, ServeArgs, WebhookArgs, WorkerArgs};
+use stratum_server::{telemetry, wiring};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -27,6 +24,8 @@ struct Cli {
 enum Command {
     /// Serve the REST API (and run the delivery worker).
     Serve(ServeArgs),
+    /// Run the delivery worker only.
+    Worker(WorkerArgs),
     /// Apply pending database migrations and exit.
     Migrate(DbArgs),
     /// Manage API keys.
@@ -64,6 +63,7 @@ fn main() -> Result<()> {
     rt.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve(args).await,
+            Command::Worker(args) => worker(args).await,
             Command::Migrate(db) => migrate(&db).await,
             Command::ApiKey(ApiKeyCommand::Create(args)) => create_key(args).await,
         }
@@ -91,11 +91,8 @@ fn pool(db: &DbArgs) -> Result<stratum_postgres::Pool> {
 
 async fn create_key(args: CreateKeyArgs) -> Result<()> {
     let pool = pool(&args.db)?;
-    // Minting a key touches no encrypted data: any well-formed key will do here.
-    let keyring = SharedKeyring::new(Keyring::from_env_values(&"k".repeat(32), None)?);
-    let state = wiring::app_state(pool, keyring, None);
-    let minted = state
-        .api_keys
+    let api_keys = wiring::api_keys(pool);
+    let minted = api_keys
         .create(&Caller::system(), args.tenant, args.name, Some(args.scopes))
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -114,12 +111,73 @@ async fn create_key(args: CreateKeyArgs) -> Result<()> {
     Ok(())
 }
 
-async fn serve(args: ServeArgs) -> Result<()> {
-    let keyring = Keyring::from_env_values(
-        &args.encryption_key,
-        args.encryption_key_previous.as_deref(),
+fn keyring(keys: &KeyArgs) -> Result<Keyring> {
+    Keyring::from_env_values(
+        &keys.encryption_key,
+        keys.encryption_key_previous.as_deref(),
     )
-    .context("STRATUM_ENCRYPTION_KEY")?;
+    .context("STRATUM_ENCRYPTION_KEY")
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn terminated() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Starts the delivery worker and its LISTEN task; returns a handle that stops both.
+fn spawn_worker(
+    database_url: &str,
+    pool: stratum_postgres::Pool,
+    keyring: SharedKeyring,
+    cfg: &WebhookArgs,
+    out: &wiring::Outbound,
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+    tokio::spawn(stratum_postgres::listen_for_deliveries(
+        database_url.to_owned(),
+        wake.clone(),
+        stopped.clone(),
+    ));
+    let dispatcher = wiring::dispatcher(pool, keyring, cfg, out);
+    let handle = tokio::spawn(async move { dispatcher.run(stopped, wake).await });
+    (stop, handle)
+}
+
+async fn worker(args: WorkerArgs) -> Result<()> {
+    let keyring = SharedKeyring::new(keyring(&args.keys)?);
+    migrate(&args.db).await?;
+    let pool = pool(&args.db)?;
+    let out = wiring::outbound(&args.webhook)?;
+    let (stop, handle) = spawn_worker(&args.db.database_url, pool, keyring, &args.webhook, &out);
+    tracing::info!("stratum worker running");
+    terminated().await;
+    tracing::info!("stopping: no new claims, finishing deliveries in flight");
+    let _ = stop.send(true);
+    handle.await?;
+    Ok(())
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let keyring = SharedKeyring::new(keyring(&args.keys)?);
     if let Some(k) = &args.admin_api_key {
         if k.len() < stratum_tenancy::MIN_BOOTSTRAP_KEY_LEN {
             bail!("STRATUM_ADMIN_API_KEY must be at least 32 characters");
@@ -127,17 +185,39 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     migrate(&args.db).await?;
     let pool = pool(&args.db)?;
+    let out = wiring::outbound(&args.webhook)?;
+    let worker = (!args.no_worker).then(|| {
+        spawn_worker(
+            &args.db.database_url,
+            pool.clone(),
+            keyring.clone(),
+            &args.webhook,
+            &out,
+        )
+    });
     let state = actix_web::web::Data::new(wiring::app_state(
         pool,
-        SharedKeyring::new(keyring),
+        keyring,
         args.admin_api_key.as_deref(),
+        out,
     ));
     let server = actix_web::HttpServer::new(move || stratum_api::app(state.clone()))
         .bind(args.bind)
         .with_context(|| format!("binding {}", args.bind))?
         .shutdown_timeout(30)
+        .disable_signals()
         .run();
-    tracing::info!(bind = %args.bind, "stratum serving");
-    server.await?;
+    let handle = server.handle();
+    tracing::info!(bind = %args.bind, worker = worker.is_some(), "stratum serving");
+    let server_task = tokio::spawn(server);
+    terminated().await;
+    tracing::info!("stopping: draining requests and deliveries in flight");
+    let stopping = handle.stop(true);
+    if let Some((stop, handle)) = worker {
+        let _ = stop.send(true);
+        handle.await?;
+    }
+    stopping.await;
+    server_task.await??;
     Ok(())
 }

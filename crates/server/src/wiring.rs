@@ -1,18 +1,61 @@
 //! The composition root: adapters into ports, ports into services, services into state.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use anyhow::{Context, Result};
 use stratum_api::AppState;
 use stratum_audit::AuditService;
 use stratum_core::{Clock, SystemClock};
 use stratum_crypto::SharedKeyring;
+use stratum_http_delivery::{ClientConfig, ReqwestDeliveryClient, SsrfGuard};
 use stratum_postgres::{
-    PgApiKeyStore, PgAuditLog, PgConfigStore, PgPermissionStore, PgTenantStore, Pool,
+    PgApiKeyStore, PgAuditLog, PgConfigStore, PgDeliveryQueue, PgDeliveryStore, PgPermissionStore,
+    PgTenantStore, PgWebhookStore, Pool,
 };
 use stratum_tenancy::{ApiKeyService, ConfigService, PermissionService, TenantService};
+use stratum_webhooks::{
+    DeliveryClient, Dispatcher, DispatcherConfig, RegistryConfig, RetryPolicy, UrlGuard,
+    WebhookService,
+};
+
+use crate::config::WebhookArgs;
+
+/// The outbound side: one pooled HTTP client and the SSRF guard.
+#[derive(Clone)]
+pub struct Outbound {
+    /// Sends deliveries.
+    pub client: Arc<dyn DeliveryClient>,
+    /// Checks targets.
+    pub guard: Arc<dyn UrlGuard>,
+    /// Whether private targets and `http://` are allowed.
+    pub allow_private: bool,
+}
+
+/// Builds the HTTP client and guard from the webhook settings.
+pub fn outbound(cfg: &WebhookArgs) -> Result<Outbound> {
+    let client = ReqwestDeliveryClient::new(ClientConfig {
+        timeout: cfg.timeout(),
+        connect_timeout: cfg.timeout().min(Duration::from_secs(5)),
+        allow_private: cfg.allow_private_targets,
+        max_idle_per_host: (cfg.max_in_flight_per_endpoint as usize).max(8),
+        ..ClientConfig::default()
+    })
+    .context("building the webhook HTTP client")?;
+    Ok(Outbound {
+        client: Arc::new(client),
+        guard: Arc::new(SsrfGuard::new(cfg.allow_private_targets)),
+        allow_private: cfg.allow_private_targets,
+    })
+}
 
 /// Builds the application state over `pool`.
-pub fn app_state(pool: Pool, keyring: SharedKeyring, admin_api_key: Option<&str>) -> AppState {
+pub fn app_state(
+    pool: Pool,
+    keyring: SharedKeyring,
+    admin_api_key: Option<&str>,
+    out: Outbound,
+) -> AppState {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let tenants = Arc::new(TenantService::new(
         Arc::new(PgTenantStore::new(pool.clone())),
@@ -21,7 +64,7 @@ pub fn app_state(pool: Pool, keyring: SharedKeyring, admin_api_key: Option<&str>
     let config = Arc::new(ConfigService::new(
         tenants.clone(),
         Arc::new(PgConfigStore::new(pool.clone())),
-        keyring,
+        keyring.clone(),
         clock.clone(),
     ));
     let permissions = Arc::new(PermissionService::new(
@@ -32,8 +75,20 @@ pub fn app_state(pool: Pool, keyring: SharedKeyring, admin_api_key: Option<&str>
     let api_keys = Arc::new(ApiKeyService::new(
         Arc::new(PgApiKeyStore::new(pool.clone())),
         tenants.clone(),
-        clock,
+        clock.clone(),
         admin_api_key,
+    ));
+    let webhooks = Arc::new(WebhookService::new(
+        tenants.clone(),
+        Arc::new(PgWebhookStore::new(pool.clone())),
+        Arc::new(PgDeliveryStore::new(pool.clone())),
+        out.guard,
+        out.client,
+        keyring,
+        clock,
+        RegistryConfig {
+            allow_http: out.allow_private,
+        },
     ));
     let audit = Arc::new(AuditService::new(Arc::new(PgAuditLog::new(pool.clone()))));
     AppState {
@@ -42,6 +97,48 @@ pub fn app_state(pool: Pool, keyring: SharedKeyring, admin_api_key: Option<&str>
         config,
         permissions,
         api_keys,
+        webhooks,
         audit,
     }
+}
+
+/// Just the API key service, for the command line.
+pub fn api_keys(pool: Pool) -> ApiKeyService {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let tenants = Arc::new(TenantService::new(
+        Arc::new(PgTenantStore::new(pool.clone())),
+        clock.clone(),
+    ));
+    ApiKeyService::new(Arc::new(PgApiKeyStore::new(pool)), tenants, clock, None)
+}
+
+/// Builds the delivery worker.
+pub fn dispatcher(
+    pool: Pool,
+    keyring: SharedKeyring,
+    cfg: &WebhookArgs,
+    out: &Outbound,
+) -> Dispatcher {
+    let policy = RetryPolicy {
+        base: Duration::from_millis(cfg.backoff_base_ms),
+        max: Duration::from_millis(cfg.backoff_max_ms.max(cfg.backoff_base_ms)),
+        max_attempts: cfg.max_attempts,
+    };
+    let concurrency = cfg.worker_concurrency as usize;
+    let config = DispatcherConfig {
+        concurrency,
+        per_webhook: cfg.max_in_flight_per_endpoint as usize,
+        batch_size: concurrency.clamp(16, 512),
+        // Long enough that a claimed delivery waiting for its webhook's slot still holds it.
+        lease: (cfg.timeout() * 4).max(Duration::from_secs(60)),
+        ..DispatcherConfig::default()
+    };
+    Dispatcher::new(
+        Arc::new(PgDeliveryQueue::new(pool)),
+        out.client.clone(),
+        keyring,
+        Arc::new(SystemClock),
+        policy,
+        config,
+    )
 }

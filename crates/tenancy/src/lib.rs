@@ -7,6 +7,8 @@ pub mod error;
 pub mod model;
 pub mod ports;
 pub mod service;
+#[cfg(test)]
+mod service_tests;
 
 pub use error::TenancyError;
 pub use model::*;

@@ -346,7 +346,9 @@ impl ConfigService {
         }
         let own = current.filter(|c| !c.inherited);
         let locked = locked.or(own.map(|c| c.locked)).unwrap_or(false);
-        let sensitive = sensitive.or(own.map(|c| c.sensitive)).unwrap_or(false);
+        // A key an ancestor marked sensitive stays sensitive below unless the caller says
+        // otherwise: an override must not put the secret in clear in audit and events.
+        let sensitive = sensitive.or(current.map(|c| c.sensitive)).unwrap_or(false);
         let stored_value = if sensitive {
             let text = serde_json::to_string(&value)
                 .map_err(|e| TenancyError::invalid("value", e.to_string()))?;
@@ -397,13 +399,23 @@ impl ConfigService {
     /// Removes a key from the tenant itself.
     pub async fn delete(&self, caller: &Caller, tenant_id: Uuid, key: &str) -> Result<()> {
         let key = validate_config_key(key).map_err(|_| TenancyError::ConfigNotFound)?;
-        let tenant = self.tenants.visible_active(caller, tenant_id).await?;
-        let resolved = self.resolve(&tenant).await?;
-        let own = resolved
-            .get(&key)
-            .filter(|c| !c.inherited)
+        self.tenants.visible_active(caller, tenant_id).await?;
+        // The tenant's own entry, even where an ancestor's lock hides it from the resolved view.
+        let stored = self.store.entries_for(vec![tenant_id]).await?;
+        let own = stored
+            .iter()
+            .find(|e| e.key == key && e.tenant_id == tenant_id)
             .ok_or(TenancyError::ConfigNotFound)?;
-        let before = own.redacted();
+        let (value, sensitive) = self.reveal(own)?;
+        let before = ConfigEntry {
+            key: key.clone(),
+            value,
+            source_tenant_id: tenant_id,
+            inherited: false,
+            locked: own.locked,
+            sensitive,
+        }
+        .redacted();
         let journal = caller
             .journal("config.deleted", "config")
             .resource(format!("{tenant_id}/{key}"))

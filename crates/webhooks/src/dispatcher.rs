@@ -375,7 +375,8 @@ impl Inner {
     }
 }
 
-fn build_request(
+/// Builds the signed request for one attempt at `d` (body, both signature schemes, headers).
+pub fn build_request(
     d: &ClaimedDelivery,
     keyring: &Keyring,
     now: OffsetDateTime,

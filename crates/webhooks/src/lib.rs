@@ -1,5 +1,5 @@
 //! Stratum webhooks: the registry's rules, the delivery model, the retry policy and the
-//! [`Dispatcher`](dispatcher::Dispatcher) use case that claims, signs, sends and completes
+//! [`Dispatcher`] use case that claims, signs, sends and completes
 //! deliveries through ports.
 
 pub mod dispatcher;
@@ -7,11 +7,14 @@ pub mod error;
 pub mod model;
 pub mod policy;
 pub mod ports;
+pub mod registry;
 
 pub use dispatcher::{
-    random_jitter, BuildError, Dispatcher, DispatcherConfig, DispatcherStats, RELEASE_DELAY,
+    build_request, random_jitter, BuildError, Dispatcher, DispatcherConfig, DispatcherStats,
+    RELEASE_DELAY,
 };
 pub use error::WebhookError;
 pub use model::*;
 pub use policy::{RetryPolicy, MAX_RETRY_AFTER};
 pub use ports::*;
+pub use registry::*;

@@ -1,0 +1,39 @@
+//! Consent errors.
+
+use stratum_core::StoreError;
+use thiserror::Error;
+
+/// Why a consent operation failed.
+#[derive(Debug, Error)]
+pub enum ConsentError {
+    /// Bad input; `field` names what.
+    #[error("{field}: {message}")]
+    Validation {
+        /// The offending field.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// No such tenant, archived, or not visible to the caller.
+    #[error("tenant not found")]
+    TenantNotFound,
+    /// No active grant for this (tenant, subject, purpose).
+    #[error("consent not found")]
+    NotFound,
+    /// The record changed concurrently (another grant created it first); retrying is safe.
+    #[error("{0}")]
+    Conflict(String),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ConsentError {
+    /// A validation error about `field`.
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        Self::Validation {
+            field,
+            message: message.into(),
+        }
+    }
+}

@@ -1,0 +1,764 @@
+//! Webhooks, the delivery queue and the dead-letter queue on PostgreSQL.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use diesel::prelude::*;
+use diesel::sql_types::{
+    Array, BigInt, Integer, Interval, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
+};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use serde_json::{json, Value};
+use stratum_core::{Journal, StoreError, TenantPath};
+use stratum_webhooks::{
+    ClaimedDelivery, Completion, Delivery, DeliveryQueue, DeliveryStats, DeliveryStatus,
+    DeliveryStore, EventRef, FailedDelivery, Verdict, Webhook, WebhookError, WebhookRef,
+    WebhookStore,
+};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::error::{is_fk_violation, map_query_error};
+use crate::in_tx;
+use crate::journal::record;
+use crate::schema::{tenants, webhook_deliveries, webhooks};
+use crate::tenancy::like_prefix;
+use crate::tx::{read_conn, TxError};
+use crate::Pool;
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = webhooks)]
+struct WebhookRow {
+    id: Uuid,
+    tenant_id: Option<Uuid>,
+    url: String,
+    events: Vec<Option<String>>,
+    active: bool,
+    description: Option<String>,
+    created_at: OffsetDateTime,
+    updated_at: OffsetDateTime,
+}
+
+impl From<WebhookRow> for Webhook {
+    fn from(r: WebhookRow) -> Self {
+        Self {
+            id: r.id,
+            tenant_id: r.tenant_id,
+            url: r.url,
+            events: r.events.into_iter().flatten().collect(),
+            active: r.active,
+            description: r.description,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+fn events_col(w: &Webhook) -> Vec<Option<String>> {
+    w.events.iter().cloned().map(Some).collect()
+}
+
+/// Webhooks on PostgreSQL.
+#[derive(Clone)]
+pub struct PgWebhookStore {
+    pool: Pool,
+}
+
+impl PgWebhookStore {
+    /// Wires the store.
+    pub fn new(pool: Pool) -> Self {
+        Self { pool }
+    }
+}
+
+#[async_trait]
+impl WebhookStore for PgWebhookStore {
+    async fn create(
+        &self,
+        w: Webhook,
+        secret_encrypted: String,
+        journal: Journal,
+    ) -> Result<(), WebhookError> {
+        in_tx!(self.pool, WebhookError, |conn| {
+            if let Some(t) = w.tenant_id {
+                let active: Option<String> = tenants::table
+                    .find(t)
+                    .filter(tenants::status.eq("active"))
+                    .select(tenants::ancestry_path)
+                    .for_share()
+                    .first(conn)
+                    .await
+                    .optional()?;
+                if active.is_none() {
+                    return Err(TxError::Domain(WebhookError::TenantNotFound));
+                }
+            }
+            diesel::insert_into(webhooks::table)
+                .values((
+                    webhooks::id.eq(w.id),
+                    webhooks::tenant_id.eq(w.tenant_id),
+                    webhooks::url.eq(&w.url),
+                    webhooks::events.eq(events_col(&w)),
+                    webhooks::secret_encrypted.eq(&secret_encrypted),
+                    webhooks::active.eq(w.active),
+                    webhooks::description.eq(&w.description),
+                    webhooks::created_at.eq(w.created_at),
+                    webhooks::updated_at.eq(w.updated_at),
+                ))
+                .execute(conn)
+                .await
+                .map_err(|e| {
+                    if is_fk_violation(&e) {
+                        TxError::Domain(WebhookError::TenantNotFound)
+                    } else {
+                        TxError::Db(e)
+                    }
+                })?;
+            record(conn, &journal).await?;
+            Ok(())
+        })
+    }
+
+    async fn get(&self, id: Uuid) -> Result<Option<(Webhook, Option<TenantPath>)>, StoreError> {
+        let mut conn = read_conn(&self.pool).await?;
+        let row: Option<(WebhookRow, Option<String>)> = webhooks::table
+            .left_join(tenants::table)
+            .filter(webhooks::id.eq(id))
+            .select((WebhookRow::as_select(), tenants::ancestry_path.nullable()))
+            .first(&mut conn)
+            .await
+            .optional()
+            .map_err(map_query_error)?;
+        Ok(row.map(|(w, p)| (w.into(), p.as_deref().and_then(TenantPath::parse))))
+    }
+
+    async fn secret(&self, id: Uuid) -> Result<Option<String>, StoreError> {
+        let mut conn = read_conn(&self.pool).await?;
+        webhooks::table
+            .find(id)
+            .select(webhooks::secret_encrypted)
+            .first(&mut conn)
+            .await
+            .optional()
+            .map_err(map_query_error)
+    }
+
+    async fn list(
+        &self,
+        subtree: Option<TenantPath>,
+        tenant_id: Option<Uuid>,
+    ) -> Result<Vec<Webhook>, StoreError> {
+        let mut conn = read_conn(&self.pool).await?;
+        let mut q = webhooks::table.left_join(tenants::table).into_boxed();
+        if let Some(p) = subtree {
+            q = q.filter(tenants::ancestry_path.like(like_prefix(p.as_str())));
+        }
+        if let Some(t) = tenant_id {
+            q = q.filter(webhooks::tenant_id.eq(t));
+        }
+        let rows: Vec<WebhookRow> = q
+            .order((webhooks::created_at.desc(), webhooks::id.desc()))
+            .select(WebhookRow::as_select())
+            .load(&mut conn)
+            .await
+            .map_err(map_query_error)?;
+        Ok(rows.into_iter().map(Webhook::from).collect())
+    }
+
+    async fn update(
+        &self,
+        w: Webhook,
+        secret_encrypted: Option<String>,
+        journal: Journal,
+    ) -> Result<(), WebhookError> {
+        in_tx!(self.pool, WebhookError, |conn| {
+            let n = diesel::update(webhooks::table.find(w.id))
+                .set((
+                    webhooks::url.eq(&w.url),
+                    webhooks::events.eq(events_col(&w)),
+                    webhooks::active.eq(w.active),
+                    webhooks::description.eq(&w.description),
+                    webhooks::updated_at.eq(w.updated_at),
+                ))
+                .execute(conn)
+                .await?;
+            if n == 0 {
+                return Err(TxError::Domain(WebhookError::NotFound));
+            }
+            if let Some(s) = &secret_encrypted {
+                diesel::update(webhooks::table.find(w.id))
+                    .set(webhooks::secret_encrypted.eq(s))
+                    .execute(conn)
+                    .await?;
+            }
+            record(conn, &journal).await?;
+            Ok(())
+        })
+    }
+
+    async fn delete(&self, id: Uuid, journal: Journal) -> Result<(), WebhookError> {
+        in_tx!(self.pool, WebhookError, |conn| {
+            let n = diesel::delete(webhooks::table.find(id))
+                .execute(conn)
+                .await?;
+            if n == 0 {
+                return Err(TxError::Domain(WebhookError::NotFound));
+            }
+            record(conn, &journal).await?;
+            Ok(())
+        })
+    }
+
+    async fn journal(&self, journal: Journal) -> Result<(), StoreError> {
+        in_tx!(self.pool, StoreError, |conn| {
+            record(conn, &journal).await?;
+            Ok(())
+        })
+    }
+}
+
+impl From<TxError<StoreError>> for StoreError {
+    fn from(e: TxError<StoreError>) -> Self {
+        e.into_domain()
+    }
+}
+
+#[derive(Queryable, Selectable, QueryableByName)]
+#[diesel(table_name = webhook_deliveries)]
+struct DeliveryRow {
+    id: Uuid,
+    webhook_id: Uuid,
+    event_id: Uuid,
+    event_type: String,
+    tenant_id: Option<Uuid>,
+    status: String,
+    attempts: i32,
+    next_retry_at: OffsetDateTime,
+    last_error: Option<String>,
+    response_code: Option<i32>,
+    created_at: OffsetDateTime,
+    completed_at: Option<OffsetDateTime>,
+}
+
+impl From<DeliveryRow> for Delivery {
+    fn from(r: DeliveryRow) -> Self {
+        let status = DeliveryStatus::parse(&r.status).unwrap_or(DeliveryStatus::Pending);
+        Self {
+            id: r.id,
+            webhook_id: r.webhook_id,
+            event_id: r.event_id,
+            event_type: r.event_type,
+            tenant_id: r.tenant_id,
+            status,
+            attempts: r.attempts,
+            next_retry_at: (status == DeliveryStatus::Pending).then_some(r.next_retry_at),
+            last_error: r.last_error,
+            response_code: r.response_code,
+            created_at: r.created_at,
+            completed_at: r.completed_at,
+        }
+    }
+}
+
+/// Deliveries as the API sees them, on PostgreSQL.
+#[derive(Clone)]
+pub struct PgDeliveryStore {
+    pool: Pool,
+}
+
+impl PgDeliveryStore {
+    /// Wires the store.
+    pub fn new(pool: Pool) -> Self {
+        Self { pool }
+    }
+}
+
+/// `webhook_id IN (webhooks of tenants under the prefix)`, as SQL text for raw queries.
+const VISIBLE_WEBHOOKS: &str =
+    "SELECT w.id FROM webhooks w JOIN tenants t ON t.id = w.tenant_id WHERE t.ancestry_path LIKE $1";
+
+#[derive(QueryableByName)]
+struct StatsRow {
+    #[diesel(sql_type = BigInt)]
+    total: i64,
+    #[diesel(sql_type = BigInt)]
+    pending: i64,
+    #[diesel(sql_type = BigInt)]
+    success: i64,
+    #[diesel(sql_type = BigInt)]
+    failed: i64,
+}
+
+#[derive(QueryableByName)]
+struct FailedRow {
+    #[diesel(embed)]
+    delivery: DeliveryRow,
+    #[diesel(sql_type = Text)]
+    w_url: String,
+    #[diesel(sql_type = Nullable<SqlUuid>)]
+    w_tenant_id: Option<Uuid>,
+    #[diesel(sql_type = Jsonb)]
+    e_payload: Value,
+    #[diesel(sql_type = Timestamptz)]
+    e_created_at: OffsetDateTime,
+}
+
+#[async_trait]
+impl DeliveryStore for PgDeliveryStore {
+    async fn list_for_webhook(
+        &self,
+        webhook_id: Uuid,
+        status: Option<DeliveryStatus>,
+        cursor: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Option<Vec<Delivery>>, StoreError> {
+        let mut conn = read_conn(&self.pool).await?;
+        let mut q = webhook_deliveries::table
+            .filter(webhook_deliveries::webhook_id.eq(webhook_id))
+            .into_boxed();
+        if let Some(c) = cursor {
+            let at: Option<(OffsetDateTime, Uuid)> = webhook_deliveries::table
+                .find(c)
+                .filter(webhook_deliveries::webhook_id.eq(webhook_id))
+                .select((webhook_deliveries::created_at, webhook_deliveries::id))
+                .first(&mut conn)
+                .await
+                .optional()
+                .map_err(map_query_error)?;
+            let Some((at, id)) = at else { return Ok(None) };
+            q = q.filter(
+                webhook_deliveries::created_at
+                    .lt(at)
+                    .or(webhook_deliveries::created_at
+                        .eq(at)
+                        .and(webhook_deliveries::id.lt(id))),
+            );
+        }
+        if let Some(s) = status {
+            q = q.filter(webhook_deliveries::status.eq(s.as_str()));
+        }
+        let rows: Vec<DeliveryRow> = q
+            .order((
+                webhook_deliveries::created_at.desc(),
+                webhook_deliveries::id.desc(),
+            ))
+            .limit(limit)
+            .select(DeliveryRow::as_select())
+            .load(&mut conn)
+            .await
+            .map_err(map_query_error)?;
+        Ok(Some(rows.into_iter().map(Delivery::from).collect()))
+    }
+
+    async fn stats(&self, subtree: Option<TenantPath>) -> Result<DeliveryStats, StoreError> {
+        let mut conn = read_conn(&self.pool).await?;
+        let select = "SELECT count(*) AS total,
+                             count(*) FILTER (WHERE status = 'pending') AS pending,
+                             count(*) FILTER (WHERE status = 'success') AS success,
+                             count(*) FILTER (WHERE status = 'failed') AS failed
+                        FROM webhook_deliveries";
+        let row: StatsRow = match subtree {
+            None => diesel::sql_query(select).get_result(&mut conn).await,
+            Some(p) => {
+                diesel::sql_query(format!("{select} WHERE webhook_id IN ({VISIBLE_WEBHOOKS})"))
+                    .bind::<Text, _>(like_prefix(p.as_str()))
+                    .get_result(&mut conn)
+                    .await
+            }
+        }
+        .map_err(map_query_error)?;
+        Ok(DeliveryStats {
+            total: row.total,
+            pending: row.pending,
+            success: row.success,
+            failed: row.failed,
+        })
+    }
+
+    async fn failed(
+        &self,
+        subtree: Option<TenantPath>,
+        limit: i64,
+    ) -> Result<Vec<FailedDelivery>, StoreError> {
+        let mut conn = read_conn(&self.pool).await?;
+        let visible = match &subtree {
+            None => "TRUE".to_owned(),
+            Some(_) => format!("d.webhook_id IN ({})", VISIBLE_WEBHOOKS.replace("$1", "$2")),
+        };
+        let q = format!(
+            "SELECT d.id, d.webhook_id, d.event_id, d.event_type, d.tenant_id, d.status, d.attempts,
+                    d.next_retry_at, d.last_error, d.response_code, d.created_at, d.completed_at,
+                    w.url AS w_url, w.tenant_id AS w_tenant_id, e.payload AS e_payload, e.created_at AS e_created_at
+               FROM webhook_deliveries d
+               JOIN webhooks w ON w.id = d.webhook_id
+               JOIN webhook_events e ON e.id = d.event_id
+              WHERE d.status = 'failed' AND {visible}
+              ORDER BY d.created_at DESC, d.id DESC
+              LIMIT $1"
+        );
+        let query = diesel::sql_query(q).bind::<BigInt, _>(limit);
+        let rows: Vec<FailedRow> = match subtree {
+            None => query.load(&mut conn).await,
+            Some(p) => {
+                query
+                    .bind::<Text, _>(like_prefix(p.as_str()))
+                    .load(&mut conn)
+                    .await
+            }
+        }
+        .map_err(map_query_error)?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let d: Delivery = r.delivery.into();
+                FailedDelivery {
+                    webhook: WebhookRef {
+                        id: d.webhook_id,
+                        url: r.w_url,
+                        tenant_id: r.w_tenant_id,
+                    },
+                    event: EventRef {
+                        id: d.event_id,
+                        event_type: d.event_type.clone(),
+                        tenant_id: d.tenant_id,
+                        data: r.e_payload,
+                        created_at: r.e_created_at,
+                    },
+                    delivery: d,
+                }
+            })
+            .collect())
+    }
+
+    async fn get(&self, id: Uuid) -> Result<Option<(Delivery, Option<TenantPath>)>, StoreError> {
+        let mut conn = read_conn(&self.pool).await?;
+        let row: Option<(DeliveryRow, Option<String>)> = webhook_deliveries::table
+            .inner_join(webhooks::table.left_join(tenants::table))
+            .filter(webhook_deliveries::id.eq(id))
+            .select((DeliveryRow::as_select(), tenants::ancestry_path.nullable()))
+            .first(&mut conn)
+            .await
+            .optional()
+            .map_err(map_query_error)?;
+        Ok(row.map(|(d, p)| (d.into(), p.as_deref().and_then(TenantPath::parse))))
+    }
+
+    async fn retry(&self, id: Uuid, journal: Journal) -> Result<(), WebhookError> {
+        in_tx!(self.pool, WebhookError, |conn| {
+            let n = diesel::update(
+                webhook_deliveries::table
+                    .find(id)
+                    .filter(webhook_deliveries::status.eq("failed")),
+            )
+            .set(requeue())
+            .execute(conn)
+            .await?;
+            if n == 0 {
+                let exists: i64 = webhook_deliveries::table
+                    .find(id)
+                    .count()
+                    .get_result(conn)
+                    .await?;
+                return Err(TxError::Domain(if exists == 0 {
+                    WebhookError::DeliveryNotFound
+                } else {
+                    WebhookError::DeliveryNotFailed
+                }));
+            }
+            record(conn, &journal).await?;
+            notify(conn).await?;
+            Ok(())
+        })
+    }
+
+    async fn retry_all(
+        &self,
+        subtree: Option<TenantPath>,
+        mut journal: Journal,
+    ) -> Result<u64, WebhookError> {
+        in_tx!(self.pool, WebhookError, |conn| {
+            let q = diesel::update(
+                webhook_deliveries::table.filter(webhook_deliveries::status.eq("failed")),
+            );
+            let n = match subtree {
+                None => q.set(requeue()).execute(conn).await?,
+                Some(p) => {
+                    let visible = webhooks::table
+                        .inner_join(tenants::table)
+                        .filter(tenants::ancestry_path.like(like_prefix(p.as_str())))
+                        .select(webhooks::id);
+                    diesel::update(
+                        webhook_deliveries::table
+                            .filter(webhook_deliveries::status.eq("failed"))
+                            .filter(webhook_deliveries::webhook_id.eq_any(visible)),
+                    )
+                    .set(requeue())
+                    .execute(conn)
+                    .await?
+                }
+            };
+            journal.after = Some(json!({"retried": n}));
+            record(conn, &journal).await?;
+            if n > 0 {
+                notify(conn).await?;
+            }
+            Ok(n as u64)
+        })
+    }
+}
+
+type Requeue = (
+    diesel::dsl::Eq<webhook_deliveries::status, &'static str>,
+    diesel::dsl::Eq<webhook_deliveries::attempts, i32>,
+    diesel::dsl::Eq<webhook_deliveries::next_retry_at, diesel::dsl::now>,
+    diesel::dsl::Eq<webhook_deliveries::completed_at, Option<OffsetDateTime>>,
+    diesel::dsl::Eq<webhook_deliveries::lease_id, Option<Uuid>>,
+    diesel::dsl::Eq<webhook_deliveries::lease_expires_at, Option<OffsetDateTime>>,
+);
+
+fn requeue() -> Requeue {
+    (
+        webhook_deliveries::status.eq("pending"),
+        webhook_deliveries::attempts.eq(0),
+        webhook_deliveries::next_retry_at.eq(diesel::dsl::now),
+        webhook_deliveries::completed_at.eq(None),
+        webhook_deliveries::lease_id.eq(None),
+        webhook_deliveries::lease_expires_at.eq(None),
+    )
+}
+
+async fn notify(conn: &mut AsyncPgConnection) -> QueryResult<()> {
+    diesel::sql_query(format!(
+        "SELECT pg_notify('{}', '')",
+        crate::journal::DELIVERY_CHANNEL
+    ))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The delivery queue on PostgreSQL: `FOR UPDATE SKIP LOCKED` claims with leases,
+/// compare-and-set completions, all in batches.
+#[derive(Clone)]
+pub struct PgDeliveryQueue {
+    pool: Pool,
+}
+
+impl PgDeliveryQueue {
+    /// Wires the queue.
+    pub fn new(pool: Pool) -> Self {
+        Self { pool }
+    }
+}
+
+#[derive(QueryableByName)]
+struct ClaimRow {
+    #[diesel(sql_type = SqlUuid)]
+    id: Uuid,
+    #[diesel(sql_type = Integer)]
+    attempts: i32,
+    #[diesel(sql_type = SqlUuid)]
+    webhook_id: Uuid,
+    #[diesel(sql_type = Text)]
+    url: String,
+    #[diesel(sql_type = Text)]
+    secret_encrypted: String,
+    #[diesel(sql_type = SqlUuid)]
+    event_id: Uuid,
+    #[diesel(sql_type = Text)]
+    event_type: String,
+    #[diesel(sql_type = Nullable<SqlUuid>)]
+    tenant_id: Option<Uuid>,
+    #[diesel(sql_type = Jsonb)]
+    payload: Value,
+    #[diesel(sql_type = Timestamptz)]
+    event_created_at: OffsetDateTime,
+}
+
+/// How many due rows one claim looks at to pick a fair batch from.
+const CLAIM_SCAN_FACTOR: i64 = 4;
+
+#[async_trait]
+impl DeliveryQueue for PgDeliveryQueue {
+    async fn claim(
+        &self,
+        limit: usize,
+        per_webhook: usize,
+        skip_webhooks: Vec<Uuid>,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        let lease_id = Uuid::now_v7();
+        let limit = limit.max(1) as i64;
+        let lease_interval =
+            diesel::data_types::PgInterval::from_microseconds(lease.as_micros() as i64);
+        let rows: Vec<ClaimRow> = in_tx!(self.pool, StoreError, |conn| {
+            // The lease is written into next_retry_at too: a crashed worker's rows become
+            // due again when the lease runs out, with no separate sweep.
+            let rows: Vec<ClaimRow> = diesel::sql_query(
+                "WITH candidates AS (
+                     SELECT d.id, d.webhook_id, d.next_retry_at
+                       FROM webhook_deliveries d
+                      WHERE d.status = 'pending' AND d.next_retry_at <= now()
+                      ORDER BY d.next_retry_at
+                      LIMIT $1 * $5
+                 ), ranked AS (
+                     SELECT c.id, row_number() OVER (PARTITION BY c.webhook_id ORDER BY c.next_retry_at) AS rn
+                       FROM candidates c
+                       JOIN webhooks w ON w.id = c.webhook_id AND w.active
+                      WHERE NOT (c.webhook_id = ANY($2))
+                 ), picked AS (
+                     SELECT d.id
+                       FROM webhook_deliveries d
+                       JOIN ranked r ON r.id = d.id
+                      WHERE r.rn <= $3 AND d.status = 'pending' AND d.next_retry_at <= now()
+                      ORDER BY d.next_retry_at
+                      LIMIT $1
+                        FOR UPDATE OF d SKIP LOCKED
+                 )
+                 UPDATE webhook_deliveries d
+                    SET lease_id = $4, lease_expires_at = now() + $6, next_retry_at = now() + $6
+                   FROM picked, webhooks w, webhook_events e
+                  WHERE d.id = picked.id AND w.id = d.webhook_id AND e.id = d.event_id
+              RETURNING d.id, d.attempts, d.webhook_id, w.url, w.secret_encrypted, d.event_id, d.event_type,
+                        d.tenant_id, e.payload, e.created_at AS event_created_at",
+            )
+            .bind::<BigInt, _>(limit)
+            .bind::<Array<SqlUuid>, _>(&skip_webhooks)
+            .bind::<BigInt, _>(per_webhook.max(1) as i64)
+            .bind::<SqlUuid, _>(lease_id)
+            .bind::<BigInt, _>(CLAIM_SCAN_FACTOR)
+            .bind::<Interval, _>(lease_interval)
+            .load(conn)
+            .await?;
+            Ok(rows)
+        })?;
+        Ok(rows
+            .into_iter()
+            .map(|r| ClaimedDelivery {
+                id: r.id,
+                lease_id,
+                attempts: r.attempts,
+                webhook_id: r.webhook_id,
+                url: r.url,
+                secret_encrypted: r.secret_encrypted,
+                event_id: r.event_id,
+                event_type: r.event_type,
+                tenant_id: r.tenant_id,
+                payload: r.payload,
+                event_created_at: r.event_created_at,
+            })
+            .collect())
+    }
+
+    async fn complete(&self, completions: Vec<Completion>) -> Result<usize, StoreError> {
+        if completions.is_empty() {
+            return Ok(0);
+        }
+        let now = OffsetDateTime::now_utc();
+        let n = completions.len();
+        let mut ids = Vec::with_capacity(n);
+        let mut leases = Vec::with_capacity(n);
+        let mut statuses = Vec::with_capacity(n);
+        let mut attempts = Vec::with_capacity(n);
+        let mut next = Vec::with_capacity(n);
+        let mut errors: Vec<Option<String>> = Vec::with_capacity(n);
+        let mut codes: Vec<Option<i32>> = Vec::with_capacity(n);
+        let mut completed: Vec<Option<OffsetDateTime>> = Vec::with_capacity(n);
+        let mut counted: Vec<bool> = Vec::with_capacity(n);
+        let mut durations = Vec::with_capacity(n);
+        let mut bodies: Vec<Option<String>> = Vec::with_capacity(n);
+        let mut gone: Vec<Uuid> = Vec::new();
+        for c in &completions {
+            let (status, at, done, is_attempt) = match &c.verdict {
+                Verdict::Success => ("success", now, Some(now), true),
+                Verdict::Retry { at } => ("pending", *at, None, true),
+                Verdict::Failed => ("failed", now, Some(now), true),
+                Verdict::Gone => {
+                    gone.push(c.webhook_id);
+                    ("failed", now, Some(now), true)
+                }
+                Verdict::Release { at } => ("pending", *at, None, false),
+            };
+            ids.push(c.delivery_id);
+            leases.push(c.lease_id);
+            statuses.push(status);
+            attempts.push(c.attempt);
+            next.push(at);
+            errors.push(match (&c.outcome.error, c.outcome.status) {
+                (Some(e), _) => Some(e.clone()),
+                (None, Some(s)) if !(200..300).contains(&s) => {
+                    Some(format!("receiver answered {s}"))
+                }
+                _ => None,
+            });
+            codes.push(c.outcome.status.map(i32::from));
+            completed.push(done);
+            counted.push(is_attempt);
+            durations.push(c.outcome.duration_ms.min(i32::MAX as u32) as i32);
+            bodies.push(c.outcome.body_excerpt.clone());
+        }
+        in_tx!(self.pool, StoreError, |conn| {
+            // Compare-and-set on the lease: a worker whose lease ran out writes nothing.
+            let applied: Vec<AppliedRow> = diesel::sql_query(
+                "UPDATE webhook_deliveries d
+                    SET status = u.status,
+                        attempts = u.attempts,
+                        next_retry_at = u.next_retry_at,
+                        last_error = CASE WHEN u.counted THEN u.last_error ELSE coalesce(u.last_error, d.last_error) END,
+                        response_code = CASE WHEN u.counted THEN u.response_code ELSE d.response_code END,
+                        completed_at = u.completed_at,
+                        lease_id = NULL,
+                        lease_expires_at = NULL
+                   FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int[], $5::timestamptz[], $6::text[],
+                               $7::int[], $8::timestamptz[], $9::bool[])
+                        AS u(id, lease_id, status, attempts, next_retry_at, last_error, response_code, completed_at, counted)
+                  WHERE d.id = u.id AND d.lease_id = u.lease_id
+              RETURNING d.id",
+            )
+            .bind::<Array<SqlUuid>, _>(&ids)
+            .bind::<Array<SqlUuid>, _>(&leases)
+            .bind::<Array<Text>, _>(&statuses)
+            .bind::<Array<Integer>, _>(&attempts)
+            .bind::<Array<Timestamptz>, _>(&next)
+            .bind::<Array<Nullable<Text>>, _>(&errors)
+            .bind::<Array<Nullable<Integer>>, _>(&codes)
+            .bind::<Array<Nullable<Timestamptz>>, _>(&completed)
+            .bind::<Array<diesel::sql_types::Bool>, _>(&counted)
+            .load(conn)
+            .await?;
+            if !applied.is_empty() {
+                diesel::sql_query(
+                    "INSERT INTO webhook_delivery_attempts (id, delivery_id, attempt, status_code, duration_ms, error, response_body)
+                     SELECT stratum_uuid_v7(), u.id, u.attempt, u.code, u.duration, u.error, u.body
+                       FROM unnest($1::uuid[], $2::int[], $3::int[], $4::int[], $5::text[], $6::text[], $7::bool[])
+                            AS u(id, attempt, code, duration, error, body, counted)
+                      WHERE u.counted AND u.id = ANY($8)",
+                )
+                .bind::<Array<SqlUuid>, _>(&ids)
+                .bind::<Array<Integer>, _>(&attempts)
+                .bind::<Array<Nullable<Integer>>, _>(&codes)
+                .bind::<Array<Integer>, _>(&durations)
+                .bind::<Array<Nullable<Text>>, _>(&errors)
+                .bind::<Array<Nullable<Text>>, _>(&bodies)
+                .bind::<Array<diesel::sql_types::Bool>, _>(&counted)
+                .bind::<Array<SqlUuid>, _>(applied.iter().map(|a| a.id).collect::<Vec<_>>())
+                .execute(conn)
+                .await?;
+            }
+            if !gone.is_empty() {
+                // 410 Gone: the receiver asked us to stop.
+                diesel::update(webhooks::table.filter(webhooks::id.eq_any(&gone)))
+                    .set((webhooks::active.eq(false), webhooks::updated_at.eq(now)))
+                    .execute(conn)
+                    .await?;
+            }
+            Ok(applied.len())
+        })
+    }
+}
+
+#[derive(QueryableByName)]
+struct AppliedRow {
+    #[diesel(sql_type = SqlUuid)]
+    id: Uuid,
+}

@@ -1,0 +1,6 @@
+//! The `stratum` binary's library half: configuration and the composition root, shared
+//! with the in-process API tests.
+
+pub mod config;
+pub mod telemetry;
+pub mod wiring;

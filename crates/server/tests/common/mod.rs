@@ -1,0 +1,148 @@
+//! In-process API tests: the real application over a fresh PostgreSQL database.
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of the harness"
+)]
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{Service, ServiceResponse};
+use actix_web::http::{Method, StatusCode};
+use actix_web::test::TestRequest;
+use actix_web::web;
+use serde_json::Value;
+use stratum_api::AppState;
+use stratum_crypto::{Keyring, SharedKeyring};
+use stratum_testkit::TestDb;
+
+pub mod sql;
+
+/// The bootstrap admin key of every test app.
+pub const ADMIN: &str = "sk_test_bootstrap_admin_key_0123456789abcdef";
+/// The encryption key of every test app.
+pub const ENCRYPTION_KEY: &str = "test-encryption-key-0123456789abcdef";
+
+/// A database and the application state over it.
+pub struct Harness {
+    pub db: TestDb,
+    pub state: web::Data<AppState>,
+}
+
+pub async fn harness() -> Harness {
+    let db = TestDb::new().await;
+    let pool = stratum_postgres::connect(&db.url, &Default::default()).unwrap();
+    let keyring = SharedKeyring::new(Keyring::from_env_values(ENCRYPTION_KEY, None).unwrap());
+    let mut webhook = stratum_server::config::WebhookArgs::from_env().unwrap();
+    webhook.allow_private_targets = true;
+    webhook.timeout_ms = 3000;
+    let out = stratum_server::wiring::outbound(&webhook).unwrap();
+    let state = web::Data::new(stratum_server::wiring::app_state(
+        pool,
+        keyring,
+        Some(ADMIN),
+        out,
+    ));
+    Harness { db, state }
+}
+
+/// A response, decoded.
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Value,
+    pub headers: actix_web::http::header::HeaderMap,
+}
+
+impl Reply {
+    /// The error code of an error body.
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+}
+
+/// Sends one request; any 5xx fails the test.
+pub async fn call<S, B>(
+    app: &S,
+    method: Method,
+    path: &str,
+    key: Option<&str>,
+    body: Option<Value>,
+) -> Reply
+where
+    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
+{
+    let reply = call_any(app, method, path, key, body).await;
+    assert!(
+        !reply.status.is_server_error(),
+        "{path} answered {}: {}",
+        reply.status,
+        reply.body
+    );
+    reply
+}
+
+/// Sends one request, whatever it answers.
+pub async fn call_any<S, B>(
+    app: &S,
+    method: Method,
+    path: &str,
+    key: Option<&str>,
+    body: Option<Value>,
+) -> Reply
+where
+    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
+{
+    let mut req = TestRequest::default().method(method).uri(path);
+    if let Some(k) = key {
+        req = req.insert_header(("X-API-Key", k));
+    }
+    if let Some(b) = body {
+        req = req.set_json(b);
+    }
+    let res = actix_web::test::call_service(app, req.to_request()).await;
+    let status = res.status();
+    let headers = res.headers().clone();
+    let bytes = actix_web::test::read_body(res).await;
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+    };
+    Reply {
+        status,
+        body,
+        headers,
+    }
+}
+
+/// Sends raw bytes with a content type.
+pub async fn call_raw<S, B>(
+    app: &S,
+    method: Method,
+    path: &str,
+    key: &str,
+    ctype: &str,
+    bytes: Vec<u8>,
+) -> Reply
+where
+    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
+{
+    let req = TestRequest::default()
+        .method(method)
+        .uri(path)
+        .insert_header(("X-API-Key", key))
+        .insert_header(("Content-Type", ctype))
+        .set_payload(bytes)
+        .to_request();
+    let res = actix_web::test::call_service(app, req).await;
+    let status = res.status();
+    let headers = res.headers().clone();
+    let bytes = actix_web::test::read_body(res).await;
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Reply {
+        status,
+        body,
+        headers,
+    }
+}

@@ -1,0 +1,1586 @@
+//! Unit tests of the tenancy services against mocked ports: validation, visibility and,
+//! above all, the [`Journal`] each mutation hands to its port (the audit entry and event
+//! that commit with the change).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde_json::{json, Value};
+use stratum_core::clock::MockClock;
+use stratum_core::{
+    Actor, ActorKind, Caller, Clock, Journal, Limit, RequestMeta, Scope, StoreError, TenantPath,
+    TenantScope, REDACTED,
+};
+use stratum_crypto::{sha256_hex, Keyring, SharedKeyring};
+use time::macros::datetime;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::*;
+
+const NOW: OffsetDateTime = datetime!(2026-02-01 12:00:00 UTC);
+const EARLIER: OffsetDateTime = datetime!(2026-01-01 08:00:00 UTC);
+
+// ---------------------------------------------------------------------------------------
+// Fixtures
+// ---------------------------------------------------------------------------------------
+
+/// Where a mock's `returning` closure parks what the port received.
+type Slot<T> = Arc<Mutex<Option<T>>>;
+
+fn slot<T>() -> Slot<T> {
+    Arc::new(Mutex::new(None))
+}
+
+fn put_in<T>(slot: &Slot<T>, value: T) {
+    *slot.lock().unwrap() = Some(value);
+}
+
+fn taken<T>(slot: &Slot<T>) -> T {
+    slot.lock()
+        .unwrap()
+        .take()
+        .expect("the port was not called")
+}
+
+fn clock() -> Arc<dyn Clock> {
+    let mut clock = MockClock::new();
+    clock.expect_now().return_const(NOW);
+    Arc::new(clock)
+}
+
+fn meta() -> RequestMeta {
+    RequestMeta {
+        request_id: Some("req-7f3a".to_owned()),
+        ip: Some("203.0.113.9".to_owned()),
+        user_agent: Some("tenancy-tests/1.0".to_owned()),
+    }
+}
+
+/// A global API key with `scope`; also returns the key id the journal must name.
+fn global_caller(scope: Scope) -> (Caller, Uuid) {
+    let key_id = Uuid::now_v7();
+    let caller = Caller {
+        actor: Actor {
+            kind: ActorKind::ApiKey(key_id),
+            scope,
+            tenant: None,
+        },
+        meta: meta(),
+    };
+    (caller, key_id)
+}
+
+fn admin() -> Caller {
+    global_caller(Scope::Admin).0
+}
+
+/// A key bound to `t`'s subtree.
+fn scoped_caller(t: &Tenant, scope: Scope) -> Caller {
+    Caller {
+        actor: Actor {
+            kind: ActorKind::ApiKey(Uuid::now_v7()),
+            scope,
+            tenant: Some(TenantScope {
+                id: t.id,
+                path: t.ancestry_path.clone(),
+            }),
+        },
+        meta: meta(),
+    }
+}
+
+fn tenant_at(path: TenantPath, parent_id: Option<Uuid>) -> Tenant {
+    let id = path.leaf().unwrap();
+    Tenant {
+        id,
+        parent_id,
+        name: format!("Tenant {id}"),
+        slug: format!("t_{}", id.simple()),
+        depth: path.depth() as i32,
+        ancestry_path: path,
+        metadata: json!({}),
+        status: TenantStatus::Active,
+        deleted_at: None,
+        created_at: EARLIER,
+        updated_at: EARLIER,
+    }
+}
+
+fn root() -> Tenant {
+    tenant_at(TenantPath::root(Uuid::now_v7()), None)
+}
+
+fn child(parent: &Tenant) -> Tenant {
+    tenant_at(parent.ancestry_path.child(Uuid::now_v7()), Some(parent.id))
+}
+
+/// A tenant store whose `get` knows exactly these tenants.
+fn tenant_store(known: &[&Tenant]) -> MockTenantStore {
+    let map: HashMap<Uuid, Tenant> = known.iter().map(|t| (t.id, (*t).clone())).collect();
+    let mut store = MockTenantStore::new();
+    store
+        .expect_get()
+        .returning(move |id| Ok(map.get(&id).cloned()));
+    store
+}
+
+fn tenant_service(store: MockTenantStore) -> TenantService {
+    TenantService::new(Arc::new(store), clock())
+}
+
+fn keyring() -> SharedKeyring {
+    SharedKeyring::new(Keyring::from_env_values(&"x".repeat(32), None).unwrap())
+}
+
+/// Everything in a journal that could leak a value, as one string.
+fn journal_text(j: &Journal) -> String {
+    let mut s = format!("{j:?}");
+    for v in [&j.before, &j.after].into_iter().flatten() {
+        s.push_str(&v.to_string());
+    }
+    if let Some(e) = &j.event {
+        s.push_str(&e.payload.to_string());
+    }
+    s
+}
+
+fn assert_validation(err: TenancyError, expected_field: &str) {
+    match err {
+        TenancyError::Validation { field, .. } => assert_eq!(field, expected_field),
+        other => panic!("expected a validation error on {expected_field}, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// TenantService::create
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn create_root_by_global_actor_journals_tenant_created() {
+    let (caller, key_id) = global_caller(Scope::Write);
+    let seen: Slot<(Tenant, Journal)> = slot();
+    let mut store = tenant_store(&[]);
+    let sink = Arc::clone(&seen);
+    store.expect_create().times(1).returning(move |t, j| {
+        put_in(&sink, (t, j));
+        Ok(())
+    });
+    let svc = tenant_service(store);
+
+    let created = svc
+        .create(
+            &caller,
+            NewTenant {
+                name: "  Acme Corp ".into(),
+                slug: "acme".into(),
+                parent_id: None,
+                metadata: Some(json!({"tier": "gold"})),
+            },
+        )
+        .await
+        .unwrap();
+
+    let (stored, journal) = taken(&seen);
+    assert_eq!(stored, created);
+    let id = stored.id;
+    assert_eq!(stored.parent_id, None);
+    assert_eq!(stored.depth, 0);
+    assert_eq!(stored.ancestry_path.as_str(), format!("/{id}/"));
+    assert_eq!(stored.name, "Acme Corp");
+    assert_eq!(stored.slug, "acme");
+    assert_eq!(stored.metadata, json!({"tier": "gold"}));
+    assert_eq!(stored.status, TenantStatus::Active);
+    assert_eq!((stored.created_at, stored.updated_at), (NOW, NOW));
+
+    assert_eq!(journal.actor_id, key_id.to_string());
+    assert_eq!(journal.actor_type, "api_key");
+    assert_eq!(journal.action, "tenant.created");
+    assert_eq!(journal.resource_type, "tenant");
+    assert_eq!(journal.resource_id, Some(id.to_string()));
+    assert_eq!(journal.tenant_id, Some(id));
+    assert_eq!(journal.before, None);
+    let after = journal.after.clone().expect("after-state");
+    assert_eq!(after, serde_json::to_value(&stored).unwrap());
+    assert_eq!(after["id"], json!(id.to_string()));
+    assert_eq!(after["ancestry_path"], json!(format!("/{id}/")));
+    assert_eq!(after["depth"], json!(0));
+    assert_eq!(after["status"], json!("active"));
+    assert_eq!(journal.meta, meta());
+    assert_eq!(journal.meta.request_id.as_deref(), Some("req-7f3a"));
+    let event = journal.event.expect("an event");
+    assert_eq!(event.event_type, "tenant.created");
+    assert_eq!(event.tenant_id, Some(id));
+    assert_eq!(event.payload, after);
+    assert!(event.extra_audience.is_empty());
+}
+
+#[tokio::test]
+async fn create_child_by_scoped_actor_extends_the_visible_parents_path() {
+    let r = root();
+    let parent = child(&r);
+    let caller = scoped_caller(&r, Scope::Write);
+    let seen: Slot<(Tenant, Journal)> = slot();
+    let mut store = tenant_store(&[&r, &parent]);
+    let sink = Arc::clone(&seen);
+    store.expect_create().times(1).returning(move |t, j| {
+        put_in(&sink, (t, j));
+        Ok(())
+    });
+
+    let created = tenant_service(store)
+        .create(
+            &caller,
+            NewTenant {
+                name: "Team".into(),
+                slug: "team".into(),
+                parent_id: Some(parent.id),
+                metadata: None,
+            },
+        )
+        .await
+        .unwrap();
+
+    let (stored, journal) = taken(&seen);
+    assert_eq!(stored, created);
+    assert_eq!(stored.parent_id, Some(parent.id));
+    assert_eq!(stored.ancestry_path, parent.ancestry_path.child(stored.id));
+    assert_eq!(
+        stored.ancestry_path.as_str(),
+        format!("{}{}/", parent.ancestry_path, stored.id)
+    );
+    assert_eq!(stored.depth, parent.depth + 1);
+    assert_eq!(stored.depth, 2);
+    assert_eq!(stored.metadata, json!({}));
+    assert_eq!(journal.tenant_id, Some(stored.id));
+    assert_eq!(journal.actor_id, caller.actor.id());
+    let event = journal.event.expect("an event");
+    assert_eq!(event.tenant_id, Some(stored.id));
+    assert_eq!(event.payload["parent_id"], json!(parent.id.to_string()));
+    assert_eq!(event.payload["depth"], json!(2));
+}
+
+#[tokio::test]
+async fn scoped_actor_cannot_create_a_root() {
+    let r = root();
+    let mut store = tenant_store(&[&r]);
+    store.expect_create().times(0);
+
+    let err = tenant_service(store)
+        .create(
+            &scoped_caller(&r, Scope::Admin),
+            NewTenant {
+                name: "Rogue".into(),
+                slug: "rogue".into(),
+                parent_id: None,
+                metadata: None,
+            },
+        )
+        .await
+        .unwrap_err();
+
+    assert!(matches!(err, TenancyError::Forbidden(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn scoped_actor_cannot_create_under_a_parent_outside_its_subtree() {
+    let mine = root();
+    let foreign = root();
+    let foreign_child = child(&foreign);
+    let mut store = tenant_store(&[&mine, &foreign, &foreign_child]);
+    store.expect_create().times(0);
+    let svc = tenant_service(store);
+    let caller = scoped_caller(&mine, Scope::Admin);
+
+    for parent in [foreign.id, foreign_child.id, Uuid::now_v7()] {
+        let err = svc
+            .create(
+                &caller,
+                NewTenant {
+                    name: "Intruder".into(),
+                    slug: "intruder".into(),
+                    parent_id: Some(parent),
+                    metadata: None,
+                },
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, TenancyError::TenantNotFound), "{err:?}");
+    }
+}
+
+#[tokio::test]
+async fn create_under_an_archived_parent_is_not_found() {
+    let mut parent = root();
+    parent.status = TenantStatus::Archived;
+    parent.deleted_at = Some(EARLIER);
+    let mut store = tenant_store(&[&parent]);
+    store.expect_create().times(0);
+
+    let err = tenant_service(store)
+        .create(
+            &admin(),
+            NewTenant {
+                name: "Late".into(),
+                slug: "late".into(),
+                parent_id: Some(parent.id),
+                metadata: None,
+            },
+        )
+        .await
+        .unwrap_err();
+
+    assert!(matches!(err, TenancyError::TenantNotFound), "{err:?}");
+}
+
+#[tokio::test]
+async fn create_rejects_invalid_input_before_touching_the_store() {
+    let long_slug = "a".repeat(64);
+    let long_name = "n".repeat(256);
+    let cases: Vec<(&str, &str, Option<Value>, &str)> = vec![
+        ("Acme", "Acme", None, "slug"),
+        ("Acme", "1acme", None, "slug"),
+        ("Acme", "ac-me", None, "slug"),
+        ("Acme", "", None, "slug"),
+        ("Acme", &long_slug, None, "slug"),
+        ("", "acme", None, "name"),
+        ("   ", "acme", None, "name"),
+        (&long_name, "acme", None, "name"),
+        ("Acme", "acme", Some(json!([1, 2])), "metadata"),
+        ("Acme", "acme", Some(json!("text")), "metadata"),
+        ("Acme", "acme", Some(json!(3)), "metadata"),
+        ("Acme", "acme", Some(json!(true)), "metadata"),
+    ];
+    for (name, slug, metadata, field) in cases {
+        let mut store = MockTenantStore::new();
+        store.expect_create().times(0);
+        store.expect_get().times(0);
+        let err = tenant_service(store)
+            .create(
+                &admin(),
+                NewTenant {
+                    name: name.into(),
+                    slug: slug.into(),
+                    parent_id: None,
+                    metadata,
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_validation(err, field);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// TenantService::update
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn update_with_no_effective_change_never_writes() {
+    let mut t = root();
+    t.name = "Acme".into();
+    t.slug = "acme".into();
+    t.metadata = json!({"a": 1});
+    let patches = [
+        TenantPatch::default(),
+        TenantPatch {
+            name: Some(" Acme ".into()),
+            slug: Some("acme".into()),
+            metadata: Some(json!({"a": 1})),
+        },
+    ];
+    for patch in patches {
+        let mut store = tenant_store(&[&t]);
+        store.expect_update().times(0);
+        let got = tenant_service(store)
+            .update(&admin(), t.id, patch)
+            .await
+            .unwrap();
+        assert_eq!(got, t);
+    }
+}
+
+#[tokio::test]
+async fn update_slug_journals_before_and_after() {
+    let mut t = child(&root());
+    t.slug = "acme".into();
+    let (caller, key_id) = global_caller(Scope::Write);
+    let seen: Slot<(Tenant, Journal)> = slot();
+    let mut store = tenant_store(&[&t]);
+    let sink = Arc::clone(&seen);
+    store.expect_update().times(1).returning(move |t, j| {
+        put_in(&sink, (t, j));
+        Ok(())
+    });
+
+    let updated = tenant_service(store)
+        .update(
+            &caller,
+            t.id,
+            TenantPatch {
+                slug: Some("acme_2".into()),
+                ..TenantPatch::default()
+            },
+        )
+        .await
+        .unwrap();
+
+    let (stored, journal) = taken(&seen);
+    assert_eq!(stored, updated);
+    assert_eq!(stored.slug, "acme_2");
+    assert_eq!(stored.updated_at, NOW);
+    assert_eq!(stored.ancestry_path, t.ancestry_path);
+    assert_eq!(journal.action, "tenant.updated");
+    assert_eq!(journal.resource_id, Some(t.id.to_string()));
+    assert_eq!(journal.tenant_id, Some(t.id));
+    assert_eq!(journal.actor_id, key_id.to_string());
+    let before = journal.before.clone().expect("before-state");
+    let after = journal.after.clone().expect("after-state");
+    assert_ne!(before, after);
+    assert_eq!(before, serde_json::to_value(&t).unwrap());
+    assert_eq!(after, serde_json::to_value(&stored).unwrap());
+    assert_eq!(before["slug"], json!("acme"));
+    assert_eq!(after["slug"], json!("acme_2"));
+    let event = journal.event.expect("an event");
+    assert_eq!(event.event_type, "tenant.updated");
+    assert_eq!(event.tenant_id, Some(t.id));
+    assert_eq!(event.payload, after);
+}
+
+#[tokio::test]
+async fn update_of_an_archived_tenant_is_not_found() {
+    let mut t = root();
+    t.status = TenantStatus::Archived;
+    t.deleted_at = Some(EARLIER);
+    let mut store = tenant_store(&[&t]);
+    store.expect_update().times(0);
+
+    let err = tenant_service(store)
+        .update(
+            &admin(),
+            t.id,
+            TenantPatch {
+                name: Some("Revived".into()),
+                ..TenantPatch::default()
+            },
+        )
+        .await
+        .unwrap_err();
+
+    assert!(matches!(err, TenancyError::TenantNotFound), "{err:?}");
+}
+
+#[tokio::test]
+async fn update_rejects_an_invalid_patch() {
+    let t = root();
+    for (patch, field) in [
+        (
+            TenantPatch {
+                slug: Some("Bad Slug".into()),
+                ..TenantPatch::default()
+            },
+            "slug",
+        ),
+        (
+            TenantPatch {
+                name: Some(" ".into()),
+                ..TenantPatch::default()
+            },
+            "name",
+        ),
+        (
+            TenantPatch {
+                metadata: Some(json!(["x"])),
+                ..TenantPatch::default()
+            },
+            "metadata",
+        ),
+    ] {
+        let mut store = tenant_store(&[&t]);
+        store.expect_update().times(0);
+        let err = tenant_service(store)
+            .update(&admin(), t.id, patch)
+            .await
+            .unwrap_err();
+        assert_validation(err, field);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// TenantService::archive
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn archive_journals_tenant_deleted_with_archived_after_state() {
+    let t = child(&root());
+    let seen: Slot<(Uuid, OffsetDateTime, Journal)> = slot();
+    let mut store = tenant_store(&[&t]);
+    let sink = Arc::clone(&seen);
+    store.expect_archive().times(1).returning(move |id, at, j| {
+        put_in(&sink, (id, at, j));
+        Ok(())
+    });
+
+    tenant_service(store).archive(&admin(), t.id).await.unwrap();
+
+    let (id, at, journal) = taken(&seen);
+    assert_eq!((id, at), (t.id, NOW));
+    assert_eq!(journal.action, "tenant.deleted");
+    assert_eq!(journal.resource_type, "tenant");
+    assert_eq!(journal.resource_id, Some(t.id.to_string()));
+    assert_eq!(journal.tenant_id, Some(t.id));
+    let before = journal.before.clone().expect("before-state");
+    let after = journal.after.clone().expect("after-state");
+    assert_eq!(before["status"], json!("active"));
+    assert_eq!(before["deleted_at"], Value::Null);
+    assert_eq!(after["status"], json!("archived"));
+    assert!(after["deleted_at"].is_string(), "{after}");
+    assert_eq!(after["id"], json!(t.id.to_string()));
+    let event = journal.event.expect("an event");
+    assert_eq!(event.event_type, "tenant.deleted");
+    assert_eq!(event.tenant_id, Some(t.id));
+    assert_eq!(event.payload, after);
+}
+
+#[tokio::test]
+async fn archive_propagates_has_children() {
+    let t = root();
+    let mut store = tenant_store(&[&t]);
+    store
+        .expect_archive()
+        .times(1)
+        .returning(|_, _, _| Err(TenancyError::HasChildren));
+
+    let err = tenant_service(store)
+        .archive(&admin(), t.id)
+        .await
+        .unwrap_err();
+
+    assert!(matches!(err, TenancyError::HasChildren), "{err:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// TenantService::move_to
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn move_under_itself_or_a_descendant_is_a_cycle() {
+    let r = root();
+    let t = child(&r);
+    let c = child(&t);
+    let gc = child(&c);
+    for target in [t.id, c.id, gc.id] {
+        let mut store = tenant_store(&[&r, &t, &c, &gc]);
+        store.expect_move_subtree().times(0);
+        let err = tenant_service(store)
+            .move_to(&admin(), t.id, target)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, TenancyError::CycleDetected), "{err:?}");
+    }
+}
+
+#[tokio::test]
+async fn move_rewrites_the_path_and_tells_the_old_ancestors() {
+    let old_root = root();
+    let old_parent = child(&old_root);
+    let t = child(&old_parent);
+    let new_parent = root();
+    type Moved = (Uuid, Uuid, TenantPath, TenantPath, OffsetDateTime, Journal);
+    let seen: Slot<Moved> = slot();
+    let mut store = tenant_store(&[&old_root, &old_parent, &t, &new_parent]);
+    let sink = Arc::clone(&seen);
+    store
+        .expect_move_subtree()
+        .times(1)
+        .returning(move |id, np, from, to, at, j| {
+            put_in(&sink, (id, np, from, to, at, j));
+            Ok(())
+        });
+
+    let moved = tenant_service(store)
+        .move_to(&admin(), t.id, new_parent.id)
+        .await
+        .unwrap();
+
+    let (id, np, from, to, at, journal) = taken(&seen);
+    let expected_to = TenantPath::root(new_parent.id).child(t.id);
+    assert_eq!((id, np, at), (t.id, new_parent.id, NOW));
+    assert_eq!(from, t.ancestry_path);
+    assert_eq!(to, expected_to);
+    assert_eq!(
+        to.as_str(),
+        format!("{}{}/", new_parent.ancestry_path, t.id)
+    );
+    assert_eq!(moved.ancestry_path, expected_to);
+    assert_eq!(moved.parent_id, Some(new_parent.id));
+    assert_eq!(moved.depth, 1);
+
+    assert_eq!(journal.action, "tenant.moved");
+    assert_eq!(journal.tenant_id, Some(t.id));
+    assert_eq!(journal.resource_id, Some(t.id.to_string()));
+    let before = journal.before.clone().expect("before-state");
+    let after = journal.after.clone().expect("after-state");
+    assert_eq!(before["ancestry_path"], json!(t.ancestry_path.as_str()));
+    assert_eq!(after["ancestry_path"], json!(expected_to.as_str()));
+    assert_eq!(after["depth"], json!(1));
+    assert_eq!(after["parent_id"], json!(new_parent.id.to_string()));
+    let event = journal.event.expect("an event");
+    assert_eq!(event.event_type, "tenant.moved");
+    assert_eq!(event.tenant_id, Some(t.id));
+    assert_eq!(event.payload["tenant"], after);
+    assert_eq!(
+        event.payload["previous_parent_id"],
+        json!(old_parent.id.to_string())
+    );
+    assert_eq!(event.extra_audience, t.ancestry_path.ids());
+    assert!(event.extra_audience.contains(&old_root.id));
+    assert!(event.extra_audience.contains(&old_parent.id));
+    assert!(!event.extra_audience.contains(&new_parent.id));
+}
+
+#[tokio::test]
+async fn move_under_the_current_parent_changes_nothing() {
+    let r = root();
+    let t = child(&r);
+    let mut store = tenant_store(&[&r, &t]);
+    store.expect_move_subtree().times(0);
+
+    let got = tenant_service(store)
+        .move_to(&admin(), t.id, r.id)
+        .await
+        .unwrap();
+
+    assert_eq!(got, t);
+}
+
+// ---------------------------------------------------------------------------------------
+// TenantService::ancestors and list
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn ancestors_are_root_first_and_limited_to_the_callers_subtree() {
+    let r = root();
+    let a = child(&r);
+    let b = child(&a);
+    let c = child(&b);
+    let make = || {
+        let mut store = tenant_store(&[&r, &a, &b, &c]);
+        let expected_ids = vec![r.id, a.id, b.id];
+        let scrambled = vec![b.clone(), r.clone(), a.clone()];
+        store
+            .expect_get_many()
+            .withf(move |ids| *ids == expected_ids)
+            .times(1)
+            .returning(move |_| Ok(scrambled.clone()));
+        tenant_service(store)
+    };
+
+    let scoped = make()
+        .ancestors(&scoped_caller(&a, Scope::Read), c.id)
+        .await
+        .unwrap();
+    assert_eq!(
+        scoped.iter().map(|t| t.id).collect::<Vec<_>>(),
+        vec![a.id, b.id]
+    );
+
+    let global = make().ancestors(&admin(), c.id).await.unwrap();
+    assert_eq!(
+        global.iter().map(|t| t.id).collect::<Vec<_>>(),
+        vec![r.id, a.id, b.id]
+    );
+}
+
+#[tokio::test]
+async fn list_returns_a_cursor_only_when_the_store_had_more_than_the_limit() {
+    let scope = root();
+    let rows: Vec<Tenant> = (0..3).map(|_| child(&scope)).collect();
+    let cursor = Uuid::now_v7();
+    let limit = Limit::new(Some(2), 50, 100).unwrap();
+    let caller = scoped_caller(&scope, Scope::Read);
+
+    for (returned, expected_len, expected_next) in [
+        (3, 2, Some(rows[1].id)),
+        (2, 2, None),
+        (1, 1, None),
+        (0, 0, None),
+    ] {
+        let mut store = MockTenantStore::new();
+        let page: Vec<Tenant> = rows[..returned].to_vec();
+        let subtree = scope.ancestry_path.clone();
+        store
+            .expect_list()
+            .withf(move |s, after, lim| {
+                s.as_ref() == Some(&subtree) && *after == Some(cursor) && *lim == 3
+            })
+            .times(1)
+            .returning(move |_, _, _| Ok(page.clone()));
+
+        let (got, next) = tenant_service(store)
+            .list(&caller, Some(cursor), limit)
+            .await
+            .unwrap();
+
+        assert_eq!(got, rows[..expected_len].to_vec(), "{returned} rows");
+        assert_eq!(next, expected_next, "{returned} rows");
+    }
+}
+
+#[tokio::test]
+async fn list_by_a_global_actor_is_not_restricted_to_a_subtree() {
+    let mut store = MockTenantStore::new();
+    store
+        .expect_list()
+        .withf(|s, after, lim| s.is_none() && after.is_none() && *lim == 51)
+        .times(1)
+        .returning(|_, _, _| Ok(Vec::new()));
+
+    let (rows, next) = tenant_service(store)
+        .list(&admin(), None, Limit::new(None, 50, 100).unwrap())
+        .await
+        .unwrap();
+
+    assert!(rows.is_empty());
+    assert_eq!(next, None);
+}
+
+// ---------------------------------------------------------------------------------------
+// ConfigService
+// ---------------------------------------------------------------------------------------
+
+fn config_service(
+    known: &[&Tenant],
+    store: MockConfigStore,
+    keys: &SharedKeyring,
+) -> ConfigService {
+    ConfigService::new(
+        Arc::new(tenant_service(tenant_store(known))),
+        Arc::new(store),
+        keys.clone(),
+        clock(),
+    )
+}
+
+fn stored_entry(tenant_id: Uuid, key: &str, value: StoredValue, locked: bool) -> StoredConfigEntry {
+    StoredConfigEntry {
+        tenant_id,
+        key: key.to_owned(),
+        value,
+        locked,
+        created_at: EARLIER,
+        updated_at: EARLIER,
+    }
+}
+
+fn encrypted(keys: &SharedKeyring, value: &Value) -> StoredValue {
+    StoredValue::Encrypted(keys.get().encrypt_str(&value.to_string()).unwrap())
+}
+
+/// A config store whose `entries_for` expects `chain` and answers `entries`.
+fn config_store(chain: Vec<Uuid>, entries: Vec<StoredConfigEntry>) -> MockConfigStore {
+    let mut store = MockConfigStore::new();
+    // Like the real store: the entries of the tenants asked about, which must lie on the chain.
+    store
+        .expect_entries_for()
+        .withf(move |ids| !ids.is_empty() && ids.iter().all(|i| chain.contains(i)))
+        .returning(move |ids| {
+            Ok(entries
+                .iter()
+                .filter(|e| ids.contains(&e.tenant_id))
+                .cloned()
+                .collect())
+        });
+    store
+}
+
+type Put = (StoredConfigEntry, Vec<Uuid>, Journal);
+
+#[tokio::test]
+async fn put_sensitive_value_is_encrypted_and_redacted_from_the_journal() {
+    const SECRET: &str = "hunter2-Zq9-very-secret";
+    let keys = keyring();
+    let r = root();
+    let c = child(&r);
+    let (caller, key_id) = global_caller(Scope::Write);
+    let value = json!({"user": "app", "password": SECRET});
+    let seen: Slot<Put> = slot();
+    let mut store = config_store(vec![r.id, c.id], Vec::new());
+    let sink = Arc::clone(&seen);
+    store.expect_put().times(1).returning(move |e, a, j| {
+        put_in(&sink, (e.clone(), a, j));
+        Ok(e)
+    });
+
+    let entry = config_service(&[&r, &c], store, &keys)
+        .put(&caller, c.id, "db", value.clone(), None, Some(true))
+        .await
+        .unwrap();
+
+    // The API answer carries the value in clear; that is what config is for.
+    assert_eq!(entry.value, value);
+    assert!(entry.sensitive && !entry.inherited && !entry.locked);
+
+    let (stored, ancestors, journal) = taken(&seen);
+    assert_eq!(stored.tenant_id, c.id);
+    assert_eq!(stored.key, "db");
+    assert!(!stored.locked);
+    assert_eq!(ancestors, vec![r.id]);
+    let StoredValue::Encrypted(cipher) = &stored.value else {
+        panic!(
+            "a sensitive value must be stored encrypted: {:?}",
+            stored.value
+        );
+    };
+    assert!(!cipher.contains(SECRET));
+    let clear = keys.get().decrypt_str(cipher).unwrap();
+    assert_eq!(clear, serde_json::to_string(&value).unwrap());
+    assert_eq!(serde_json::from_str::<Value>(&clear).unwrap(), value);
+
+    assert_eq!(journal.action, "config.updated");
+    assert_eq!(journal.resource_type, "config");
+    assert_eq!(journal.resource_id, Some(format!("{}/db", c.id)));
+    assert_eq!(journal.tenant_id, Some(c.id));
+    assert_eq!(journal.actor_id, key_id.to_string());
+    assert_eq!(journal.meta, meta());
+    assert_eq!(journal.before, None);
+    let after = journal.after.clone().expect("after-state");
+    assert_eq!(after["value"], json!(REDACTED));
+    assert_eq!(after["sensitive"], json!(true));
+    assert_eq!(after["key"], json!("db"));
+    let event = journal.event.clone().expect("an event");
+    assert_eq!(event.event_type, "config.updated");
+    assert_eq!(event.tenant_id, Some(c.id));
+    assert_eq!(event.payload["value"], json!(REDACTED));
+    assert_eq!(event.payload, after);
+    let text = journal_text(&journal);
+    assert!(
+        !text.contains(SECRET),
+        "secret leaked into the journal: {text}"
+    );
+    assert!(
+        !text.contains("\"app\""),
+        "value leaked into the journal: {text}"
+    );
+}
+
+#[tokio::test]
+async fn put_over_an_own_sensitive_key_stays_sensitive_and_redacts_both_states() {
+    const OLD: &str = "old-secret-4f1c";
+    const NEW: &str = "new-secret-9b2e";
+    let keys = keyring();
+    let t = root();
+    let own = stored_entry(t.id, "token", encrypted(&keys, &json!(OLD)), false);
+    let seen: Slot<Put> = slot();
+    let mut store = config_store(vec![t.id], vec![own]);
+    let sink = Arc::clone(&seen);
+    store.expect_put().times(1).returning(move |e, a, j| {
+        put_in(&sink, (e.clone(), a, j));
+        Ok(e)
+    });
+
+    config_service(&[&t], store, &keys)
+        .put(&admin(), t.id, "token", json!(NEW), None, None)
+        .await
+        .unwrap();
+
+    let (stored, ancestors, journal) = taken(&seen);
+    assert!(ancestors.is_empty());
+    let StoredValue::Encrypted(cipher) = &stored.value else {
+        panic!("still sensitive, so still encrypted: {:?}", stored.value);
+    };
+    assert_eq!(
+        keys.get().decrypt_str(cipher).unwrap(),
+        json!(NEW).to_string()
+    );
+    assert_eq!(journal.before.as_ref().unwrap()["value"], json!(REDACTED));
+    assert_eq!(journal.after.as_ref().unwrap()["value"], json!(REDACTED));
+    let text = journal_text(&journal);
+    assert!(!text.contains(OLD) && !text.contains(NEW), "{text}");
+}
+
+#[tokio::test]
+async fn put_of_a_key_locked_by_an_ancestor_is_refused() {
+    let keys = keyring();
+    let r = root();
+    let c = child(&r);
+    let mut store = config_store(
+        vec![r.id, c.id],
+        vec![stored_entry(
+            r.id,
+            "region",
+            StoredValue::Plain(json!("eu")),
+            true,
+        )],
+    );
+    store.expect_put().times(0);
+
+    let err = config_service(&[&r, &c], store, &keys)
+        .put(&admin(), c.id, "region", json!("us"), None, None)
+        .await
+        .unwrap_err();
+
+    match err {
+        TenancyError::ConfigLocked(key) => assert_eq!(key, "region"),
+        other => panic!("expected ConfigLocked, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn put_rejects_an_invalid_key() {
+    let keys = keyring();
+    let t = root();
+    let mut store = MockConfigStore::new();
+    store.expect_put().times(0);
+    store.expect_entries_for().times(0);
+
+    let err = config_service(&[&t], store, &keys)
+        .put(&admin(), t.id, "bad key", json!(1), None, None)
+        .await
+        .unwrap_err();
+
+    assert_validation(err, "key");
+}
+
+#[tokio::test]
+async fn resolution_flows_root_to_leaf_and_locks_win() {
+    let keys = keyring();
+    let r = root();
+    let c = child(&r);
+    // Deliberately leaf-first: the service must order by the ancestry chain.
+    let entries = vec![
+        stored_entry(c.id, "a", StoredValue::Plain(json!(2)), false),
+        stored_entry(c.id, "b", StoredValue::Plain(json!(20)), false),
+        stored_entry(r.id, "a", StoredValue::Plain(json!(1)), false),
+        stored_entry(r.id, "b", StoredValue::Plain(json!(10)), true),
+        stored_entry(r.id, "s", encrypted(&keys, &json!("shh")), false),
+    ];
+    let store = config_store(vec![r.id, c.id], entries);
+
+    let resolved = config_service(&[&r, &c], store, &keys)
+        .resolved(&admin(), c.id)
+        .await
+        .unwrap();
+
+    assert_eq!(resolved.len(), 3);
+    let a = &resolved["a"];
+    assert_eq!(a.value, json!(2));
+    assert_eq!(a.source_tenant_id, c.id);
+    assert!(!a.inherited && !a.locked && !a.sensitive);
+    let b = &resolved["b"];
+    assert_eq!(b.value, json!(10));
+    assert_eq!(b.source_tenant_id, r.id);
+    assert!(b.inherited && b.locked);
+    let s = &resolved["s"];
+    assert_eq!(s.value, json!("shh"));
+    assert!(s.inherited && s.sensitive);
+}
+
+#[tokio::test]
+async fn resolution_at_the_root_sees_only_its_own_entries() {
+    let keys = keyring();
+    let r = root();
+    let store = config_store(
+        vec![r.id],
+        vec![stored_entry(r.id, "a", StoredValue::Plain(json!(1)), true)],
+    );
+
+    let resolved = config_service(&[&r], store, &keys)
+        .resolved(&admin(), r.id)
+        .await
+        .unwrap();
+
+    let a = &resolved["a"];
+    assert_eq!(a.value, json!(1));
+    assert!(!a.inherited && a.locked);
+}
+
+#[tokio::test]
+async fn delete_of_an_inherited_only_key_is_not_found() {
+    let keys = keyring();
+    let r = root();
+    let c = child(&r);
+    let mut store = config_store(
+        vec![r.id, c.id],
+        vec![stored_entry(r.id, "a", StoredValue::Plain(json!(1)), false)],
+    );
+    store.expect_delete().times(0);
+
+    let err = config_service(&[&r, &c], store, &keys)
+        .delete(&admin(), c.id, "a")
+        .await
+        .unwrap_err();
+
+    assert!(matches!(err, TenancyError::ConfigNotFound), "{err:?}");
+}
+
+#[tokio::test]
+async fn delete_of_an_own_sensitive_key_journals_a_redacted_before_state() {
+    const SECRET: &str = "sk-live-0ff1ce-secret";
+    let keys = keyring();
+    let r = root();
+    let c = child(&r);
+    let seen: Slot<(Uuid, String, Journal)> = slot();
+    let mut store = config_store(
+        vec![r.id, c.id],
+        vec![
+            stored_entry(r.id, "token", StoredValue::Plain(json!("parent")), false),
+            stored_entry(c.id, "token", encrypted(&keys, &json!(SECRET)), false),
+        ],
+    );
+    let sink = Arc::clone(&seen);
+    store.expect_delete().times(1).returning(move |t, k, j| {
+        put_in(&sink, (t, k, j));
+        Ok(())
+    });
+
+    config_service(&[&r, &c], store, &keys)
+        .delete(&admin(), c.id, "token")
+        .await
+        .unwrap();
+
+    let (tenant_id, key, journal) = taken(&seen);
+    assert_eq!((tenant_id, key.as_str()), (c.id, "token"));
+    assert_eq!(journal.action, "config.deleted");
+    assert_eq!(journal.resource_id, Some(format!("{}/token", c.id)));
+    assert_eq!(journal.tenant_id, Some(c.id));
+    assert_eq!(journal.after, None);
+    let before = journal.before.clone().expect("before-state");
+    assert_eq!(before["value"], json!(REDACTED));
+    assert_eq!(before["sensitive"], json!(true));
+    let event = journal.event.clone().expect("an event");
+    assert_eq!(event.event_type, "config.deleted");
+    assert_eq!(event.tenant_id, Some(c.id));
+    assert_eq!(event.payload["key"], json!("token"));
+    assert_eq!(event.payload["previous"], before);
+    let text = journal_text(&journal);
+    assert!(
+        !text.contains(SECRET),
+        "secret leaked into the journal: {text}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// PermissionService
+// ---------------------------------------------------------------------------------------
+
+fn permission_service(known: &[&Tenant], store: MockPermissionStore) -> PermissionService {
+    PermissionService::new(
+        Arc::new(tenant_service(tenant_store(known))),
+        Arc::new(store),
+        clock(),
+    )
+}
+
+fn policy(tenant_id: Uuid, mode: PermissionMode) -> PermissionPolicy {
+    PermissionPolicy {
+        id: Uuid::now_v7(),
+        tenant_id,
+        key: "billing.export".into(),
+        value: json!(true),
+        mode,
+        created_at: EARLIER,
+        updated_at: EARLIER,
+    }
+}
+
+/// A permission store whose `get` knows exactly these policies.
+fn permission_store(known: &[&PermissionPolicy]) -> MockPermissionStore {
+    let map: HashMap<Uuid, PermissionPolicy> = known.iter().map(|p| (p.id, (*p).clone())).collect();
+    let mut store = MockPermissionStore::new();
+    store
+        .expect_get()
+        .returning(move |id| Ok(map.get(&id).cloned()));
+    store
+}
+
+#[tokio::test]
+async fn permission_create_rejects_a_bad_mode() {
+    let t = root();
+    for mode in ["locked", "OWNED", ""] {
+        let mut store = MockPermissionStore::new();
+        store.expect_create().times(0);
+        let err = permission_service(&[&t], store)
+            .create(
+                &admin(),
+                t.id,
+                NewPermission {
+                    key: "billing.export".into(),
+                    value: json!(true),
+                    mode: mode.into(),
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_validation(err, "mode");
+    }
+}
+
+#[tokio::test]
+async fn permission_create_journals_permission_created() {
+    let t = root();
+    let seen: Slot<(PermissionPolicy, Journal)> = slot();
+    let mut store = MockPermissionStore::new();
+    let sink = Arc::clone(&seen);
+    store.expect_create().times(1).returning(move |p, j| {
+        put_in(&sink, (p, j));
+        Ok(())
+    });
+
+    let created = permission_service(&[&t], store)
+        .create(
+            &admin(),
+            t.id,
+            NewPermission {
+                key: "billing.export".into(),
+                value: json!({"max": 3}),
+                mode: "DELEGATED".into(),
+            },
+        )
+        .await
+        .unwrap();
+
+    let (stored, journal) = taken(&seen);
+    assert_eq!(stored, created);
+    assert_eq!(stored.tenant_id, t.id);
+    assert_eq!(stored.mode, PermissionMode::Delegated);
+    assert_eq!(journal.action, "permission.created");
+    assert_eq!(journal.resource_type, "permission");
+    assert_eq!(journal.resource_id, Some(stored.id.to_string()));
+    assert_eq!(journal.tenant_id, Some(t.id));
+    let after = journal.after.clone().expect("after-state");
+    assert_eq!(after["mode"], json!("DELEGATED"));
+    let event = journal.event.expect("an event");
+    assert_eq!(event.event_type, "permission.created");
+    assert_eq!(event.payload, after);
+}
+
+#[tokio::test]
+async fn a_policy_of_another_tenant_is_not_found() {
+    let mine = root();
+    let other = root();
+    let foreign = policy(other.id, PermissionMode::Inherited);
+
+    let mut store = permission_store(&[&foreign]);
+    store.expect_update().times(0);
+    store.expect_delete().times(0);
+    let svc = permission_service(&[&mine, &other], store);
+
+    let err = svc
+        .update(
+            &admin(),
+            mine.id,
+            foreign.id,
+            Some(json!(false)),
+            Some("LOCKED".into()),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TenancyError::PermissionNotFound), "{err:?}");
+
+    let err = svc.delete(&admin(), mine.id, foreign.id).await.unwrap_err();
+    assert!(matches!(err, TenancyError::PermissionNotFound), "{err:?}");
+
+    let err = svc
+        .delete(&admin(), mine.id, Uuid::now_v7())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TenancyError::PermissionNotFound), "{err:?}");
+}
+
+#[tokio::test]
+async fn permission_update_journals_before_and_after() {
+    let t = root();
+    let p = policy(t.id, PermissionMode::Inherited);
+    let seen: Slot<(PermissionPolicy, Journal)> = slot();
+    let mut store = permission_store(&[&p]);
+    let sink = Arc::clone(&seen);
+    store.expect_update().times(1).returning(move |p, j| {
+        put_in(&sink, (p, j));
+        Ok(())
+    });
+
+    let updated = permission_service(&[&t], store)
+        .update(&admin(), t.id, p.id, None, Some("LOCKED".into()))
+        .await
+        .unwrap();
+
+    let (stored, journal) = taken(&seen);
+    assert_eq!(stored, updated);
+    assert_eq!(stored.mode, PermissionMode::Locked);
+    assert_eq!(stored.value, p.value);
+    assert_eq!(stored.updated_at, NOW);
+    assert_eq!(journal.action, "permission.updated");
+    assert_eq!(journal.resource_id, Some(p.id.to_string()));
+    assert_eq!(journal.tenant_id, Some(t.id));
+    let before = journal.before.clone().expect("before-state");
+    let after = journal.after.clone().expect("after-state");
+    assert_eq!(before, serde_json::to_value(&p).unwrap());
+    assert_eq!(before["mode"], json!("INHERITED"));
+    assert_eq!(after["mode"], json!("LOCKED"));
+    let event = journal.event.expect("an event");
+    assert_eq!(event.event_type, "permission.updated");
+    assert_eq!(event.tenant_id, Some(t.id));
+    assert_eq!(event.payload, after);
+}
+
+#[tokio::test]
+async fn permission_update_with_a_bad_mode_or_no_change_never_writes() {
+    let t = root();
+    let p = policy(t.id, PermissionMode::Inherited);
+    let mut store = permission_store(&[&p]);
+    store.expect_update().times(0);
+    let svc = permission_service(&[&t], store);
+
+    let err = svc
+        .update(&admin(), t.id, p.id, None, Some("sometimes".into()))
+        .await
+        .unwrap_err();
+    assert_validation(err, "mode");
+
+    let same = svc
+        .update(
+            &admin(),
+            t.id,
+            p.id,
+            Some(p.value.clone()),
+            Some("INHERITED".into()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(same, p);
+}
+
+// ---------------------------------------------------------------------------------------
+// ApiKeyService
+// ---------------------------------------------------------------------------------------
+
+const BOOTSTRAP: &str = "bootstrap-admin-key-0123456789abcdef";
+
+fn api_key_service(store: MockApiKeyStore, known: &[&Tenant]) -> ApiKeyService {
+    ApiKeyService::new(
+        Arc::new(store),
+        Arc::new(tenant_service(tenant_store(known))),
+        clock(),
+        Some(BOOTSTRAP),
+    )
+}
+
+fn api_key(tenant_id: Option<Uuid>, scopes: Vec<Scope>) -> ApiKey {
+    ApiKey {
+        id: Uuid::now_v7(),
+        tenant_id,
+        name: Some("ci".into()),
+        key_prefix: "sk_abcdefg".into(),
+        scopes,
+        created_at: EARLIER,
+        last_used_at: None,
+        revoked_at: None,
+    }
+}
+
+/// A key store that must be asked exactly once, by the digest of `presented`.
+fn key_store_finding(presented: &str, found: Option<KeyPrincipal>) -> MockApiKeyStore {
+    let digest = sha256_hex(presented.as_bytes());
+    let presented = presented.to_owned();
+    let mut store = MockApiKeyStore::new();
+    store
+        .expect_find_by_hash()
+        .withf(move |h| *h == digest && !h.contains(&presented))
+        .times(1)
+        .returning(move |_| Ok(found.clone()));
+    store
+}
+
+#[tokio::test]
+async fn the_bootstrap_key_is_a_global_admin_without_a_lookup() {
+    let mut store = MockApiKeyStore::new();
+    store.expect_find_by_hash().times(0);
+    store.expect_touch().times(0);
+
+    let actor = api_key_service(store, &[])
+        .authenticate(BOOTSTRAP)
+        .await
+        .unwrap();
+
+    assert_eq!(
+        actor,
+        Some(Actor {
+            kind: ActorKind::Bootstrap,
+            scope: Scope::Admin,
+            tenant: None,
+        })
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_key_authenticates_nobody() {
+    let presented = "sk_unknown_key_that_nobody_minted_000000000";
+    let mut store = key_store_finding(presented, None);
+    store.expect_touch().times(0);
+
+    let actor = api_key_service(store, &[])
+        .authenticate(presented)
+        .await
+        .unwrap();
+
+    assert_eq!(actor, None);
+}
+
+#[tokio::test]
+async fn a_revoked_key_authenticates_nobody() {
+    let presented = "sk_revoked_key_000000000000000000000000000000";
+    let mut key = api_key(None, vec![Scope::Admin]);
+    key.revoked_at = Some(EARLIER);
+    let mut store = key_store_finding(
+        presented,
+        Some(KeyPrincipal {
+            key,
+            tenant_path: None,
+        }),
+    );
+    store.expect_touch().times(0);
+
+    let actor = api_key_service(store, &[])
+        .authenticate(presented)
+        .await
+        .unwrap();
+
+    assert_eq!(actor, None);
+}
+
+#[tokio::test]
+async fn a_scoped_key_whose_tenant_vanished_authenticates_nobody() {
+    let presented = "sk_orphaned_key_00000000000000000000000000000";
+    let mut store = key_store_finding(
+        presented,
+        Some(KeyPrincipal {
+            key: api_key(Some(Uuid::now_v7()), vec![Scope::Write]),
+            tenant_path: None,
+        }),
+    );
+    store.expect_touch().times(0);
+
+    let actor = api_key_service(store, &[])
+        .authenticate(presented)
+        .await
+        .unwrap();
+
+    assert_eq!(actor, None);
+}
+
+#[tokio::test]
+async fn a_stored_key_authenticates_as_itself_with_its_highest_scope() {
+    let presented = "sk_live_key_1234567890abcdefghijklmnopqrstuv";
+    let t = child(&root());
+    let key = api_key(Some(t.id), vec![Scope::Read, Scope::Write]);
+    let key_id = key.id;
+    let mut store = key_store_finding(
+        presented,
+        Some(KeyPrincipal {
+            key,
+            tenant_path: Some(t.ancestry_path.clone()),
+        }),
+    );
+    store
+        .expect_touch()
+        .withf(move |id| *id == key_id)
+        .times(1)
+        .returning(|_| Ok(()));
+
+    let actor = api_key_service(store, &[])
+        .authenticate(presented)
+        .await
+        .unwrap();
+
+    assert_eq!(
+        actor,
+        Some(Actor {
+            kind: ActorKind::ApiKey(key_id),
+            scope: Scope::Write,
+            tenant: Some(TenantScope {
+                id: t.id,
+                path: t.ancestry_path.clone(),
+            }),
+        })
+    );
+}
+
+#[tokio::test]
+async fn a_failed_touch_does_not_fail_authentication() {
+    let presented = "sk_global_key_1234567890abcdefghijklmnopqrs";
+    let key = api_key(None, vec![Scope::Admin, Scope::Read]);
+    let key_id = key.id;
+    let mut store = key_store_finding(
+        presented,
+        Some(KeyPrincipal {
+            key,
+            tenant_path: None,
+        }),
+    );
+    store
+        .expect_touch()
+        .times(1)
+        .returning(|_| Err(StoreError::Unavailable));
+
+    let actor = api_key_service(store, &[])
+        .authenticate(presented)
+        .await
+        .unwrap()
+        .expect("an actor");
+
+    assert_eq!(actor.kind, ActorKind::ApiKey(key_id));
+    assert_eq!(actor.scope, Scope::Admin);
+    assert!(actor.is_global());
+}
+
+#[tokio::test]
+async fn only_a_global_admin_may_mint_keys() {
+    let t = root();
+    let callers = [
+        scoped_caller(&t, Scope::Admin),
+        global_caller(Scope::Write).0,
+        global_caller(Scope::Read).0,
+    ];
+    for caller in callers {
+        let mut store = MockApiKeyStore::new();
+        store.expect_create().times(0);
+        let err = api_key_service(store, &[&t])
+            .create(&caller, None, Some("ci".into()), None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, TenancyError::Forbidden(_)), "{err:?}");
+    }
+}
+
+#[tokio::test]
+async fn minting_stores_only_the_digest_and_journals_no_plaintext() {
+    let t = child(&root());
+    let (caller, admin_id) = global_caller(Scope::Admin);
+    let seen: Slot<(ApiKey, String, Journal)> = slot();
+    let mut store = MockApiKeyStore::new();
+    let sink = Arc::clone(&seen);
+    store.expect_create().times(1).returning(move |k, h, j| {
+        put_in(&sink, (k, h, j));
+        Ok(())
+    });
+
+    let minted = api_key_service(store, &[&t])
+        .create(
+            &caller,
+            Some(t.id),
+            Some("deploy".into()),
+            Some(vec!["write".into(), "read".into()]),
+        )
+        .await
+        .unwrap();
+
+    let (stored, hash, journal) = taken(&seen);
+    let body = minted
+        .plaintext
+        .strip_prefix("sk_")
+        .expect("keys start with sk_");
+    assert!(body.len() >= 43, "{}", minted.plaintext);
+    assert_eq!(hash, sha256_hex(minted.plaintext.as_bytes()));
+    assert_ne!(hash, minted.plaintext);
+    assert_eq!(stored, minted.key);
+    assert_eq!(stored.tenant_id, Some(t.id));
+    assert_eq!(stored.scopes, vec![Scope::Read, Scope::Write]);
+    assert_eq!(stored.created_at, NOW);
+    assert!(minted.plaintext.starts_with(&stored.key_prefix));
+    assert!(stored.key_prefix.len() < minted.plaintext.len());
+
+    assert_eq!(journal.action, "api_key.created");
+    assert_eq!(journal.resource_type, "api_key");
+    assert_eq!(journal.resource_id, Some(stored.id.to_string()));
+    assert_eq!(journal.tenant_id, Some(t.id));
+    assert_eq!(journal.actor_id, admin_id.to_string());
+    let after = journal.after.clone().expect("after-state");
+    assert_eq!(after["id"], json!(stored.id.to_string()));
+    let text = journal_text(&journal);
+    assert!(
+        !text.contains(&minted.plaintext),
+        "plaintext in journal: {text}"
+    );
+    assert!(!text.contains(body), "plaintext in journal: {text}");
+    assert!(!text.contains(&hash), "digest in journal: {text}");
+}
+
+#[tokio::test]
+async fn minting_for_an_unknown_tenant_is_not_found() {
+    let mut store = MockApiKeyStore::new();
+    store.expect_create().times(0);
+
+    let err = api_key_service(store, &[])
+        .create(&admin(), Some(Uuid::now_v7()), None, None)
+        .await
+        .unwrap_err();
+
+    assert!(matches!(err, TenancyError::TenantNotFound), "{err:?}");
+}
+
+#[tokio::test]
+async fn overriding_an_ancestors_sensitive_key_stays_sensitive() {
+    const SECRET: &str = "child-override-secret-value";
+    let keys = keyring();
+    let r = root();
+    let c = child(&r);
+    let inherited = keys.get().encrypt_str("\"root-secret\"").unwrap();
+    let seen: Slot<Put> = slot();
+    let mut store = config_store(
+        vec![r.id, c.id],
+        vec![stored_entry(
+            r.id,
+            "token",
+            StoredValue::Encrypted(inherited),
+            false,
+        )],
+    );
+    let sink = seen.clone();
+    store.expect_put().times(1).returning(move |e, a, j| {
+        *sink.lock().unwrap() = Some((e.clone(), a, j));
+        Ok(e)
+    });
+    let entry = config_service(&[&r, &c], store, &keys)
+        .put(&admin(), c.id, "token", json!(SECRET), None, None)
+        .await
+        .unwrap();
+    assert!(entry.sensitive);
+    let (stored, _, journal) = seen.lock().unwrap().take().unwrap();
+    assert!(matches!(stored.value, StoredValue::Encrypted(_)));
+    let shown = format!(
+        "{:?}{:?}{:?}",
+        journal.before,
+        journal.after,
+        journal.event.map(|e| e.payload)
+    );
+    assert!(!shown.contains(SECRET), "{shown}");
+}
+
+#[tokio::test]
+async fn an_own_entry_hidden_by_an_ancestors_lock_can_still_be_deleted() {
+    let keys = keyring();
+    let r = root();
+    let c = child(&r);
+    let mut store = config_store(
+        vec![r.id, c.id],
+        vec![
+            stored_entry(r.id, "quota", StoredValue::Plain(json!(10)), true),
+            stored_entry(c.id, "quota", StoredValue::Plain(json!(99)), false),
+        ],
+    );
+    let deleted: Slot<(Uuid, String)> = slot();
+    let sink = deleted.clone();
+    store.expect_delete().times(1).returning(move |t, k, _| {
+        *sink.lock().unwrap() = Some((t, k));
+        Ok(())
+    });
+    config_service(&[&r, &c], store, &keys)
+        .delete(&admin(), c.id, "quota")
+        .await
+        .unwrap();
+    assert_eq!(
+        deleted.lock().unwrap().take(),
+        Some((c.id, "quota".to_owned()))
+    );
+}

@@ -1,0 +1,580 @@
+//! The webhook registry and the dead-letter queue: what the REST surface does with
+//! webhooks and deliveries.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use serde_json::{json, Value};
+use stratum_core::timefmt::rfc3339;
+use stratum_core::{new_id, Caller, Clock, Limit, StoreError, TenantPath, REDACTED};
+use stratum_crypto::{generate_whsec, SharedKeyring};
+use stratum_tenancy::TenantService;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::{
+    build_request, ClaimedDelivery, Delivery, DeliveryClient, DeliveryStatus, EventType,
+    Subscriptions, UrlGuard, Webhook, WebhookError, WebhookUrl,
+};
+
+type Result<T> = std::result::Result<T, WebhookError>;
+
+/// Counts over the deliveries a caller can see.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct DeliveryStats {
+    /// All.
+    pub total: i64,
+    /// Waiting for an attempt.
+    pub pending: i64,
+    /// Delivered.
+    pub success: i64,
+    /// Dead-lettered.
+    pub failed: i64,
+}
+
+/// The webhook a failed delivery belongs to.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WebhookRef {
+    /// Id.
+    pub id: Uuid,
+    /// Target.
+    pub url: String,
+    /// Owner tenant.
+    pub tenant_id: Option<Uuid>,
+}
+
+/// The event a failed delivery carries.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EventRef {
+    /// Id.
+    pub id: Uuid,
+    /// Type.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// Tenant.
+    pub tenant_id: Option<Uuid>,
+    /// Payload.
+    pub data: Value,
+    /// When it happened.
+    #[serde(with = "rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// A dead-lettered delivery with its webhook and event joined in.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FailedDelivery {
+    /// The delivery.
+    #[serde(flatten)]
+    pub delivery: Delivery,
+    /// Its webhook.
+    pub webhook: WebhookRef,
+    /// Its event.
+    pub event: EventRef,
+}
+
+/// The webhooks table.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait WebhookStore: Send + Sync {
+    /// Inserts. `TenantNotFound` when its tenant is gone.
+    async fn create(
+        &self,
+        webhook: Webhook,
+        secret_encrypted: String,
+        journal: stratum_core::Journal,
+    ) -> Result<()>;
+
+    /// One webhook with its tenant's path; `None` when unknown.
+    async fn get(
+        &self,
+        id: Uuid,
+    ) -> std::result::Result<Option<(Webhook, Option<TenantPath>)>, StoreError>;
+
+    /// The encrypted secret of a webhook; `None` when unknown.
+    async fn secret(&self, id: Uuid) -> std::result::Result<Option<String>, StoreError>;
+
+    /// Webhooks newest first: of tenants under `subtree` when given (global ones
+    /// excluded then), and of `tenant_id` only when given.
+    async fn list(
+        &self,
+        subtree: Option<TenantPath>,
+        tenant_id: Option<Uuid>,
+    ) -> std::result::Result<Vec<Webhook>, StoreError>;
+
+    /// Writes url, events, active, description, `updated_at` and, when given, the secret.
+    /// `NotFound` when gone.
+    async fn update(
+        &self,
+        webhook: Webhook,
+        secret_encrypted: Option<String>,
+        journal: stratum_core::Journal,
+    ) -> Result<()>;
+
+    /// Deletes it and its deliveries. `NotFound` when gone.
+    async fn delete(&self, id: Uuid, journal: stratum_core::Journal) -> Result<()>;
+
+    /// Writes a journal entry that goes with no change (a test delivery).
+    async fn journal(&self, journal: stratum_core::Journal) -> std::result::Result<(), StoreError>;
+}
+
+/// Deliveries as the API and the dead-letter queue see them.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait DeliveryStore: Send + Sync {
+    /// A webhook's deliveries newest first, strictly after `cursor`; `None` when the
+    /// cursor names no delivery of this webhook.
+    async fn list_for_webhook(
+        &self,
+        webhook_id: Uuid,
+        status: Option<DeliveryStatus>,
+        cursor: Option<Uuid>,
+        limit: i64,
+    ) -> std::result::Result<Option<Vec<Delivery>>, StoreError>;
+
+    /// Counts over deliveries of webhooks under `subtree` (all when `None`).
+    async fn stats(
+        &self,
+        subtree: Option<TenantPath>,
+    ) -> std::result::Result<DeliveryStats, StoreError>;
+
+    /// Failed deliveries newest first, joined with webhook and event.
+    async fn failed(
+        &self,
+        subtree: Option<TenantPath>,
+        limit: i64,
+    ) -> std::result::Result<Vec<FailedDelivery>, StoreError>;
+
+    /// One delivery with the path of its webhook's tenant; `None` when unknown.
+    async fn get(
+        &self,
+        id: Uuid,
+    ) -> std::result::Result<Option<(Delivery, Option<TenantPath>)>, StoreError>;
+
+    /// Puts one failed delivery back to pending, attempts cleared, due now.
+    /// `DeliveryNotFailed` when it is not failed; `DeliveryNotFound` when gone.
+    async fn retry(&self, id: Uuid, journal: stratum_core::Journal) -> Result<()>;
+
+    /// Puts every failed delivery of webhooks under `subtree` back to pending; the
+    /// journal's after-state gets the count. Returns the count.
+    async fn retry_all(
+        &self,
+        subtree: Option<TenantPath>,
+        journal: stratum_core::Journal,
+    ) -> Result<u64>;
+}
+
+/// What `POST /webhooks` carries.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NewWebhook {
+    /// Target.
+    pub url: String,
+    /// Owner tenant (`None`: global).
+    pub tenant_id: Option<Uuid>,
+    /// Event names.
+    pub events: Vec<String>,
+    /// Signing secret; generated when absent.
+    pub secret: Option<String>,
+    /// Free text.
+    pub description: Option<String>,
+}
+
+/// What `PATCH /webhooks/:id` carries.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WebhookPatch {
+    /// New target.
+    pub url: Option<String>,
+    /// New events.
+    pub events: Option<Vec<String>>,
+    /// New secret.
+    pub secret: Option<String>,
+    /// Enable or disable.
+    pub active: Option<bool>,
+    /// New description (`Some(None)` clears it).
+    pub description: Option<Option<String>>,
+}
+
+/// The answer of a test delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TestResult {
+    /// A 2xx came back.
+    pub success: bool,
+    /// The status, when a response came back.
+    pub response_code: Option<u16>,
+    /// What went wrong, when it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The registry's settings.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RegistryConfig {
+    /// `STRATUM_WEBHOOK_ALLOW_PRIVATE_TARGETS`: allow `http://` (the guard allows the rest).
+    pub allow_http: bool,
+}
+
+/// Webhooks and their deliveries.
+pub struct WebhookService {
+    tenants: Arc<TenantService>,
+    webhooks: Arc<dyn WebhookStore>,
+    deliveries: Arc<dyn DeliveryStore>,
+    guard: Arc<dyn UrlGuard>,
+    client: Arc<dyn DeliveryClient>,
+    keyring: SharedKeyring,
+    clock: Arc<dyn Clock>,
+    config: RegistryConfig,
+}
+
+fn state_of(w: &Webhook) -> Value {
+    let mut v = serde_json::to_value(w).unwrap_or(Value::Null);
+    v["secret"] = Value::String(REDACTED.to_owned());
+    v
+}
+
+fn validate_secret(secret: &str) -> Result<()> {
+    let n = secret.chars().count();
+    if !(16..=255).contains(&n) {
+        return Err(WebhookError::Validation {
+            field: "secret",
+            message: "must be 16-255 characters".into(),
+        });
+    }
+    if secret.starts_with(stratum_crypto::signing::WHSEC_PREFIX)
+        && stratum_crypto::signing_key_bytes(secret).is_err()
+    {
+        return Err(WebhookError::Validation {
+            field: "secret",
+            message: "a whsec_ secret must be followed by base64".into(),
+        });
+    }
+    Ok(())
+}
+
+fn validate_description(d: Option<String>) -> Result<Option<String>> {
+    match d {
+        Some(d) if d.chars().count() > 255 => Err(WebhookError::Validation {
+            field: "description",
+            message: "must be at most 255 characters".into(),
+        }),
+        other => Ok(other),
+    }
+}
+
+impl WebhookService {
+    /// Wires the service.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "a composition-root constructor: one argument per port"
+    )]
+    pub fn new(
+        tenants: Arc<TenantService>,
+        webhooks: Arc<dyn WebhookStore>,
+        deliveries: Arc<dyn DeliveryStore>,
+        guard: Arc<dyn UrlGuard>,
+        client: Arc<dyn DeliveryClient>,
+        keyring: SharedKeyring,
+        clock: Arc<dyn Clock>,
+        config: RegistryConfig,
+    ) -> Self {
+        Self {
+            tenants,
+            webhooks,
+            deliveries,
+            guard,
+            client,
+            keyring,
+            clock,
+            config,
+        }
+    }
+
+    async fn checked_url(&self, raw: &str) -> Result<WebhookUrl> {
+        let url = WebhookUrl::parse(raw, self.config.allow_http)?;
+        self.guard
+            .check(&url)
+            .await
+            .map_err(WebhookError::UrlInvalid)?;
+        Ok(url)
+    }
+
+    async fn check_tenant(&self, caller: &Caller, tenant_id: Option<Uuid>) -> Result<()> {
+        match tenant_id {
+            None if caller.actor.is_global() => Ok(()),
+            None => Err(WebhookError::Forbidden(
+                "a global webhook (no tenant_id) needs a key that is not tenant-scoped".into(),
+            )),
+            Some(t) => self
+                .tenants
+                .visible_active(caller, t)
+                .await
+                .map(|_| ())
+                .map_err(|_| WebhookError::TenantNotFound),
+        }
+    }
+
+    fn visible(caller: &Caller, path: Option<&TenantPath>) -> bool {
+        match (caller.actor.subtree(), path) {
+            (None, _) => true,
+            (Some(scope), Some(p)) => scope.contains(p),
+            (Some(_), None) => false,
+        }
+    }
+
+    /// A webhook the caller can see.
+    pub async fn get(&self, caller: &Caller, id: Uuid) -> Result<Webhook> {
+        match self.webhooks.get(id).await? {
+            Some((w, path)) if Self::visible(caller, path.as_ref()) => Ok(w),
+            _ => Err(WebhookError::NotFound),
+        }
+    }
+
+    /// Registers a webhook; returns it and, when the server generated the secret, that secret.
+    pub async fn create(
+        &self,
+        caller: &Caller,
+        input: NewWebhook,
+    ) -> Result<(Webhook, Option<String>)> {
+        let url = self.checked_url(&input.url).await?;
+        let events = Subscriptions::parse(&input.events)?;
+        let description = validate_description(input.description)?;
+        if let Some(s) = &input.secret {
+            validate_secret(s)?;
+        }
+        self.check_tenant(caller, input.tenant_id).await?;
+        let (secret, generated) = match input.secret {
+            Some(s) => (s, false),
+            None => (generate_whsec(), true),
+        };
+        let secret_encrypted = self
+            .keyring
+            .get()
+            .encrypt_str(&secret)
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
+        let now = self.clock.now();
+        let webhook = Webhook {
+            id: new_id(),
+            tenant_id: input.tenant_id,
+            url: url.as_str().to_owned(),
+            events: events.names(),
+            active: true,
+            description,
+            created_at: now,
+            updated_at: now,
+        };
+        let journal = caller
+            .journal("webhook.created", "webhook")
+            .resource(webhook.id)
+            .tenant(webhook.tenant_id)
+            .after(Some(state_of(&webhook)));
+        self.webhooks
+            .create(webhook.clone(), secret_encrypted, journal)
+            .await?;
+        Ok((webhook, generated.then_some(secret)))
+    }
+
+    /// Webhooks the caller can see, optionally of one tenant.
+    pub async fn list(&self, caller: &Caller, tenant_id: Option<Uuid>) -> Result<Vec<Webhook>> {
+        if let Some(t) = tenant_id {
+            self.tenants
+                .get(caller, t)
+                .await
+                .map_err(|_| WebhookError::TenantNotFound)?;
+        }
+        Ok(self
+            .webhooks
+            .list(caller.actor.subtree().cloned(), tenant_id)
+            .await?)
+    }
+
+    /// Changes a webhook.
+    pub async fn update(&self, caller: &Caller, id: Uuid, patch: WebhookPatch) -> Result<Webhook> {
+        let before = self.get(caller, id).await?;
+        let mut after = before.clone();
+        if let Some(u) = &patch.url {
+            after.url = self.checked_url(u).await?.as_str().to_owned();
+        }
+        if let Some(e) = &patch.events {
+            after.events = Subscriptions::parse(e)?.names();
+        }
+        if let Some(a) = patch.active {
+            after.active = a;
+        }
+        if let Some(d) = patch.description {
+            after.description = validate_description(d)?;
+        }
+        let secret_encrypted = match &patch.secret {
+            Some(s) => {
+                validate_secret(s)?;
+                Some(
+                    self.keyring
+                        .get()
+                        .encrypt_str(s)
+                        .map_err(|e| StoreError::Internal(e.to_string()))?,
+                )
+            }
+            None => None,
+        };
+        if after == before && secret_encrypted.is_none() {
+            return Ok(before);
+        }
+        after.updated_at = self.clock.now();
+        let mut after_state = state_of(&after);
+        after_state["secret_changed"] = Value::Bool(secret_encrypted.is_some());
+        let journal = caller
+            .journal("webhook.updated", "webhook")
+            .resource(id)
+            .tenant(after.tenant_id)
+            .before(Some(state_of(&before)))
+            .after(Some(after_state));
+        self.webhooks
+            .update(after.clone(), secret_encrypted, journal)
+            .await?;
+        Ok(after)
+    }
+
+    /// Deletes a webhook and its deliveries.
+    pub async fn delete(&self, caller: &Caller, id: Uuid) -> Result<()> {
+        let before = self.get(caller, id).await?;
+        let journal = caller
+            .journal("webhook.deleted", "webhook")
+            .resource(id)
+            .tenant(before.tenant_id)
+            .before(Some(state_of(&before)));
+        self.webhooks.delete(id, journal).await
+    }
+
+    /// Sends a synthetic `webhook.test` event now, through the same SSRF guard and signing
+    /// as real deliveries, and reports what the receiver said.
+    pub async fn test(&self, caller: &Caller, id: Uuid) -> Result<TestResult> {
+        let webhook = self.get(caller, id).await?;
+        let secret = self
+            .webhooks
+            .secret(id)
+            .await?
+            .ok_or(WebhookError::NotFound)?;
+        let now = self.clock.now();
+        let result = match self.checked_url(&webhook.url).await {
+            Err(WebhookError::UrlInvalid(reason)) => TestResult {
+                success: false,
+                response_code: None,
+                error: Some(format!("blocked target: {reason}")),
+            },
+            Err(other) => return Err(other),
+            Ok(_) => {
+                let synthetic = ClaimedDelivery {
+                    id: new_id(),
+                    lease_id: Uuid::nil(),
+                    attempts: 0,
+                    webhook_id: webhook.id,
+                    url: webhook.url.clone(),
+                    secret_encrypted: secret,
+                    event_id: new_id(),
+                    event_type: EventType::WebhookTest.as_str().to_owned(),
+                    tenant_id: webhook.tenant_id,
+                    payload: json!({"webhook_id": webhook.id, "message": "This is a test event from Stratum."}),
+                    event_created_at: now,
+                };
+                match build_request(&synthetic, &self.keyring.get(), now) {
+                    Err(e) => TestResult {
+                        success: false,
+                        response_code: None,
+                        error: Some(e.to_string()),
+                    },
+                    Ok(request) => {
+                        let outcome = self.client.send(request).await;
+                        let success = outcome.status.is_some_and(|s| (200..300).contains(&s));
+                        let error = match (&outcome.error, outcome.status) {
+                            (Some(e), _) => Some(e.clone()),
+                            (None, Some(s)) if !success => Some(format!("receiver answered {s}")),
+                            _ => None,
+                        };
+                        TestResult {
+                            success,
+                            response_code: outcome.status,
+                            error,
+                        }
+                    }
+                }
+            }
+        };
+        let journal = caller
+            .journal("webhook.tested", "webhook")
+            .resource(id)
+            .tenant(webhook.tenant_id)
+            .after(Some(serde_json::to_value(&result).unwrap_or(Value::Null)));
+        self.webhooks.journal(journal).await?;
+        Ok(result)
+    }
+
+    /// A webhook's deliveries, newest first; the cursor of the next page when more remain.
+    pub async fn deliveries(
+        &self,
+        caller: &Caller,
+        webhook_id: Uuid,
+        status: Option<DeliveryStatus>,
+        cursor: Option<Uuid>,
+        limit: Limit,
+    ) -> Result<(Vec<Delivery>, Option<Uuid>)> {
+        self.get(caller, webhook_id).await?;
+        let mut rows = self
+            .deliveries
+            .list_for_webhook(webhook_id, status, cursor, limit.as_i64() + 1)
+            .await?
+            .ok_or(WebhookError::Validation {
+                field: "cursor",
+                message: "does not name a delivery of this webhook".into(),
+            })?;
+        let next = if rows.len() > limit.get() as usize {
+            rows.truncate(limit.get() as usize);
+            rows.last().map(|d| d.id)
+        } else {
+            None
+        };
+        Ok((rows, next))
+    }
+
+    /// Delivery counts the caller can see.
+    pub async fn stats(&self, caller: &Caller) -> Result<DeliveryStats> {
+        Ok(self
+            .deliveries
+            .stats(caller.actor.subtree().cloned())
+            .await?)
+    }
+
+    /// The dead-letter queue.
+    pub async fn failed(&self, caller: &Caller, limit: Limit) -> Result<Vec<FailedDelivery>> {
+        Ok(self
+            .deliveries
+            .failed(caller.actor.subtree().cloned(), limit.as_i64())
+            .await?)
+    }
+
+    /// Re-queues one failed delivery.
+    pub async fn retry(&self, caller: &Caller, delivery_id: Uuid) -> Result<()> {
+        let (delivery, path) = self
+            .deliveries
+            .get(delivery_id)
+            .await?
+            .ok_or(WebhookError::DeliveryNotFound)?;
+        if !Self::visible(caller, path.as_ref()) {
+            return Err(WebhookError::DeliveryNotFound);
+        }
+        if delivery.status != DeliveryStatus::Failed {
+            return Err(WebhookError::DeliveryNotFailed);
+        }
+        let journal = caller
+            .journal("delivery.retried", "delivery")
+            .resource(delivery_id)
+            .tenant(delivery.tenant_id)
+            .before(Some(serde_json::to_value(&delivery).unwrap_or(Value::Null)));
+        self.deliveries.retry(delivery_id, journal).await
+    }
+
+    /// Re-queues every failed delivery the caller can see.
+    pub async fn retry_all(&self, caller: &Caller) -> Result<u64> {
+        let journal = caller.journal("delivery.retried_all", "delivery");
+        self.deliveries
+            .retry_all(caller.actor.subtree().cloned(), journal)
+            .await
+    }
+}
