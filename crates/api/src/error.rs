@@ -244,3 +244,16 @@ impl From<stratum_webhooks::WebhookError> for ApiError {
         }
     }
 }
+
+impl From<stratum_consent::ConsentError> for ApiError {
+    fn from(e: stratum_consent::ConsentError) -> Self {
+        use stratum_consent::ConsentError as E;
+        match e {
+            E::Validation { field, message } => Self::field(field, message),
+            E::TenantNotFound => Self::not_found("TENANT_NOT_FOUND", "tenant"),
+            E::NotFound => Self::not_found("CONSENT_NOT_FOUND", "active consent"),
+            E::Conflict(m) => Self::conflict("CONFLICT", m),
+            E::Store(s) => s.into(),
+        }
+    }
+}

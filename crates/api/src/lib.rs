@@ -4,6 +4,7 @@
 pub mod api_keys;
 pub mod audit;
 pub mod auth;
+pub mod consent;
 pub mod error;
 pub mod extract;
 pub mod health;
@@ -52,6 +53,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.configure(tenants::routes)
         .configure(api_keys::routes)
         .configure(audit::routes)
+        .configure(consent::routes)
         .configure(webhooks::routes)
         .default_service(web::to(unknown_route));
 }

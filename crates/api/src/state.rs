@@ -22,4 +22,6 @@ pub struct AppState {
     pub webhooks: Arc<stratum_webhooks::WebhookService>,
     /// The audit log.
     pub audit: Arc<AuditService>,
+    /// Consent records.
+    pub consent: Arc<stratum_consent::ConsentService>,
 }

@@ -78,6 +78,11 @@ pub fn app_state(
         clock.clone(),
         admin_api_key,
     ));
+    let consent = Arc::new(stratum_consent::ConsentService::new(
+        tenants.clone(),
+        Arc::new(stratum_postgres::PgConsentStore::new(pool.clone())),
+        clock.clone(),
+    ));
     let webhooks = Arc::new(WebhookService::new(
         tenants.clone(),
         Arc::new(PgWebhookStore::new(pool.clone())),
@@ -99,6 +104,7 @@ pub fn app_state(
         api_keys,
         webhooks,
         audit,
+        consent,
     }
 }
 
@@ -129,8 +135,9 @@ pub fn dispatcher(
         concurrency,
         per_webhook: cfg.max_in_flight_per_endpoint as usize,
         batch_size: concurrency.clamp(16, 512),
-        // Long enough that a claimed delivery waiting for its webhook's slot still holds it.
-        lease: (cfg.timeout() * 4).max(Duration::from_secs(60)),
+        // Long enough for a claimed delivery to wait for its webhook's slot and then be
+        // sent; short enough that a crashed worker's deliveries come back soon.
+        lease: cfg.timeout() * 3 + Duration::from_secs(5),
         ..DispatcherConfig::default()
     };
     Dispatcher::new(
