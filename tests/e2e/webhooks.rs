@@ -1,4 +1,9 @@
 //! Webhooks end to end: the real binary, real PostgreSQL, a local receiver.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests fail loudly by design"
+)]
 
 use std::time::Duration;
 

@@ -1,4 +1,9 @@
 //! Several workers, crashes and exactly-once claims, end to end.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests fail loudly by design"
+)]
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -1,4 +1,9 @@
 //! Consent through the real application on real PostgreSQL.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests fail loudly by design"
+)]
 
 mod common;
 

@@ -1,4 +1,9 @@
 //! The event sources and the audit log through the real application on real PostgreSQL.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests fail loudly by design"
+)]
 
 mod common;
 

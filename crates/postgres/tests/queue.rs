@@ -1,0 +1,252 @@
+//! Migrations and the delivery queue against a real PostgreSQL.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests fail loudly by design"
+)]
+
+use std::time::Duration;
+
+use diesel::sql_types::BigInt;
+use diesel::QueryableByName;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use stratum_postgres::{connect, migrations_current, run_migrations, PgDeliveryQueue, Pool};
+use stratum_testkit::TestDb;
+use stratum_webhooks::{AttemptOutcome, Completion, DeliveryQueue, Verdict};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+#[derive(QueryableByName)]
+struct N {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+async fn exec(url: &str, q: &str) {
+    let mut c = AsyncPgConnection::establish(url).await.unwrap();
+    diesel::sql_query(q).execute(&mut c).await.unwrap();
+}
+
+async fn count(url: &str, q: &str) -> i64 {
+    let mut c = AsyncPgConnection::establish(url).await.unwrap();
+    let rows: Vec<N> = diesel::sql_query(q).load(&mut c).await.unwrap();
+    rows.into_iter().next().unwrap().n
+}
+
+async fn webhook(url: &str, active: bool) -> Uuid {
+    let id = Uuid::now_v7();
+    exec(
+        url,
+        &format!(
+            "INSERT INTO webhooks (id, url, events, secret_encrypted, active)
+             VALUES ('{id}', 'https://example.com/{id}', '{{tenant.updated}}', 'v1:x:y', {active})"
+        ),
+    )
+    .await;
+    id
+}
+
+async fn enqueue(url: &str, webhook: Uuid, n: usize) {
+    exec(
+        url,
+        &format!(
+            "WITH ev AS (
+                 INSERT INTO webhook_events (id, event_type, payload)
+                 SELECT stratum_uuid_v7(), 'tenant.updated', jsonb_build_object('n', g) FROM generate_series(1, {n}) g
+                 RETURNING id)
+             INSERT INTO webhook_deliveries (id, webhook_id, event_id, event_type)
+             SELECT stratum_uuid_v7(), '{webhook}', ev.id, 'tenant.updated' FROM ev"
+        ),
+    )
+    .await;
+}
+
+fn pool(db: &TestDb) -> Pool {
+    connect(&db.url, &Default::default()).unwrap()
+}
+
+fn done(d: &stratum_webhooks::ClaimedDelivery, verdict: Verdict) -> Completion {
+    Completion {
+        delivery_id: d.id,
+        lease_id: d.lease_id,
+        webhook_id: d.webhook_id,
+        attempt: if matches!(verdict, Verdict::Release { .. }) {
+            d.attempts
+        } else {
+            d.attempts + 1
+        },
+        outcome: AttemptOutcome {
+            status: Some(200),
+            duration_ms: 3,
+            ..Default::default()
+        },
+        verdict,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_migrations_do_not_race() {
+    let db = TestDb::new().await;
+    // A fresh, empty database beside the migrated one.
+    let empty = format!("{}_empty", db.name());
+    exec(&db.url, &format!("CREATE DATABASE {empty}")).await;
+    let url = db.url.replace(db.name(), &empty);
+    let (a, b) = tokio::join!(run_migrations(&url), run_migrations(&url));
+    assert_eq!(
+        a.unwrap() + b.unwrap(),
+        3,
+        "each migration ran exactly once"
+    );
+    let mut c = AsyncPgConnection::establish(&url).await.unwrap();
+    assert!(migrations_current(&mut c).await.unwrap());
+    drop(c);
+    assert_eq!(run_migrations(&url).await.unwrap(), 0);
+    exec(&db.url, &format!("DROP DATABASE {empty} WITH (FORCE)")).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_claims_are_disjoint_and_respect_limits() {
+    let db = TestDb::new().await;
+    let q = PgDeliveryQueue::new(pool(&db));
+    let (w1, w2, off) = (
+        webhook(&db.url, true).await,
+        webhook(&db.url, true).await,
+        webhook(&db.url, false).await,
+    );
+    enqueue(&db.url, w1, 300).await;
+    enqueue(&db.url, w2, 300).await;
+    enqueue(&db.url, off, 50).await;
+    let lease = Duration::from_secs(60);
+    let (a, b) = tokio::join!(
+        q.claim(200, 1000, vec![], lease),
+        q.claim(200, 1000, vec![], lease)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let mut ids: Vec<Uuid> = a.iter().chain(b.iter()).map(|d| d.id).collect();
+    let n = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "no delivery was claimed twice");
+    assert!(
+        a.iter().chain(b.iter()).all(|d| d.webhook_id != off),
+        "inactive webhooks are never claimed"
+    );
+
+    let per = q.claim(100, 5, vec![], lease).await.unwrap();
+    let from_w1 = per.iter().filter(|d| d.webhook_id == w1).count();
+    assert!(
+        from_w1 <= 5 && per.len() <= 10,
+        "per-webhook cap holds: {} of {}",
+        from_w1,
+        per.len()
+    );
+    let skipped = q.claim(100, 100, vec![w1], lease).await.unwrap();
+    assert!(!skipped.is_empty() && skipped.iter().all(|d| d.webhook_id == w2));
+    let claimed = &skipped[0];
+    assert_eq!(claimed.payload["n"].as_i64().is_some(), true);
+    assert_eq!(claimed.secret_encrypted, "v1:x:y");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn completions_are_compare_and_set_on_the_lease() {
+    let db = TestDb::new().await;
+    let q = PgDeliveryQueue::new(pool(&db));
+    let w = webhook(&db.url, true).await;
+    enqueue(&db.url, w, 4).await;
+    let claimed = q
+        .claim(10, 10, vec![], Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 4);
+    assert!(
+        q.claim(10, 10, vec![], Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_empty(),
+        "leased rows are not due"
+    );
+
+    let mut stale = done(&claimed[0], Verdict::Success);
+    stale.lease_id = Uuid::now_v7();
+    assert_eq!(
+        q.complete(vec![stale]).await.unwrap(),
+        0,
+        "a foreign lease writes nothing"
+    );
+
+    let later = OffsetDateTime::now_utc() + time::Duration::hours(1);
+    let applied = q
+        .complete(vec![
+            done(&claimed[0], Verdict::Success),
+            done(&claimed[1], Verdict::Retry { at: later }),
+            done(&claimed[2], Verdict::Gone),
+            done(
+                &claimed[3],
+                Verdict::Release {
+                    at: OffsetDateTime::now_utc(),
+                },
+            ),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(applied, 4);
+    assert_eq!(
+        q.complete(vec![done(&claimed[0], Verdict::Failed)])
+            .await
+            .unwrap(),
+        0,
+        "a completion applies once"
+    );
+    let url = &db.url;
+    assert_eq!(count(url, &format!("SELECT count(*) AS n FROM webhook_deliveries WHERE id = '{}' AND status = 'success' AND attempts = 1 AND completed_at IS NOT NULL", claimed[0].id)).await, 1);
+    assert_eq!(count(url, &format!("SELECT count(*) AS n FROM webhook_deliveries WHERE id = '{}' AND status = 'pending' AND attempts = 1 AND next_retry_at > now() + interval '50 minutes'", claimed[1].id)).await, 1);
+    assert_eq!(count(url, &format!("SELECT count(*) AS n FROM webhook_deliveries WHERE id = '{}' AND status = 'failed'", claimed[2].id)).await, 1);
+    assert_eq!(
+        count(
+            url,
+            &format!("SELECT count(*) AS n FROM webhooks WHERE id = '{w}' AND NOT active")
+        )
+        .await,
+        1,
+        "410 deactivates"
+    );
+    assert_eq!(count(url, &format!("SELECT count(*) AS n FROM webhook_deliveries WHERE id = '{}' AND status = 'pending' AND attempts = 0", claimed[3].id)).await, 1, "a release is not an attempt");
+    assert_eq!(
+        count(url, "SELECT count(*) AS n FROM webhook_delivery_attempts").await,
+        3,
+        "three real attempts recorded"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expired_leases_become_claimable_again() {
+    let db = TestDb::new().await;
+    let q = PgDeliveryQueue::new(pool(&db));
+    let w = webhook(&db.url, true).await;
+    enqueue(&db.url, w, 3).await;
+    let first = q
+        .claim(10, 10, vec![], Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 3);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let second = q
+        .claim(10, 10, vec![], Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(second.len(), 3, "a crashed worker's deliveries come back");
+    assert!(second.iter().all(|d| d.lease_id != first[0].lease_id));
+    // The first worker, late, cannot overwrite the second's result.
+    assert_eq!(
+        q.complete(first.iter().map(|d| done(d, Verdict::Failed)).collect())
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        q.complete(second.iter().map(|d| done(d, Verdict::Success)).collect())
+            .await
+            .unwrap(),
+        3
+    );
+}
