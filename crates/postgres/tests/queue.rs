@@ -143,7 +143,7 @@ async fn concurrent_claims_are_disjoint_and_respect_limits() {
     let skipped = q.claim(100, 100, vec![w1], lease).await.unwrap();
     assert!(!skipped.is_empty() && skipped.iter().all(|d| d.webhook_id == w2));
     let claimed = &skipped[0];
-    assert_eq!(claimed.payload["n"].as_i64().is_some(), true);
+    assert!(claimed.payload["n"].as_i64().is_some());
     assert_eq!(claimed.secret_encrypted, "v1:x:y");
 }
 
