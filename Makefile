@@ -6,9 +6,9 @@ PG          := scripts/pg.sh
 DEV_DIR     := .stratum
 DB_URL      := $(shell $(PG) url stratum)
 CARGO       ?= cargo
-DOMAIN_CRATES := stratum-core stratum-crypto stratum-audit stratum-consent stratum-webhooks stratum-tenancy
+DOMAIN_CRATES := stratum-core stratum-crypto stratum-audit stratum-consent stratum-webhooks stratum-tenancy stratum-maintenance
 
-.PHONY: fmt-check clippy help db-up db-down db-test-up run build test test-unit lint fmt schema-check boundary-check bench tools clean
+.PHONY: openapi-check deploy-check fmt-check clippy help db-up db-down db-test-up run build test test-unit lint fmt schema-check boundary-check bench tools clean
 
 help:
 	@echo "make run     build, start PostgreSQL, migrate and serve on http://127.0.0.1:3001"
@@ -48,7 +48,7 @@ run: db-up build $(DEV_DIR)/dev.env
 	 exec ./target/release/stratum serve
 
 # Tests run against the real PostgreSQL started above; each test clones its own database.
-test: db-test-up
+test: db-test-up deploy-check openapi-check
 	@psql -h 127.0.0.1 -p 55432 -U postgres -d postgres -tAc \
 	  "SELECT 'DROP DATABASE IF EXISTS ' || datname || ' WITH (FORCE);' FROM pg_database WHERE datname LIKE 'stratum\_t\_%'" \
 	  | psql -q -h 127.0.0.1 -p 55432 -U postgres -d postgres >/dev/null
@@ -85,6 +85,23 @@ schema-check:
 	@diesel migration run --migration-dir migrations --database-url $$($(PG) url stratum_schema_check) >/dev/null
 	@diesel print-schema --database-url $$($(PG) url stratum_schema_check) | diff -u crates/postgres/src/schema.rs - \
 	  && echo "schema check: crates/postgres/src/schema.rs matches the migrations"
+
+# Python tools for the checks (installed from PyPI into .venv on first use).
+VENV := .venv
+PY_TOOLS := kubernetes-validate check-jsonschema pyyaml openapi-spec-validator
+$(VENV)/.tools: Makefile
+	@test -x $(VENV)/bin/python || python3 -m venv $(VENV)
+	@$(VENV)/bin/pip install -q --disable-pip-version-check $(PY_TOOLS)
+	@touch $@
+
+deploy-check: $(VENV)/.tools
+	@$(VENV)/bin/python deploy/check.py
+
+# The OpenAPI document (`stratum openapi`) must pass an independent validator.
+openapi-check: $(VENV)/.tools
+	@mkdir -p target
+	@$(CARGO) run -q -p stratum-server --bin stratum -- openapi > target/openapi.json
+	@$(VENV)/bin/python -m openapi_spec_validator target/openapi.json
 
 bench: db-up
 	@bench/run.sh

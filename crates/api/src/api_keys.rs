@@ -11,29 +11,54 @@ use crate::AppState;
 
 type Res = Result<HttpResponse, ApiError>;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateKey {
+    /// Bind the key to this tenant and its descendants; absent or null for a global key.
     #[serde(default)]
     tenant_id: Option<Uuid>,
     #[serde(default)]
     name: Option<String>,
+    /// Scopes; default `["read"]`.
     #[serde(default)]
+    #[schema(value_type = Option<Vec<stratum_core::Scope>>, min_items = 1)]
     scopes: Option<Vec<String>>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = CreatedApiKey)]
 struct Created {
     #[serde(flatten)]
     key: ApiKey,
+    /// The key itself, shown only this once.
     plaintext_key: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only keys bound to this tenant.
     tenant_id: Option<Uuid>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/api-keys",
+    tag = "api-keys",
+    operation_id = "createApiKey",
+    request_body = CreateKey,
+    responses(
+        (status = 201, description = "The new key; `plaintext_key` is shown only this once", body = Created),
+        (status = 400, response = crate::openapi::ValidationError),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 429, response = crate::openapi::RateLimited),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 async fn create(
     state: web::Data<AppState>,
     GlobalAdmin(caller): GlobalAdmin,
@@ -50,6 +75,23 @@ async fn create(
     }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/api-keys",
+    tag = "api-keys",
+    operation_id = "listApiKeys",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "Stored keys (never the keys themselves)", body = Vec<stratum_tenancy::ApiKey>),
+        (status = 400, response = crate::openapi::ValidationError),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 429, response = crate::openapi::RateLimited),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 async fn list(
     state: web::Data<AppState>,
     GlobalAdmin(caller): GlobalAdmin,
@@ -58,6 +100,23 @@ async fn list(
     Ok(HttpResponse::Ok().json(state.api_keys.list(&caller, q.tenant_id).await?))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/api-keys/{id}",
+    tag = "api-keys",
+    operation_id = "revokeApiKey",
+    params(("id" = Uuid, Path, description = "API key id")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 400, response = crate::openapi::ValidationError),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 429, response = crate::openapi::RateLimited),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 async fn revoke(
     state: web::Data<AppState>,
     GlobalAdmin(caller): GlobalAdmin,

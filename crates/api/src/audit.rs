@@ -12,15 +12,27 @@ use crate::AppState;
 
 type Res = Result<HttpResponse, ApiError>;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only this tenant's entries.
     tenant_id: Option<Uuid>,
+    /// Only this action, e.g. `tenant.created`.
     action: Option<String>,
+    /// Only this resource type, e.g. `tenant`.
     resource_type: Option<String>,
+    /// Only this actor (an API key id, `bootstrap` or `system`).
     actor_id: Option<String>,
+    /// At or after (RFC 3339).
+    #[param(format = DateTime)]
     from: Option<String>,
+    /// At or before (RFC 3339).
+    #[param(format = DateTime)]
     to: Option<String>,
+    /// Page size.
+    #[param(minimum = 1, maximum = 100, default = 50)]
     limit: Option<i64>,
+    /// Id of the last entry of the previous page (`X-Next-Cursor`).
     cursor: Option<Uuid>,
 }
 
@@ -31,6 +43,23 @@ fn instant(field: &str, raw: Option<&str>) -> Result<Option<time::OffsetDateTime
     .transpose()
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/audit-logs",
+    tag = "audit",
+    operation_id = "listAuditLogs",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "Matching entries, newest first", body = Vec<stratum_audit::AuditEntry>, headers(("X-Next-Cursor" = Uuid, description = "Cursor of the next page, when more remain"))),
+        (status = 400, response = crate::openapi::ValidationError),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 429, response = crate::openapi::RateLimited),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 async fn list(state: web::Data<AppState>, Authed(caller): Authed, q: web::Query<ListQuery>) -> Res {
     let q = q.into_inner();
     let limit = Limit::new(q.limit, 50, 100)?;
@@ -50,6 +79,23 @@ async fn list(state: web::Data<AppState>, Authed(caller): Authed, q: web::Query<
     Ok(res.json(entries))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/audit-logs/{id}",
+    tag = "audit",
+    operation_id = "getAuditLog",
+    params(("id" = Uuid, Path, description = "Audit entry id")),
+    responses(
+        (status = 200, description = "The entry", body = stratum_audit::AuditEntry),
+        (status = 400, response = crate::openapi::ValidationError),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 429, response = crate::openapi::RateLimited),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 async fn get(state: web::Data<AppState>, Authed(caller): Authed, id: web::Path<Uuid>) -> Res {
     Ok(HttpResponse::Ok().json(state.audit.get(&caller, *id).await?))
 }

@@ -62,6 +62,21 @@ async fn admit(req: &ServiceRequest) -> Result<Caller, ApiError> {
         .authenticate(&key)
         .await?
         .ok_or_else(ApiError::unauthorized)?;
+    if let Some(limiter) = &state.rate_limiter {
+        let exempt = matches!(actor.kind, stratum_core::ActorKind::Bootstrap) && !limiter.limits_bootstrap();
+        if !exempt {
+            if let Err(secs) = limiter.check(&actor.id(), std::time::Instant::now()) {
+                state.metrics.observe_rate_limited();
+                let mut e = ApiError::new(
+                    actix_web::http::StatusCode::TOO_MANY_REQUESTS,
+                    "RATE_LIMITED",
+                    "too many requests for this key; retry later",
+                );
+                e.retry_after = Some(secs);
+                return Err(e);
+            }
+        }
+    }
     let needed = if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
         Scope::Read
     } else {

@@ -12,26 +12,42 @@ use crate::AppState;
 
 type Res = Result<HttpResponse, ApiError>;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct GrantConsent {
+    /// Whose consent: 1-255 characters.
+    #[schema(min_length = 1, max_length = 255)]
     subject_id: String,
+    /// For what.
+    #[schema(pattern = "^[a-z0-9][a-z0-9_.-]{0,63}$")]
     purpose: String,
+    /// RFC 3339, in the future; absent or null = never expires.
     #[serde(default)]
+    #[schema(format = DateTime)]
     expires_at: Option<String>,
+    /// Free-form object.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     metadata: Option<Value>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only this subject's records.
     subject_id: Option<String>,
+    /// Only records for this purpose.
     purpose: Option<String>,
+    /// `true`: only granted, unexpired records; `false`: only revoked or expired ones.
+    #[param(value_type = Option<bool>)]
     active: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct RevokeQuery {
+    /// Whose consent to revoke (required).
+    #[param(required = true, value_type = String)]
     subject_id: Option<String>,
 }
 
@@ -44,6 +60,28 @@ fn parse_active(raw: Option<&str>) -> Result<Option<bool>, ApiError> {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/tenants/{id}/consent",
+    tag = "consent",
+    operation_id = "grantConsent",
+    description = "One record per (tenant, subject, purpose). 404 `TENANT_NOT_FOUND` for an unknown or invisible tenant.",
+    params(("id" = Uuid, Path, description = "Tenant id")),
+    request_body = GrantConsent,
+    responses(
+        (status = 201, description = "A new record", body = stratum_consent::ConsentRecord),
+        (status = 200, description = "The existing record, re-activated and updated", body = stratum_consent::ConsentRecord),
+        (status = 400, response = crate::openapi::ValidationError),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 429, response = crate::openapi::RateLimited),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 async fn grant(
     state: web::Data<AppState>,
     Authed(caller): Authed,
@@ -71,6 +109,23 @@ async fn grant(
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants/{id}/consent",
+    tag = "consent",
+    operation_id = "listConsent",
+    params(("id" = Uuid, Path, description = "Tenant id"), ListQuery),
+    responses(
+        (status = 200, description = "Matching records", body = Vec<stratum_consent::ConsentRecord>),
+        (status = 400, response = crate::openapi::ValidationError),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 429, response = crate::openapi::RateLimited),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 async fn list(
     state: web::Data<AppState>,
     Authed(caller): Authed,
@@ -86,6 +141,24 @@ async fn list(
     Ok(HttpResponse::Ok().json(state.consent.list(&caller, *id, query).await?))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/tenants/{id}/consent/{purpose}",
+    tag = "consent",
+    operation_id = "revokeConsent",
+    description = "404 `CONSENT_NOT_FOUND` when no active grant exists.",
+    params(("id" = Uuid, Path, description = "Tenant id"), ("purpose" = String, Path, description = "The purpose"), RevokeQuery),
+    responses(
+        (status = 200, description = "Revoked", body = crate::openapi::Success),
+        (status = 400, response = crate::openapi::ValidationError),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 429, response = crate::openapi::RateLimited),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 async fn revoke(
     state: web::Data<AppState>,
     Authed(caller): Authed,

@@ -257,3 +257,23 @@ impl From<stratum_consent::ConsentError> for ApiError {
         }
     }
 }
+
+impl From<stratum_maintenance::MaintenanceError> for ApiError {
+    fn from(e: stratum_maintenance::MaintenanceError) -> Self {
+        use stratum_maintenance::MaintenanceError as E;
+        match e {
+            E::Validation { field, message } => Self::field(field, message),
+            E::Forbidden(m) => Self::forbidden(m),
+            E::InvalidOldKey => Self::new(
+                StatusCode::BAD_REQUEST,
+                "INVALID_OLD_KEY",
+                "old_key is not the encryption key in use; nothing was changed",
+            ),
+            // Logged with the row it names; the body stays generic.
+            E::Reencrypt { row, reason } => Self::internal(format!(
+                "key rotation rolled back, nothing changed: {row} could not be re-encrypted: {reason}"
+            )),
+            E::Store(s) => s.into(),
+        }
+    }
+}

@@ -6,10 +6,38 @@ use serde_json::json;
 use crate::error::ApiError;
 use crate::AppState;
 
+/// `{"status": "ok"}` or `{"status": "ready"}`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code, reason = "documents the json! bodies below")]
+pub struct HealthStatus {
+    /// `ok` (liveness) or `ready` (readiness).
+    #[schema(example = "ok")]
+    status: String,
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "operations",
+    operation_id = "getHealth",
+    responses((status = 200, description = "The process is alive", body = HealthStatus))
+)]
 async fn health() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
+/// Readiness: the database is reachable and its migrations are current.
+#[utoipa::path(
+    get,
+    path = "/ready",
+    tag = "operations",
+    operation_id = "getReady",
+    responses(
+        (status = 200, description = "Ready to serve", body = HealthStatus),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let mut conn = state
         .pool

@@ -8,7 +8,11 @@ pub mod consent;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod maintenance;
+pub mod metrics;
 pub mod middleware;
+pub mod openapi;
+pub mod ratelimit;
 pub mod state;
 pub mod tenants;
 pub mod webhooks;
@@ -39,6 +43,9 @@ pub fn app(
         .app_data(state)
         .configure(extract::configure)
         .configure(health::routes)
+        .configure(metrics::routes)
+        // Public, and registered before the `/api/v1` scope so that it matches first.
+        .route("/api/v1/openapi.json", web::get().to(openapi::serve))
         .service(
             web::scope("/api/v1")
                 .wrap(actix_web::middleware::from_fn(auth::authenticate))
@@ -54,6 +61,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .configure(api_keys::routes)
         .configure(audit::routes)
         .configure(consent::routes)
+        .configure(maintenance::routes)
         .configure(webhooks::routes)
         .default_service(web::to(unknown_route));
 }

@@ -59,12 +59,16 @@ pub async fn request_id(
         .get::<crate::auth::AuthInfo>()
         .map(|a| (Some(a.key_id.clone()), a.tenant_id.clone()))
         .unwrap_or_default();
+    let latency = started.elapsed().as_secs_f64();
+    if let Some(state) = res.request().app_data::<actix_web::web::Data<crate::AppState>>() {
+        state.metrics.observe_http(&route, method.as_str(), status, latency);
+    }
     tracing::info!(
         request_id = %id,
         method = %method,
         route = %route,
         status,
-        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        latency_ms = latency * 1000.0,
         key_id = key_id.as_deref().unwrap_or("-"),
         tenant_id = tenant_id.as_deref().unwrap_or("-"),
         "request"

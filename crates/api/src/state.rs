@@ -8,6 +8,10 @@ use stratum_tenancy::{ApiKeyService, ConfigService, PermissionService, TenantSer
 
 /// Shared application state, built once by the composition root.
 pub struct AppState {
+    /// Metrics registry.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Per-key rate limiter (`None`: off).
+    pub rate_limiter: Option<Arc<crate::ratelimit::RateLimiter>>,
     /// The database pool (readiness).
     pub pool: Pool,
     /// Tenants.
@@ -24,4 +28,6 @@ pub struct AppState {
     pub audit: Arc<AuditService>,
     /// Consent records.
     pub consent: Arc<stratum_consent::ConsentService>,
+    /// Retention purge and encryption-key rotation.
+    pub maintenance: Arc<stratum_maintenance::MaintenanceService>,
 }

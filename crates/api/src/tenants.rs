@@ -13,47 +13,81 @@ use crate::AppState;
 
 type Res = Result<HttpResponse, ApiError>;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateTenant {
+    /// Display name, 1-255 characters.
     name: String,
+    /// Unique handle.
+    #[schema(pattern = "^[a-z][a-z0-9_]{0,62}$")]
     slug: String,
+    /// Parent tenant; absent or null for a root.
     #[serde(default)]
     parent_id: Option<Uuid>,
+    /// Free-form object.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     metadata: Option<Value>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PatchTenant {
     #[serde(default)]
     name: Option<String>,
     #[serde(default)]
+    #[schema(pattern = "^[a-z][a-z0-9_]{0,62}$")]
     slug: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     metadata: Option<Value>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct MoveTenant {
     new_parent_id: Uuid,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// `next_cursor` of the previous page.
     cursor: Option<Uuid>,
+    /// Page size.
+    #[param(minimum = 1, maximum = 100, default = 50)]
     limit: Option<i64>,
 }
 
-#[derive(Serialize)]
-struct TenantPage<T> {
-    data: Vec<T>,
+#[derive(Serialize, utoipa::ToSchema)]
+struct TenantPage {
+    /// The tenants of this page.
+    data: Vec<stratum_tenancy::Tenant>,
+    /// Pass as `cursor` for the next page; null on the last one.
     next_cursor: Option<Uuid>,
+    /// Whether another page follows.
     has_more: bool,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/tenants",
+    tag = "tenants",
+    operation_id = "createTenant",
+    request_body = CreateTenant,
+    responses(
+        (status = 201, description = "The new tenant", body = stratum_tenancy::Tenant),
+        (status = 400, response = crate::openapi::ValidationError),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 429, response = crate::openapi::RateLimited),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 async fn create(
     state: web::Data<AppState>,
     Authed(caller): Authed,
@@ -75,6 +109,22 @@ async fn create(
     Ok(HttpResponse::Created().json(t))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants",
+    tag = "tenants",
+    operation_id = "listTenants",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of tenants", body = TenantPage),
+        (status = 400, response = crate::openapi::ValidationError),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 429, response = crate::openapi::RateLimited),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 async fn list(state: web::Data<AppState>, Authed(caller): Authed, q: web::Query<ListQuery>) -> Res {
     let limit = Limit::new(q.limit, 50, 100)?;
     let (data, next_cursor) = state.tenants.list(&caller, q.cursor, limit).await?;
@@ -85,10 +135,47 @@ async fn list(state: web::Data<AppState>, Authed(caller): Authed, q: web::Query<
     }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants/{id}",
+    tag = "tenants",
+    operation_id = "getTenant",
+    params(("id" = Uuid, Path, description = "Tenant id")),
+    responses(
+        (status = 200, description = "The tenant", body = stratum_tenancy::Tenant),
+        (status = 400, response = crate::openapi::ValidationError),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 429, response = crate::openapi::RateLimited),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 async fn get(state: web::Data<AppState>, Authed(caller): Authed, id: web::Path<Uuid>) -> Res {
     Ok(HttpResponse::Ok().json(state.tenants.get(&caller, *id).await?))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/api/v1/tenants/{id}",
+    tag = "tenants",
+    operation_id = "updateTenant",
+    params(("id" = Uuid, Path, description = "Tenant id")),
+    request_body = PatchTenant,
+    responses(
+        (status = 200, description = "The updated tenant", body = stratum_tenancy::Tenant),
+        (status = 400, response = crate::openapi::ValidationError),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 429, response = crate::openapi::RateLimited),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 async fn patch(
     state: web::Data<AppState>,
     Authed(caller): Authed,
@@ -111,11 +198,51 @@ async fn patch(
     Ok(HttpResponse::Ok().json(t))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/tenants/{id}",
+    tag = "tenants",
+    operation_id = "archiveTenant",
+    description = "Archives the tenant; 409 `HAS_CHILDREN` while it has active children.",
+    params(("id" = Uuid, Path, description = "Tenant id")),
+    responses(
+        (status = 204, description = "Archived"),
+        (status = 400, response = crate::openapi::ValidationError),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 429, response = crate::openapi::RateLimited),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 async fn archive(state: web::Data<AppState>, Authed(caller): Authed, id: web::Path<Uuid>) -> Res {
     state.tenants.archive(&caller, *id).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/tenants/{id}/move",
+    tag = "tenants",
+    operation_id = "moveTenant",
+    description = "Moves the tenant under another parent; 409 `CYCLE_DETECTED` for itself or a descendant.",
+    params(("id" = Uuid, Path, description = "Tenant id")),
+    request_body = MoveTenant,
+    responses(
+        (status = 200, description = "The moved tenant", body = stratum_tenancy::Tenant),
+        (status = 400, response = crate::openapi::ValidationError),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 429, response = crate::openapi::RateLimited),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 async fn move_to(
     state: web::Data<AppState>,
     Authed(caller): Authed,
@@ -130,14 +257,65 @@ async fn move_to(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants/{id}/children",
+    tag = "tenants",
+    operation_id = "listTenantChildren",
+    params(("id" = Uuid, Path, description = "Tenant id")),
+    responses(
+        (status = 200, description = "Direct children", body = Vec<stratum_tenancy::Tenant>),
+        (status = 400, response = crate::openapi::ValidationError),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 429, response = crate::openapi::RateLimited),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 async fn children(state: web::Data<AppState>, Authed(caller): Authed, id: web::Path<Uuid>) -> Res {
     Ok(HttpResponse::Ok().json(state.tenants.children(&caller, *id).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants/{id}/ancestors",
+    tag = "tenants",
+    operation_id = "listTenantAncestors",
+    params(("id" = Uuid, Path, description = "Tenant id")),
+    responses(
+        (status = 200, description = "Ancestors, root first", body = Vec<stratum_tenancy::Tenant>),
+        (status = 400, response = crate::openapi::ValidationError),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 429, response = crate::openapi::RateLimited),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 async fn ancestors(state: web::Data<AppState>, Authed(caller): Authed, id: web::Path<Uuid>) -> Res {
     Ok(HttpResponse::Ok().json(state.tenants.ancestors(&caller, *id).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants/{id}/descendants",
+    tag = "tenants",
+    operation_id = "listTenantDescendants",
+    params(("id" = Uuid, Path, description = "Tenant id")),
+    responses(
+        (status = 200, description = "Every descendant", body = Vec<stratum_tenancy::Tenant>),
+        (status = 400, response = crate::openapi::ValidationError),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 429, response = crate::openapi::RateLimited),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 async fn descendants(
     state: web::Data<AppState>,
     Authed(caller): Authed,
@@ -146,9 +324,10 @@ async fn descendants(
     Ok(HttpResponse::Ok().json(state.tenants.descendants(&caller, *id).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PutConfig {
+    /// Any JSON value.
     value: Value,
     #[serde(default)]
     locked: Option<bool>,
@@ -156,6 +335,23 @@ struct PutConfig {
     sensitive: Option<bool>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants/{id}/config",
+    tag = "config",
+    operation_id = "getResolvedConfig",
+    params(("id" = Uuid, Path, description = "Tenant id")),
+    responses(
+        (status = 200, description = "The resolved config, by key (values flow root to leaf)", body = std::collections::BTreeMap<String, stratum_tenancy::ConfigEntry>),
+        (status = 400, response = crate::openapi::ValidationError),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 429, response = crate::openapi::RateLimited),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 async fn config_get(
     state: web::Data<AppState>,
     Authed(caller): Authed,
@@ -164,6 +360,27 @@ async fn config_get(
     Ok(HttpResponse::Ok().json(state.config.resolved(&caller, *id).await?))
 }
 
+#[utoipa::path(
+    put,
+    path = "/api/v1/tenants/{id}/config/{key}",
+    tag = "config",
+    operation_id = "putConfig",
+    description = "Sets a key on the tenant; 409 `CONFIG_LOCKED` when an ancestor locked it.",
+    params(("id" = Uuid, Path, description = "Tenant id"), ("key" = String, Path, description = "Config key: 1-128 of [A-Za-z0-9_.:-], starting alphanumeric")),
+    request_body = PutConfig,
+    responses(
+        (status = 200, description = "The entry as set", body = stratum_tenancy::ConfigEntry),
+        (status = 400, response = crate::openapi::ValidationError),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 429, response = crate::openapi::RateLimited),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 async fn config_put(
     state: web::Data<AppState>,
     Authed(caller): Authed,
@@ -180,6 +397,23 @@ async fn config_put(
     ))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/tenants/{id}/config/{key}",
+    tag = "config",
+    operation_id = "deleteConfig",
+    params(("id" = Uuid, Path, description = "Tenant id"), ("key" = String, Path, description = "Config key: 1-128 of [A-Za-z0-9_.:-], starting alphanumeric")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 400, response = crate::openapi::ValidationError),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 429, response = crate::openapi::RateLimited),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 async fn config_delete(
     state: web::Data<AppState>,
     Authed(caller): Authed,
@@ -190,23 +424,42 @@ async fn config_delete(
     Ok(HttpResponse::NoContent().finish())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreatePermission {
     key: String,
     value: Value,
+    #[schema(value_type = stratum_tenancy::PermissionMode)]
     mode: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PatchPermission {
     #[serde(default)]
     value: Option<Value>,
     #[serde(default)]
+    #[schema(value_type = Option<stratum_tenancy::PermissionMode>)]
     mode: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants/{id}/permissions",
+    tag = "permissions",
+    operation_id = "listPermissions",
+    params(("id" = Uuid, Path, description = "Tenant id")),
+    responses(
+        (status = 200, description = "The tenant's permission policies", body = Vec<stratum_tenancy::PermissionPolicy>),
+        (status = 400, response = crate::openapi::ValidationError),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 429, response = crate::openapi::RateLimited),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 async fn permissions_list(
     state: web::Data<AppState>,
     Authed(caller): Authed,
@@ -215,6 +468,26 @@ async fn permissions_list(
     Ok(HttpResponse::Ok().json(state.permissions.list(&caller, *id).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/tenants/{id}/permissions",
+    tag = "permissions",
+    operation_id = "createPermission",
+    params(("id" = Uuid, Path, description = "Tenant id")),
+    request_body = CreatePermission,
+    responses(
+        (status = 201, description = "The new policy", body = stratum_tenancy::PermissionPolicy),
+        (status = 400, response = crate::openapi::ValidationError),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 429, response = crate::openapi::RateLimited),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 async fn permissions_create(
     state: web::Data<AppState>,
     Authed(caller): Authed,
@@ -237,6 +510,26 @@ async fn permissions_create(
     Ok(HttpResponse::Created().json(p))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/api/v1/tenants/{id}/permissions/{policy_id}",
+    tag = "permissions",
+    operation_id = "updatePermission",
+    params(("id" = Uuid, Path, description = "Tenant id"), ("policy_id" = Uuid, Path, description = "Permission policy id")),
+    request_body = PatchPermission,
+    responses(
+        (status = 200, description = "The updated policy", body = stratum_tenancy::PermissionPolicy),
+        (status = 400, response = crate::openapi::ValidationError),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 429, response = crate::openapi::RateLimited),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 async fn permissions_patch(
     state: web::Data<AppState>,
     Authed(caller): Authed,
@@ -253,6 +546,23 @@ async fn permissions_patch(
     ))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/tenants/{id}/permissions/{policy_id}",
+    tag = "permissions",
+    operation_id = "deletePermission",
+    params(("id" = Uuid, Path, description = "Tenant id"), ("policy_id" = Uuid, Path, description = "Permission policy id")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 400, response = crate::openapi::ValidationError),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 429, response = crate::openapi::RateLimited),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 async fn permissions_delete(
     state: web::Data<AppState>,
     Authed(caller): Authed,

@@ -12,16 +12,25 @@ use crate::AppState;
 
 type Res = Result<HttpResponse, ApiError>;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateWebhook {
+    /// Absolute `https` URL, at most 2048 characters, no credentials.
+    #[schema(max_length = 2048)]
     url: String,
+    /// Owner tenant; absent or null for a global webhook (global keys only).
     #[serde(default)]
     tenant_id: Option<Uuid>,
+    /// Events to receive: non-empty, no duplicates.
+    #[schema(value_type = Vec<crate::openapi::SubscribableEvent>, min_items = 1)]
     events: Vec<String>,
+    /// Signing secret, 16-255 characters; generated (`whsec_...`) and returned once when absent.
     #[serde(default)]
+    #[schema(min_length = 16, max_length = 255)]
     secret: Option<String>,
+    /// Free text, at most 255 characters.
     #[serde(default)]
+    #[schema(max_length = 255)]
     description: Option<String>,
 }
 
@@ -32,46 +41,91 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     Option::<T>::deserialize(d).map(Some)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PatchWebhook {
     #[serde(default)]
+    #[schema(max_length = 2048)]
     url: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<Vec<crate::openapi::SubscribableEvent>>, min_items = 1)]
     events: Option<Vec<String>>,
     #[serde(default)]
+    #[schema(min_length = 16, max_length = 255)]
     secret: Option<String>,
     #[serde(default)]
     active: Option<bool>,
+    /// Null clears it.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, max_length = 255)]
     description: Option<Option<String>>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = CreatedWebhook)]
 struct Created {
     #[serde(flatten)]
     webhook: Webhook,
+    /// The generated secret, shown this once; absent when the request named one.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     secret: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// `{"retried": n}`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code, reason = "documents the json! body of retry_all")]
+struct RetriedCount {
+    /// Deliveries moved back to pending.
+    retried: u64,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only this tenant's webhooks.
     tenant_id: Option<Uuid>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct DeliveriesQuery {
+    /// Only deliveries in this state.
+    #[param(value_type = Option<DeliveryStatus>)]
     status: Option<String>,
+    /// Page size.
+    #[param(minimum = 1, maximum = 100, default = 50)]
     limit: Option<i64>,
+    /// `X-Next-Cursor` of the previous page.
     cursor: Option<Uuid>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct FailedQuery {
+    /// How many.
+    #[param(minimum = 1, maximum = 500, default = 100)]
     limit: Option<i64>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/webhooks",
+    tag = "webhooks",
+    operation_id = "createWebhook",
+    request_body = CreateWebhook,
+    responses(
+        (status = 201, description = "The new webhook; `secret` only when the server generated it", body = Created),
+        (status = 400, response = crate::openapi::ValidationError),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 429, response = crate::openapi::RateLimited),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 async fn create(
     state: web::Data<AppState>,
     Authed(caller): Authed,
@@ -94,14 +148,67 @@ async fn create(
     Ok(HttpResponse::Created().json(Created { webhook, secret }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/webhooks",
+    tag = "webhooks",
+    operation_id = "listWebhooks",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "Webhooks, newest first", body = Vec<Webhook>),
+        (status = 400, response = crate::openapi::ValidationError),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 429, response = crate::openapi::RateLimited),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 async fn list(state: web::Data<AppState>, Authed(caller): Authed, q: web::Query<ListQuery>) -> Res {
     Ok(HttpResponse::Ok().json(state.webhooks.list(&caller, q.tenant_id).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/webhooks/{id}",
+    tag = "webhooks",
+    operation_id = "getWebhook",
+    params(("id" = Uuid, Path, description = "Webhook id")),
+    responses(
+        (status = 200, description = "The webhook", body = Webhook),
+        (status = 400, response = crate::openapi::ValidationError),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 429, response = crate::openapi::RateLimited),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 async fn get(state: web::Data<AppState>, Authed(caller): Authed, id: web::Path<Uuid>) -> Res {
     Ok(HttpResponse::Ok().json(state.webhooks.get(&caller, *id).await?))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/api/v1/webhooks/{id}",
+    tag = "webhooks",
+    operation_id = "updateWebhook",
+    params(("id" = Uuid, Path, description = "Webhook id")),
+    request_body = PatchWebhook,
+    responses(
+        (status = 200, description = "The updated webhook", body = Webhook),
+        (status = 400, response = crate::openapi::ValidationError),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 429, response = crate::openapi::RateLimited),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 async fn patch(
     state: web::Data<AppState>,
     Authed(caller): Authed,
@@ -119,15 +226,67 @@ async fn patch(
     Ok(HttpResponse::Ok().json(state.webhooks.update(&caller, *id, patch).await?))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/webhooks/{id}",
+    tag = "webhooks",
+    operation_id = "deleteWebhook",
+    params(("id" = Uuid, Path, description = "Webhook id")),
+    responses(
+        (status = 204, description = "Deleted, with its deliveries"),
+        (status = 400, response = crate::openapi::ValidationError),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 429, response = crate::openapi::RateLimited),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 async fn delete(state: web::Data<AppState>, Authed(caller): Authed, id: web::Path<Uuid>) -> Res {
     state.webhooks.delete(&caller, *id).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/webhooks/{id}/test",
+    tag = "webhooks",
+    operation_id = "testWebhook",
+    description = "Sends a synthetic `webhook.test` event synchronously, through the same signing and SSRF checks.",
+    params(("id" = Uuid, Path, description = "Webhook id")),
+    responses(
+        (status = 200, description = "What the receiver answered", body = stratum_webhooks::TestResult),
+        (status = 400, response = crate::openapi::ValidationError),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 429, response = crate::openapi::RateLimited),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 async fn test(state: web::Data<AppState>, Authed(caller): Authed, id: web::Path<Uuid>) -> Res {
     Ok(HttpResponse::Ok().json(state.webhooks.test(&caller, *id).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/webhooks/{id}/deliveries",
+    tag = "deliveries",
+    operation_id = "listWebhookDeliveries",
+    params(("id" = Uuid, Path, description = "Webhook id"), DeliveriesQuery),
+    responses(
+        (status = 200, description = "Deliveries, newest first", body = Vec<stratum_webhooks::Delivery>, headers(("X-Next-Cursor" = Uuid, description = "Cursor of the next page, when more remain"))),
+        (status = 400, response = crate::openapi::ValidationError),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 429, response = crate::openapi::RateLimited),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 async fn deliveries(
     state: web::Data<AppState>,
     Authed(caller): Authed,
@@ -155,10 +314,40 @@ async fn deliveries(
     Ok(res.json(rows))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/webhooks/deliveries/stats",
+    tag = "deliveries",
+    operation_id = "getDeliveryStats",
+    responses(
+        (status = 200, description = "Counts over the deliveries the key can see", body = stratum_webhooks::DeliveryStats),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 429, response = crate::openapi::RateLimited),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 async fn stats(state: web::Data<AppState>, Authed(caller): Authed) -> Res {
     Ok(HttpResponse::Ok().json(state.webhooks.stats(&caller).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/webhooks/deliveries/failed",
+    tag = "deliveries",
+    operation_id = "listFailedDeliveries",
+    params(FailedQuery),
+    responses(
+        (status = 200, description = "Dead-lettered deliveries, newest first, with webhook and event", body = Vec<stratum_webhooks::FailedDelivery>),
+        (status = 400, response = crate::openapi::ValidationError),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 429, response = crate::openapi::RateLimited),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 async fn failed(
     state: web::Data<AppState>,
     Authed(caller): Authed,
@@ -168,11 +357,44 @@ async fn failed(
     Ok(HttpResponse::Ok().json(state.webhooks.failed(&caller, limit).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/webhooks/deliveries/retry-all",
+    tag = "deliveries",
+    operation_id = "retryAllFailedDeliveries",
+    responses(
+        (status = 200, description = "How many failed deliveries went back to pending", body = RetriedCount),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 429, response = crate::openapi::RateLimited),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 async fn retry_all(state: web::Data<AppState>, Authed(caller): Authed) -> Res {
     let retried = state.webhooks.retry_all(&caller).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({"retried": retried})))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/webhooks/deliveries/{delivery_id}/retry",
+    tag = "deliveries",
+    operation_id = "retryDelivery",
+    description = "409 `DELIVERY_NOT_FAILED` unless the delivery is in the failed state.",
+    params(("delivery_id" = Uuid, Path, description = "Delivery id")),
+    responses(
+        (status = 200, description = "Back to pending, due now", body = crate::openapi::Success),
+        (status = 400, response = crate::openapi::ValidationError),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 429, response = crate::openapi::RateLimited),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 async fn retry(state: web::Data<AppState>, Authed(caller): Authed, id: web::Path<Uuid>) -> Res {
     state.webhooks.retry(&caller, *id).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({"success": true})))

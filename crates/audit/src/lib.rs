@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 /// One audit entry.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditEntry {
     /// Id.
     pub id: Uuid,
@@ -30,10 +31,13 @@ pub struct AuditEntry {
     /// The resource's id.
     pub resource_id: Option<String>,
     /// State before, redacted.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub before_state: Option<Value>,
     /// State after, redacted.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub after_state: Option<Value>,
     /// `request_id`, `ip`, `user_agent`.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub metadata: Value,
     /// When.
     #[serde(with = "rfc3339")]

@@ -12,6 +12,7 @@ use crate::ConsentError;
 
 /// What consent is given for: `^[a-z0-9][a-z0-9_.-]{0,63}$`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
 pub struct Purpose(String);
 
@@ -50,6 +51,7 @@ impl fmt::Display for Purpose {
 
 /// Whose consent it is: an opaque id of 1–255 characters without control characters.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
 pub struct SubjectId(String);
 
@@ -83,6 +85,7 @@ impl fmt::Display for SubjectId {
 
 /// One subject's consent to one purpose within one tenant.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConsentRecord {
     /// Id; kept across re-grants.
     pub id: Uuid,
@@ -104,6 +107,7 @@ pub struct ConsentRecord {
     #[serde(with = "rfc3339_opt")]
     pub expires_at: Option<OffsetDateTime>,
     /// Free-form object (e.g. where and how consent was collected).
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub metadata: Value,
     /// First granted.
     #[serde(with = "rfc3339")]

@@ -5,6 +5,8 @@ use uuid::Uuid;
 
 /// Where a tenant sits in the tree; a subtree is every path that starts with this one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(value_type = String, example = "/0190a1b2-0000-7000-8000-000000000001/"))]
 #[serde(transparent)]
 pub struct TenantPath(String);
 

@@ -82,6 +82,38 @@ pub struct ServeArgs {
     /// Serve the API only; run no delivery worker in this process.
     #[arg(long)]
     pub no_worker: bool,
+    /// Sustained requests per second per API key (0 turns limiting off).
+    #[arg(long, env = "STRATUM_RATE_LIMIT_PER_SECOND", default_value_t = 100.0)]
+    pub rate_limit_per_second: f64,
+    /// Requests one key may make in a burst.
+    #[arg(long, env = "STRATUM_RATE_LIMIT_BURST", default_value_t = 200.0)]
+    pub rate_limit_burst: f64,
+    /// Limit the bootstrap admin key too (off by default).
+    #[arg(long, env = "STRATUM_RATE_LIMIT_BOOTSTRAP", default_value_t = false, action = clap::ArgAction::Set)]
+    pub rate_limit_bootstrap: bool,
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+}
+
+/// The windows of `POST /maintenance/purge-expired`.
+#[derive(Debug, Clone, Args)]
+pub struct RetentionArgs {
+    /// Default window for deliveries, events and consent records, in days.
+    #[arg(long, env = "STRATUM_RETENTION_DAYS", default_value_t = 90, value_parser = clap::value_parser!(i64).range(1..=3650))]
+    pub retention_days: i64,
+    /// Window for audit entries, in days.
+    #[arg(long, env = "STRATUM_AUDIT_RETENTION_DAYS", default_value_t = 365, value_parser = clap::value_parser!(i64).range(1..=36500))]
+    pub audit_retention_days: i64,
+}
+
+impl RetentionArgs {
+    /// The windows as the maintenance service takes them.
+    pub fn config(&self) -> stratum_maintenance::RetentionConfig {
+        stratum_maintenance::RetentionConfig {
+            retention_days: self.retention_days,
+            audit_retention_days: self.audit_retention_days,
+        }
+    }
 }
 
 /// Settings of `stratum worker`.

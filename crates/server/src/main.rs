@@ -31,6 +31,8 @@ enum Command {
     /// Manage API keys.
     #[command(name = "api-key", subcommand)]
     ApiKey(ApiKeyCommand),
+    /// Print the OpenAPI 3.1 document of the REST API (JSON) and exit.
+    Openapi,
 }
 
 #[derive(Debug, Subcommand)]
@@ -66,6 +68,10 @@ fn main() -> Result<()> {
             Command::Worker(args) => worker(args).await,
             Command::Migrate(db) => migrate(&db).await,
             Command::ApiKey(ApiKeyCommand::Create(args)) => create_key(args).await,
+            Command::Openapi => {
+                println!("{}", stratum_api::openapi::pretty_json()?);
+                Ok(())
+            }
         }
     })
 }
@@ -149,6 +155,7 @@ fn spawn_worker(
 ) -> (
     tokio::sync::watch::Sender<bool>,
     tokio::task::JoinHandle<()>,
+    std::sync::Arc<stratum_webhooks::DispatcherStats>,
 ) {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let wake = std::sync::Arc::new(tokio::sync::Notify::new());
@@ -158,16 +165,55 @@ fn spawn_worker(
         stopped.clone(),
     ));
     let dispatcher = wiring::dispatcher(pool, keyring, cfg, out);
+    let stats = dispatcher.stats();
     let handle = tokio::spawn(async move { dispatcher.run(stopped, wake).await });
-    (stop, handle)
+    (stop, handle, stats)
+}
+
+/// Refreshes the queue gauges every few seconds, so scrapes stay cheap.
+fn spawn_queue_gauges(pool: stratum_postgres::Pool, metrics: std::sync::Arc<stratum_api::metrics::Metrics>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            if let Ok(q) = stratum_postgres::queue_snapshot(&pool).await {
+                let g = &metrics.queue;
+                g.pending.store(q.pending, Relaxed);
+                g.due.store(q.due, Relaxed);
+                g.oldest_due_age_seconds.store(q.oldest_due_age_seconds, Relaxed);
+                g.dead_letter.store(q.failed, Relaxed);
+                g.inactive_webhooks.store(q.inactive_webhooks, Relaxed);
+                g.refreshed_at.store(time_now(), Relaxed);
+            }
+        }
+    });
+}
+
+fn time_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Refuses to start when the configured keys cannot read the stored secrets.
+async fn check_keys(pool: &stratum_postgres::Pool, keyring: &SharedKeyring) -> Result<()> {
+    let ring = keyring.get();
+    wiring::maintenance(pool.clone(), keyring.clone(), Default::default())
+        .check_keys(&ring)
+        .await
+        .map_err(anyhow::Error::msg)
+        .context("refusing to start: the start-up encryption key check failed")
 }
 
 async fn worker(args: WorkerArgs) -> Result<()> {
     let keyring = SharedKeyring::new(keyring(&args.keys)?);
     migrate(&args.db).await?;
     let pool = pool(&args.db)?;
+    check_keys(&pool, &keyring).await?;
     let out = wiring::outbound(&args.webhook)?;
-    let (stop, handle) = spawn_worker(&args.db.database_url, pool, keyring, &args.webhook, &out);
+    let (stop, handle, _stats) = spawn_worker(&args.db.database_url, pool, keyring, &args.webhook, &out);
     tracing::info!("stratum worker running");
     terminated().await;
     tracing::info!("stopping: no new claims, finishing deliveries in flight");
@@ -185,6 +231,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     migrate(&args.db).await?;
     let pool = pool(&args.db)?;
+    check_keys(&pool, &keyring).await?;
     let out = wiring::outbound(&args.webhook)?;
     let worker = (!args.no_worker).then(|| {
         spawn_worker(
@@ -195,12 +242,19 @@ async fn serve(args: ServeArgs) -> Result<()> {
             &out,
         )
     });
-    let state = actix_web::web::Data::new(wiring::app_state(
-        pool,
-        keyring,
-        args.admin_api_key.as_deref(),
-        out,
-    ));
+    let mut state = wiring::app_state(pool.clone(), keyring.clone(), args.admin_api_key.as_deref(), out);
+    state.maintenance = wiring::maintenance(pool.clone(), keyring, args.retention.config());
+    state.rate_limiter = stratum_api::ratelimit::RateLimiter::new(stratum_api::ratelimit::RateLimitConfig {
+        per_second: args.rate_limit_per_second,
+        burst: args.rate_limit_burst,
+        limit_bootstrap: args.rate_limit_bootstrap,
+    })
+    .map(std::sync::Arc::new);
+    if let Some((_, _, stats)) = &worker {
+        state.metrics.attach_dispatcher(stats.clone());
+    }
+    spawn_queue_gauges(pool, state.metrics.clone());
+    let state = actix_web::web::Data::new(state);
     let server = actix_web::HttpServer::new(move || stratum_api::app(state.clone()))
         .bind(args.bind)
         .with_context(|| format!("binding {}", args.bind))?
@@ -213,7 +267,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     terminated().await;
     tracing::info!("stopping: draining requests and deliveries in flight");
     let stopping = handle.stop(true);
-    if let Some((stop, handle)) = worker {
+    if let Some((stop, handle, _)) = worker {
         let _ = stop.send(true);
         handle.await?;
     }

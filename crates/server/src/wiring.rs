@@ -9,8 +9,9 @@ use stratum_audit::AuditService;
 use stratum_core::{Clock, SystemClock};
 use stratum_crypto::SharedKeyring;
 use stratum_http_delivery::{ClientConfig, ReqwestDeliveryClient, SsrfGuard};
+use stratum_maintenance::{MaintenanceService, RetentionConfig};
 use stratum_postgres::{
-    PgApiKeyStore, PgAuditLog, PgConfigStore, PgDeliveryQueue, PgDeliveryStore, PgPermissionStore,
+    PgApiKeyStore, PgMaintenanceStore, PgAuditLog, PgConfigStore, PgDeliveryQueue, PgDeliveryStore, PgPermissionStore,
     PgTenantStore, PgWebhookStore, Pool,
 };
 use stratum_tenancy::{ApiKeyService, ConfigService, PermissionService, TenantService};
@@ -89,14 +90,17 @@ pub fn app_state(
         Arc::new(PgDeliveryStore::new(pool.clone())),
         out.guard,
         out.client,
-        keyring,
+        keyring.clone(),
         clock,
         RegistryConfig {
             allow_http: out.allow_private,
         },
     ));
     let audit = Arc::new(AuditService::new(Arc::new(PgAuditLog::new(pool.clone()))));
+    let maintenance = maintenance(pool.clone(), keyring.clone(), RetentionConfig::default());
     AppState {
+        metrics: Arc::new(stratum_api::metrics::Metrics::new()),
+        rate_limiter: None,
         pool,
         tenants,
         config,
@@ -105,7 +109,23 @@ pub fn app_state(
         webhooks,
         audit,
         consent,
+        maintenance,
     }
+}
+
+/// Purge, key rotation and the start-up key check. `keyring` must be the one the rest of
+/// the process shares: a rotation switches it for everyone at once.
+pub fn maintenance(
+    pool: Pool,
+    keyring: SharedKeyring,
+    retention: RetentionConfig,
+) -> Arc<MaintenanceService> {
+    Arc::new(MaintenanceService::new(
+        Arc::new(PgMaintenanceStore::new(pool)),
+        keyring,
+        Arc::new(SystemClock),
+        retention,
+    ))
 }
 
 /// Just the API key service, for the command line.

@@ -11,6 +11,7 @@ use crate::TenancyError;
 
 /// A node of the tenant tree.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Tenant {
     /// Id.
     pub id: Uuid,
@@ -25,6 +26,7 @@ pub struct Tenant {
     /// 0 for a root.
     pub depth: i32,
     /// Free-form object.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub metadata: Value,
     /// `active` or `archived`.
     pub status: TenantStatus,
@@ -41,6 +43,7 @@ pub struct Tenant {
 
 /// Whether a tenant is live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum TenantStatus {
     /// Live.
@@ -147,6 +150,7 @@ pub struct StoredConfigEntry {
 
 /// A config entry with its value readable.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConfigEntry {
     /// Key.
     pub key: String,
@@ -181,6 +185,7 @@ impl ConfigEntry {
 
 /// How a permission policy propagates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "UPPERCASE")]
 pub enum PermissionMode {
     /// Fixed for the whole subtree.
@@ -217,6 +222,7 @@ impl PermissionMode {
 
 /// A permission policy on a tenant.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PermissionPolicy {
     /// Id.
     pub id: Uuid,
@@ -249,6 +255,7 @@ pub fn validate_permission_key(key: &str) -> Result<String, TenancyError> {
 
 /// A stored API key (never the key itself).
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiKey {
     /// Id.
     pub id: Uuid,

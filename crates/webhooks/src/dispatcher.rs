@@ -29,6 +29,7 @@ use tokio::task::{Id as TaskId, JoinError, JoinSet};
 use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
+use crate::histogram::{AtomicHistogram, ATTEMPT_BUCKETS, LATENCY_BUCKETS};
 use crate::policy::{add_saturating, RetryPolicy};
 use crate::{
     AttemptOutcome, ClaimedDelivery, Completion, DeliveryClient, DeliveryQueue, OutgoingRequest,
@@ -89,7 +90,7 @@ impl DispatcherConfig {
 }
 
 /// Counters for metrics; every field only grows except `in_flight`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct DispatcherStats {
     /// Deliveries claimed and not yet finished (sending or waiting for a per-webhook slot).
     pub in_flight: AtomicUsize,
@@ -105,6 +106,29 @@ pub struct DispatcherStats {
     pub gone: AtomicU64,
     /// Deliveries released unattempted because their secret's key is not held here.
     pub released: AtomicU64,
+    /// Event created → 2xx received, in seconds.
+    pub delivery_latency: AtomicHistogram,
+    /// Attempts a delivery took until it succeeded or was dead-lettered.
+    pub attempts_per_delivery: AtomicHistogram,
+    /// Duration of one attempt, in seconds.
+    pub attempt_duration: AtomicHistogram,
+}
+
+impl Default for DispatcherStats {
+    fn default() -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            attempts_total: AtomicU64::new(0),
+            successes: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
+            gone: AtomicU64::new(0),
+            released: AtomicU64::new(0),
+            delivery_latency: AtomicHistogram::new(LATENCY_BUCKETS),
+            attempts_per_delivery: AtomicHistogram::new(ATTEMPT_BUCKETS),
+            attempt_duration: AtomicHistogram::new(LATENCY_BUCKETS),
+        }
+    }
 }
 
 impl DispatcherStats {
@@ -363,6 +387,14 @@ impl Inner {
             self.policy
                 .classify(policy_attempt, &outcome, self.clock.now(), random_jitter());
         self.stats.record(&verdict);
+        self.stats.attempt_duration.observe(f64::from(outcome.duration_ms) / 1000.0);
+        if matches!(verdict, Verdict::Success | Verdict::Failed | Verdict::Gone) {
+            self.stats.attempts_per_delivery.observe(f64::from(number));
+        }
+        if verdict == Verdict::Success {
+            let age = self.clock.now() - d.event_created_at;
+            self.stats.delivery_latency.observe(age.as_seconds_f64());
+        }
         log_verdict(&d, number, &outcome, &verdict);
         Completion {
             delivery_id: d.id,

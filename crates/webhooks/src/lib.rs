@@ -4,6 +4,7 @@
 
 pub mod dispatcher;
 pub mod error;
+pub mod histogram;
 pub mod model;
 pub mod policy;
 pub mod ports;
@@ -14,6 +15,7 @@ pub use dispatcher::{
     RELEASE_DELAY,
 };
 pub use error::WebhookError;
+pub use histogram::{AtomicHistogram, HistogramSnapshot};
 pub use model::*;
 pub use policy::{RetryPolicy, MAX_RETRY_AFTER};
 pub use ports::*;

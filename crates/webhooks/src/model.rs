@@ -193,6 +193,7 @@ fn host_of_authority(authority: &str) -> &str {
 
 /// A registered webhook (the secret is never part of it).
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Webhook {
     /// Id.
     pub id: Uuid,
@@ -216,6 +217,7 @@ pub struct Webhook {
 
 /// Where a delivery stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum DeliveryStatus {
     /// Waiting for (another) attempt.
@@ -249,6 +251,7 @@ impl DeliveryStatus {
 
 /// A delivery as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Delivery {
     /// Id; also the `X-Stratum-Delivery` / `webhook-id` header.
     pub id: Uuid,

@@ -22,6 +22,7 @@ type Result<T> = std::result::Result<T, WebhookError>;
 
 /// Counts over the deliveries a caller can see.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeliveryStats {
     /// All.
     pub total: i64,
@@ -35,6 +36,7 @@ pub struct DeliveryStats {
 
 /// The webhook a failed delivery belongs to.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WebhookRef {
     /// Id.
     pub id: Uuid,
@@ -46,6 +48,7 @@ pub struct WebhookRef {
 
 /// The event a failed delivery carries.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EventRef {
     /// Id.
     pub id: Uuid,
@@ -55,6 +58,7 @@ pub struct EventRef {
     /// Tenant.
     pub tenant_id: Option<Uuid>,
     /// Payload.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub data: Value,
     /// When it happened.
     #[serde(with = "rfc3339")]
@@ -63,6 +67,7 @@ pub struct EventRef {
 
 /// A dead-lettered delivery with its webhook and event joined in.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FailedDelivery {
     /// The delivery.
     #[serde(flatten)]
@@ -196,6 +201,7 @@ pub struct WebhookPatch {
 
 /// The answer of a test delivery.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TestResult {
     /// A 2xx came back.
     pub success: bool,
@@ -203,6 +209,7 @@ pub struct TestResult {
     pub response_code: Option<u16>,
     /// What went wrong, when it did.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub error: Option<String>,
 }
 

@@ -28,6 +28,11 @@ pub struct Harness {
 }
 
 pub async fn harness() -> Harness {
+    harness_with(|_| {}).await
+}
+
+/// A harness whose state `adjust` may change before it is shared.
+pub async fn harness_with(adjust: impl FnOnce(&mut AppState)) -> Harness {
     let db = TestDb::new().await;
     let pool = stratum_postgres::connect(&db.url, &Default::default()).unwrap();
     let keyring = SharedKeyring::new(Keyring::from_env_values(ENCRYPTION_KEY, None).unwrap());
@@ -35,13 +40,12 @@ pub async fn harness() -> Harness {
     webhook.allow_private_targets = true;
     webhook.timeout_ms = 3000;
     let out = stratum_server::wiring::outbound(&webhook).unwrap();
-    let state = web::Data::new(stratum_server::wiring::app_state(
-        pool,
-        keyring,
-        Some(ADMIN),
-        out,
-    ));
-    Harness { db, state }
+    let mut state = stratum_server::wiring::app_state(pool, keyring, Some(ADMIN), out);
+    adjust(&mut state);
+    Harness {
+        db,
+        state: web::Data::new(state),
+    }
 }
 
 /// A response, decoded.

@@ -1,0 +1,109 @@
+//! The table `bench/run.sh` prints at the end, from the scenarios' JSON summary lines.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+
+fn num(v: &Value, path: &[&str]) -> String {
+    let mut cur = v;
+    for p in path {
+        cur = &cur[*p];
+    }
+    match cur {
+        Value::Number(n) => n.to_string(),
+        Value::Null => "never".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+fn headline(v: &Value) -> String {
+    match v["scenario"].as_str().unwrap_or("") {
+        "throughput" => format!(
+            "{} deliveries: {}/s received, {}/s completed in DB; RSS idle {} MiB, peak {} MiB; CPU stratum {}% postgres {}% (of one core)",
+            num(v, &["deliveries"]),
+            num(v, &["received_per_s"]),
+            num(v, &["completed_per_s"]),
+            num(v, &["rss_idle_mib"]),
+            num(v, &["rss_peak_mib"]),
+            num(v, &["cpu_stratum_core_pct"]),
+            num(v, &["cpu_postgres_core_pct"]),
+        ),
+        "latency" => format!(
+            "{}/s (achieved {}): event->receipt p50 {} / p95 {} / p99 {} ms; API call p50 {} / p99 {} ms",
+            num(v, &["rate"]),
+            num(v, &["achieved_rate"]),
+            num(v, &["latency", "p50_ms"]),
+            num(v, &["latency", "p95_ms"]),
+            num(v, &["latency", "p99_ms"]),
+            num(v, &["api_call", "p50_ms"]),
+            num(v, &["api_call", "p99_ms"]),
+        ),
+        "fanout" => {
+            let list = |k: &str| {
+                v[k].as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|x| x.to_string())
+                            .collect::<Vec<_>>()
+                            .join(" / ")
+                    })
+                    .unwrap_or_default()
+            };
+            format!(
+                "1 event -> {} webhooks: API call {} ms; all received after {} ms (round 1 cold / warm)",
+                num(v, &["webhooks"]),
+                list("api_ms"),
+                list("all_received_ms"),
+            )
+        }
+        "isolation" => format!(
+            "normal p99 {} ms without, {} ms with a {} s receiver (x{}); p50 {} -> {} ms",
+            num(v, &["without_slow", "p99_ms"]),
+            num(v, &["with_slow", "p99_ms"]),
+            num(v, &["slow_secs"]),
+            num(v, &["p99_ratio"]),
+            num(v, &["without_slow", "p50_ms"]),
+            num(v, &["with_slow", "p50_ms"]),
+        ),
+        "tenant-create" => format!(
+            "POST /tenants with {}-webhook fan-out, no worker: p50 {} / p95 {} / p99 {} ms ({}/s sequential)",
+            num(v, &["webhooks"]),
+            num(v, &["p50_ms"]),
+            num(v, &["p95_ms"]),
+            num(v, &["p99_ms"]),
+            num(v, &["creates_per_s"]),
+        ),
+        _ => v.to_string(),
+    }
+}
+
+/// Prints the table.
+pub fn run(files: &[PathBuf]) -> Result<()> {
+    let mut text = String::new();
+    if files.is_empty() {
+        std::io::stdin().read_to_string(&mut text)?;
+    }
+    for f in files {
+        text.push_str(
+            &std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+        );
+        text.push('\n');
+    }
+    let rows: Vec<Value> = text
+        .lines()
+        .filter(|l| l.starts_with("{\"scenario\""))
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    println!("{:<14} | result", "scenario");
+    println!("{:-<14}-+-{:-<100}", "", "");
+    for v in &rows {
+        println!(
+            "{:<14} | {}",
+            v["scenario"].as_str().unwrap_or("?"),
+            headline(v)
+        );
+    }
+    Ok(())
+}

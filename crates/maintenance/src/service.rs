@@ -1,0 +1,219 @@
+//! The maintenance use cases.
+
+use std::sync::Arc;
+
+use serde_json::json;
+use stratum_core::{Caller, Clock, Scope};
+use stratum_crypto::{envelope_key_id, EncryptionKey, Keyring, SharedKeyring};
+use time::Duration;
+
+use crate::model::*;
+use crate::ports::*;
+use crate::MaintenanceError;
+
+type Result<T> = std::result::Result<T, MaintenanceError>;
+
+/// Retention purge, key rotation and the start-up key check.
+pub struct MaintenanceService {
+    store: Arc<dyn MaintenanceStore>,
+    keyring: SharedKeyring,
+    clock: Arc<dyn Clock>,
+    retention: RetentionConfig,
+}
+
+fn authorize(caller: &Caller) -> Result<()> {
+    if !caller.actor.has_scope(Scope::Admin) {
+        return Err(MaintenanceError::Forbidden(
+            "maintenance needs the 'admin' scope".into(),
+        ));
+    }
+    if !caller.actor.is_global() {
+        return Err(MaintenanceError::Forbidden(
+            "maintenance needs a key that is not tenant-scoped".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// True when `candidate` is the very key `current` (not merely one with the same short
+/// id): it opens a value `current` has just sealed.
+fn same_key(candidate: &EncryptionKey, current: &EncryptionKey) -> bool {
+    candidate.key_id() == current.key_id()
+        && current
+            .encrypt(b"stratum key check")
+            .and_then(|probe| candidate.decrypt(&probe))
+            .is_ok()
+}
+
+impl MaintenanceService {
+    /// Wires the service. `keyring` is the process's own: a rotation swaps it.
+    pub fn new(
+        store: Arc<dyn MaintenanceStore>,
+        keyring: SharedKeyring,
+        clock: Arc<dyn Clock>,
+        retention: RetentionConfig,
+    ) -> Self {
+        Self {
+            store,
+            keyring,
+            clock,
+            retention,
+        }
+    }
+
+    /// Deletes what is older than the windows: finished deliveries, unreferenced events
+    /// and ended consent records older than `retention_days` (default from the
+    /// configuration), audit entries older than the audit window. Journaled.
+    pub async fn purge_expired(
+        &self,
+        caller: &Caller,
+        retention_days: Option<i64>,
+    ) -> Result<PurgeCounts> {
+        authorize(caller)?;
+        let days = retention_days.unwrap_or(self.retention.retention_days);
+        if !(MIN_RETENTION_DAYS..=MAX_RETENTION_DAYS).contains(&days) {
+            return Err(MaintenanceError::invalid(
+                "retention_days",
+                format!("must be between {MIN_RETENTION_DAYS} and {MAX_RETENTION_DAYS}"),
+            ));
+        }
+        let audit_days = self.retention.audit_retention_days;
+        let now = self.clock.now();
+        let window = now - Duration::days(days);
+        let cutoffs = PurgeCutoffs {
+            deliveries_and_events_before: window,
+            audit_before: now - Duration::days(audit_days),
+            consent_before: window,
+        };
+        let journal = caller
+            .journal("maintenance.purge_expired", "maintenance")
+            .after(Some(json!({
+                "retention_days": days,
+                "audit_retention_days": audit_days,
+            })));
+        let counts = self.store.purge(cutoffs, journal).await?;
+        tracing::info!(
+            retention_days = days,
+            audit_retention_days = audit_days,
+            deliveries = counts.deliveries,
+            events = counts.events,
+            audit_logs = counts.audit_logs,
+            consent_records = counts.consent_records,
+            "purged expired data"
+        );
+        Ok(counts)
+    }
+
+    /// Re-encrypts every stored secret from `old_key` (which must be the key in use) to
+    /// `new_key` in one transaction, then makes this process use `new_key` at once (the
+    /// old one stays readable as the previous key). Journaled with key ids only.
+    pub async fn rotate_encryption_key(
+        &self,
+        caller: &Caller,
+        old_key: &str,
+        new_key: &str,
+    ) -> Result<RotationCounts> {
+        authorize(caller)?;
+        if new_key.chars().count() < MIN_NEW_KEY_CHARS {
+            return Err(MaintenanceError::invalid(
+                "new_key",
+                format!("must be at least {MIN_NEW_KEY_CHARS} characters"),
+            ));
+        }
+        if new_key == old_key {
+            return Err(MaintenanceError::invalid(
+                "new_key",
+                "must differ from old_key",
+            ));
+        }
+        let ring = self.keyring.get();
+        let old = EncryptionKey::derive(old_key)
+            .ok()
+            .filter(|k| same_key(k, ring.current()))
+            .ok_or(MaintenanceError::InvalidOldKey)?;
+        let new = EncryptionKey::derive(new_key)
+            .map_err(|e| MaintenanceError::invalid("new_key", e.to_string()))?;
+        if new.key_id() == old.key_id() {
+            return Err(MaintenanceError::invalid(
+                "new_key",
+                "has the same key id as old_key; choose another key",
+            ));
+        }
+        // Data already under a key this process does not hold (another replica rotated
+        // first) means old_key is not the key in use any more.
+        let held = [Some(ring.current()), ring.previous()];
+        let stored = self.store.stored_key_ids().await?;
+        if let Some(foreign) = stored
+            .iter()
+            .find(|id| !held.iter().flatten().any(|k| k.key_id() == id.as_str()))
+        {
+            tracing::warn!(
+                key_id = %foreign,
+                current_key_id = %ring.current().key_id(),
+                "key rotation refused: stored data is encrypted under a key this process does not hold"
+            );
+            return Err(MaintenanceError::InvalidOldKey);
+        }
+
+        let journal = caller
+            .journal("maintenance.rotate_encryption_key", "encryption_key")
+            .resource(new.key_id())
+            .after(Some(json!({
+                "old_key_id": old.key_id(),
+                "new_key_id": new.key_id(),
+            })));
+        let source = ring.clone();
+        let target = new.clone();
+        let target_id = new.key_id().to_owned();
+        let reencrypt: Reencrypt = Box::new(move |stored: &str| {
+            if envelope_key_id(stored) == Some(target_id.as_str()) {
+                return Ok(stored.to_owned());
+            }
+            let plain = source.decrypt(stored).map_err(|e| e.to_string())?;
+            target.encrypt(&plain).map_err(|e| e.to_string())
+        });
+        let counts = self.store.rotate(reencrypt, journal).await?;
+        self.keyring
+            .replace(Keyring::new(new.clone(), Some(ring.current().clone())));
+        tracing::info!(
+            old_key_id = %old.key_id(),
+            new_key_id = %new.key_id(),
+            config_entries = counts.config_entries,
+            webhooks = counts.webhooks,
+            "encryption key rotated; this process now encrypts with the new key. Set STRATUM_ENCRYPTION_KEY to it before the next restart"
+        );
+        Ok(counts)
+    }
+
+    /// Checks at start-up that `keyring` can read every stored envelope: each stored key id
+    /// must be its current or previous key. The error says what to do.
+    pub async fn check_keys(&self, keyring: &Keyring) -> std::result::Result<(), String> {
+        let stored = self
+            .store
+            .stored_key_ids()
+            .await
+            .map_err(|e| format!("cannot read the key ids of the stored secrets: {e}"))?;
+        let current = keyring.current().key_id();
+        let previous = keyring.previous().map(EncryptionKey::key_id);
+        let mut unknown: Vec<&str> = stored
+            .iter()
+            .map(String::as_str)
+            .filter(|id| *id != current && Some(*id) != previous)
+            .collect();
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        unknown.sort_unstable();
+        unknown.dedup();
+        Err(format!(
+            "the stored secrets are encrypted under key id(s) {}, but STRATUM_ENCRYPTION_KEY has key id {current}{}. \
+             Set STRATUM_ENCRYPTION_KEY to the key in use (after a rotation: the new key), or, during a rolling \
+             restart, set STRATUM_ENCRYPTION_KEY_PREVIOUS to the old key so both can be read",
+            unknown.join(", "),
+            match previous {
+                Some(p) => format!(" and STRATUM_ENCRYPTION_KEY_PREVIOUS has key id {p}"),
+                None => " and STRATUM_ENCRYPTION_KEY_PREVIOUS is not set".to_owned(),
+            }
+        ))
+    }
+}

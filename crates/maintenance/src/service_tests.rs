@@ -1,0 +1,470 @@
+//! Unit tests of the maintenance service against a mocked store: validation, access, the
+//! cutoffs handed to the store, the journal entries (never any key material), and the
+//! keyring swap that happens only after a successful rotation.
+
+use std::sync::{Arc, Mutex};
+
+use serde_json::json;
+use stratum_core::clock::MockClock;
+use stratum_core::{
+    Actor, ActorKind, Caller, Clock, Journal, RequestMeta, Scope, StoreError, TenantPath,
+    TenantScope,
+};
+use stratum_crypto::{EncryptionKey, Keyring, SharedKeyring};
+use time::macros::datetime;
+use time::{Duration, OffsetDateTime};
+use uuid::Uuid;
+
+use crate::*;
+
+const NOW: OffsetDateTime = datetime!(2026-02-01 12:00:00 UTC);
+const OLD: &str = "old-master-key-0123456789abcdefghij";
+const NEW: &str = "new-master-key-0123456789abcdefghij";
+const PREVIOUS: &str = "previous-master-key-0123456789abcdef";
+const STRANGER: &str = "stranger-master-key-0123456789abcdef";
+
+fn key(master: &str) -> EncryptionKey {
+    EncryptionKey::derive(master).unwrap()
+}
+
+fn clock() -> Arc<dyn Clock> {
+    let mut c = MockClock::new();
+    c.expect_now().return_const(NOW);
+    Arc::new(c)
+}
+
+fn admin() -> Caller {
+    Caller {
+        actor: Actor {
+            kind: ActorKind::ApiKey(Uuid::from_u128(7)),
+            scope: Scope::Admin,
+            tenant: None,
+        },
+        meta: RequestMeta {
+            request_id: Some("req-1".into()),
+            ip: Some("203.0.113.9".into()),
+            user_agent: Some("tests".into()),
+        },
+    }
+}
+
+fn scoped_admin() -> Caller {
+    let t = Uuid::now_v7();
+    Caller {
+        actor: Actor {
+            kind: ActorKind::ApiKey(Uuid::from_u128(8)),
+            scope: Scope::Admin,
+            tenant: Some(TenantScope {
+                id: t,
+                path: TenantPath::root(t),
+            }),
+        },
+        meta: RequestMeta::default(),
+    }
+}
+
+fn global_writer() -> Caller {
+    Caller {
+        actor: Actor {
+            kind: ActorKind::ApiKey(Uuid::from_u128(9)),
+            scope: Scope::Write,
+            tenant: None,
+        },
+        meta: RequestMeta::default(),
+    }
+}
+
+fn ring(current: &str, previous: Option<&str>) -> SharedKeyring {
+    SharedKeyring::new(Keyring::from_env_values(current, previous).unwrap())
+}
+
+fn service(store: MockMaintenanceStore, keyring: SharedKeyring) -> MaintenanceService {
+    MaintenanceService::new(
+        Arc::new(store),
+        keyring,
+        clock(),
+        RetentionConfig::default(),
+    )
+}
+
+fn assert_actor(j: &Journal) {
+    assert_eq!(j.actor_id, Uuid::from_u128(7).to_string());
+    assert_eq!(j.actor_type, "api_key");
+    assert_eq!(j.meta.request_id.as_deref(), Some("req-1"));
+    assert_eq!(j.tenant_id, None);
+    assert_eq!(j.event, None, "maintenance is not a webhook event");
+}
+
+// ---------------------------------------------------------------------------------------
+// purge_expired
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn purge_uses_the_configured_windows_by_default() {
+    let mut store = MockMaintenanceStore::new();
+    let counts = PurgeCounts {
+        deliveries: 4,
+        events: 3,
+        audit_logs: 2,
+        consent_records: 1,
+    };
+    store
+        .expect_purge()
+        .times(1)
+        .withf(|cutoffs, j| {
+            assert_eq!(
+                *cutoffs,
+                PurgeCutoffs {
+                    deliveries_and_events_before: NOW - Duration::days(90),
+                    audit_before: NOW - Duration::days(365),
+                    consent_before: NOW - Duration::days(90),
+                }
+            );
+            assert_actor(j);
+            assert_eq!(j.action, "maintenance.purge_expired");
+            assert_eq!(j.resource_type, "maintenance");
+            assert_eq!(j.before, None);
+            assert_eq!(
+                j.after,
+                Some(json!({"retention_days": 90, "audit_retention_days": 365}))
+            );
+            true
+        })
+        .returning(move |_, _| Ok(counts));
+    let got = service(store, ring(OLD, None))
+        .purge_expired(&admin(), None)
+        .await
+        .unwrap();
+    assert_eq!(got, counts);
+    assert_eq!(got.deleted_count(), 10);
+}
+
+#[tokio::test]
+async fn purge_takes_the_requested_window_but_keeps_the_audit_window() {
+    for days in [MIN_RETENTION_DAYS, 30, MAX_RETENTION_DAYS] {
+        let mut store = MockMaintenanceStore::new();
+        store
+            .expect_purge()
+            .times(1)
+            .withf(move |c, j| {
+                c.deliveries_and_events_before == NOW - Duration::days(days)
+                    && c.consent_before == NOW - Duration::days(days)
+                    && c.audit_before == NOW - Duration::days(365)
+                    && j.after.as_ref().unwrap()["retention_days"] == json!(days)
+            })
+            .returning(|_, _| Ok(PurgeCounts::default()));
+        let svc = MaintenanceService::new(
+            Arc::new(store),
+            ring(OLD, None),
+            clock(),
+            RetentionConfig {
+                retention_days: 7,
+                audit_retention_days: 365,
+            },
+        );
+        svc.purge_expired(&admin(), Some(days)).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn purge_rejects_windows_out_of_range_without_touching_the_store() {
+    for days in [0, -1, MAX_RETENTION_DAYS + 1, 5000, i64::MAX, i64::MIN] {
+        let mut store = MockMaintenanceStore::new();
+        store.expect_purge().times(0);
+        let e = service(store, ring(OLD, None))
+            .purge_expired(&admin(), Some(days))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                MaintenanceError::Validation {
+                    field: "retention_days",
+                    ..
+                }
+            ),
+            "{days}: {e:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn purge_needs_a_global_admin() {
+    for caller in [scoped_admin(), global_writer()] {
+        let mut store = MockMaintenanceStore::new();
+        store.expect_purge().times(0);
+        let e = service(store, ring(OLD, None))
+            .purge_expired(&caller, None)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, MaintenanceError::Forbidden(_)), "{e:?}");
+    }
+}
+
+#[tokio::test]
+async fn purge_passes_storage_failures_through() {
+    let mut store = MockMaintenanceStore::new();
+    store
+        .expect_purge()
+        .returning(|_, _| Err(StoreError::Unavailable));
+    let e = service(store, ring(OLD, None))
+        .purge_expired(&admin(), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, MaintenanceError::Store(StoreError::Unavailable)));
+}
+
+// ---------------------------------------------------------------------------------------
+// rotate_encryption_key
+// ---------------------------------------------------------------------------------------
+
+/// What the store's `rotate` was handed, checked inside the mock.
+type Seen = Arc<Mutex<Vec<String>>>;
+
+#[tokio::test]
+async fn rotation_reencrypts_journals_key_ids_only_and_swaps_the_keyring() {
+    let keyring = ring(OLD, Some(PREVIOUS));
+    let under_old = key(OLD).encrypt_str("whsec_old").unwrap();
+    let under_previous = key(PREVIOUS).encrypt_str("from-before").unwrap();
+    let under_new = key(NEW).encrypt_str("already-new").unwrap();
+    let mut corrupt = key(OLD).encrypt_str("corrupt").unwrap();
+    corrupt.pop();
+    corrupt.push(if corrupt.ends_with('A') { 'B' } else { 'A' });
+    let under_stranger = key(STRANGER).encrypt_str("x").unwrap();
+
+    let mut store = MockMaintenanceStore::new();
+    let ids = vec![
+        key(OLD).key_id().to_owned(),
+        key(PREVIOUS).key_id().to_owned(),
+    ];
+    store
+        .expect_stored_key_ids()
+        .times(1)
+        .returning(move || Ok(ids.clone()));
+    let seen: Seen = Arc::default();
+    let seen_in = seen.clone();
+    store
+        .expect_rotate()
+        .times(1)
+        .returning(move |reencrypt, j: Journal| {
+            let mut out = seen_in.lock().unwrap();
+            assert_actor(&j);
+            assert_eq!(j.action, "maintenance.rotate_encryption_key");
+            assert_eq!(j.resource_type, "encryption_key");
+            assert_eq!(j.resource_id.as_deref(), Some(key(NEW).key_id()));
+            assert_eq!(
+                j.after,
+                Some(json!({"old_key_id": key(OLD).key_id(), "new_key_id": key(NEW).key_id()}))
+            );
+            let text = format!("{j:?}");
+            assert!(!text.contains(OLD) && !text.contains(NEW), "{text}");
+
+            let rotated = reencrypt(&under_old).unwrap();
+            assert_eq!(key(NEW).decrypt_str(&rotated).unwrap(), "whsec_old");
+            let rotated = reencrypt(&under_previous).unwrap();
+            assert_eq!(key(NEW).decrypt_str(&rotated).unwrap(), "from-before");
+            assert_eq!(reencrypt(&under_new).unwrap(), under_new, "left as is");
+            for bad in [&corrupt, &under_stranger, &"not an envelope".to_owned()] {
+                let why = reencrypt(bad).unwrap_err();
+                assert!(!why.contains(OLD) && !why.contains(NEW), "{why}");
+                out.push(why);
+            }
+            Ok(RotationCounts {
+                config_entries: 2,
+                webhooks: 3,
+            })
+        });
+    let counts = service(store, keyring.clone())
+        .rotate_encryption_key(&admin(), OLD, NEW)
+        .await
+        .unwrap();
+    assert_eq!(
+        counts,
+        RotationCounts {
+            config_entries: 2,
+            webhooks: 3
+        }
+    );
+    assert_eq!(seen.lock().unwrap().len(), 3, "the mock ran the closure");
+    let now = keyring.get();
+    assert_eq!(now.current().key_id(), key(NEW).key_id());
+    assert_eq!(now.previous().map(|k| k.key_id()), Some(key(OLD).key_id()));
+    assert_eq!(
+        now.decrypt_str(&key(OLD).encrypt_str("v").unwrap())
+            .unwrap(),
+        "v",
+        "values written under the old key meanwhile stay readable"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_old_key_changes_nothing_and_never_reaches_the_store() {
+    // The previous key is held, but it is not the key in use.
+    for wrong in [STRANGER, PREVIOUS, "short", ""] {
+        let keyring = ring(OLD, Some(PREVIOUS));
+        let store = MockMaintenanceStore::new(); // any call panics
+        let e = service(store, keyring.clone())
+            .rotate_encryption_key(&admin(), wrong, NEW)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, MaintenanceError::InvalidOldKey), "{wrong}: {e:?}");
+        assert_eq!(keyring.get().current().key_id(), key(OLD).key_id());
+    }
+}
+
+#[tokio::test]
+async fn new_key_is_validated_before_anything_else() {
+    let short = "n".repeat(MIN_NEW_KEY_CHARS - 1);
+    // 31 three-byte characters: long enough in bytes, too short in characters.
+    let wide = "€".repeat(MIN_NEW_KEY_CHARS - 1);
+    for (old, new) in [
+        (OLD, short.as_str()),
+        (OLD, wide.as_str()),
+        (OLD, ""),
+        (OLD, OLD),
+        (STRANGER, STRANGER),
+    ] {
+        let keyring = ring(OLD, None);
+        let e = service(MockMaintenanceStore::new(), keyring.clone())
+            .rotate_encryption_key(&admin(), old, new)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, MaintenanceError::Validation { field: "new_key", .. }),
+            "{new}: {e:?}"
+        );
+        assert_eq!(keyring.get().current().key_id(), key(OLD).key_id());
+    }
+}
+
+#[tokio::test]
+async fn rotation_needs_a_global_admin() {
+    for caller in [scoped_admin(), global_writer()] {
+        let e = service(MockMaintenanceStore::new(), ring(OLD, None))
+            .rotate_encryption_key(&caller, OLD, NEW)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, MaintenanceError::Forbidden(_)), "{e:?}");
+    }
+}
+
+#[tokio::test]
+async fn data_under_a_key_this_process_lacks_refuses_the_rotation() {
+    let keyring = ring(OLD, None);
+    let mut store = MockMaintenanceStore::new();
+    let ids = vec![
+        key(OLD).key_id().to_owned(),
+        key(STRANGER).key_id().to_owned(),
+    ];
+    store
+        .expect_stored_key_ids()
+        .returning(move || Ok(ids.clone()));
+    store.expect_rotate().times(0);
+    let e = service(store, keyring.clone())
+        .rotate_encryption_key(&admin(), OLD, NEW)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, MaintenanceError::InvalidOldKey), "{e:?}");
+    assert_eq!(keyring.get().current().key_id(), key(OLD).key_id());
+}
+
+#[tokio::test]
+async fn a_failed_rotation_keeps_the_keyring() {
+    let failures: Vec<fn() -> MaintenanceError> = vec![
+        || MaintenanceError::Reencrypt {
+            row: "webhook 1".into(),
+            reason: "decryption failed".into(),
+        },
+        || MaintenanceError::Store(StoreError::Unavailable),
+    ];
+    for fail in failures {
+        let keyring = ring(OLD, None);
+        let mut store = MockMaintenanceStore::new();
+        store.expect_stored_key_ids().returning(|| Ok(vec![]));
+        store
+            .expect_rotate()
+            .times(1)
+            .returning(move |_, _| Err(fail()));
+        let e = service(store, keyring.clone())
+            .rotate_encryption_key(&admin(), OLD, NEW)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                MaintenanceError::Reencrypt { .. } | MaintenanceError::Store(_)
+            ),
+            "{e:?}"
+        );
+        let now = keyring.get();
+        assert_eq!(now.current().key_id(), key(OLD).key_id());
+        assert!(now.previous().is_none());
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// check_keys
+// ---------------------------------------------------------------------------------------
+
+fn store_with_ids(ids: &[&str]) -> MockMaintenanceStore {
+    let ids: Vec<String> = ids.iter().map(|s| (*s).to_owned()).collect();
+    let mut store = MockMaintenanceStore::new();
+    store
+        .expect_stored_key_ids()
+        .returning(move || Ok(ids.clone()));
+    store
+}
+
+#[tokio::test]
+async fn start_up_accepts_data_under_the_current_or_previous_key() {
+    let keyring = Keyring::from_env_values(NEW, Some(OLD)).unwrap();
+    for ids in [
+        vec![],
+        vec![key(NEW).key_id()],
+        vec![key(OLD).key_id()],
+        vec![key(OLD).key_id(), key(NEW).key_id()],
+    ] {
+        let svc = service(store_with_ids(&ids), ring(NEW, None));
+        assert_eq!(svc.check_keys(&keyring).await, Ok(()), "{ids:?}");
+    }
+}
+
+#[tokio::test]
+async fn start_up_refuses_data_under_another_key_and_says_what_to_do() {
+    let cases = [
+        (
+            Keyring::from_env_values(OLD, None).unwrap(),
+            "is not set".to_owned(),
+        ),
+        (
+            Keyring::from_env_values(OLD, Some(PREVIOUS)).unwrap(),
+            key(PREVIOUS).key_id().to_owned(),
+        ),
+    ];
+    for (keyring, previous_says) in cases {
+        let svc = service(
+            store_with_ids(&[key(OLD).key_id(), key(NEW).key_id()]),
+            ring(OLD, None),
+        );
+        let msg = svc.check_keys(&keyring).await.unwrap_err();
+        assert!(msg.contains(key(NEW).key_id()), "{msg}");
+        assert!(msg.contains(key(OLD).key_id()), "{msg}");
+        assert!(msg.contains("Set STRATUM_ENCRYPTION_KEY to the key in use"), "{msg}");
+        assert!(msg.contains("STRATUM_ENCRYPTION_KEY_PREVIOUS"), "{msg}");
+        assert!(msg.contains(&previous_says), "{msg}");
+        assert!(!msg.contains(OLD) && !msg.contains(NEW), "{msg}");
+    }
+}
+
+#[tokio::test]
+async fn start_up_reports_an_unreadable_store() {
+    let mut store = MockMaintenanceStore::new();
+    store
+        .expect_stored_key_ids()
+        .returning(|| Err(StoreError::Unavailable));
+    let msg = service(store, ring(OLD, None))
+        .check_keys(&Keyring::from_env_values(OLD, None).unwrap())
+        .await
+        .unwrap_err();
+    assert!(msg.contains("storage unavailable"), "{msg}");
+}

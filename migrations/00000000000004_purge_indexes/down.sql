@@ -1,0 +1,1 @@
+DROP INDEX IF EXISTS consent_records_ended_idx;
