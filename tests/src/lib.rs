@@ -46,8 +46,13 @@ pub struct Stratum {
 
 /// Environment every test process gets: fast retries, private targets allowed.
 pub fn default_env(db: &TestDb) -> Vec<(String, String)> {
+    env_for_url(&db.url)
+}
+
+/// Like [`default_env`], for a database URL of the caller's.
+pub fn env_for_url(url: &str) -> Vec<(String, String)> {
     [
-        ("DATABASE_URL", db.url.as_str()),
+        ("DATABASE_URL", url),
         ("STRATUM_ENCRYPTION_KEY", ENCRYPTION_KEY),
         ("STRATUM_ADMIN_API_KEY", ADMIN),
         ("STRATUM_WEBHOOK_ALLOW_PRIVATE_TARGETS", "true"),
