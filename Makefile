@@ -80,7 +80,10 @@ boundary-check:
 
 # schema.rs must be what diesel generates from the migrations.
 schema-check:
-	@command -v diesel >/dev/null 2>&1 || $(CARGO) install diesel_cli --locked --no-default-features --features postgres
+	@command -v diesel >/dev/null 2>&1 || { \
+	  command -v pg_config >/dev/null 2>&1 || { sudo=""; [ "$$(id -u)" -ne 0 ] && sudo=sudo; \
+	    $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libpq-dev; }; \
+	  $(CARGO) install diesel_cli --locked --no-default-features --features postgres; }
 	@psql -q -h 127.0.0.1 -p 55432 -U postgres -d postgres -c 'DROP DATABASE IF EXISTS stratum_schema_check WITH (FORCE)' -c 'CREATE DATABASE stratum_schema_check'
 	@diesel migration run --migration-dir migrations --database-url $$($(PG) url stratum_schema_check) >/dev/null
 	@diesel print-schema --database-url $$($(PG) url stratum_schema_check) | diff -u crates/postgres/src/schema.rs - \

@@ -59,9 +59,15 @@ fn parse_purge_body(content_type: Option<&str>, bytes: &[u8]) -> Result<PurgeBod
             "request body must be JSON (Content-Type: application/json)",
         ));
     }
-    serde_json::from_slice::<Option<PurgeBody>>(bytes)
-        .map(Option::unwrap_or_default)
-        .map_err(|e| ApiError::validation(format!("invalid JSON body: {e}")))
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::validation(format!("invalid JSON body: {e}")))?;
+    match value {
+        serde_json::Value::Null => Ok(PurgeBody::default()),
+        // serde would also take `[30]` for the struct; only an object is the body.
+        v @ serde_json::Value::Object(_) => serde_json::from_value(v)
+            .map_err(|e| ApiError::validation(format!("invalid JSON body: {e}"))),
+        _ => Err(ApiError::validation("request body must be a JSON object")),
+    }
 }
 
 async fn purge_expired(

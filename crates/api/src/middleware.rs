@@ -41,10 +41,21 @@ pub async fn request_id(
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     req.extensions_mut().insert(RequestId(id.clone()));
     let method = req.method().clone();
-    let mut res = REQUEST_ID
-        .scope(id.clone(), next.call(req))
-        .await?
-        .map_into_boxed_body();
+    let mut res = REQUEST_ID.scope(id.clone(), next.call(req)).await?.map_into_boxed_body();
+    if res.status() == actix_web::http::StatusCode::METHOD_NOT_ALLOWED {
+        // actix answers an unregistered method with an empty body; give it the error body.
+        let allow = res.headers().get(actix_web::http::header::ALLOW).cloned();
+        res = res.map_body(|_, _| {
+            actix_web::body::BoxBody::new(
+                serde_json::json!({"error": {"code": "METHOD_NOT_ALLOWED", "message": "method not allowed on this route"}})
+                    .to_string(),
+            )
+        });
+        res.headers_mut().insert(actix_web::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(a) = allow {
+            res.headers_mut().insert(actix_web::http::header::ALLOW, a);
+        }
+    }
     if let Ok(v) = HeaderValue::from_str(&id) {
         res.headers_mut().insert(X_REQUEST_ID.clone(), v);
     }

@@ -310,7 +310,11 @@ pub struct RateLimited;
 impl<'r> utoipa::ToResponse<'r> for RateLimited {
     fn response() -> (&'r str, RefOr<Response>) {
         let retry_after = HeaderBuilder::new()
-            .schema(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(1)))
+            .schema(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(1)),
+            )
             .description(Some("Seconds to wait before retrying"))
             .build();
         (
@@ -336,7 +340,10 @@ impl<'r> utoipa::ToResponse<'r> for RateLimited {
         (status = 200, description = "Prometheus text exposition format", content_type = "text/plain; version=0.0.4", body = String),
     )
 )]
-#[allow(dead_code, reason = "documentation only; the handler is metrics::scrape")]
+#[allow(
+    dead_code,
+    reason = "documentation only; the handler is metrics::scrape"
+)]
 fn metrics_doc() {}
 
 /// Body of `POST /maintenance/purge-expired` (optional).
@@ -408,7 +415,10 @@ pub struct RotateEncryptionKeyResult {
         (status = 503, response = Unavailable),
     )
 )]
-#[allow(dead_code, reason = "documentation only; the handler is in maintenance.rs")]
+#[allow(
+    dead_code,
+    reason = "documentation only; the handler is in maintenance.rs"
+)]
 fn purge_expired_doc() {}
 
 /// `POST /maintenance/rotate-encryption-key`.
@@ -432,7 +442,10 @@ fn purge_expired_doc() {}
         (status = 503, response = Unavailable),
     )
 )]
-#[allow(dead_code, reason = "documentation only; the handler is in maintenance.rs")]
+#[allow(
+    dead_code,
+    reason = "documentation only; the handler is in maintenance.rs"
+)]
 fn rotate_encryption_key_doc() {}
 
 #[cfg(test)]

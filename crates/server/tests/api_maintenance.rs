@@ -98,8 +98,14 @@ async fn delivery(
         url,
         &format!(
             "INSERT INTO webhook_deliveries (id, webhook_id, event_id, event_type, status, attempts, created_at, completed_at)
-             VALUES ('{id}', '{webhook_id}', '{event_id}', 'tenant.updated', '{status}', 2, now() - interval '200 days', {completed});
-             INSERT INTO webhook_delivery_attempts (id, delivery_id, attempt, duration_ms)
+             VALUES ('{id}', '{webhook_id}', '{event_id}', 'tenant.updated', '{status}', 2, now() - interval '200 days', {completed})"
+        ),
+    )
+    .await;
+    sql::exec(
+        url,
+        &format!(
+            "INSERT INTO webhook_delivery_attempts (id, delivery_id, attempt, duration_ms)
              VALUES (stratum_uuid_v7(), '{id}', 1, 5), (stratum_uuid_v7(), '{id}', 2, 5)"
         ),
     )
@@ -259,7 +265,7 @@ async fn purge_deletes_exactly_what_expired() {
         None,
     )
     .await;
-    let entries = entries.body["data"].as_array().cloned().unwrap_or_default();
+    let entries = entries.body.as_array().cloned().unwrap_or_default();
     assert_eq!(entries.len(), 1, "{entries:?}");
     let after = &entries[0]["after_state"];
     assert_eq!(after["deleted_count"], 11);
@@ -647,7 +653,7 @@ async fn rotation_of_ten_thousand_plus_ten_thousand_secrets() {
         None,
     )
     .await;
-    let entry = &entries.body["data"][0];
+    let entry = &entries.body[0];
     assert_eq!(
         entry["after_state"],
         json!({

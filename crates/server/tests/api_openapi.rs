@@ -70,7 +70,10 @@ fn public_paths_have_no_security_and_the_rest_need_a_key() {
         if public.contains(&path.as_str()) {
             assert_eq!(op["security"], serde_json::json!([]), "{method} {path}");
         } else {
-            assert!(op.get("security").is_none(), "{method} {path} overrides security");
+            assert!(
+                op.get("security").is_none(),
+                "{method} {path} overrides security"
+            );
             for status in ["401", "403", "429", "503"] {
                 assert!(
                     op["responses"].get(status).is_some(),
@@ -120,7 +123,13 @@ fn code(path: &Path) -> String {
         None => &text[..],
     };
     text.lines()
-        .map(|l| if l.trim_start().starts_with("//") { "" } else { l })
+        .map(|l| {
+            if l.trim_start().starts_with("//") {
+                ""
+            } else {
+                l
+            }
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -211,15 +220,24 @@ fn registrations(src: &str) -> Vec<Route> {
             close(&resource);
             resource = Some((p.as_str().to_owned(), 0, pos));
         } else if let (Some(p), Some(m)) = (c.name("rpath"), c.name("rmethod")) {
-            out.push((m.as_str().to_uppercase(), prefix_at(&scopes, pos) + p.as_str()));
+            out.push((
+                m.as_str().to_uppercase(),
+                prefix_at(&scopes, pos) + p.as_str(),
+            ));
         } else if let (Some(p), Some(m)) = (c.name("apath"), c.name("amethod")) {
-            out.push((m.as_str().to_uppercase(), prefix_at(&scopes, pos) + p.as_str()));
+            out.push((
+                m.as_str().to_uppercase(),
+                prefix_at(&scopes, pos) + p.as_str(),
+            ));
         } else if let Some(m) = c.name("method") {
             let (p, n, rpos) = resource
                 .as_mut()
                 .unwrap_or_else(|| panic!("web::{}() outside a resource", &c["method"]));
             *n += 1;
-            out.push((m.as_str().to_uppercase(), prefix_at(&scopes, *rpos) + p.as_str()));
+            out.push((
+                m.as_str().to_uppercase(),
+                prefix_at(&scopes, *rpos) + p.as_str(),
+            ));
         }
     }
     close(&resource);
@@ -262,7 +280,10 @@ fn module_prefixes(lib: &str) -> BTreeMap<String, String> {
         }
         let prefix = prefix_at(&spans, c.get(0).unwrap().start());
         if let Some(prev) = out.insert(module.to_owned(), prefix.clone()) {
-            assert_eq!(prev, prefix, "{module}::routes configured under two prefixes");
+            assert_eq!(
+                prev, prefix,
+                "{module}::routes configured under two prefixes"
+            );
         }
     }
     out
@@ -303,7 +324,10 @@ fn registered_routes() -> BTreeSet<Route> {
     let mut set = BTreeSet::new();
     for (m, p, file) in all {
         let p = param.replace_all(&p, "{$1}").into_owned();
-        assert!(set.insert((m.clone(), p.clone())), "{m} {p} registered twice ({file})");
+        assert!(
+            set.insert((m.clone(), p.clone())),
+            "{m} {p} registered twice ({file})"
+        );
     }
     set
 }
@@ -330,7 +354,10 @@ fn every_registered_route_is_documented_and_vice_versa() {
         ("POST", "/api/v1/maintenance/rotate-encryption-key"),
     ] {
         let r = (known.0.to_owned(), known.1.to_owned());
-        assert!(registered.contains(&r), "parser missed {known:?}: {registered:#?}");
+        assert!(
+            registered.contains(&r),
+            "parser missed {known:?}: {registered:#?}"
+        );
     }
     let undocumented: Vec<_> = registered.difference(&documented).collect();
     let unregistered: Vec<_> = documented.difference(&registered).collect();

@@ -154,3 +154,12 @@ async fn request_ids_are_echoed_or_minted_and_ready_checks_the_database() {
     let body: serde_json::Value = serde_json::from_slice(&read_body(res).await).unwrap();
     assert_eq!(body["error"]["code"], "SERVICE_UNAVAILABLE");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_method_gets_405_with_the_error_body() {
+    let h = harness().await;
+    let app = init_service(stratum_api::app(h.state.clone())).await;
+    let r = call(&app, Method::PUT, "/api/v1/tenants", Some(ADMIN), None).await;
+    assert_eq!((r.status, r.code()), (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"));
+    assert!(r.headers.get("allow").is_some());
+}
