@@ -267,8 +267,20 @@ async fn a_replica_on_the_old_key_leaves_deliveries_for_one_with_the_new_key() {
         .unwrap();
     let (_, secret) =
         create_webhook(&api, format!("{}/replica", rx.base), &["tenant.created"]).await;
-    // A worker that started before the rotation, so it holds only the old key.
+    // A worker that started before the rotation, so it holds only the old key; one
+    // delivery shows it is up and past its start-up key check.
     let mut old_worker = Stratum::start(&["worker"], &env).await.unwrap();
+    api.api(
+        "POST",
+        "/tenants",
+        Some(json!({"name": "Before", "slug": "before"})),
+    )
+    .await
+    .unwrap();
+    assert!(
+        rx.wait_for(Duration::from_secs(20), |r| r.len() == 1).await,
+        "the old worker never delivered"
+    );
     let (status, body) = rotate(&api, ENCRYPTION_KEY, NEW_KEY).await;
     assert_eq!(status, 200, "{body}");
 
@@ -339,12 +351,12 @@ async fn a_replica_on_the_old_key_leaves_deliveries_for_one_with_the_new_key() {
         )
         .await
         .unwrap()
-            == 5
+            == 6
     })
     .await;
     assert!(delivered, "the new worker did not deliver them");
     let got = rx.received_on("replica");
-    assert_eq!(got.len(), 5);
+    assert_eq!(got.len(), 6);
     for r in &got {
         assert_signed_with(r, &secret);
     }

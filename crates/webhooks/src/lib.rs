@@ -9,6 +9,8 @@ pub mod model;
 pub mod policy;
 pub mod ports;
 pub mod registry;
+#[cfg(test)]
+mod registry_tests;
 
 pub use dispatcher::{
     build_request, random_jitter, BuildError, Dispatcher, DispatcherConfig, DispatcherStats,
