@@ -238,6 +238,15 @@ fn state_of(w: &Webhook) -> Value {
     v
 }
 
+/// A tenant lookup's failure: storage trouble stays storage trouble (503), anything else
+/// means the tenant is not there for this caller.
+fn tenant_error(e: stratum_tenancy::TenancyError) -> WebhookError {
+    match e {
+        stratum_tenancy::TenancyError::Store(s) => WebhookError::Store(s),
+        _ => WebhookError::TenantNotFound,
+    }
+}
+
 fn validate_secret(secret: &str) -> Result<()> {
     let n = secret.chars().count();
     if !(16..=255).contains(&n) {
@@ -315,7 +324,7 @@ impl WebhookService {
                 .visible_active(caller, t)
                 .await
                 .map(|_| ())
-                .map_err(|_| WebhookError::TenantNotFound),
+                .map_err(tenant_error),
         }
     }
 
@@ -385,7 +394,7 @@ impl WebhookService {
             self.tenants
                 .get(caller, t)
                 .await
-                .map_err(|_| WebhookError::TenantNotFound)?;
+                .map_err(tenant_error)?;
         }
         Ok(self
             .webhooks

@@ -658,7 +658,6 @@ async fn create_for_a_tenant_the_caller_cannot_use_is_tenant_not_found() {
 }
 
 #[tokio::test]
-#[ignore = "bug: a storage failure while looking up the tenant is reported as TenantNotFound (404) instead of a store error"]
 async fn a_storage_failure_looking_up_the_tenant_is_not_tenant_not_found() {
     let mut ports = Ports::new(&[]).no_webhook_writes();
     let mut tenants = MockTenantStore::new();
