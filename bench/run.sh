@@ -28,11 +28,17 @@ $CARGO build --release -q -p stratum-server -p stratum-bench
 scripts/pg.sh up stratum
 
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-BENCH="$TARGET/release/stratum-bench"
-export STRATUM_BIN=${STRATUM_BIN:-$TARGET/release/stratum}
-
 OUT=$(mktemp -d "${TMPDIR:-/tmp}/stratum-bench.XXXXXX")
 trap 'rm -rf "$OUT"' EXIT
+# Snapshots of the binaries just built: a concurrent build in the shared target dir must not
+# swap the server between two scenarios.
+cp "$TARGET/release/stratum-bench" "$OUT/stratum-bench"
+BENCH="$OUT/stratum-bench"
+if [ -z "${STRATUM_BIN:-}" ]; then
+  cp "$TARGET/release/stratum" "$OUT/stratum"
+  export STRATUM_BIN="$OUT/stratum"
+fi
+echo "bench: server binary $STRATUM_BIN; PostgreSQL: $(ps -o args= -C postgres 2>/dev/null | grep -m1 -- ' -D ' | grep -o -- '-c fsync=off' || echo 'fsync on')" >&2
 failed=()
 for s in "${scenarios[@]}"; do
   echo
@@ -43,7 +49,9 @@ done
 
 echo
 echo "== summary ($(nproc) cores, $(date -u +%Y-%m-%dT%H:%M:%SZ))"
-"$BENCH" summarize "$OUT"/*.out
+outs=()
+for s in "${scenarios[@]}"; do [ -f "$OUT/$s.out" ] && outs+=("$OUT/$s.out"); done
+[ ${#outs[@]} -gt 0 ] && "$BENCH" summarize "${outs[@]}"
 if [ ${#failed[@]} -gt 0 ]; then
   echo "scenarios that did not complete: ${failed[*]}" >&2
   exit 1

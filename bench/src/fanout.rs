@@ -67,7 +67,7 @@ pub async fn run_fanout(a: FanoutArgs) -> Result<()> {
     let mut rounds = Vec::new();
     for round in 0..a.rounds.max(1) {
         let base = rx.stats.count();
-        let cpu0 = CpuSnapshot::take(server.pid());
+        let cpu0 = CpuSnapshot::take(server.pid(), db.name());
         let t0 = Instant::now();
         api.create_tenant(&format!("fanout_{round}")).await?;
         let api_ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -104,7 +104,7 @@ pub async fn run_fanout(a: FanoutArgs) -> Result<()> {
             recorded_ms,
             if done { "" } else { " (not all recorded within 60 s)" }
         );
-        let cpu1 = CpuSnapshot::take(server.pid());
+        let cpu1 = CpuSnapshot::take(server.pid(), db.name());
         cpu0.report(&cpu1, t0.elapsed());
         rounds.push((api_ms, all_ms));
     }
@@ -158,7 +158,7 @@ pub async fn run_tenant_create(a: TenantCreateArgs) -> Result<()> {
     })
     .await?;
     let mut lat = Vec::with_capacity(a.creates);
-    let cpu0 = CpuSnapshot::take(server.pid());
+    let cpu0 = CpuSnapshot::take(server.pid(), db.name());
     let t0 = Instant::now();
     let mut measured_from = t0;
     for i in 0..a.warmup + a.creates {
@@ -172,7 +172,7 @@ pub async fn run_tenant_create(a: TenantCreateArgs) -> Result<()> {
         }
     }
     let wall = measured_from.elapsed();
-    let cpu1 = CpuSnapshot::take(server.pid());
+    let cpu1 = CpuSnapshot::take(server.pid(), db.name());
     let sql = connect(&db.url).await?;
     let enqueued = query_i64(
         &sql,

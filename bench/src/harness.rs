@@ -48,6 +48,13 @@ pub struct BenchDb {
 }
 
 impl BenchDb {
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl BenchDb {
     /// Creates an empty database on the test cluster (`STRATUM_TEST_DATABASE_URL`).
     pub async fn create() -> Result<Self> {
         let server = stratum_testkit::server_url();
@@ -334,6 +341,16 @@ pub async fn query_f64(db: &tokio_postgres::Client, q: &str) -> Result<Option<f6
     Ok(row.try_get::<_, Option<f64>>(0)?)
 }
 
+/// Transactions committed so far in the connected database (`pg_stat_database`; PostgreSQL
+/// publishes these counters with up to a second's delay).
+pub async fn xact_commits(db: &tokio_postgres::Client) -> Result<i64> {
+    query_i64(
+        db,
+        "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .await
+}
+
 /// Waits until `q` (one bigint) reaches `target`, polling every `every`, for at most `timeout`.
 pub async fn wait_count(
     db: &tokio_postgres::Client,
@@ -383,15 +400,18 @@ fn proc_cpu_secs(pid: &str) -> Option<(String, f64)> {
     Some((comm, (utime + stime) / CLK_TCK))
 }
 
-/// CPU seconds used so far by the process under test, by every `postgres` process on the
-/// machine, and by this benchmark (receiver and load generator), plus the machine's busy
-/// and total CPU seconds (all cores) from `/proc/stat`.
+/// CPU seconds used so far by the process under test, by the PostgreSQL backends serving
+/// its database, by the rest of the cluster (WAL writer, checkpointer, other databases:
+/// other people's work on a shared machine shows up here), and by this benchmark (receiver
+/// and load generator), plus the machine's busy and total CPU seconds from `/proc/stat`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CpuSnapshot {
     /// The `stratum` process.
     pub stratum: f64,
-    /// Every process named `postgres` (the whole cluster, other users included).
+    /// Backends connected to the benchmark's database (`postgres: user <db> host state`).
     pub postgres: f64,
+    /// Every other `postgres` process.
+    pub postgres_other: f64,
     /// This process.
     pub bench: f64,
     /// Machine busy time, all cores.
@@ -401,8 +421,9 @@ pub struct CpuSnapshot {
 }
 
 impl CpuSnapshot {
-    /// Reads it now.
-    pub fn take(stratum_pid: u32) -> Self {
+    /// Reads it now; `db` is the benchmark's database name.
+    pub fn take(stratum_pid: u32, db: &str) -> Self {
+        let needle = format!(" {db} ");
         let mut s = Self {
             stratum: proc_cpu_secs(&stratum_pid.to_string())
                 .map(|(_, c)| c)
@@ -419,7 +440,13 @@ impl CpuSnapshot {
                 }
                 if let Some((comm, secs)) = proc_cpu_secs(pid) {
                     if comm == "postgres" {
-                        s.postgres += secs;
+                        let cmdline =
+                            std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                        if String::from_utf8_lossy(&cmdline).contains(&needle) {
+                            s.postgres += secs;
+                        } else {
+                            s.postgres_other += secs;
+                        }
                     }
                 }
             }
@@ -449,17 +476,20 @@ impl CpuSnapshot {
             .unwrap_or(1) as f64;
         let stratum = later.stratum - self.stratum;
         let postgres = later.postgres - self.postgres;
+        let other = later.postgres_other - self.postgres_other;
         let bench = later.bench - self.bench;
         let busy = later.machine_busy - self.machine_busy;
         let total = (later.machine_total - self.machine_total).max(1e-9);
         println!(
-            "  CPU over {:.2} s wall ({} cores): stratum {:.2} s ({:.0}% of a core), postgres {:.2} s ({:.0}%), bench+receiver {:.2} s ({:.0}%); machine busy {:.0}% of all cores",
+            "  CPU over {:.2} s wall ({} cores): stratum {:.2} s ({:.0}% of a core), its postgres backends {:.2} s ({:.0}%), rest of the cluster {:.2} s ({:.0}%), bench+receiver {:.2} s ({:.0}%); machine busy {:.0}% of all cores",
             wall_s,
             cores,
             stratum,
             100.0 * stratum / wall_s,
             postgres,
             100.0 * postgres / wall_s,
+            other,
+            100.0 * other / wall_s,
             bench,
             100.0 * bench / wall_s,
             100.0 * busy / total
@@ -467,6 +497,7 @@ impl CpuSnapshot {
         serde_json::json!({
             "cpu_stratum_core_pct": round1(100.0 * stratum / wall_s),
             "cpu_postgres_core_pct": round1(100.0 * postgres / wall_s),
+            "cpu_postgres_other_core_pct": round1(100.0 * other / wall_s),
             "cpu_bench_core_pct": round1(100.0 * bench / wall_s),
             "cpu_machine_busy_pct": round1(100.0 * busy / total),
         })
@@ -514,7 +545,11 @@ impl Percentiles {
             v[i.clamp(1, v.len()) - 1]
         };
         let finite: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
-        let mean = finite.iter().sum::<f64>() / finite.len().max(1) as f64;
+        let mean = if finite.is_empty() {
+            f64::INFINITY
+        } else {
+            finite.iter().sum::<f64>() / finite.len() as f64
+        };
         Some(Self {
             n: v.len(),
             min: v[0],

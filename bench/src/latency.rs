@@ -11,13 +11,17 @@ use anyhow::{bail, Result};
 use serde_json::{json, Value};
 
 use crate::harness::{
-    ms, round1, round3, summary, Api, BenchDb, CpuSnapshot, Percentiles, Server, ServerOpts,
+    connect, ms, round1, round3, summary, xact_commits, Api, BenchDb, CpuSnapshot, Percentiles,
+    Server, ServerOpts,
 };
 use crate::receiver::{Hook, Receiver};
 
-/// Config keys the generator cycles through: enough to keep row locks apart, few enough
-/// that resolving the tenant's config stays the same size for the whole run.
-const KEYS: u64 = 16;
+/// Tenants the generator spreads events over, and config keys per tenant. Consecutive
+/// events touch different rows (updates of one row serialize on its lock, which would
+/// measure the generator, not Stratum), while each tenant's resolved config stays a few
+/// keys for the whole run.
+const TENANTS: usize = 64;
+const KEYS: u64 = 4;
 
 /// Send and receipt instants per event sequence number (ns since `epoch`, 0 = not yet).
 pub struct Tracker {
@@ -78,9 +82,7 @@ impl Tracker {
             .filter(|s| self.ok[*s as usize].load(Ordering::Acquire) != 0)
             .map(|s| {
                 (0..self.lanes)
-                    .filter(|l| {
-                        self.recv[s as usize * self.lanes + l].load(Ordering::Acquire) == 0
-                    })
+                    .filter(|l| self.recv[s as usize * self.lanes + l].load(Ordering::Acquire) == 0)
                     .count()
             })
             .sum()
@@ -128,7 +130,7 @@ struct Sent {
 /// (open loop: a slow answer never delays the next request).
 async fn generate(
     api: &Api,
-    tenant: &str,
+    tenants: &[String],
     tracker: &Arc<Tracker>,
     range: Range<u64>,
     rate: u32,
@@ -142,7 +144,9 @@ async fn generate(
     for seq in range {
         tick.tick().await;
         let (api, tracker, in_flight) = (api.clone(), Arc::clone(tracker), Arc::clone(&in_flight));
-        let path = format!("/tenants/{tenant}/config/k{}", seq % KEYS);
+        let n = tenants.len().max(1) as u64;
+        let tenant = &tenants[(seq % n) as usize];
+        let path = format!("/tenants/{tenant}/config/k{}", (seq / n) % KEYS);
         sent.max_in_flight = sent
             .max_in_flight
             .max(in_flight.fetch_add(1, Ordering::AcqRel) + 1);
@@ -195,13 +199,12 @@ fn count_ok(tracker: &Tracker, range: &Range<u64>) -> u64 {
         .count() as u64
 }
 
-/// Waits until every receipt of `range` arrived or `timeout` passed; returns what is missing.
-async fn drain(tracker: &Tracker, range: &Range<u64>, timeout: Duration) -> usize {
+/// Waits until every receipt of `range` arrived or `timeout` passed.
+async fn drain(tracker: &Tracker, range: &Range<u64>, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
-        let missing = tracker.missing(range);
-        if missing == 0 || Instant::now() > deadline {
-            return missing;
+        if tracker.missing(range) == 0 || Instant::now() > deadline {
+            return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -233,9 +236,9 @@ pub struct LatencyArgs {
 struct Setup {
     _rx: Receiver,
     server: Server,
-    _db: BenchDb,
+    db: BenchDb,
     api: Api,
-    tenant: String,
+    tenants: Vec<String>,
     base: String,
 }
 
@@ -250,14 +253,17 @@ async fn setup(
     let db = BenchDb::create().await?;
     let server = Server::start(&db, opts).await?;
     let api = server.api()?;
-    let tenant = api.create_tenant(slug).await?;
+    let mut tenants = Vec::with_capacity(TENANTS);
+    for i in 0..TENANTS {
+        tenants.push(api.create_tenant(&format!("{slug}_{i}")).await?);
+    }
     let base = rx.base.clone();
     Ok(Setup {
         _rx: rx,
         server,
-        _db: db,
+        db,
         api,
-        tenant,
+        tenants,
         base,
     })
 }
@@ -283,32 +289,32 @@ pub async fn run_latency(a: LatencyArgs) -> Result<()> {
     };
     let s = setup(epoch, hook, a.receiver_threads, &opts, "bench_latency").await?;
     s.api
-        .create_webhook(
-            &format!("{}/lat", s.base),
-            &["config.updated"],
-            Some(&s.tenant),
-        )
+        .create_webhook(&format!("{}/lat", s.base), &["config.updated"], None)
         .await?;
     println!(
-        "== latency: {} events/s for {} s (+{} s warm-up) via PUT /tenants/:id/config/:key -> config.updated -> 1 webhook",
+        "== latency: {} events/s for {} s (+{} s warm-up) via PUT /tenants/:id/config/:key over {TENANTS} tenants x {KEYS} keys -> config.updated -> 1 global webhook",
         a.rate, a.duration_secs, a.warmup_secs
     );
     println!("  {}", opts.describe());
-    let cpu0 = CpuSnapshot::take(s.server.pid());
+    let sql = connect(&s.db.url).await?;
+    let commits0 = xact_commits(&sql).await?;
+    let cpu0 = CpuSnapshot::take(s.server.pid(), s.db.name());
     let t0 = Instant::now();
-    let sent = generate(&s.api, &s.tenant, &tracker, 0..total, a.rate).await?;
-    let missing = drain(&tracker, &(0..total), Duration::from_secs(30)).await;
-    let cpu1 = CpuSnapshot::take(s.server.pid());
+    let sent = generate(&s.api, &s.tenants, &tracker, 0..total, a.rate).await?;
     let measured = warm..total;
+    drain(&tracker, &(0..total), Duration::from_secs(30)).await;
+    let missing = tracker.missing(&measured);
+    let cpu1 = CpuSnapshot::take(s.server.pid(), s.db.name());
     let ok = count_ok(&tracker, &measured);
     let (call, from_ok, from_start) = tracker.latencies(&measured);
     let negative = from_ok.iter().filter(|x| **x < 0.0).count();
     println!(
-        "  sent {} requests in {:.2} s ({:.0}/s achieved; max {} in flight); {} errors{}",
+        "  sent {} requests in {:.2} s ({:.0}/s achieved; max {} in flight); {} answered 200, {} errors{}",
         total,
         sent.elapsed.as_secs_f64(),
         total as f64 / sent.elapsed.as_secs_f64(),
         sent.max_in_flight,
+        sent.ok,
         sent.errors,
         sent.first_error
             .as_deref()
@@ -316,7 +322,7 @@ pub async fn run_latency(a: LatencyArgs) -> Result<()> {
             .unwrap_or_default()
     );
     println!(
-        "  measured: {ok} events after warm-up; {missing} receipts missing after a 30 s drain; {} duplicate receipts",
+        "  measured: {ok} events after warm-up; {missing} of them not received 30 s after the last request; {} duplicate receipts",
         tracker.duplicates.load(Ordering::Relaxed)
     );
     let Some(call) = Percentiles::of(call) else {
@@ -332,6 +338,12 @@ pub async fn run_latency(a: LatencyArgs) -> Result<()> {
     if negative > 0 {
         println!("  ({negative} receipts arrived before the client had read the API's 200: negative latencies)");
     }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let commits = xact_commits(&sql).await? - commits0;
+    println!(
+        "  PostgreSQL transactions committed in the database during the run: {commits} ({:.2} per event: the PUT itself, claims, completion batches)",
+        commits as f64 / total as f64
+    );
     let cpu = cpu0.report(&cpu1, t0.elapsed());
     let mut fields = json!({
         "rate": a.rate,
@@ -342,6 +354,7 @@ pub async fn run_latency(a: LatencyArgs) -> Result<()> {
         "latency": lat.json(),
         "latency_from_request_start": lat_start.json(),
         "api_call": call.json(),
+        "db_commits_per_event": round3(commits as f64 / total as f64),
     });
     if let (Some(o), Some(c)) = (fields.as_object_mut(), cpu.as_object()) {
         o.extend(c.clone());
@@ -413,11 +426,7 @@ pub async fn run_isolation(a: IsolationArgs) -> Result<()> {
     let s = setup(epoch, hook, a.receiver_threads, &opts, "bench_isolation").await?;
     for i in 0..normal {
         s.api
-            .create_webhook(
-                &format!("{}/n{i}", s.base),
-                &["config.updated"],
-                Some(&s.tenant),
-            )
+            .create_webhook(&format!("{}/n{i}", s.base), &["config.updated"], None)
             .await?;
     }
     println!(
@@ -427,29 +436,30 @@ pub async fn run_isolation(a: IsolationArgs) -> Result<()> {
     println!("  {}", opts.describe());
 
     let mut results = Vec::new();
-    for (phase, with_slow) in [("A without slow webhook", false), ("B with slow webhook", true)] {
+    for (phase, with_slow) in [
+        ("A without slow webhook", false),
+        ("B with slow webhook", true),
+    ] {
         let offset = if with_slow { per_phase } else { 0 };
         if with_slow {
             s.api
-                .create_webhook(
-                    &format!("{}/slow", s.base),
-                    &["config.updated"],
-                    Some(&s.tenant),
-                )
+                .create_webhook(&format!("{}/slow", s.base), &["config.updated"], None)
                 .await?;
         }
         let range = offset..offset + per_phase;
-        let sent = generate(&s.api, &s.tenant, &tracker, range.clone(), a.rate).await?;
-        let missing = drain(&tracker, &range, Duration::from_secs(a.drain_secs)).await;
+        let sent = generate(&s.api, &s.tenants, &tracker, range.clone(), a.rate).await?;
+        drain(&tracker, &range, Duration::from_secs(a.drain_secs)).await;
         let measured = offset + warm..offset + per_phase;
+        let missing = tracker.missing(&measured);
         let (_, from_ok, _) = tracker.latencies(&measured);
         let Some(p) = Percentiles::of(from_ok) else {
             bail!("phase {phase}: nothing measured");
         };
         println!(
-            "  phase {phase}: {} events ({} errors), {missing} normal receipts still missing {} s after the last event{}",
+            "  phase {phase}: {} events ({} errors); of the {} measured normal deliveries, {missing} had not arrived {} s after the last event{}",
             per_phase,
             sent.errors,
+            (per_phase - warm) as usize * normal,
             a.drain_secs,
             if with_slow {
                 format!("; slow receiver got {} requests", slow_hits.load(Ordering::Relaxed))

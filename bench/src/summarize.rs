@@ -12,16 +12,28 @@ fn num(v: &Value, path: &[&str]) -> String {
         cur = &cur[*p];
     }
     match cur {
-        Value::Number(n) => n.to_string(),
-        Value::Null => "never".to_owned(),
+        Value::Number(n) => match n.as_f64() {
+            Some(x) if x.fract() != 0.0 && x.abs() >= 100.0 => format!("{x:.0}"),
+            Some(x) if x.fract() != 0.0 => format!("{x:.1}"),
+            _ => n.to_string(),
+        },
+        Value::Null => "n/a".to_owned(),
         other => other.to_string(),
+    }
+}
+
+/// A value in ms with its unit, or `never` (some deliveries never arrived).
+fn msv(v: &Value, path: &[&str]) -> String {
+    match num(v, path).as_str() {
+        "n/a" => "never".to_owned(),
+        x => format!("{x} ms"),
     }
 }
 
 fn headline(v: &Value) -> String {
     match v["scenario"].as_str().unwrap_or("") {
         "throughput" => format!(
-            "{} deliveries: {}/s received, {}/s completed in DB; RSS idle {} MiB, peak {} MiB; CPU stratum {}% postgres {}% (of one core)",
+            "{} deliveries: {}/s received, {}/s completed in DB; RSS idle {} MiB, peak {} MiB; CPU stratum {}%, its postgres backends {}% (of one core)",
             num(v, &["deliveries"]),
             num(v, &["received_per_s"]),
             num(v, &["completed_per_s"]),
@@ -45,7 +57,10 @@ fn headline(v: &Value) -> String {
                 v[k].as_array()
                     .map(|a| {
                         a.iter()
-                            .map(|x| x.to_string())
+                            .map(|x| match x.as_f64() {
+                                Some(f) => format!("{f:.0}"),
+                                None => x.to_string(),
+                            })
                             .collect::<Vec<_>>()
                             .join(" / ")
                     })
@@ -59,13 +74,15 @@ fn headline(v: &Value) -> String {
             )
         }
         "isolation" => format!(
-            "normal p99 {} ms without, {} ms with a {} s receiver (x{}); p50 {} -> {} ms",
-            num(v, &["without_slow", "p99_ms"]),
-            num(v, &["with_slow", "p99_ms"]),
+            "normal webhooks' p99 {} without, {} with a {} s receiver beside them (ratio {}); p50 {} -> {}; not arrived within the drain: {} -> {}",
+            msv(v, &["without_slow", "p99_ms"]),
+            msv(v, &["with_slow", "p99_ms"]),
             num(v, &["slow_secs"]),
             num(v, &["p99_ratio"]),
-            num(v, &["without_slow", "p50_ms"]),
-            num(v, &["with_slow", "p50_ms"]),
+            msv(v, &["without_slow", "p50_ms"]),
+            msv(v, &["with_slow", "p50_ms"]),
+            num(v, &["missing_without"]),
+            num(v, &["missing_with"]),
         ),
         "tenant-create" => format!(
             "POST /tenants with {}-webhook fan-out, no worker: p50 {} / p95 {} / p99 {} ms ({}/s sequential)",

@@ -5,7 +5,6 @@
 //! envelopes webhooks <n>            -> id, url, events, secret_encrypted
 //! envelopes config <n> <tenant_id>  -> tenant_id, key, encrypted_value, sensitive
 //! ```
-#![allow(clippy::print_stdout, reason = "its output is the point")]
 
 use std::io::{BufWriter, Write};
 

@@ -211,7 +211,10 @@ async fn purge_passes_storage_failures_through() {
         .purge_expired(&admin(), None)
         .await
         .unwrap_err();
-    assert!(matches!(e, MaintenanceError::Store(StoreError::Unavailable)));
+    assert!(matches!(
+        e,
+        MaintenanceError::Store(StoreError::Unavailable)
+    ));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -307,7 +310,10 @@ async fn a_wrong_old_key_changes_nothing_and_never_reaches_the_store() {
             .rotate_encryption_key(&admin(), wrong, NEW)
             .await
             .unwrap_err();
-        assert!(matches!(e, MaintenanceError::InvalidOldKey), "{wrong}: {e:?}");
+        assert!(
+            matches!(e, MaintenanceError::InvalidOldKey),
+            "{wrong}: {e:?}"
+        );
         assert_eq!(keyring.get().current().key_id(), key(OLD).key_id());
     }
 }
@@ -330,7 +336,13 @@ async fn new_key_is_validated_before_anything_else() {
             .await
             .unwrap_err();
         assert!(
-            matches!(&e, MaintenanceError::Validation { field: "new_key", .. }),
+            matches!(
+                &e,
+                MaintenanceError::Validation {
+                    field: "new_key",
+                    ..
+                }
+            ),
             "{new}: {e:?}"
         );
         assert_eq!(keyring.get().current().key_id(), key(OLD).key_id());
@@ -449,7 +461,10 @@ async fn start_up_refuses_data_under_another_key_and_says_what_to_do() {
         let msg = svc.check_keys(&keyring).await.unwrap_err();
         assert!(msg.contains(key(NEW).key_id()), "{msg}");
         assert!(msg.contains(key(OLD).key_id()), "{msg}");
-        assert!(msg.contains("Set STRATUM_ENCRYPTION_KEY to the key in use"), "{msg}");
+        assert!(
+            msg.contains("Set STRATUM_ENCRYPTION_KEY to the key in use"),
+            "{msg}"
+        );
         assert!(msg.contains("STRATUM_ENCRYPTION_KEY_PREVIOUS"), "{msg}");
         assert!(msg.contains(&previous_says), "{msg}");
         assert!(!msg.contains(OLD) && !msg.contains(NEW), "{msg}");

@@ -1,13 +1,11 @@
 //! Retention purge and encryption-key rotation on PostgreSQL.
 //!
-//! The purge deletes in keyset-ordered batches inside one transaction: each batch
-//! continues after the last key of the one before, so memory stays bounded and no batch
-//! rescans the rows the transaction has already deleted (they stay in the indexes, dead,
-//! until the commit).
+//! The purge deletes in batches inside one transaction, reading the candidates through a
+//! cursor: memory stays bounded (one batch of ids at a time) and each row is visited once.
 
 use async_trait::async_trait;
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+use diesel::sql_types::{Array, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use stratum_core::{Journal, StoreError};
 use stratum_maintenance::{
@@ -23,115 +21,95 @@ use crate::tx::{read_conn, TxError};
 use crate::Pool;
 
 /// Rows per purge batch: large enough to amortise round trips, small enough to bound memory.
-pub const PURGE_BATCH: i64 = 5000;
+pub const PURGE_BATCH: usize = 5000;
 /// Values per `UPDATE … FROM unnest(…)` during a rotation.
 const ROTATE_BATCH: usize = 1000;
 
-/// One batch query per table. Each selects up to `$4` keys strictly after the keyset
-/// (`$2`, `$3`; NULL = from the start) among the rows before the cutoff `$1`, deletes those
-/// still expired (re-checked on the locked row), and answers the number deleted and the
-/// batch's last key; no row at all when the batch was empty.
-const PURGE_DELIVERIES: &str = "
-    WITH batch AS (
-        SELECT id, completed_at AS k
-          FROM webhook_deliveries
-         WHERE status <> 'pending' AND completed_at < $1
-           AND (completed_at, id) > (coalesce($2, '-infinity'::timestamptz), coalesce($3, '00000000-0000-0000-0000-000000000000'::uuid))
-         ORDER BY completed_at, id
-         LIMIT $4
-    ), gone AS (
-        DELETE FROM webhook_deliveries d USING batch b
-         WHERE d.id = b.id AND d.status <> 'pending' AND d.completed_at < $1
-        RETURNING 1
-    )
-    SELECT (SELECT count(*) FROM gone) AS n, last.k, last.id
-      FROM (SELECT k, id FROM batch ORDER BY k DESC, id DESC LIMIT 1) last";
+/// What each purge step deletes: a query naming the candidate ids (read once through a
+/// cursor, so every row is visited once however many batches it takes: rows the
+/// transaction already deleted stay in the indexes until the commit, and a query that
+/// started over for each batch would wade through them again), and a DELETE of one batch
+/// of them (`$1`) that re-checks, on the locked row, that it is still expired (`$2`:
+/// the cutoff).
+struct PurgeStep {
+    cursor: &'static str,
+    candidates: &'static str,
+    delete: &'static str,
+}
 
-const PURGE_EVENTS: &str = "
-    WITH batch AS (
-        SELECT id, created_at AS k
-          FROM webhook_events
-         WHERE created_at < $1
-           AND (created_at, id) > (coalesce($2, '-infinity'::timestamptz), coalesce($3, '00000000-0000-0000-0000-000000000000'::uuid))
-         ORDER BY created_at, id
-         LIMIT $4
-    ), gone AS (
-        DELETE FROM webhook_events e USING batch b
-         WHERE e.id = b.id
-           AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = e.id)
-        RETURNING 1
-    )
-    SELECT (SELECT count(*) FROM gone) AS n, last.k, last.id
-      FROM (SELECT k, id FROM batch ORDER BY k DESC, id DESC LIMIT 1) last";
+const DELIVERIES: PurgeStep = PurgeStep {
+    cursor: "stratum_purge_deliveries",
+    // Finished deliveries; their attempts go by ON DELETE CASCADE.
+    candidates: "SELECT id FROM webhook_deliveries WHERE status <> 'pending' AND completed_at < $1",
+    delete: "DELETE FROM webhook_deliveries
+              WHERE id = ANY($1) AND status <> 'pending' AND completed_at < $2",
+};
 
-const PURGE_AUDIT: &str = "
-    WITH batch AS (
-        SELECT id, created_at AS k
-          FROM audit_logs
-         WHERE created_at < $1
-           AND (created_at, id) > (coalesce($2, '-infinity'::timestamptz), coalesce($3, '00000000-0000-0000-0000-000000000000'::uuid))
-         ORDER BY created_at, id
-         LIMIT $4
-    ), gone AS (
-        DELETE FROM audit_logs a USING batch b WHERE a.id = b.id
-        RETURNING 1
-    )
-    SELECT (SELECT count(*) FROM gone) AS n, last.k, last.id
-      FROM (SELECT k, id FROM batch ORDER BY k DESC, id DESC LIMIT 1) last";
+const EVENTS: PurgeStep = PurgeStep {
+    cursor: "stratum_purge_events",
+    // Runs after the deliveries step, so it sees the events that step freed.
+    candidates: "SELECT e.id FROM webhook_events e
+                  WHERE e.created_at < $1
+                    AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = e.id)",
+    delete: "DELETE FROM webhook_events e
+              WHERE e.id = ANY($1) AND e.created_at < $2
+                AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = e.id)",
+};
+
+const AUDIT: PurgeStep = PurgeStep {
+    cursor: "stratum_purge_audit",
+    candidates: "SELECT id FROM audit_logs WHERE created_at < $1",
+    delete: "DELETE FROM audit_logs WHERE id = ANY($1) AND created_at < $2",
+};
 
 // `least` skips NULLs: the earlier of revocation and expiry, NULL while neither happened.
-// The `IS NOT NULL` clause repeats the predicate of consent_records_ended_idx so the
-// planner can use that index.
-const PURGE_CONSENT: &str = "
-    WITH batch AS (
-        SELECT id, least(revoked_at, expires_at) AS k
-          FROM consent_records
-         WHERE (revoked_at IS NOT NULL OR expires_at IS NOT NULL)
-           AND least(revoked_at, expires_at) < $1
-           AND (least(revoked_at, expires_at), id) > (coalesce($2, '-infinity'::timestamptz), coalesce($3, '00000000-0000-0000-0000-000000000000'::uuid))
-         ORDER BY least(revoked_at, expires_at), id
-         LIMIT $4
-    ), gone AS (
-        DELETE FROM consent_records c USING batch b
-         WHERE c.id = b.id AND least(c.revoked_at, c.expires_at) < $1
-        RETURNING 1
-    )
-    SELECT (SELECT count(*) FROM gone) AS n, last.k, last.id
-      FROM (SELECT k, id FROM batch ORDER BY k DESC, id DESC LIMIT 1) last";
+// The `IS NOT NULL` clause is the predicate of consent_records_ended_idx.
+const CONSENT: PurgeStep = PurgeStep {
+    cursor: "stratum_purge_consent",
+    candidates: "SELECT id FROM consent_records
+                  WHERE (revoked_at IS NOT NULL OR expires_at IS NOT NULL)
+                    AND least(revoked_at, expires_at) < $1",
+    delete: "DELETE FROM consent_records
+              WHERE id = ANY($1) AND least(revoked_at, expires_at) < $2",
+};
 
 #[derive(QueryableByName)]
-struct BatchRow {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
-    #[diesel(sql_type = Timestamptz)]
-    k: OffsetDateTime,
+struct IdRow {
     #[diesel(sql_type = SqlUuid)]
     id: Uuid,
 }
 
-/// Runs one table's batch query until a batch comes back empty; returns the rows deleted.
+/// Deletes what `step` names, `PURGE_BATCH` rows at a time; returns the rows deleted.
 async fn purge_in_batches(
     conn: &mut AsyncPgConnection,
-    query: &'static str,
+    step: &PurgeStep,
     cutoff: OffsetDateTime,
 ) -> QueryResult<u64> {
-    let mut after: Option<(OffsetDateTime, Uuid)> = None;
+    diesel::sql_query(format!(
+        "DECLARE {} NO SCROLL CURSOR FOR {}",
+        step.cursor, step.candidates
+    ))
+    .bind::<Timestamptz, _>(cutoff)
+    .execute(conn)
+    .await?;
+    let fetch = format!("FETCH FORWARD {PURGE_BATCH} FROM {}", step.cursor);
     let mut deleted = 0u64;
     loop {
-        let row: Option<BatchRow> = diesel::sql_query(query)
+        let batch: Vec<IdRow> = diesel::sql_query(&fetch).load(conn).await?;
+        if batch.is_empty() {
+            break;
+        }
+        let ids: Vec<Uuid> = batch.into_iter().map(|r| r.id).collect();
+        deleted += diesel::sql_query(step.delete)
+            .bind::<Array<SqlUuid>, _>(&ids)
             .bind::<Timestamptz, _>(cutoff)
-            .bind::<Nullable<Timestamptz>, _>(after.map(|a| a.0))
-            .bind::<Nullable<SqlUuid>, _>(after.map(|a| a.1))
-            .bind::<BigInt, _>(PURGE_BATCH)
-            .get_result(conn)
-            .await
-            .optional()?;
-        let Some(row) = row else {
-            return Ok(deleted);
-        };
-        deleted += u64::try_from(row.n).unwrap_or(0);
-        after = Some((row.k, row.id));
+            .execute(conn)
+            .await? as u64;
     }
+    diesel::sql_query(format!("CLOSE {}", step.cursor))
+        .execute(conn)
+        .await?;
+    Ok(deleted)
 }
 
 #[derive(QueryableByName)]
@@ -199,13 +177,11 @@ impl MaintenanceStore for PgMaintenanceStore {
         in_tx!(self.pool, StoreError, |conn| {
             // Deliveries first: the events they held become unreferenced.
             let deliveries =
-                purge_in_batches(conn, PURGE_DELIVERIES, cutoffs.deliveries_and_events_before)
-                    .await?;
+                purge_in_batches(conn, &DELIVERIES, cutoffs.deliveries_and_events_before).await?;
             let events =
-                purge_in_batches(conn, PURGE_EVENTS, cutoffs.deliveries_and_events_before).await?;
-            let audit_logs = purge_in_batches(conn, PURGE_AUDIT, cutoffs.audit_before).await?;
-            let consent_records =
-                purge_in_batches(conn, PURGE_CONSENT, cutoffs.consent_before).await?;
+                purge_in_batches(conn, &EVENTS, cutoffs.deliveries_and_events_before).await?;
+            let audit_logs = purge_in_batches(conn, &AUDIT, cutoffs.audit_before).await?;
+            let consent_records = purge_in_batches(conn, &CONSENT, cutoffs.consent_before).await?;
             let counts = PurgeCounts {
                 deliveries,
                 events,
@@ -224,8 +200,10 @@ impl MaintenanceStore for PgMaintenanceStore {
         journal: Journal,
     ) -> Result<RotationCounts, MaintenanceError> {
         in_tx!(self.pool, MaintenanceError, |conn| {
-            // Reads go on; writes of secrets (and other rotations) wait for the commit, so
-            // no value is written under the old key behind the rotation's back.
+            // Reads (and deliveries) go on; writes of secrets and other rotations wait for
+            // the commit, so nothing is missed or overwritten. A write encrypted just before
+            // the process switched keys lands under the old key, which the process keeps
+            // as its previous key (and the next rotation re-encrypts).
             diesel::sql_query("LOCK TABLE config_entries, webhooks IN SHARE ROW EXCLUSIVE MODE")
                 .execute(conn)
                 .await?;

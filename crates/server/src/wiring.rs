@@ -11,8 +11,8 @@ use stratum_crypto::SharedKeyring;
 use stratum_http_delivery::{ClientConfig, ReqwestDeliveryClient, SsrfGuard};
 use stratum_maintenance::{MaintenanceService, RetentionConfig};
 use stratum_postgres::{
-    PgApiKeyStore, PgMaintenanceStore, PgAuditLog, PgConfigStore, PgDeliveryQueue, PgDeliveryStore, PgPermissionStore,
-    PgTenantStore, PgWebhookStore, Pool,
+    PgApiKeyStore, PgAuditLog, PgConfigStore, PgDeliveryQueue, PgDeliveryStore, PgMaintenanceStore,
+    PgPermissionStore, PgTenantStore, PgWebhookStore, Pool,
 };
 use stratum_tenancy::{ApiKeyService, ConfigService, PermissionService, TenantService};
 use stratum_webhooks::{

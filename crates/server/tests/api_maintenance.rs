@@ -301,6 +301,90 @@ async fn purge_deletes_exactly_what_expired() {
     );
 }
 
+/// More rows than one purge batch (5,000) in every table, so the cursors are walked
+/// through several batches.
+#[tokio::test(flavor = "multi_thread")]
+async fn purge_works_through_many_batches() {
+    let h = harness().await;
+    let app = app!(h);
+    let url = h.db.url.as_str();
+    let secret = key(ENCRYPTION_KEY).encrypt_str("whsec_x").unwrap();
+    let w = webhook(url, &secret).await;
+    let t = tenant(url, "acme").await;
+    for q in [
+        "INSERT INTO webhook_events (id, event_type, payload, created_at)
+         SELECT stratum_uuid_v7(), 'tenant.updated', jsonb_build_object('n', g), now() - interval '200 days'
+           FROM generate_series(1, 12345) g",
+        // 12,000 finished long ago, 345 still pending: their events must stay.
+        &format!(
+            "INSERT INTO webhook_deliveries (id, webhook_id, event_id, event_type, status, attempts, completed_at)
+             SELECT stratum_uuid_v7(), '{w}', e.id, 'tenant.updated',
+                    CASE WHEN n <= 12000 THEN (CASE WHEN n % 2 = 0 THEN 'success' ELSE 'failed' END) ELSE 'pending' END,
+                    1, CASE WHEN n <= 12000 THEN now() - interval '100 days' END
+               FROM (SELECT id, row_number() OVER (ORDER BY id) AS n FROM webhook_events) e"
+        ),
+        "INSERT INTO webhook_delivery_attempts (id, delivery_id, attempt, duration_ms)
+         SELECT stratum_uuid_v7(), id, 1, 3 FROM webhook_deliveries",
+        // Events nobody references, old and new.
+        "INSERT INTO webhook_events (id, event_type, payload, created_at)
+         SELECT stratum_uuid_v7(), 'tenant.updated', '{}', now() - (g % 2) * interval '200 days'
+           FROM generate_series(1, 7000) g",
+        "INSERT INTO audit_logs (id, actor_id, actor_type, action, resource_type, created_at)
+         SELECT stratum_uuid_v7(), 'system', 'system', 'tenant.updated', 'tenant',
+                now() - CASE WHEN g <= 11000 THEN interval '400 days' ELSE interval '1 day' END
+           FROM generate_series(1, 11500) g",
+        &format!(
+            "INSERT INTO consent_records (id, tenant_id, subject_id, purpose, granted, granted_at, revoked_at, expires_at)
+             SELECT stratum_uuid_v7(), '{t}', 'subject-' || g, 'marketing', g % 3 <> 0, now() - interval '400 days',
+                    CASE WHEN g % 3 = 0 THEN now() - interval '100 days' END,
+                    CASE WHEN g % 3 = 1 THEN now() - interval '100 days' WHEN g % 3 = 2 THEN now() + interval '1 day' END
+               FROM generate_series(1, 15000) g"
+        ),
+    ] {
+        sql::exec(url, q).await;
+    }
+    let r = call(&app, POST, PURGE, Some(ADMIN), None).await;
+    assert_eq!(
+        r.body,
+        json!({"deleted_count": 12000 + 15500 + 11000 + 10000, "deliveries": 12000,
+               "events": 15500, "audit_logs": 11000, "consent_records": 10000})
+    );
+    let left = |q: &'static str| sql::count(url, q);
+    assert_eq!(
+        left("SELECT count(*) AS n FROM webhook_deliveries WHERE status = 'pending'").await,
+        345
+    );
+    assert_eq!(
+        left("SELECT count(*) AS n FROM webhook_deliveries").await,
+        345
+    );
+    assert_eq!(
+        left("SELECT count(*) AS n FROM webhook_delivery_attempts").await,
+        345
+    );
+    assert_eq!(
+        left(
+            "SELECT count(*) AS n FROM webhook_events e
+              WHERE EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = e.id)"
+        )
+        .await,
+        345
+    );
+    assert_eq!(
+        left("SELECT count(*) AS n FROM webhook_events").await,
+        345 + 3500
+    );
+    assert_eq!(
+        left("SELECT count(*) AS n FROM audit_logs WHERE action <> 'maintenance.purge_expired'")
+            .await,
+        500
+    );
+    assert_eq!(
+        left("SELECT count(*) AS n FROM consent_records").await,
+        5000
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn purge_of_an_empty_database_and_its_bodies() {
     let h = harness().await;
