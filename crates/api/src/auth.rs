@@ -63,7 +63,8 @@ async fn admit(req: &ServiceRequest) -> Result<Caller, ApiError> {
         .await?
         .ok_or_else(ApiError::unauthorized)?;
     if let Some(limiter) = &state.rate_limiter {
-        let exempt = matches!(actor.kind, stratum_core::ActorKind::Bootstrap) && !limiter.limits_bootstrap();
+        let exempt =
+            matches!(actor.kind, stratum_core::ActorKind::Bootstrap) && !limiter.limits_bootstrap();
         if !exempt {
             if let Err(secs) = limiter.check(&actor.id(), std::time::Instant::now()) {
                 state.metrics.observe_rate_limited();

@@ -41,7 +41,10 @@ pub async fn request_id(
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     req.extensions_mut().insert(RequestId(id.clone()));
     let method = req.method().clone();
-    let mut res = REQUEST_ID.scope(id.clone(), next.call(req)).await?.map_into_boxed_body();
+    let mut res = REQUEST_ID
+        .scope(id.clone(), next.call(req))
+        .await?
+        .map_into_boxed_body();
     if res.status() == actix_web::http::StatusCode::METHOD_NOT_ALLOWED {
         // actix answers an unregistered method with an empty body; give it the error body.
         let allow = res.headers().get(actix_web::http::header::ALLOW).cloned();
@@ -51,7 +54,10 @@ pub async fn request_id(
                     .to_string(),
             )
         });
-        res.headers_mut().insert(actix_web::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        res.headers_mut().insert(
+            actix_web::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         if let Some(a) = allow {
             res.headers_mut().insert(actix_web::http::header::ALLOW, a);
         }
@@ -71,8 +77,13 @@ pub async fn request_id(
         .map(|a| (Some(a.key_id.clone()), a.tenant_id.clone()))
         .unwrap_or_default();
     let latency = started.elapsed().as_secs_f64();
-    if let Some(state) = res.request().app_data::<actix_web::web::Data<crate::AppState>>() {
-        state.metrics.observe_http(&route, method.as_str(), status, latency);
+    if let Some(state) = res
+        .request()
+        .app_data::<actix_web::web::Data<crate::AppState>>()
+    {
+        state
+            .metrics
+            .observe_http(&route, method.as_str(), status, latency);
     }
     tracing::info!(
         request_id = %id,

@@ -24,4 +24,6 @@ pub use maintenance::PgMaintenanceStore;
 pub use migrate::{migrations_current, run_migrations, MigrateError};
 pub use pool::{connect, Pool, PoolConfig, PooledConn};
 pub use tenancy::{PgApiKeyStore, PgConfigStore, PgPermissionStore, PgTenantStore};
-pub use webhooks::{queue_snapshot, PgDeliveryQueue, PgDeliveryStore, PgWebhookStore, QueueSnapshot};
+pub use webhooks::{
+    queue_snapshot, PgDeliveryQueue, PgDeliveryStore, PgWebhookStore, QueueSnapshot,
+};

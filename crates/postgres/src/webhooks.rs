@@ -596,16 +596,19 @@ impl DeliveryQueue for PgDeliveryQueue {
             // due again when the lease runs out, with no separate sweep.
             let rows: Vec<ClaimRow> = diesel::sql_query(
                 "WITH candidates AS (
+                     -- Webhooks at their limit and inactive ones are left out before the
+                     -- LIMIT: otherwise a slow receiver's backlog would fill the window and
+                     -- starve every other webhook.
                      SELECT d.id, d.webhook_id, d.next_retry_at
                        FROM webhook_deliveries d
+                       JOIN webhooks w ON w.id = d.webhook_id AND w.active
                       WHERE d.status = 'pending' AND d.next_retry_at <= now()
+                        AND NOT (d.webhook_id = ANY($2))
                       ORDER BY d.next_retry_at
                       LIMIT $1 * $5
                  ), ranked AS (
                      SELECT c.id, row_number() OVER (PARTITION BY c.webhook_id ORDER BY c.next_retry_at) AS rn
                        FROM candidates c
-                       JOIN webhooks w ON w.id = c.webhook_id AND w.active
-                      WHERE NOT (c.webhook_id = ANY($2))
                  ), picked AS (
                      SELECT d.id
                        FROM webhook_deliveries d

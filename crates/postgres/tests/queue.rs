@@ -253,3 +253,29 @@ async fn expired_leases_become_claimable_again() {
         3
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_older_backlog_of_a_skipped_or_inactive_webhook_starves_no_one() {
+    let db = TestDb::new().await;
+    let q = PgDeliveryQueue::new(pool(&db));
+    let (slow, off, fresh) = (
+        webhook(&db.url, true).await,
+        webhook(&db.url, false).await,
+        webhook(&db.url, true).await,
+    );
+    // The slow and inactive webhooks' deliveries are older than anything else.
+    enqueue(&db.url, slow, 2000).await;
+    enqueue(&db.url, off, 2000).await;
+    exec(
+        &db.url,
+        "UPDATE webhook_deliveries SET next_retry_at = now() - interval '1 hour'",
+    )
+    .await;
+    enqueue(&db.url, fresh, 10).await;
+    let got = q
+        .claim(8, 8, vec![slow], Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 8, "the fresh webhook's deliveries are claimed");
+    assert!(got.iter().all(|d| d.webhook_id == fresh));
+}

@@ -171,7 +171,10 @@ fn spawn_worker(
 }
 
 /// Refreshes the queue gauges every few seconds, so scrapes stay cheap.
-fn spawn_queue_gauges(pool: stratum_postgres::Pool, metrics: std::sync::Arc<stratum_api::metrics::Metrics>) {
+fn spawn_queue_gauges(
+    pool: stratum_postgres::Pool,
+    metrics: std::sync::Arc<stratum_api::metrics::Metrics>,
+) {
     use std::sync::atomic::Ordering::Relaxed;
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
@@ -181,7 +184,8 @@ fn spawn_queue_gauges(pool: stratum_postgres::Pool, metrics: std::sync::Arc<stra
                 let g = &metrics.queue;
                 g.pending.store(q.pending, Relaxed);
                 g.due.store(q.due, Relaxed);
-                g.oldest_due_age_seconds.store(q.oldest_due_age_seconds, Relaxed);
+                g.oldest_due_age_seconds
+                    .store(q.oldest_due_age_seconds, Relaxed);
                 g.dead_letter.store(q.failed, Relaxed);
                 g.inactive_webhooks.store(q.inactive_webhooks, Relaxed);
                 g.refreshed_at.store(time_now(), Relaxed);
@@ -213,7 +217,8 @@ async fn worker(args: WorkerArgs) -> Result<()> {
     let pool = pool(&args.db)?;
     check_keys(&pool, &keyring).await?;
     let out = wiring::outbound(&args.webhook)?;
-    let (stop, handle, _stats) = spawn_worker(&args.db.database_url, pool, keyring, &args.webhook, &out);
+    let (stop, handle, _stats) =
+        spawn_worker(&args.db.database_url, pool, keyring, &args.webhook, &out);
     tracing::info!("stratum worker running");
     terminated().await;
     tracing::info!("stopping: no new claims, finishing deliveries in flight");
@@ -242,14 +247,20 @@ async fn serve(args: ServeArgs) -> Result<()> {
             &out,
         )
     });
-    let mut state = wiring::app_state(pool.clone(), keyring.clone(), args.admin_api_key.as_deref(), out);
+    let mut state = wiring::app_state(
+        pool.clone(),
+        keyring.clone(),
+        args.admin_api_key.as_deref(),
+        out,
+    );
     state.maintenance = wiring::maintenance(pool.clone(), keyring, args.retention.config());
-    state.rate_limiter = stratum_api::ratelimit::RateLimiter::new(stratum_api::ratelimit::RateLimitConfig {
-        per_second: args.rate_limit_per_second,
-        burst: args.rate_limit_burst,
-        limit_bootstrap: args.rate_limit_bootstrap,
-    })
-    .map(std::sync::Arc::new);
+    state.rate_limiter =
+        stratum_api::ratelimit::RateLimiter::new(stratum_api::ratelimit::RateLimitConfig {
+            per_second: args.rate_limit_per_second,
+            burst: args.rate_limit_burst,
+            limit_bootstrap: args.rate_limit_bootstrap,
+        })
+        .map(std::sync::Arc::new);
     if let Some((_, _, stats)) = &worker {
         state.metrics.attach_dispatcher(stats.clone());
     }

@@ -160,6 +160,9 @@ async fn a_wrong_method_gets_405_with_the_error_body() {
     let h = harness().await;
     let app = init_service(stratum_api::app(h.state.clone())).await;
     let r = call(&app, Method::PUT, "/api/v1/tenants", Some(ADMIN), None).await;
-    assert_eq!((r.status, r.code()), (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"));
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED")
+    );
     assert!(r.headers.get("allow").is_some());
 }

@@ -272,8 +272,12 @@ impl Dispatcher {
                 break;
             }
             let free = cfg.concurrency.saturating_sub(pool.len());
-            if free == 0 {
-                let keep_going = pause(&mut pool, &mut shutdown, None, None, true).await;
+            // Claim in batches, not one row per freed slot: each claim is a transaction,
+            // and per-slot claims would make the database the bottleneck.
+            let min_claim = (cfg.concurrency / 4).clamp(1, cfg.batch_size);
+            if free < min_claim && !pool.is_empty() {
+                let keep_going =
+                    pause(&mut pool, &mut shutdown, None, None, min_claim - free).await;
                 if keep_going {
                     continue;
                 }
@@ -291,7 +295,7 @@ impl Dispatcher {
                 Err(e) => {
                     let wait = backoff.next_delay();
                     error!(error = %e, retry_in_ms = millis(wait), "claiming webhook deliveries failed");
-                    pause(&mut pool, &mut shutdown, None, Some(wait), false).await
+                    pause(&mut pool, &mut shutdown, None, Some(wait), 0).await
                 }
                 Ok(batch) => {
                     backoff.reset();
@@ -305,14 +309,19 @@ impl Dispatcher {
                         continue;
                     }
                     // A short batch means nothing else is due, unless the per-webhook limit
-                    // held some back: then a finished send is worth another claim.
+                    // held some back: then a few finished sends are worth another claim.
                     let more_held_back = skipped_any || webhook_at_limit;
+                    let finishes = if more_held_back {
+                        (cfg.per_webhook / 2).max(1)
+                    } else {
+                        0
+                    };
                     pause(
                         &mut pool,
                         &mut shutdown,
                         Some(&wake),
                         Some(cfg.poll_interval),
-                        more_held_back,
+                        finishes,
                     )
                     .await
                 }
@@ -387,7 +396,9 @@ impl Inner {
             self.policy
                 .classify(policy_attempt, &outcome, self.clock.now(), random_jitter());
         self.stats.record(&verdict);
-        self.stats.attempt_duration.observe(f64::from(outcome.duration_ms) / 1000.0);
+        self.stats
+            .attempt_duration
+            .observe(f64::from(outcome.duration_ms) / 1000.0);
         if matches!(verdict, Verdict::Success | Verdict::Failed | Verdict::Gone) {
             self.stats.attempts_per_delivery.observe(f64::from(number));
         }
@@ -601,10 +612,11 @@ async fn pause(
     shutdown: &mut watch::Receiver<bool>,
     wake: Option<&Notify>,
     wait: Option<Duration>,
-    return_on_slot: bool,
+    return_after_finishes: usize,
 ) -> bool {
     let sleep = optional(wait.map(tokio::time::sleep));
     tokio::pin!(sleep);
+    let mut finished = 0;
     loop {
         tokio::select! {
             () = wait_for_shutdown(shutdown) => return false,
@@ -612,7 +624,8 @@ async fn pause(
             () = optional(wake.map(Notify::notified)) => return true,
             Some(res) = pool.tasks.join_next_with_id(), if !pool.is_empty() => {
                 pool.finish(res);
-                if return_on_slot {
+                finished += 1;
+                if return_after_finishes > 0 && (finished >= return_after_finishes || pool.is_empty()) {
                     return true;
                 }
             }

@@ -391,10 +391,7 @@ impl WebhookService {
     /// Webhooks the caller can see, optionally of one tenant.
     pub async fn list(&self, caller: &Caller, tenant_id: Option<Uuid>) -> Result<Vec<Webhook>> {
         if let Some(t) = tenant_id {
-            self.tenants
-                .get(caller, t)
-                .await
-                .map_err(tenant_error)?;
+            self.tenants.get(caller, t).await.map_err(tenant_error)?;
         }
         Ok(self
             .webhooks
