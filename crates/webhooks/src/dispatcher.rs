@@ -277,7 +277,7 @@ impl Dispatcher {
             let min_claim = (cfg.concurrency / 4).clamp(1, cfg.batch_size);
             if free < min_claim && !pool.is_empty() {
                 let keep_going =
-                    pause(&mut pool, &mut shutdown, None, None, min_claim - free).await;
+                    pause(&mut pool, &mut shutdown, None, None, Until::Finished(min_claim - free)).await;
                 if keep_going {
                     continue;
                 }
@@ -285,7 +285,6 @@ impl Dispatcher {
             }
             let limit = free.min(cfg.batch_size);
             let skip = pool.saturated();
-            let skipped_any = !skip.is_empty();
             let keep_going = match self
                 .inner
                 .queue
@@ -295,34 +294,29 @@ impl Dispatcher {
                 Err(e) => {
                     let wait = backoff.next_delay();
                     error!(error = %e, retry_in_ms = millis(wait), "claiming webhook deliveries failed");
-                    pause(&mut pool, &mut shutdown, None, Some(wait), 0).await
+                    pause(&mut pool, &mut shutdown, None, Some(wait), Until::Woken).await
                 }
                 Ok(batch) => {
                     backoff.reset();
                     let claimed = batch.len();
-                    let mut webhook_at_limit = false;
+                    let mut at_limit: Vec<Uuid> = Vec::new();
                     for d in batch {
+                        let webhook = d.webhook_id;
                         let count = pool.spawn(Arc::clone(&self.inner), d, tx.clone());
-                        webhook_at_limit |= count >= cfg.per_webhook;
+                        if count >= cfg.per_webhook && !at_limit.contains(&webhook) {
+                            at_limit.push(webhook);
+                        }
                     }
                     if claimed >= limit {
                         continue;
                     }
-                    // A short batch means nothing else is due, unless the per-webhook limit
-                    // held some back: then a few finished sends are worth another claim.
-                    let more_held_back = skipped_any || webhook_at_limit;
-                    let finishes = if more_held_back {
-                        (cfg.per_webhook / 2).max(1)
-                    } else {
-                        0
-                    };
-                    pause(
-                        &mut pool,
-                        &mut shutdown,
-                        Some(&wake),
-                        Some(cfg.poll_interval),
-                        finishes,
-                    )
+                    // A short batch means nothing else is due, except for webhooks the
+                    // per-webhook limit held back: only their own finished sends free room
+                    // for them, so only those are a reason to claim again early.
+                    let mut held: Vec<Uuid> = pool.saturated();
+                    held.extend(at_limit);
+                    let until = if held.is_empty() { Until::Woken } else { Until::Unblocked(&held) };
+                    pause(&mut pool, &mut shutdown, Some(&wake), Some(cfg.poll_interval), until)
                     .await
                 }
             };
@@ -576,8 +570,8 @@ impl InFlight {
         count
     }
 
-    /// Accounts for a finished task.
-    fn finish(&mut self, res: Result<(TaskId, ()), JoinError>) {
+    /// Accounts for a finished task; returns its webhook.
+    fn finish(&mut self, res: Result<(TaskId, ()), JoinError>) -> Option<Uuid> {
         let id = match res {
             Ok((id, ())) => id,
             Err(e) => {
@@ -586,21 +580,20 @@ impl InFlight {
             }
         };
         self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-        let Some(webhook_id) = self.webhook_of.remove(&id) else {
-            return;
-        };
+        let webhook_id = self.webhook_of.remove(&id)?;
         if let Some(slots) = self.webhooks.get_mut(&webhook_id) {
             slots.count = slots.count.saturating_sub(1);
             if slots.count == 0 {
                 self.webhooks.remove(&webhook_id);
             }
         }
+        Some(webhook_id)
     }
 
     /// Accounts for every task that has already finished.
     fn reap(&mut self) {
         while let Some(res) = self.tasks.try_join_next_with_id() {
-            self.finish(res);
+            let _webhook = self.finish(res);
         }
     }
 }
@@ -612,7 +605,7 @@ async fn pause(
     shutdown: &mut watch::Receiver<bool>,
     wake: Option<&Notify>,
     wait: Option<Duration>,
-    return_after_finishes: usize,
+    until: Until<'_>,
 ) -> bool {
     let sleep = optional(wait.map(tokio::time::sleep));
     tokio::pin!(sleep);
@@ -623,14 +616,30 @@ async fn pause(
             () = &mut sleep => return true,
             () = optional(wake.map(Notify::notified)) => return true,
             Some(res) = pool.tasks.join_next_with_id(), if !pool.is_empty() => {
-                pool.finish(res);
+                let webhook = pool.finish(res);
                 finished += 1;
-                if return_after_finishes > 0 && (finished >= return_after_finishes || pool.is_empty()) {
+                let done = match until {
+                    Until::Woken => false,
+                    Until::Finished(n) => finished >= n || pool.is_empty(),
+                    Until::Unblocked(held) => webhook.is_some_and(|w| held.contains(&w)),
+                };
+                if done {
                     return true;
                 }
             }
         }
     }
+}
+
+/// What, besides a wake-up, a timeout or shutdown, ends a pause.
+#[derive(Clone, Copy)]
+enum Until<'a> {
+    /// Nothing else.
+    Woken,
+    /// This many sends finished (or none is left).
+    Finished(usize),
+    /// A send of one of these held-back webhooks finished, so it may take more.
+    Unblocked(&'a [Uuid]),
 }
 
 /// Awaits `f`, or forever when there is none.
