@@ -39,6 +39,9 @@ use crate::{
 /// How long a delivery this process cannot sign is left for other processes.
 pub const RELEASE_DELAY: Duration = Duration::from_secs(30);
 
+/// The least time between two claims when the first came back short.
+const SHORT_CLAIM_SPACING: Duration = Duration::from_millis(2);
+
 const STORAGE_BACKOFF_MIN: Duration = Duration::from_millis(500);
 const STORAGE_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -265,6 +268,7 @@ impl Dispatcher {
         ));
         let mut pool = InFlight::new(cfg.per_webhook, Arc::clone(&self.inner.stats));
         let mut backoff = Backoff::new(STORAGE_BACKOFF_MIN, STORAGE_BACKOFF_MAX);
+        let mut last_short_claim: Option<std::time::Instant> = None;
 
         loop {
             pool.reap();
@@ -282,6 +286,14 @@ impl Dispatcher {
                     continue;
                 }
                 break;
+            }
+            // After a short claim, let a moment's worth of new work gather first: under a
+            // steady trickle this turns a claim per event into a claim per few events.
+            if let Some(at) = last_short_claim {
+                let since = at.elapsed();
+                if since < SHORT_CLAIM_SPACING {
+                    tokio::time::sleep(SHORT_CLAIM_SPACING - since).await;
+                }
             }
             let limit = free.min(cfg.batch_size);
             let skip = pool.saturated();
@@ -308,8 +320,10 @@ impl Dispatcher {
                         }
                     }
                     if claimed >= limit {
+                        last_short_claim = None;
                         continue;
                     }
+                    last_short_claim = Some(std::time::Instant::now());
                     // A short batch means nothing else is due, except for webhooks the
                     // per-webhook limit held back: only their own finished sends free room
                     // for them, so only those are a reason to claim again early.
@@ -523,6 +537,11 @@ impl InFlight {
         self.tasks.len()
     }
 
+    /// Deliveries of `webhook` claimed here and not finished.
+    fn count(&self, webhook: Uuid) -> usize {
+        self.webhooks.get(&webhook).map_or(0, |s| s.count)
+    }
+
     fn is_empty(&self) -> bool {
         self.tasks.is_empty()
     }
@@ -621,7 +640,10 @@ async fn pause(
                 let done = match until {
                     Until::Woken => false,
                     Until::Finished(n) => finished >= n || pool.is_empty(),
-                    Until::Unblocked(held) => webhook.is_some_and(|w| held.contains(&w)),
+                    // Wait for half a wave of room, so the next claim brings a batch
+                    // for this webhook rather than a row per finished send.
+                    Until::Unblocked(held) => webhook
+                        .is_some_and(|w| held.contains(&w) && pool.count(w) <= pool.per_webhook / 2),
                 };
                 if done {
                     return true;
