@@ -87,7 +87,9 @@ pub async fn record(conn: &mut AsyncPgConnection, journal: &Journal) -> QueryRes
 
     if fanned.n > 0 {
         // Delivered by PostgreSQL only if and when the transaction commits.
-        diesel::sql_query(format!("SELECT pg_notify('{DELIVERY_CHANNEL}', '')")).execute(conn).await?;
+        diesel::sql_query(format!("SELECT pg_notify('{DELIVERY_CHANNEL}', '')"))
+            .execute(conn)
+            .await?;
     }
     Ok(fanned.n as usize)
 }

@@ -591,39 +591,14 @@ impl DeliveryQueue for PgDeliveryQueue {
         let limit = limit.max(1) as i64;
         let lease_interval =
             diesel::data_types::PgInterval::from_microseconds(lease.as_micros() as i64);
-        let rows: Vec<ClaimRow> = in_tx!(self.pool, StoreError, |conn| {
-            // The lease is written into next_retry_at too: a crashed worker's rows become
-            // due again when the lease runs out, with no separate sweep.
-            let rows: Vec<ClaimRow> = diesel::sql_query(
-                "WITH candidates AS (
-                     -- Webhooks at their limit and inactive ones are left out before the
-                     -- LIMIT: otherwise a slow receiver's backlog would fill the window and
-                     -- starve every other webhook.
-                     SELECT d.id, d.webhook_id, d.next_retry_at
-                       FROM webhook_deliveries d
-                       JOIN webhooks w ON w.id = d.webhook_id AND w.active
-                      WHERE d.status = 'pending' AND d.next_retry_at <= now()
-                        AND NOT (d.webhook_id = ANY($2))
-                      ORDER BY d.next_retry_at
-                      LIMIT $1 * $5
-                 ), ranked AS (
-                     SELECT c.id, row_number() OVER (PARTITION BY c.webhook_id ORDER BY c.next_retry_at) AS rn
-                       FROM candidates c
-                 ), picked AS (
-                     SELECT d.id
-                       FROM webhook_deliveries d
-                       JOIN ranked r ON r.id = d.id
-                      WHERE r.rn <= $3 AND d.status = 'pending' AND d.next_retry_at <= now()
-                      ORDER BY d.next_retry_at
-                      LIMIT $1
-                        FOR UPDATE OF d SKIP LOCKED
-                 )
-                 UPDATE webhook_deliveries d
-                    SET lease_id = $4, lease_expires_at = now() + $6, next_retry_at = now() + $6
-                   FROM picked, webhooks w, webhook_events e
-                  WHERE d.id = picked.id AND w.id = d.webhook_id AND e.id = d.event_id
-              RETURNING d.id, d.attempts, d.webhook_id, w.url, w.secret_encrypted, d.event_id, d.event_type,
-                        d.tenant_id, e.payload, e.created_at AS event_created_at",
+        // One statement, hence its own transaction: the lease is committed before any send.
+        // It lives in a PL/pgSQL function so its plan is kept per connection.
+        let mut conn = read_conn(&self.pool).await?;
+        let rows: Vec<ClaimRow> = {
+            diesel::sql_query(
+                "SELECT id, attempts, webhook_id, url, secret_encrypted, event_id, event_type, tenant_id,
+                        payload, event_created_at
+                   FROM stratum_claim_deliveries($1, $2, $3, $4, $1 * $5, $6)",
             )
             .bind::<BigInt, _>(limit)
             .bind::<Array<SqlUuid>, _>(&skip_webhooks)
@@ -631,10 +606,10 @@ impl DeliveryQueue for PgDeliveryQueue {
             .bind::<SqlUuid, _>(lease_id)
             .bind::<BigInt, _>(CLAIM_SCAN_FACTOR)
             .bind::<Interval, _>(lease_interval)
-            .load(conn)
-            .await?;
-            Ok(rows)
-        })?;
+            .load(&mut conn)
+            .await
+            .map_err(map_query_error)?
+        };
         Ok(rows
             .into_iter()
             .map(|r| ClaimedDelivery {

@@ -280,8 +280,14 @@ impl Dispatcher {
             // and per-slot claims would make the database the bottleneck.
             let min_claim = (cfg.concurrency / 4).clamp(1, cfg.batch_size);
             if free < min_claim && !pool.is_empty() {
-                let keep_going =
-                    pause(&mut pool, &mut shutdown, None, None, Until::Finished(min_claim - free)).await;
+                let keep_going = pause(
+                    &mut pool,
+                    &mut shutdown,
+                    None,
+                    None,
+                    Until::Finished(min_claim - free),
+                )
+                .await;
                 if keep_going {
                     continue;
                 }
@@ -311,11 +317,17 @@ impl Dispatcher {
                 Ok(batch) => {
                     backoff.reset();
                     let claimed = batch.len();
+                    // Webhooks that may have more due than this claim brought: those now
+                    // over their wave, and those the claim's per-webhook cap cut off.
                     let mut at_limit: Vec<Uuid> = Vec::new();
+                    let mut in_batch: HashMap<Uuid, usize> = HashMap::new();
                     for d in batch {
                         let webhook = d.webhook_id;
+                        let n = in_batch.entry(webhook).or_insert(0);
+                        *n += 1;
+                        let capped = *n >= cfg.per_webhook;
                         let count = pool.spawn(Arc::clone(&self.inner), d, tx.clone());
-                        if count >= cfg.per_webhook && !at_limit.contains(&webhook) {
+                        if (capped || count > cfg.per_webhook) && !at_limit.contains(&webhook) {
                             at_limit.push(webhook);
                         }
                     }
@@ -329,8 +341,18 @@ impl Dispatcher {
                     // for them, so only those are a reason to claim again early.
                     let mut held: Vec<Uuid> = pool.saturated();
                     held.extend(at_limit);
-                    let until = if held.is_empty() { Until::Woken } else { Until::Unblocked(&held) };
-                    pause(&mut pool, &mut shutdown, Some(&wake), Some(cfg.poll_interval), until)
+                    let until = if held.is_empty() {
+                        Until::Woken
+                    } else {
+                        Until::Unblocked(&held)
+                    };
+                    pause(
+                        &mut pool,
+                        &mut shutdown,
+                        Some(&wake),
+                        Some(cfg.poll_interval),
+                        until,
+                    )
                     .await
                 }
             };
@@ -546,11 +568,11 @@ impl InFlight {
         self.tasks.is_empty()
     }
 
-    /// Webhooks with as many deliveries in flight as they may have.
+    /// Webhooks with a wave sending and more queued behind it: claim nothing more for them.
     fn saturated(&self) -> Vec<Uuid> {
         self.webhooks
             .iter()
-            .filter(|(_, s)| s.count >= self.per_webhook)
+            .filter(|(_, s)| s.count > self.per_webhook)
             .map(|(id, _)| *id)
             .collect()
     }
@@ -640,10 +662,11 @@ async fn pause(
                 let done = match until {
                     Until::Woken => false,
                     Until::Finished(n) => finished >= n || pool.is_empty(),
-                    // Wait for half a wave of room, so the next claim brings a batch
-                    // for this webhook rather than a row per finished send.
+                    // Wait until a full wave is sending and none is queued behind it:
+                    // the next claim then brings a whole batch for this webhook (not a row
+                    // per finished send) while the current wave keeps the receiver busy.
                     Until::Unblocked(held) => webhook
-                        .is_some_and(|w| held.contains(&w) && pool.count(w) <= pool.per_webhook / 2),
+                        .is_some_and(|w| held.contains(&w) && pool.count(w) <= pool.per_webhook),
                 };
                 if done {
                     return true;
