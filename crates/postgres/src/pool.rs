@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use diesel_async::pooled_connection::deadpool::{Object, Pool as DeadPool};
-use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod};
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
 use diesel_async::AsyncPgConnection;
 
 /// A pool of async PostgreSQL connections.
@@ -37,7 +39,8 @@ pub fn connect(database_url: &str, cfg: &PoolConfig) -> Result<Pool, String> {
     // No test query on every checkout (a round trip per request): a connection that died
     // with the server fails its first query, which answers 503, and is then dropped.
     config.recycling_method = RecyclingMethod::Fast;
-    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(database_url, config);
+    let manager =
+        AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(database_url, config);
     DeadPool::builder(manager)
         .max_size(cfg.max_size)
         .wait_timeout(Some(cfg.wait_timeout))
