@@ -54,7 +54,13 @@ running() {
 
 up() {
   BIN=$(find_bindir) || { install_pg; BIN=$(find_bindir); }
-  if running; then return 0; fi
+  if ! running && "$BIN/pg_isready" -q -h 127.0.0.1 -p "$PORT" -U postgres 2>/dev/null; then
+    # Another checkout's cluster already serves this port: use it rather than fail.
+    echo "pg: reusing the PostgreSQL already listening on 127.0.0.1:$PORT" >&2
+    create_dbs "$@"
+    return 0
+  fi
+  if running; then create_dbs "$@"; return 0; fi
   ensure_owner
   mkdir -p "$PGDATA_DIR" "$SOCK"
   [ "$(id -u)" -eq 0 ] && chown -R "$PG_USER" "$PGDATA_DIR"
@@ -84,11 +90,15 @@ up() {
     "$BIN/pg_isready" -q -h 127.0.0.1 -p "$PORT" -U postgres && break
     sleep 0.1
   done
+  create_dbs "$@"
+  echo "pg: running on 127.0.0.1:$PORT (data $DATA)" >&2
+}
+
+create_dbs() {
   for db in "$@"; do
     "$BIN/psql" -h 127.0.0.1 -p "$PORT" -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname='$db'" | grep -q 1 \
       || "$BIN/psql" -q -h 127.0.0.1 -p "$PORT" -U postgres -c "CREATE DATABASE \"$db\""
   done
-  echo "pg: running on 127.0.0.1:$PORT (data $DATA)" >&2
 }
 
 down() {
