@@ -147,12 +147,7 @@ impl AuditService {
             )
             .await?
             .ok_or(AuditError::BadCursor)?;
-        let next = if rows.len() > limit.get() as usize {
-            rows.truncate(limit.get() as usize);
-            rows.last().map(|e| e.id)
-        } else {
-            None
-        };
+        let next = stratum_core::next_page(&mut rows, limit, |e| e.id);
         Ok((rows, next))
     }
 

@@ -17,7 +17,7 @@ pub use actor::{Actor, ActorKind, Scope, TenantScope};
 pub use clock::{Clock, SystemClock};
 pub use ids::new_id;
 pub use journal::{Caller, EventDraft, Journal, RequestMeta};
-pub use page::{Limit, LimitError};
+pub use page::{next_page, Limit, LimitError};
 pub use store_error::StoreError;
 pub use tenant_path::TenantPath;
 

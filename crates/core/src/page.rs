@@ -49,3 +49,36 @@ mod tests {
         assert!(Limit::new(Some(-5), 50, 100).is_err());
     }
 }
+
+/// Cuts a keyset page fetched with `limit + 1` rows down to `limit`, returning the cursor of
+/// the next page (the id of the last row kept) when more rows remain.
+pub fn next_page<T>(
+    rows: &mut Vec<T>,
+    limit: Limit,
+    id: impl Fn(&T) -> uuid::Uuid,
+) -> Option<uuid::Uuid> {
+    let n = limit.get() as usize;
+    if rows.len() > n {
+        rows.truncate(n);
+        rows.last().map(id)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod next_page_tests {
+    use super::*;
+
+    #[test]
+    fn only_a_page_with_more_behind_it_has_a_cursor() {
+        let ids: Vec<uuid::Uuid> = (0..4).map(|_| uuid::Uuid::now_v7()).collect();
+        let limit = Limit::new(Some(3), 50, 100).unwrap();
+        let mut full = ids.clone();
+        assert_eq!(next_page(&mut full, limit, |u| *u), Some(ids[2]));
+        assert_eq!(full.len(), 3);
+        let mut short = ids[..3].to_vec();
+        assert_eq!(next_page(&mut short, limit, |u| *u), None);
+        assert_eq!(short.len(), 3);
+    }
+}

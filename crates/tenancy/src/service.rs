@@ -84,12 +84,7 @@ impl TenantService {
             .store
             .list(caller.actor.subtree().cloned(), cursor, limit.as_i64() + 1)
             .await?;
-        let next = if rows.len() > limit.get() as usize {
-            rows.truncate(limit.get() as usize);
-            rows.last().map(|t| t.id)
-        } else {
-            None
-        };
+        let next = stratum_core::next_page(&mut rows, limit, |t| t.id);
         Ok((rows, next))
     }
 

@@ -537,12 +537,7 @@ impl WebhookService {
                 field: "cursor",
                 message: "does not name a delivery of this webhook".into(),
             })?;
-        let next = if rows.len() > limit.get() as usize {
-            rows.truncate(limit.get() as usize);
-            rows.last().map(|d| d.id)
-        } else {
-            None
-        };
+        let next = stratum_core::next_page(&mut rows, limit, |d| d.id);
         Ok((rows, next))
     }
 
