@@ -50,13 +50,8 @@ struct ListQuery {
     responses(
         (status = 201, description = "The new key; `plaintext_key` is shown only this once", body = Created),
         (status = 400, response = crate::openapi::ValidationError),
-        (status = 401, response = crate::openapi::Unauthorized),
-        (status = 403, response = crate::openapi::Forbidden),
         (status = 404, response = crate::openapi::NotFound),
         (status = 413, response = crate::openapi::PayloadTooLarge),
-        (status = 429, response = crate::openapi::RateLimited),
-        (status = 500, response = crate::openapi::InternalError),
-        (status = 503, response = crate::openapi::Unavailable),
     )
 )]
 async fn create(
@@ -84,12 +79,7 @@ async fn create(
     responses(
         (status = 200, description = "Stored keys (never the keys themselves)", body = Vec<stratum_tenancy::ApiKey>),
         (status = 400, response = crate::openapi::ValidationError),
-        (status = 401, response = crate::openapi::Unauthorized),
-        (status = 403, response = crate::openapi::Forbidden),
         (status = 404, response = crate::openapi::NotFound),
-        (status = 429, response = crate::openapi::RateLimited),
-        (status = 500, response = crate::openapi::InternalError),
-        (status = 503, response = crate::openapi::Unavailable),
     )
 )]
 async fn list(
@@ -109,12 +99,7 @@ async fn list(
     responses(
         (status = 204, description = "Revoked"),
         (status = 400, response = crate::openapi::ValidationError),
-        (status = 401, response = crate::openapi::Unauthorized),
-        (status = 403, response = crate::openapi::Forbidden),
         (status = 404, response = crate::openapi::NotFound),
-        (status = 429, response = crate::openapi::RateLimited),
-        (status = 500, response = crate::openapi::InternalError),
-        (status = 503, response = crate::openapi::Unavailable),
     )
 )]
 async fn revoke(

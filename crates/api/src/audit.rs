@@ -52,12 +52,7 @@ fn instant(field: &str, raw: Option<&str>) -> Result<Option<time::OffsetDateTime
     responses(
         (status = 200, description = "Matching entries, newest first", body = Vec<stratum_audit::AuditEntry>, headers(("X-Next-Cursor" = Uuid, description = "Cursor of the next page, when more remain"))),
         (status = 400, response = crate::openapi::ValidationError),
-        (status = 401, response = crate::openapi::Unauthorized),
-        (status = 403, response = crate::openapi::Forbidden),
         (status = 404, response = crate::openapi::NotFound),
-        (status = 429, response = crate::openapi::RateLimited),
-        (status = 500, response = crate::openapi::InternalError),
-        (status = 503, response = crate::openapi::Unavailable),
     )
 )]
 async fn list(state: web::Data<AppState>, Authed(caller): Authed, q: web::Query<ListQuery>) -> Res {
@@ -88,12 +83,7 @@ async fn list(state: web::Data<AppState>, Authed(caller): Authed, q: web::Query<
     responses(
         (status = 200, description = "The entry", body = stratum_audit::AuditEntry),
         (status = 400, response = crate::openapi::ValidationError),
-        (status = 401, response = crate::openapi::Unauthorized),
-        (status = 403, response = crate::openapi::Forbidden),
         (status = 404, response = crate::openapi::NotFound),
-        (status = 429, response = crate::openapi::RateLimited),
-        (status = 500, response = crate::openapi::InternalError),
-        (status = 503, response = crate::openapi::Unavailable),
     )
 )]
 async fn get(state: web::Data<AppState>, Authed(caller): Authed, id: web::Path<Uuid>) -> Res {

@@ -72,14 +72,9 @@ fn parse_active(raw: Option<&str>) -> Result<Option<bool>, ApiError> {
         (status = 201, description = "A new record", body = stratum_consent::ConsentRecord),
         (status = 200, description = "The existing record, re-activated and updated", body = stratum_consent::ConsentRecord),
         (status = 400, response = crate::openapi::ValidationError),
-        (status = 401, response = crate::openapi::Unauthorized),
-        (status = 403, response = crate::openapi::Forbidden),
         (status = 404, response = crate::openapi::NotFound),
         (status = 409, response = crate::openapi::Conflict),
         (status = 413, response = crate::openapi::PayloadTooLarge),
-        (status = 429, response = crate::openapi::RateLimited),
-        (status = 500, response = crate::openapi::InternalError),
-        (status = 503, response = crate::openapi::Unavailable),
     )
 )]
 async fn grant(
@@ -118,12 +113,7 @@ async fn grant(
     responses(
         (status = 200, description = "Matching records", body = Vec<stratum_consent::ConsentRecord>),
         (status = 400, response = crate::openapi::ValidationError),
-        (status = 401, response = crate::openapi::Unauthorized),
-        (status = 403, response = crate::openapi::Forbidden),
         (status = 404, response = crate::openapi::NotFound),
-        (status = 429, response = crate::openapi::RateLimited),
-        (status = 500, response = crate::openapi::InternalError),
-        (status = 503, response = crate::openapi::Unavailable),
     )
 )]
 async fn list(
@@ -151,12 +141,7 @@ async fn list(
     responses(
         (status = 200, description = "Revoked", body = crate::openapi::Success),
         (status = 400, response = crate::openapi::ValidationError),
-        (status = 401, response = crate::openapi::Unauthorized),
-        (status = 403, response = crate::openapi::Forbidden),
         (status = 404, response = crate::openapi::NotFound),
-        (status = 429, response = crate::openapi::RateLimited),
-        (status = 500, response = crate::openapi::InternalError),
-        (status = 503, response = crate::openapi::Unavailable),
     )
 )]
 async fn revoke(

@@ -129,6 +129,42 @@ impl Modify for Security {
                     .build(),
             ),
         );
+        // Every authenticated operation can answer these; they are added here once rather
+        // than listed on each route.
+        let shared = [
+            ("401", "Unauthorized"),
+            ("403", "Forbidden"),
+            ("429", "RateLimited"),
+            ("500", "InternalError"),
+            ("503", "Unavailable"),
+        ];
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if PUBLIC_PATHS.contains(&path.as_str()) {
+                continue;
+            }
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.options,
+                &mut item.head,
+                &mut item.patch,
+                &mut item.trace,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                for (status, name) in shared {
+                    op.responses
+                        .responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| {
+                            Ref::new(format!("#/components/responses/{name}")).into()
+                        });
+                }
+            }
+        }
         for path in PUBLIC_PATHS {
             if let Some(item) = openapi.paths.paths.get_mut(path) {
                 for op in [
@@ -407,12 +443,7 @@ pub struct RotateEncryptionKeyResult {
     responses(
         (status = 200, description = "What was deleted", body = PurgeExpiredResult),
         (status = 400, response = ValidationError),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
         (status = 413, response = PayloadTooLarge),
-        (status = 429, response = RateLimited),
-        (status = 500, response = InternalError),
-        (status = 503, response = Unavailable),
     )
 )]
 #[allow(
@@ -434,12 +465,7 @@ fn purge_expired_doc() {}
     responses(
         (status = 200, description = "What was re-encrypted", body = RotateEncryptionKeyResult),
         (status = 400, response = ValidationError),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
         (status = 413, response = PayloadTooLarge),
-        (status = 429, response = RateLimited),
-        (status = 500, response = InternalError),
-        (status = 503, response = Unavailable),
     )
 )]
 #[allow(

@@ -78,14 +78,9 @@ struct TenantPage {
     responses(
         (status = 201, description = "The new tenant", body = stratum_tenancy::Tenant),
         (status = 400, response = crate::openapi::ValidationError),
-        (status = 401, response = crate::openapi::Unauthorized),
-        (status = 403, response = crate::openapi::Forbidden),
         (status = 404, response = crate::openapi::NotFound),
         (status = 409, response = crate::openapi::Conflict),
         (status = 413, response = crate::openapi::PayloadTooLarge),
-        (status = 429, response = crate::openapi::RateLimited),
-        (status = 500, response = crate::openapi::InternalError),
-        (status = 503, response = crate::openapi::Unavailable),
     )
 )]
 async fn create(
@@ -118,11 +113,6 @@ async fn create(
     responses(
         (status = 200, description = "A page of tenants", body = TenantPage),
         (status = 400, response = crate::openapi::ValidationError),
-        (status = 401, response = crate::openapi::Unauthorized),
-        (status = 403, response = crate::openapi::Forbidden),
-        (status = 429, response = crate::openapi::RateLimited),
-        (status = 500, response = crate::openapi::InternalError),
-        (status = 503, response = crate::openapi::Unavailable),
     )
 )]
 async fn list(state: web::Data<AppState>, Authed(caller): Authed, q: web::Query<ListQuery>) -> Res {
@@ -144,12 +134,7 @@ async fn list(state: web::Data<AppState>, Authed(caller): Authed, q: web::Query<
     responses(
         (status = 200, description = "The tenant", body = stratum_tenancy::Tenant),
         (status = 400, response = crate::openapi::ValidationError),
-        (status = 401, response = crate::openapi::Unauthorized),
-        (status = 403, response = crate::openapi::Forbidden),
         (status = 404, response = crate::openapi::NotFound),
-        (status = 429, response = crate::openapi::RateLimited),
-        (status = 500, response = crate::openapi::InternalError),
-        (status = 503, response = crate::openapi::Unavailable),
     )
 )]
 async fn get(state: web::Data<AppState>, Authed(caller): Authed, id: web::Path<Uuid>) -> Res {
@@ -166,14 +151,9 @@ async fn get(state: web::Data<AppState>, Authed(caller): Authed, id: web::Path<U
     responses(
         (status = 200, description = "The updated tenant", body = stratum_tenancy::Tenant),
         (status = 400, response = crate::openapi::ValidationError),
-        (status = 401, response = crate::openapi::Unauthorized),
-        (status = 403, response = crate::openapi::Forbidden),
         (status = 404, response = crate::openapi::NotFound),
         (status = 409, response = crate::openapi::Conflict),
         (status = 413, response = crate::openapi::PayloadTooLarge),
-        (status = 429, response = crate::openapi::RateLimited),
-        (status = 500, response = crate::openapi::InternalError),
-        (status = 503, response = crate::openapi::Unavailable),
     )
 )]
 async fn patch(
@@ -208,13 +188,8 @@ async fn patch(
     responses(
         (status = 204, description = "Archived"),
         (status = 400, response = crate::openapi::ValidationError),
-        (status = 401, response = crate::openapi::Unauthorized),
-        (status = 403, response = crate::openapi::Forbidden),
         (status = 404, response = crate::openapi::NotFound),
         (status = 409, response = crate::openapi::Conflict),
-        (status = 429, response = crate::openapi::RateLimited),
-        (status = 500, response = crate::openapi::InternalError),
-        (status = 503, response = crate::openapi::Unavailable),
     )
 )]
 async fn archive(state: web::Data<AppState>, Authed(caller): Authed, id: web::Path<Uuid>) -> Res {
@@ -233,14 +208,9 @@ async fn archive(state: web::Data<AppState>, Authed(caller): Authed, id: web::Pa
     responses(
         (status = 200, description = "The moved tenant", body = stratum_tenancy::Tenant),
         (status = 400, response = crate::openapi::ValidationError),
-        (status = 401, response = crate::openapi::Unauthorized),
-        (status = 403, response = crate::openapi::Forbidden),
         (status = 404, response = crate::openapi::NotFound),
         (status = 409, response = crate::openapi::Conflict),
         (status = 413, response = crate::openapi::PayloadTooLarge),
-        (status = 429, response = crate::openapi::RateLimited),
-        (status = 500, response = crate::openapi::InternalError),
-        (status = 503, response = crate::openapi::Unavailable),
     )
 )]
 async fn move_to(
@@ -266,12 +236,7 @@ async fn move_to(
     responses(
         (status = 200, description = "Direct children", body = Vec<stratum_tenancy::Tenant>),
         (status = 400, response = crate::openapi::ValidationError),
-        (status = 401, response = crate::openapi::Unauthorized),
-        (status = 403, response = crate::openapi::Forbidden),
         (status = 404, response = crate::openapi::NotFound),
-        (status = 429, response = crate::openapi::RateLimited),
-        (status = 500, response = crate::openapi::InternalError),
-        (status = 503, response = crate::openapi::Unavailable),
     )
 )]
 async fn children(state: web::Data<AppState>, Authed(caller): Authed, id: web::Path<Uuid>) -> Res {
@@ -287,12 +252,7 @@ async fn children(state: web::Data<AppState>, Authed(caller): Authed, id: web::P
     responses(
         (status = 200, description = "Ancestors, root first", body = Vec<stratum_tenancy::Tenant>),
         (status = 400, response = crate::openapi::ValidationError),
-        (status = 401, response = crate::openapi::Unauthorized),
-        (status = 403, response = crate::openapi::Forbidden),
         (status = 404, response = crate::openapi::NotFound),
-        (status = 429, response = crate::openapi::RateLimited),
-        (status = 500, response = crate::openapi::InternalError),
-        (status = 503, response = crate::openapi::Unavailable),
     )
 )]
 async fn ancestors(state: web::Data<AppState>, Authed(caller): Authed, id: web::Path<Uuid>) -> Res {
@@ -308,12 +268,7 @@ async fn ancestors(state: web::Data<AppState>, Authed(caller): Authed, id: web::
     responses(
         (status = 200, description = "Every descendant", body = Vec<stratum_tenancy::Tenant>),
         (status = 400, response = crate::openapi::ValidationError),
-        (status = 401, response = crate::openapi::Unauthorized),
-        (status = 403, response = crate::openapi::Forbidden),
         (status = 404, response = crate::openapi::NotFound),
-        (status = 429, response = crate::openapi::RateLimited),
-        (status = 500, response = crate::openapi::InternalError),
-        (status = 503, response = crate::openapi::Unavailable),
     )
 )]
 async fn descendants(
@@ -344,12 +299,7 @@ struct PutConfig {
     responses(
         (status = 200, description = "The resolved config, by key (values flow root to leaf)", body = std::collections::BTreeMap<String, stratum_tenancy::ConfigEntry>),
         (status = 400, response = crate::openapi::ValidationError),
-        (status = 401, response = crate::openapi::Unauthorized),
-        (status = 403, response = crate::openapi::Forbidden),
         (status = 404, response = crate::openapi::NotFound),
-        (status = 429, response = crate::openapi::RateLimited),
-        (status = 500, response = crate::openapi::InternalError),
-        (status = 503, response = crate::openapi::Unavailable),
     )
 )]
 async fn config_get(
@@ -371,14 +321,9 @@ async fn config_get(
     responses(
         (status = 200, description = "The entry as set", body = stratum_tenancy::ConfigEntry),
         (status = 400, response = crate::openapi::ValidationError),
-        (status = 401, response = crate::openapi::Unauthorized),
-        (status = 403, response = crate::openapi::Forbidden),
         (status = 404, response = crate::openapi::NotFound),
         (status = 409, response = crate::openapi::Conflict),
         (status = 413, response = crate::openapi::PayloadTooLarge),
-        (status = 429, response = crate::openapi::RateLimited),
-        (status = 500, response = crate::openapi::InternalError),
-        (status = 503, response = crate::openapi::Unavailable),
     )
 )]
 async fn config_put(
@@ -406,12 +351,7 @@ async fn config_put(
     responses(
         (status = 204, description = "Removed"),
         (status = 400, response = crate::openapi::ValidationError),
-        (status = 401, response = crate::openapi::Unauthorized),
-        (status = 403, response = crate::openapi::Forbidden),
         (status = 404, response = crate::openapi::NotFound),
-        (status = 429, response = crate::openapi::RateLimited),
-        (status = 500, response = crate::openapi::InternalError),
-        (status = 503, response = crate::openapi::Unavailable),
     )
 )]
 async fn config_delete(
@@ -452,12 +392,7 @@ struct PatchPermission {
     responses(
         (status = 200, description = "The tenant's permission policies", body = Vec<stratum_tenancy::PermissionPolicy>),
         (status = 400, response = crate::openapi::ValidationError),
-        (status = 401, response = crate::openapi::Unauthorized),
-        (status = 403, response = crate::openapi::Forbidden),
         (status = 404, response = crate::openapi::NotFound),
-        (status = 429, response = crate::openapi::RateLimited),
-        (status = 500, response = crate::openapi::InternalError),
-        (status = 503, response = crate::openapi::Unavailable),
     )
 )]
 async fn permissions_list(
@@ -478,14 +413,9 @@ async fn permissions_list(
     responses(
         (status = 201, description = "The new policy", body = stratum_tenancy::PermissionPolicy),
         (status = 400, response = crate::openapi::ValidationError),
-        (status = 401, response = crate::openapi::Unauthorized),
-        (status = 403, response = crate::openapi::Forbidden),
         (status = 404, response = crate::openapi::NotFound),
         (status = 409, response = crate::openapi::Conflict),
         (status = 413, response = crate::openapi::PayloadTooLarge),
-        (status = 429, response = crate::openapi::RateLimited),
-        (status = 500, response = crate::openapi::InternalError),
-        (status = 503, response = crate::openapi::Unavailable),
     )
 )]
 async fn permissions_create(
@@ -520,14 +450,9 @@ async fn permissions_create(
     responses(
         (status = 200, description = "The updated policy", body = stratum_tenancy::PermissionPolicy),
         (status = 400, response = crate::openapi::ValidationError),
-        (status = 401, response = crate::openapi::Unauthorized),
-        (status = 403, response = crate::openapi::Forbidden),
         (status = 404, response = crate::openapi::NotFound),
         (status = 409, response = crate::openapi::Conflict),
         (status = 413, response = crate::openapi::PayloadTooLarge),
-        (status = 429, response = crate::openapi::RateLimited),
-        (status = 500, response = crate::openapi::InternalError),
-        (status = 503, response = crate::openapi::Unavailable),
     )
 )]
 async fn permissions_patch(
@@ -555,12 +480,7 @@ async fn permissions_patch(
     responses(
         (status = 204, description = "Removed"),
         (status = 400, response = crate::openapi::ValidationError),
-        (status = 401, response = crate::openapi::Unauthorized),
-        (status = 403, response = crate::openapi::Forbidden),
         (status = 404, response = crate::openapi::NotFound),
-        (status = 429, response = crate::openapi::RateLimited),
-        (status = 500, response = crate::openapi::InternalError),
-        (status = 503, response = crate::openapi::Unavailable),
     )
 )]
 async fn permissions_delete(

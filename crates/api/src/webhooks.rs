@@ -117,13 +117,8 @@ struct FailedQuery {
     responses(
         (status = 201, description = "The new webhook; `secret` only when the server generated it", body = Created),
         (status = 400, response = crate::openapi::ValidationError),
-        (status = 401, response = crate::openapi::Unauthorized),
-        (status = 403, response = crate::openapi::Forbidden),
         (status = 404, response = crate::openapi::NotFound),
         (status = 413, response = crate::openapi::PayloadTooLarge),
-        (status = 429, response = crate::openapi::RateLimited),
-        (status = 500, response = crate::openapi::InternalError),
-        (status = 503, response = crate::openapi::Unavailable),
     )
 )]
 async fn create(
@@ -157,12 +152,7 @@ async fn create(
     responses(
         (status = 200, description = "Webhooks, newest first", body = Vec<Webhook>),
         (status = 400, response = crate::openapi::ValidationError),
-        (status = 401, response = crate::openapi::Unauthorized),
-        (status = 403, response = crate::openapi::Forbidden),
         (status = 404, response = crate::openapi::NotFound),
-        (status = 429, response = crate::openapi::RateLimited),
-        (status = 500, response = crate::openapi::InternalError),
-        (status = 503, response = crate::openapi::Unavailable),
     )
 )]
 async fn list(state: web::Data<AppState>, Authed(caller): Authed, q: web::Query<ListQuery>) -> Res {
@@ -178,12 +168,7 @@ async fn list(state: web::Data<AppState>, Authed(caller): Authed, q: web::Query<
     responses(
         (status = 200, description = "The webhook", body = Webhook),
         (status = 400, response = crate::openapi::ValidationError),
-        (status = 401, response = crate::openapi::Unauthorized),
-        (status = 403, response = crate::openapi::Forbidden),
         (status = 404, response = crate::openapi::NotFound),
-        (status = 429, response = crate::openapi::RateLimited),
-        (status = 500, response = crate::openapi::InternalError),
-        (status = 503, response = crate::openapi::Unavailable),
     )
 )]
 async fn get(state: web::Data<AppState>, Authed(caller): Authed, id: web::Path<Uuid>) -> Res {
@@ -200,13 +185,8 @@ async fn get(state: web::Data<AppState>, Authed(caller): Authed, id: web::Path<U
     responses(
         (status = 200, description = "The updated webhook", body = Webhook),
         (status = 400, response = crate::openapi::ValidationError),
-        (status = 401, response = crate::openapi::Unauthorized),
-        (status = 403, response = crate::openapi::Forbidden),
         (status = 404, response = crate::openapi::NotFound),
         (status = 413, response = crate::openapi::PayloadTooLarge),
-        (status = 429, response = crate::openapi::RateLimited),
-        (status = 500, response = crate::openapi::InternalError),
-        (status = 503, response = crate::openapi::Unavailable),
     )
 )]
 async fn patch(
@@ -235,12 +215,7 @@ async fn patch(
     responses(
         (status = 204, description = "Deleted, with its deliveries"),
         (status = 400, response = crate::openapi::ValidationError),
-        (status = 401, response = crate::openapi::Unauthorized),
-        (status = 403, response = crate::openapi::Forbidden),
         (status = 404, response = crate::openapi::NotFound),
-        (status = 429, response = crate::openapi::RateLimited),
-        (status = 500, response = crate::openapi::InternalError),
-        (status = 503, response = crate::openapi::Unavailable),
     )
 )]
 async fn delete(state: web::Data<AppState>, Authed(caller): Authed, id: web::Path<Uuid>) -> Res {
@@ -258,12 +233,7 @@ async fn delete(state: web::Data<AppState>, Authed(caller): Authed, id: web::Pat
     responses(
         (status = 200, description = "What the receiver answered", body = stratum_webhooks::TestResult),
         (status = 400, response = crate::openapi::ValidationError),
-        (status = 401, response = crate::openapi::Unauthorized),
-        (status = 403, response = crate::openapi::Forbidden),
         (status = 404, response = crate::openapi::NotFound),
-        (status = 429, response = crate::openapi::RateLimited),
-        (status = 500, response = crate::openapi::InternalError),
-        (status = 503, response = crate::openapi::Unavailable),
     )
 )]
 async fn test(state: web::Data<AppState>, Authed(caller): Authed, id: web::Path<Uuid>) -> Res {
@@ -279,12 +249,7 @@ async fn test(state: web::Data<AppState>, Authed(caller): Authed, id: web::Path<
     responses(
         (status = 200, description = "Deliveries, newest first", body = Vec<stratum_webhooks::Delivery>, headers(("X-Next-Cursor" = Uuid, description = "Cursor of the next page, when more remain"))),
         (status = 400, response = crate::openapi::ValidationError),
-        (status = 401, response = crate::openapi::Unauthorized),
-        (status = 403, response = crate::openapi::Forbidden),
         (status = 404, response = crate::openapi::NotFound),
-        (status = 429, response = crate::openapi::RateLimited),
-        (status = 500, response = crate::openapi::InternalError),
-        (status = 503, response = crate::openapi::Unavailable),
     )
 )]
 async fn deliveries(
@@ -321,11 +286,6 @@ async fn deliveries(
     operation_id = "getDeliveryStats",
     responses(
         (status = 200, description = "Counts over the deliveries the key can see", body = stratum_webhooks::DeliveryStats),
-        (status = 401, response = crate::openapi::Unauthorized),
-        (status = 403, response = crate::openapi::Forbidden),
-        (status = 429, response = crate::openapi::RateLimited),
-        (status = 500, response = crate::openapi::InternalError),
-        (status = 503, response = crate::openapi::Unavailable),
     )
 )]
 async fn stats(state: web::Data<AppState>, Authed(caller): Authed) -> Res {
@@ -341,11 +301,6 @@ async fn stats(state: web::Data<AppState>, Authed(caller): Authed) -> Res {
     responses(
         (status = 200, description = "Dead-lettered deliveries, newest first, with webhook and event", body = Vec<stratum_webhooks::FailedDelivery>),
         (status = 400, response = crate::openapi::ValidationError),
-        (status = 401, response = crate::openapi::Unauthorized),
-        (status = 403, response = crate::openapi::Forbidden),
-        (status = 429, response = crate::openapi::RateLimited),
-        (status = 500, response = crate::openapi::InternalError),
-        (status = 503, response = crate::openapi::Unavailable),
     )
 )]
 async fn failed(
@@ -364,11 +319,6 @@ async fn failed(
     operation_id = "retryAllFailedDeliveries",
     responses(
         (status = 200, description = "How many failed deliveries went back to pending", body = RetriedCount),
-        (status = 401, response = crate::openapi::Unauthorized),
-        (status = 403, response = crate::openapi::Forbidden),
-        (status = 429, response = crate::openapi::RateLimited),
-        (status = 500, response = crate::openapi::InternalError),
-        (status = 503, response = crate::openapi::Unavailable),
     )
 )]
 async fn retry_all(state: web::Data<AppState>, Authed(caller): Authed) -> Res {
@@ -386,13 +336,8 @@ async fn retry_all(state: web::Data<AppState>, Authed(caller): Authed) -> Res {
     responses(
         (status = 200, description = "Back to pending, due now", body = crate::openapi::Success),
         (status = 400, response = crate::openapi::ValidationError),
-        (status = 401, response = crate::openapi::Unauthorized),
-        (status = 403, response = crate::openapi::Forbidden),
         (status = 404, response = crate::openapi::NotFound),
         (status = 409, response = crate::openapi::Conflict),
-        (status = 429, response = crate::openapi::RateLimited),
-        (status = 500, response = crate::openapi::InternalError),
-        (status = 503, response = crate::openapi::Unavailable),
     )
 )]
 async fn retry(state: web::Data<AppState>, Authed(caller): Authed, id: web::Path<Uuid>) -> Res {
