@@ -155,12 +155,7 @@ impl AuditService {
     pub async fn get(&self, caller: &Caller, id: Uuid) -> Result<AuditEntry, AuditError> {
         match self.log.get(id).await? {
             Some((entry, path)) => {
-                let visible = match (caller.actor.subtree(), path) {
-                    (None, _) => true,
-                    (Some(scope), Some(p)) => scope.contains(&p),
-                    (Some(_), None) => false,
-                };
-                if visible {
+                if caller.actor.can_see_owned_by(path.as_ref()) {
                     Ok(entry)
                 } else {
                     Err(AuditError::NotFound)

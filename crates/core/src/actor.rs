@@ -112,6 +112,16 @@ impl Actor {
         self.tenant.as_ref().is_none_or(|t| t.path.contains(path))
     }
 
+    /// True when something owned by the tenant at `owner` (`None`: global, owned by no
+    /// tenant) is visible: global actors see everything, scoped ones their subtree only.
+    pub fn can_see_owned_by(&self, owner: Option<&TenantPath>) -> bool {
+        match (self.subtree(), owner) {
+            (None, _) => true,
+            (Some(scope), Some(p)) => scope.contains(p),
+            (Some(_), None) => false,
+        }
+    }
+
     /// The path prefix the actor is confined to, if any.
     pub fn subtree(&self) -> Option<&TenantPath> {
         self.tenant.as_ref().map(|t| &t.path)
@@ -147,5 +157,12 @@ mod tests {
         assert!(!actor.can_see(&TenantPath::root(c)));
         assert!(actor.has_scope(Scope::Read) && !actor.has_scope(Scope::Admin));
         assert!(Actor::system().can_see(&TenantPath::root(c)));
+        assert!(actor.can_see_owned_by(Some(&pa.child(b))));
+        assert!(!actor.can_see_owned_by(Some(&TenantPath::root(c))));
+        assert!(
+            !actor.can_see_owned_by(None),
+            "global resources are for global keys"
+        );
+        assert!(Actor::system().can_see_owned_by(None));
     }
 }

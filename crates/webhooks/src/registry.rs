@@ -328,18 +328,10 @@ impl WebhookService {
         }
     }
 
-    fn visible(caller: &Caller, path: Option<&TenantPath>) -> bool {
-        match (caller.actor.subtree(), path) {
-            (None, _) => true,
-            (Some(scope), Some(p)) => scope.contains(p),
-            (Some(_), None) => false,
-        }
-    }
-
     /// A webhook the caller can see.
     pub async fn get(&self, caller: &Caller, id: Uuid) -> Result<Webhook> {
         match self.webhooks.get(id).await? {
-            Some((w, path)) if Self::visible(caller, path.as_ref()) => Ok(w),
+            Some((w, path)) if caller.actor.can_see_owned_by(path.as_ref()) => Ok(w),
             _ => Err(WebhookError::NotFound),
         }
     }
@@ -564,7 +556,7 @@ impl WebhookService {
             .get(delivery_id)
             .await?
             .ok_or(WebhookError::DeliveryNotFound)?;
-        if !Self::visible(caller, path.as_ref()) {
+        if !caller.actor.can_see_owned_by(path.as_ref()) {
             return Err(WebhookError::DeliveryNotFound);
         }
         if delivery.status != DeliveryStatus::Failed {
