@@ -58,14 +58,6 @@ impl TenantPath {
     pub fn contains(&self, other: &TenantPath) -> bool {
         other.0.starts_with(&self.0)
     }
-
-    /// The path `other` gets when the subtree rooted at `self` moves under `new_prefix`.
-    pub fn rebase(&self, other: &TenantPath, new_self: &TenantPath) -> Option<TenantPath> {
-        other
-            .0
-            .strip_prefix(&self.0)
-            .map(|rest| TenantPath(format!("{}{rest}", new_self.0)))
-    }
 }
 
 impl std::fmt::Display for TenantPath {
@@ -92,21 +84,6 @@ mod tests {
         assert_eq!(pb.ids(), vec![a, b]);
         assert_eq!(pb.depth(), 1);
         assert_eq!(pb.leaf(), Some(b));
-    }
-
-    #[test]
-    fn rebase_moves_a_subtree() {
-        let (a, b, c, d) = (
-            Uuid::now_v7(),
-            Uuid::now_v7(),
-            Uuid::now_v7(),
-            Uuid::now_v7(),
-        );
-        let pb = TenantPath::root(a).child(b);
-        let pc = pb.child(c);
-        let new_b = TenantPath::root(d).child(b);
-        assert_eq!(pb.rebase(&pc, &new_b).unwrap().ids(), vec![d, b, c]);
-        assert!(pc.rebase(&pb, &new_b).is_none());
     }
 
     #[test]

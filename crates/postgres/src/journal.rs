@@ -7,7 +7,8 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde_json::json;
 use stratum_core::{new_id, Journal};
 
-/// The channel workers `LISTEN` on; a notification means new deliveries are due.
+/// The channel workers `LISTEN` on; a notification means new deliveries are due. The SQL
+/// function `stratum_record` (migration 6) notifies the same channel by name.
 pub const DELIVERY_CHANNEL: &str = "stratum_deliveries";
 
 /// Appends the audit entry and, when the journal carries an event, inserts it and one
