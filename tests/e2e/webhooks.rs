@@ -405,6 +405,29 @@ async fn gone_deactivates_and_inactive_gets_nothing() {
         .await
     );
     assert_eq!(rx.received_on("gone").len(), 1, "410 is final: no retry");
+    // The engine's own change is audited like any other: by the system, one more link of
+    // the webhook's history (before active, after inactive).
+    let (_, entries) = app
+        .api(
+            "GET",
+            "/audit-logs?resource_type=webhook&action=webhook.updated&actor_id=system&limit=10",
+            None,
+        )
+        .await
+        .unwrap();
+    let mine: Vec<&Value> = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["resource_id"] == gone["id"])
+        .collect();
+    assert_eq!(mine.len(), 1, "{entries}");
+    assert_eq!(mine[0]["actor_type"], "system");
+    assert_eq!(mine[0]["before_state"]["active"], true);
+    assert_eq!(mine[0]["after_state"]["active"], false);
+    assert_eq!(mine[0]["before_state"]["secret"], "[REDACTED]");
+    let (_, now) = app.api("GET", &path, None).await.unwrap();
+    assert_eq!(mine[0]["after_state"]["updated_at"], now["updated_at"]);
     let (_, ds) = app
         .api("GET", &format!("{path}/deliveries"), None)
         .await

@@ -108,6 +108,15 @@ impl ApiError {
         Self::new(StatusCode::FORBIDDEN, "FORBIDDEN", message)
     }
 
+    /// 412: `If-Match` named a version that is no longer current; nothing changed.
+    pub fn precondition_failed(detail: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::PRECONDITION_FAILED,
+            "PRECONDITION_FAILED",
+            format!("If-Match does not name the current version ({detail}); nothing changed"),
+        )
+    }
+
     /// 503: the database is unreachable; nothing changed.
     pub fn unavailable() -> Self {
         Self::new(
@@ -194,6 +203,11 @@ impl From<stratum_tenancy::TenancyError> for ApiError {
                 "CONFIG_LOCKED",
                 format!("config key '{key}' is locked by an ancestor"),
             ),
+            E::Stale => Self::conflict(
+                "CONFLICT",
+                "the resource changed concurrently; retry",
+            ),
+            E::PreconditionFailed(m) => Self::precondition_failed(m),
             E::Forbidden(m) => Self::forbidden(m),
             E::Crypto(m) => Self::internal(format!("stored secret unreadable: {m}")),
             E::Store(s) => s.into(),
@@ -239,6 +253,9 @@ impl From<stratum_webhooks::WebhookError> for ApiError {
                 "only a failed delivery can be retried",
             ),
             E::TenantNotFound => Self::not_found("TENANT_NOT_FOUND", "tenant"),
+            E::Stale => Self::conflict("CONFLICT", "the webhook changed concurrently; retry"),
+            E::PreconditionFailed(m) => Self::precondition_failed(m),
+            E::Conflict(m) => Self::conflict("CONFLICT", m),
             E::Forbidden(m) => Self::forbidden(m),
             E::Store(s) => s.into(),
         }

@@ -48,3 +48,30 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .app_data(web::QueryConfig::default().error_handler(query_error))
     .app_data(web::PathConfig::default().error_handler(path_error));
 }
+
+/// The request's `If-Match` as a [`Precondition`](stratum_core::Precondition) (`Any` when
+/// absent). An unreadable header never matches, so the write answers 412.
+#[derive(Debug, Clone, Copy)]
+pub struct IfMatch(pub stratum_core::Precondition);
+
+impl actix_web::FromRequest for IfMatch {
+    type Error = actix_web::Error;
+    type Future = std::future::Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let precondition = match req.headers().get(actix_web::http::header::IF_MATCH) {
+            None => stratum_core::Precondition::Any,
+            Some(v) => v
+                .to_str()
+                .map(stratum_core::Precondition::from_if_match)
+                .unwrap_or(stratum_core::Precondition::Never),
+        };
+        std::future::ready(Ok(Self(precondition)))
+    }
+}
+
+/// Adds `ETag: "<version>"` to a response.
+pub fn with_etag(mut builder: actix_web::HttpResponseBuilder, version: i64) -> actix_web::HttpResponseBuilder {
+    builder.insert_header((actix_web::http::header::ETAG, stratum_core::etag(version)));
+    builder
+}

@@ -49,10 +49,12 @@ pub const PUBLIC_PATHS: [&str; 4] = ["/health", "/ready", "/metrics", "/api/v1/o
         tenants::descendants,
         tenants::config_get,
         tenants::config_put,
+        tenants::config_entry_get,
         tenants::config_delete,
         tenants::permissions_list,
         tenants::permissions_create,
         tenants::permissions_patch,
+        tenants::permissions_get,
         tenants::permissions_delete,
         webhooks::create,
         webhooks::list,
@@ -85,6 +87,7 @@ pub const PUBLIC_PATHS: [&str; 4] = ["/health", "/ready", "/metrics", "/api/v1/o
             NotFound,
             Conflict,
             PayloadTooLarge,
+            PreconditionFailed,
             RateLimited,
             InternalError,
             Unavailable
@@ -335,6 +338,8 @@ error_responses! {
     Conflict => "`CONFLICT`, `DELIVERY_NOT_FAILED`, `CONFIG_LOCKED`, `HAS_CHILDREN` or \
         `CYCLE_DETECTED`",
     PayloadTooLarge => "`PAYLOAD_TOO_LARGE`: the body is over the limit (256 KiB)",
+    PreconditionFailed => "`PRECONDITION_FAILED`: `If-Match` names a version that is no longer \
+        current; nothing changed",
     InternalError => "`INTERNAL_ERROR`: a bug; the body carries the request id",
     Unavailable => "`SERVICE_UNAVAILABLE`: the database is unreachable; the request changed \
         nothing",

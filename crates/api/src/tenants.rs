@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use crate::auth::Authed;
 use crate::error::ApiError;
+use crate::extract::{with_etag, IfMatch};
 use crate::AppState;
 
 type Res = Result<HttpResponse, ApiError>;
@@ -132,13 +133,14 @@ async fn list(state: web::Data<AppState>, Authed(caller): Authed, q: web::Query<
     operation_id = "getTenant",
     params(("id" = Uuid, Path, description = "Tenant id")),
     responses(
-        (status = 200, description = "The tenant", body = stratum_tenancy::Tenant),
+        (status = 200, description = "The tenant", body = stratum_tenancy::Tenant, headers(("ETag" = String, description = "`\"<version>\"`: the version to send in `If-Match`"))),
         (status = 400, response = crate::openapi::ValidationError),
         (status = 404, response = crate::openapi::NotFound),
     )
 )]
 async fn get(state: web::Data<AppState>, Authed(caller): Authed, id: web::Path<Uuid>) -> Res {
-    Ok(HttpResponse::Ok().json(state.tenants.get(&caller, *id).await?))
+    let t = state.tenants.get(&caller, *id).await?;
+    Ok(with_etag(HttpResponse::Ok(), t.version).json(t))
 }
 
 #[utoipa::path(
@@ -146,13 +148,14 @@ async fn get(state: web::Data<AppState>, Authed(caller): Authed, id: web::Path<U
     path = "/api/v1/tenants/{id}",
     tag = "tenants",
     operation_id = "updateTenant",
-    params(("id" = Uuid, Path, description = "Tenant id")),
+    params(("id" = Uuid, Path, description = "Tenant id"), ("If-Match" = Option<String>, Header, description = "`\"<version>\"` from an `ETag`: apply only while the resource is at that version (else 412)")),
     request_body = PatchTenant,
     responses(
-        (status = 200, description = "The updated tenant", body = stratum_tenancy::Tenant),
+        (status = 200, description = "The updated tenant", body = stratum_tenancy::Tenant, headers(("ETag" = String, description = "`\"<version>\"`: the version to send in `If-Match`"))),
         (status = 400, response = crate::openapi::ValidationError),
         (status = 404, response = crate::openapi::NotFound),
         (status = 409, response = crate::openapi::Conflict),
+        (status = 412, response = crate::openapi::PreconditionFailed),
         (status = 413, response = crate::openapi::PayloadTooLarge),
     )
 )]
@@ -160,6 +163,7 @@ async fn patch(
     state: web::Data<AppState>,
     Authed(caller): Authed,
     id: web::Path<Uuid>,
+    IfMatch(precondition): IfMatch,
     body: web::Json<PatchTenant>,
 ) -> Res {
     let b = body.into_inner();
@@ -173,9 +177,10 @@ async fn patch(
                 slug: b.slug,
                 metadata: b.metadata,
             },
+            precondition,
         )
         .await?;
-    Ok(HttpResponse::Ok().json(t))
+    Ok(with_etag(HttpResponse::Ok(), t.version).json(t))
 }
 
 #[utoipa::path(
@@ -184,16 +189,22 @@ async fn patch(
     tag = "tenants",
     operation_id = "archiveTenant",
     description = "Archives the tenant; 409 `HAS_CHILDREN` while it has active children.",
-    params(("id" = Uuid, Path, description = "Tenant id")),
+    params(("id" = Uuid, Path, description = "Tenant id"), ("If-Match" = Option<String>, Header, description = "`\"<version>\"` from an `ETag`: apply only while the resource is at that version (else 412)")),
     responses(
         (status = 204, description = "Archived"),
         (status = 400, response = crate::openapi::ValidationError),
         (status = 404, response = crate::openapi::NotFound),
         (status = 409, response = crate::openapi::Conflict),
+        (status = 412, response = crate::openapi::PreconditionFailed),
     )
 )]
-async fn archive(state: web::Data<AppState>, Authed(caller): Authed, id: web::Path<Uuid>) -> Res {
-    state.tenants.archive(&caller, *id).await?;
+async fn archive(
+    state: web::Data<AppState>,
+    Authed(caller): Authed,
+    id: web::Path<Uuid>,
+    IfMatch(precondition): IfMatch,
+) -> Res {
+    state.tenants.archive(&caller, *id, precondition).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -203,13 +214,14 @@ async fn archive(state: web::Data<AppState>, Authed(caller): Authed, id: web::Pa
     tag = "tenants",
     operation_id = "moveTenant",
     description = "Moves the tenant under another parent; 409 `CYCLE_DETECTED` for itself or a descendant.",
-    params(("id" = Uuid, Path, description = "Tenant id")),
+    params(("id" = Uuid, Path, description = "Tenant id"), ("If-Match" = Option<String>, Header, description = "`\"<version>\"` from an `ETag`: apply only while the resource is at that version (else 412)")),
     request_body = MoveTenant,
     responses(
-        (status = 200, description = "The moved tenant", body = stratum_tenancy::Tenant),
+        (status = 200, description = "The moved tenant", body = stratum_tenancy::Tenant, headers(("ETag" = String, description = "`\"<version>\"`: the version to send in `If-Match`"))),
         (status = 400, response = crate::openapi::ValidationError),
         (status = 404, response = crate::openapi::NotFound),
         (status = 409, response = crate::openapi::Conflict),
+        (status = 412, response = crate::openapi::PreconditionFailed),
         (status = 413, response = crate::openapi::PayloadTooLarge),
     )
 )]
@@ -217,14 +229,14 @@ async fn move_to(
     state: web::Data<AppState>,
     Authed(caller): Authed,
     id: web::Path<Uuid>,
+    IfMatch(precondition): IfMatch,
     body: web::Json<MoveTenant>,
 ) -> Res {
-    Ok(HttpResponse::Ok().json(
-        state
-            .tenants
-            .move_to(&caller, *id, body.new_parent_id)
-            .await?,
-    ))
+    let t = state
+        .tenants
+        .move_to(&caller, *id, body.new_parent_id, precondition)
+        .await?;
+    Ok(with_etag(HttpResponse::Ok(), t.version).json(t))
 }
 
 #[utoipa::path(
@@ -316,13 +328,14 @@ async fn config_get(
     tag = "config",
     operation_id = "putConfig",
     description = "Sets a key on the tenant; 409 `CONFIG_LOCKED` when an ancestor locked it.",
-    params(("id" = Uuid, Path, description = "Tenant id"), ("key" = String, Path, description = "Config key: 1-128 of [A-Za-z0-9_.:-], starting alphanumeric")),
+    params(("id" = Uuid, Path, description = "Tenant id"), ("key" = String, Path, description = "Config key: 1-128 of [A-Za-z0-9_.:-], starting alphanumeric"), ("If-Match" = Option<String>, Header, description = "`\"<version>\"` from an `ETag`: apply only while the resource is at that version (else 412)")),
     request_body = PutConfig,
     responses(
-        (status = 200, description = "The entry as set", body = stratum_tenancy::ConfigEntry),
+        (status = 200, description = "The entry as set", body = stratum_tenancy::ConfigEntry, headers(("ETag" = String, description = "`\"<version>\"`: the version to send in `If-Match`"))),
         (status = 400, response = crate::openapi::ValidationError),
         (status = 404, response = crate::openapi::NotFound),
         (status = 409, response = crate::openapi::Conflict),
+        (status = 412, response = crate::openapi::PreconditionFailed),
         (status = 413, response = crate::openapi::PayloadTooLarge),
     )
 )]
@@ -330,16 +343,39 @@ async fn config_put(
     state: web::Data<AppState>,
     Authed(caller): Authed,
     path: web::Path<(Uuid, String)>,
+    IfMatch(precondition): IfMatch,
     body: web::Json<PutConfig>,
 ) -> Res {
     let (id, key) = path.into_inner();
     let b = body.into_inner();
-    Ok(HttpResponse::Ok().json(
-        state
-            .config
-            .put(&caller, id, &key, b.value, b.locked, b.sensitive)
-            .await?,
-    ))
+    let (entry, version) = state
+        .config
+        .put(&caller, id, &key, b.value, b.locked, b.sensitive, precondition)
+        .await?;
+    Ok(with_etag(HttpResponse::Ok(), version).json(entry))
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants/{id}/config/{key}",
+    tag = "config",
+    operation_id = "getConfigEntry",
+    description = "The entry stored at this tenant itself (not an inherited one), with its `ETag`.",
+    params(("id" = Uuid, Path, description = "Tenant id"), ("key" = String, Path, description = "Config key")),
+    responses(
+        (status = 200, description = "The tenant's own entry", body = stratum_tenancy::ConfigEntry, headers(("ETag" = String, description = "`\"<version>\"`: the version to send in `If-Match`"))),
+        (status = 400, response = crate::openapi::ValidationError),
+        (status = 404, response = crate::openapi::NotFound),
+    )
+)]
+async fn config_entry_get(
+    state: web::Data<AppState>,
+    Authed(caller): Authed,
+    path: web::Path<(Uuid, String)>,
+) -> Res {
+    let (id, key) = path.into_inner();
+    let (entry, version) = state.config.get_entry(&caller, id, &key).await?;
+    Ok(with_etag(HttpResponse::Ok(), version).json(entry))
 }
 
 #[utoipa::path(
@@ -347,20 +383,23 @@ async fn config_put(
     path = "/api/v1/tenants/{id}/config/{key}",
     tag = "config",
     operation_id = "deleteConfig",
-    params(("id" = Uuid, Path, description = "Tenant id"), ("key" = String, Path, description = "Config key: 1-128 of [A-Za-z0-9_.:-], starting alphanumeric")),
+    params(("id" = Uuid, Path, description = "Tenant id"), ("key" = String, Path, description = "Config key: 1-128 of [A-Za-z0-9_.:-], starting alphanumeric"), ("If-Match" = Option<String>, Header, description = "`\"<version>\"` from an `ETag`: apply only while the resource is at that version (else 412)")),
     responses(
         (status = 204, description = "Removed"),
         (status = 400, response = crate::openapi::ValidationError),
         (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 412, response = crate::openapi::PreconditionFailed),
     )
 )]
 async fn config_delete(
     state: web::Data<AppState>,
     Authed(caller): Authed,
     path: web::Path<(Uuid, String)>,
+    IfMatch(precondition): IfMatch,
 ) -> Res {
     let (id, key) = path.into_inner();
-    state.config.delete(&caller, id, &key).await?;
+    state.config.delete(&caller, id, &key, precondition).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -445,13 +484,14 @@ async fn permissions_create(
     path = "/api/v1/tenants/{id}/permissions/{policy_id}",
     tag = "permissions",
     operation_id = "updatePermission",
-    params(("id" = Uuid, Path, description = "Tenant id"), ("policy_id" = Uuid, Path, description = "Permission policy id")),
+    params(("id" = Uuid, Path, description = "Tenant id"), ("policy_id" = Uuid, Path, description = "Permission policy id"), ("If-Match" = Option<String>, Header, description = "`\"<version>\"` from an `ETag`: apply only while the resource is at that version (else 412)")),
     request_body = PatchPermission,
     responses(
-        (status = 200, description = "The updated policy", body = stratum_tenancy::PermissionPolicy),
+        (status = 200, description = "The updated policy", body = stratum_tenancy::PermissionPolicy, headers(("ETag" = String, description = "`\"<version>\"`: the version to send in `If-Match`"))),
         (status = 400, response = crate::openapi::ValidationError),
         (status = 404, response = crate::openapi::NotFound),
         (status = 409, response = crate::openapi::Conflict),
+        (status = 412, response = crate::openapi::PreconditionFailed),
         (status = 413, response = crate::openapi::PayloadTooLarge),
     )
 )]
@@ -459,16 +499,38 @@ async fn permissions_patch(
     state: web::Data<AppState>,
     Authed(caller): Authed,
     path: web::Path<(Uuid, Uuid)>,
+    IfMatch(precondition): IfMatch,
     body: web::Json<PatchPermission>,
 ) -> Res {
     let (id, policy) = path.into_inner();
     let b = body.into_inner();
-    Ok(HttpResponse::Ok().json(
-        state
-            .permissions
-            .update(&caller, id, policy, b.value, b.mode)
-            .await?,
-    ))
+    let p = state
+        .permissions
+        .update(&caller, id, policy, b.value, b.mode, precondition)
+        .await?;
+    Ok(with_etag(HttpResponse::Ok(), p.version).json(p))
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants/{id}/permissions/{policy_id}",
+    tag = "permissions",
+    operation_id = "getPermission",
+    params(("id" = Uuid, Path, description = "Tenant id"), ("policy_id" = Uuid, Path, description = "Permission policy id")),
+    responses(
+        (status = 200, description = "The policy", body = stratum_tenancy::PermissionPolicy, headers(("ETag" = String, description = "`\"<version>\"`: the version to send in `If-Match`"))),
+        (status = 400, response = crate::openapi::ValidationError),
+        (status = 404, response = crate::openapi::NotFound),
+    )
+)]
+async fn permissions_get(
+    state: web::Data<AppState>,
+    Authed(caller): Authed,
+    path: web::Path<(Uuid, Uuid)>,
+) -> Res {
+    let (id, policy) = path.into_inner();
+    let p = state.permissions.get(&caller, id, policy).await?;
+    Ok(with_etag(HttpResponse::Ok(), p.version).json(p))
 }
 
 #[utoipa::path(
@@ -476,20 +538,26 @@ async fn permissions_patch(
     path = "/api/v1/tenants/{id}/permissions/{policy_id}",
     tag = "permissions",
     operation_id = "deletePermission",
-    params(("id" = Uuid, Path, description = "Tenant id"), ("policy_id" = Uuid, Path, description = "Permission policy id")),
+    params(("id" = Uuid, Path, description = "Tenant id"), ("policy_id" = Uuid, Path, description = "Permission policy id"), ("If-Match" = Option<String>, Header, description = "`\"<version>\"` from an `ETag`: apply only while the resource is at that version (else 412)")),
     responses(
         (status = 204, description = "Removed"),
         (status = 400, response = crate::openapi::ValidationError),
         (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 412, response = crate::openapi::PreconditionFailed),
     )
 )]
 async fn permissions_delete(
     state: web::Data<AppState>,
     Authed(caller): Authed,
     path: web::Path<(Uuid, Uuid)>,
+    IfMatch(precondition): IfMatch,
 ) -> Res {
     let (id, policy) = path.into_inner();
-    state.permissions.delete(&caller, id, policy).await?;
+    state
+        .permissions
+        .delete(&caller, id, policy, precondition)
+        .await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -513,6 +581,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(web::resource("/tenants/{id}/config").route(web::get().to(config_get)))
     .service(
         web::resource("/tenants/{id}/config/{key}")
+            .route(web::get().to(config_entry_get))
             .route(web::put().to(config_put))
             .route(web::delete().to(config_delete)),
     )
@@ -523,6 +592,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     )
     .service(
         web::resource("/tenants/{id}/permissions/{policy_id}")
+            .route(web::get().to(permissions_get))
             .route(web::patch().to(permissions_patch))
             .route(web::delete().to(permissions_delete)),
     );

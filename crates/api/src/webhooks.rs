@@ -7,6 +7,7 @@ use stratum_webhooks::{DeliveryStatus, NewWebhook, Webhook, WebhookPatch};
 use uuid::Uuid;
 
 use crate::auth::Authed;
+use crate::extract::{with_etag, IfMatch};
 use crate::error::ApiError;
 use crate::AppState;
 
@@ -166,13 +167,14 @@ async fn list(state: web::Data<AppState>, Authed(caller): Authed, q: web::Query<
     operation_id = "getWebhook",
     params(("id" = Uuid, Path, description = "Webhook id")),
     responses(
-        (status = 200, description = "The webhook", body = Webhook),
+        (status = 200, description = "The webhook", body = Webhook, headers(("ETag" = String, description = "`\"<version>\"`: the version to send in `If-Match`"))),
         (status = 400, response = crate::openapi::ValidationError),
         (status = 404, response = crate::openapi::NotFound),
     )
 )]
 async fn get(state: web::Data<AppState>, Authed(caller): Authed, id: web::Path<Uuid>) -> Res {
-    Ok(HttpResponse::Ok().json(state.webhooks.get(&caller, *id).await?))
+    let w = state.webhooks.get(&caller, *id).await?;
+    Ok(with_etag(HttpResponse::Ok(), w.version).json(w))
 }
 
 #[utoipa::path(
@@ -180,12 +182,14 @@ async fn get(state: web::Data<AppState>, Authed(caller): Authed, id: web::Path<U
     path = "/api/v1/webhooks/{id}",
     tag = "webhooks",
     operation_id = "updateWebhook",
-    params(("id" = Uuid, Path, description = "Webhook id")),
+    params(("id" = Uuid, Path, description = "Webhook id"), ("If-Match" = Option<String>, Header, description = "`\"<version>\"` from an `ETag`: apply only while the webhook is at that version (else 412)")),
     request_body = PatchWebhook,
     responses(
-        (status = 200, description = "The updated webhook", body = Webhook),
+        (status = 200, description = "The updated webhook", body = Webhook, headers(("ETag" = String, description = "`\"<version>\"`: the version to send in `If-Match`"))),
         (status = 400, response = crate::openapi::ValidationError),
         (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 412, response = crate::openapi::PreconditionFailed),
         (status = 413, response = crate::openapi::PayloadTooLarge),
     )
 )]
@@ -193,6 +197,7 @@ async fn patch(
     state: web::Data<AppState>,
     Authed(caller): Authed,
     id: web::Path<Uuid>,
+    IfMatch(precondition): IfMatch,
     body: web::Json<PatchWebhook>,
 ) -> Res {
     let b = body.into_inner();
@@ -203,7 +208,11 @@ async fn patch(
         active: b.active,
         description: b.description,
     };
-    Ok(HttpResponse::Ok().json(state.webhooks.update(&caller, *id, patch).await?))
+    let w = state
+        .webhooks
+        .update(&caller, *id, patch, precondition)
+        .await?;
+    Ok(with_etag(HttpResponse::Ok(), w.version).json(w))
 }
 
 #[utoipa::path(
@@ -211,15 +220,22 @@ async fn patch(
     path = "/api/v1/webhooks/{id}",
     tag = "webhooks",
     operation_id = "deleteWebhook",
-    params(("id" = Uuid, Path, description = "Webhook id")),
+    params(("id" = Uuid, Path, description = "Webhook id"), ("If-Match" = Option<String>, Header, description = "`\"<version>\"` from an `ETag`: apply only while the webhook is at that version (else 412)")),
     responses(
         (status = 204, description = "Deleted, with its deliveries"),
         (status = 400, response = crate::openapi::ValidationError),
         (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 412, response = crate::openapi::PreconditionFailed),
     )
 )]
-async fn delete(state: web::Data<AppState>, Authed(caller): Authed, id: web::Path<Uuid>) -> Res {
-    state.webhooks.delete(&caller, *id).await?;
+async fn delete(
+    state: web::Data<AppState>,
+    Authed(caller): Authed,
+    id: web::Path<Uuid>,
+    IfMatch(precondition): IfMatch,
+) -> Res {
+    state.webhooks.delete(&caller, *id, precondition).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 

@@ -20,7 +20,8 @@ pub enum ConsentError {
     /// No active grant for this (tenant, subject, purpose).
     #[error("consent not found")]
     NotFound,
-    /// The record changed concurrently (another grant created it first); retrying is safe.
+    /// The record changed concurrently (another grant created it first, or another change
+    /// committed since it was read); retrying is safe.
     #[error("{0}")]
     Conflict(String),
     /// Storage failed.

@@ -115,6 +115,9 @@ pub struct ConsentRecord {
     /// Last changed.
     #[serde(with = "rfc3339")]
     pub updated_at: OffsetDateTime,
+    /// Changes with every write; what a write checks it replaces. Not part of the JSON shape.
+    #[serde(skip)]
+    pub version: i64,
 }
 
 impl ConsentRecord {
@@ -289,6 +292,7 @@ mod tests {
             metadata: json!({}),
             created_at: NOW,
             updated_at: NOW,
+            version: 1,
         }
     }
 

@@ -30,21 +30,27 @@ pub trait ConsentStore: Send + Sync {
     /// Inserts `record`, or, when (tenant, subject, purpose) already has one, re-grants
     /// that one: writes `granted`, `granted_at`, `expires_at`, `metadata` and `updated_at`
     /// and clears `revoked_at`, keeping its `id` and `created_at`. Returns true when it
-    /// inserted. `TenantNotFound` when the tenant is not active; `Conflict` when a record
-    /// with another id than `record.id` exists for the triple (a concurrent first grant).
+    /// inserted. Re-grants only while the stored version is `expected` (`None`: there must
+    /// be no record yet) and bumps it. `TenantNotFound` when the tenant is not active;
+    /// `Conflict` when a record with another id than `record.id` exists for the triple (a
+    /// concurrent first grant) or its version is not `expected`.
     async fn upsert_grant(
         &self,
         record: ConsentRecord,
+        expected: Option<i64>,
         journal: Journal,
     ) -> Result<bool, ConsentError>;
 
-    /// Revokes the grant active at `at` (granted, not revoked, not expired) and returns
-    /// the record as revoked. `NotFound` when there is no such grant.
+    /// Revokes the grant active at `at` (granted, not revoked, not expired) while its
+    /// version is `expected`, and returns the record as revoked. `Conflict` when the active
+    /// grant has another version; `NotFound` when there is no such grant.
+    #[allow(clippy::too_many_arguments, reason = "the record's key plus what the write checks")]
     async fn revoke(
         &self,
         tenant_id: Uuid,
         subject_id: SubjectId,
         purpose: Purpose,
+        expected: i64,
         at: OffsetDateTime,
         journal: Journal,
     ) -> Result<ConsentRecord, ConsentError>;

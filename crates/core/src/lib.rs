@@ -9,6 +9,7 @@ pub mod clock;
 pub mod ids;
 pub mod journal;
 pub mod page;
+pub mod precondition;
 pub mod store_error;
 pub mod tenant_path;
 pub mod timefmt;
@@ -18,6 +19,7 @@ pub use clock::{Clock, SystemClock};
 pub use ids::new_id;
 pub use journal::{Caller, EventDraft, Journal, RequestMeta};
 pub use page::{next_page, Limit, LimitError};
+pub use precondition::{etag, on_stale, OnStale, Precondition, WRITE_ATTEMPTS};
 pub use store_error::StoreError;
 pub use tenant_path::TenantPath;
 

@@ -42,6 +42,7 @@ struct ConsentRow {
     metadata: Value,
     created_at: OffsetDateTime,
     updated_at: OffsetDateTime,
+    version: i64,
 }
 
 impl ConsentRow {
@@ -63,6 +64,7 @@ impl ConsentRow {
             metadata: self.metadata,
             created_at: self.created_at,
             updated_at: self.updated_at,
+            version: self.version,
         })
     }
 
@@ -79,6 +81,7 @@ impl ConsentRow {
             metadata: r.metadata.clone(),
             created_at: r.created_at,
             updated_at: r.updated_at,
+            version: r.version,
         }
     }
 }
@@ -182,6 +185,7 @@ impl ConsentStore for PgConsentStore {
     async fn upsert_grant(
         &self,
         consent: ConsentRecord,
+        expected: Option<i64>,
         journal: Journal,
     ) -> Result<bool, ConsentError> {
         in_tx!(self.pool, ConsentError, |conn| {
@@ -197,7 +201,8 @@ impl ConsentStore for PgConsentStore {
                 .await
                 .optional()?
                 .is_some();
-            let row = ConsentRow::from_domain(&consent);
+            let mut row = ConsentRow::from_domain(&consent);
+            row.version = 1;
             let upsert = diesel::insert_into(consent_records::table)
                 .values(&row)
                 .on_conflict((
@@ -213,13 +218,17 @@ impl ConsentStore for PgConsentStore {
                     consent_records::expires_at.eq(excluded(consent_records::expires_at)),
                     consent_records::metadata.eq(excluded(consent_records::metadata)),
                     consent_records::updated_at.eq(excluded(consent_records::updated_at)),
+                    consent_records::version.eq(consent_records::version + 1),
                 ));
-            // `ON CONFLICT … DO UPDATE … WHERE`: only the record the journal names. A row
-            // created concurrently under another id is left alone and reported, so the
-            // audit entry stays true.
+            // `ON CONFLICT … DO UPDATE … WHERE`: only the record the journal names, at the
+            // version the journal's before-state describes. A row created concurrently
+            // under another id, or changed since it was read, is left alone and reported,
+            // so the audit entry stays true.
             let written = diesel::query_dsl::methods::FilterDsl::filter(
                 upsert,
-                consent_records::id.eq(consent.id),
+                consent_records::id
+                    .eq(consent.id)
+                    .and(consent_records::version.eq(expected.unwrap_or(0))),
             )
             .execute(conn)
             .await?;
@@ -238,6 +247,7 @@ impl ConsentStore for PgConsentStore {
         tenant_id: Uuid,
         subject_id: SubjectId,
         purpose: Purpose,
+        expected: i64,
         at: OffsetDateTime,
         journal: Journal,
     ) -> Result<ConsentRecord, ConsentError> {
@@ -247,19 +257,34 @@ impl ConsentStore for PgConsentStore {
                     .filter(consent_records::tenant_id.eq(tenant_id))
                     .filter(consent_records::subject_id.eq(subject_id.as_str()))
                     .filter(consent_records::purpose.eq(purpose.as_str()))
+                    .filter(consent_records::version.eq(expected))
                     .filter(active_at(at)),
             )
             .set((
                 consent_records::granted.eq(false),
                 consent_records::revoked_at.eq(Some(at)),
                 consent_records::updated_at.eq(at),
+                consent_records::version.eq(consent_records::version + 1),
             ))
             .returning(ConsentRow::as_returning())
             .get_result(conn)
             .await
             .optional()?;
             let Some(row) = row else {
-                return fail(ConsentError::NotFound);
+                let still_active: bool = diesel::select(exists(
+                    consent_records::table
+                        .filter(consent_records::tenant_id.eq(tenant_id))
+                        .filter(consent_records::subject_id.eq(subject_id.as_str()))
+                        .filter(consent_records::purpose.eq(purpose.as_str()))
+                        .filter(active_at(at)),
+                ))
+                .get_result(conn)
+                .await?;
+                return fail(if still_active {
+                    ConsentError::Conflict("the consent record changed concurrently; retry".into())
+                } else {
+                    ConsentError::NotFound
+                });
             };
             let revoked = row
                 .into_domain()

@@ -44,6 +44,7 @@ struct TenantRow {
     deleted_at: Option<OffsetDateTime>,
     created_at: OffsetDateTime,
     updated_at: OffsetDateTime,
+    version: i64,
 }
 
 impl TenantRow {
@@ -63,6 +64,7 @@ impl TenantRow {
             deleted_at: self.deleted_at,
             created_at: self.created_at,
             updated_at: self.updated_at,
+            version: self.version,
         })
     }
 
@@ -79,6 +81,7 @@ impl TenantRow {
             deleted_at: t.deleted_at,
             created_at: t.created_at,
             updated_at: t.updated_at,
+            version: t.version,
         }
     }
 }
@@ -107,20 +110,42 @@ pub(crate) fn like_prefix(prefix: &str) -> String {
     s
 }
 
-/// Locks an active tenant row (shared) and returns its path; `None` when gone or archived.
+/// Locks an active tenant row (shared or exclusive) and returns its path and version;
+/// `None` when gone or archived.
+async fn lock_active_versioned(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    exclusive: bool,
+) -> QueryResult<Option<(String, i64)>> {
+    let q = tenants::table
+        .find(id)
+        .filter(tenants::status.eq("active"))
+        .select((tenants::ancestry_path, tenants::version));
+    if exclusive {
+        q.for_update().first(conn).await.optional()
+    } else {
+        q.for_share().first(conn).await.optional()
+    }
+}
+
+/// Locks an active tenant row and returns its path; `None` when gone or archived.
 async fn lock_active(
     conn: &mut AsyncPgConnection,
     id: Uuid,
     exclusive: bool,
 ) -> QueryResult<Option<String>> {
-    let q = tenants::table
-        .find(id)
-        .filter(tenants::status.eq("active"))
-        .select(tenants::ancestry_path);
-    if exclusive {
-        q.for_update().first(conn).await.optional()
+    Ok(lock_active_versioned(conn, id, exclusive)
+        .await?
+        .map(|(path, _)| path))
+}
+
+/// After a conditional write matched no row: `Stale` when the row exists (so its version
+/// was what differed), else `not_found`.
+fn stale_or<T>(exists: bool, not_found: TenancyError) -> TxResult<T> {
+    if exists {
+        fail(TenancyError::Stale)
     } else {
-        q.for_share().first(conn).await.optional()
+        fail(not_found)
     }
 }
 
@@ -244,41 +269,56 @@ impl TenantStore for PgTenantStore {
         })
     }
 
-    async fn update(&self, tenant: Tenant, journal: Journal) -> Result<(), TenancyError> {
+    async fn update(
+        &self,
+        tenant: Tenant,
+        expected: i64,
+        journal: Journal,
+    ) -> Result<i64, TenancyError> {
         in_tx!(self.pool, TenancyError, |conn| {
-            let n = diesel::update(
+            // The version check makes the write conditional on the state the journal's
+            // before-state describes; the row lock lasts from here to the commit.
+            let written: Option<i64> = diesel::update(
                 tenants::table
                     .find(tenant.id)
-                    .filter(tenants::status.eq("active")),
+                    .filter(tenants::status.eq("active"))
+                    .filter(tenants::version.eq(expected)),
             )
             .set((
                 tenants::name.eq(&tenant.name),
                 tenants::slug.eq(&tenant.slug),
                 tenants::metadata.eq(&tenant.metadata),
                 tenants::updated_at.eq(tenant.updated_at),
+                tenants::version.eq(tenants::version + 1),
             ))
-            .execute(conn)
+            .returning(tenants::version)
+            .get_result(conn)
             .await
+            .optional()
             .map_err(|e| slug_taken(e, &tenant.slug))?;
-            if n == 0 {
-                return fail(TenancyError::TenantNotFound);
-            }
+            let Some(version) = written else {
+                let exists = active_exists(conn, tenant.id).await?;
+                return stale_or(exists, TenancyError::TenantNotFound);
+            };
             record(conn, &journal).await?;
-            Ok(())
+            Ok(version)
         })
     }
 
     async fn archive(
         &self,
         id: Uuid,
+        expected: i64,
         at: OffsetDateTime,
         journal: Journal,
     ) -> Result<(), TenancyError> {
         in_tx!(self.pool, TenancyError, |conn| {
             // Lock first, then look for children in a later statement: a child inserted
             // concurrently holds the row shared, so this waits for it and then sees it.
-            if lock_active(conn, id, true).await?.is_none() {
-                return fail(TenancyError::TenantNotFound);
+            match lock_active_versioned(conn, id, true).await? {
+                Some((_, v)) if v == expected => {}
+                Some(_) => return fail(TenancyError::Stale),
+                None => return fail(TenancyError::TenantNotFound),
             }
             let children: i64 = tenants::table
                 .filter(tenants::parent_id.eq(id))
@@ -294,6 +334,7 @@ impl TenantStore for PgTenantStore {
                     tenants::status.eq("archived"),
                     tenants::deleted_at.eq(Some(at)),
                     tenants::updated_at.eq(at),
+                    tenants::version.eq(tenants::version + 1),
                 ))
                 .execute(conn)
                 .await?;
@@ -305,20 +346,17 @@ impl TenantStore for PgTenantStore {
     async fn move_subtree(
         &self,
         id: Uuid,
+        expected: i64,
         new_parent: Uuid,
         from: TenantPath,
         to: TenantPath,
         at: OffsetDateTime,
         journal: Journal,
-    ) -> Result<(), TenancyError> {
+    ) -> Result<i64, TenancyError> {
         in_tx!(self.pool, TenancyError, |conn| {
-            match lock_active(conn, id, true).await? {
-                Some(p) if p == from.as_str() => {}
-                Some(_) => {
-                    return fail(TenancyError::Conflict(
-                        "the tenant moved meanwhile; retry".into(),
-                    ))
-                }
+            match lock_active_versioned(conn, id, true).await? {
+                Some((p, v)) if v == expected && p == from.as_str() => {}
+                Some(_) => return fail(TenancyError::Stale),
                 None => return fail(TenancyError::TenantNotFound),
             }
             let parent_path = match lock_active(conn, new_parent, false).await? {
@@ -329,9 +367,8 @@ impl TenantStore for PgTenantStore {
                 return fail(TenancyError::CycleDetected);
             }
             if format!("{parent_path}{id}/") != to.as_str() {
-                return fail(TenancyError::Conflict(
-                    "the new parent moved meanwhile; retry".into(),
-                ));
+                // The new parent moved since the service read it: read again.
+                return fail(TenancyError::Stale);
             }
             let depth_shift = to.depth() as i32 - from.depth() as i32;
             diesel::sql_query(
@@ -339,7 +376,8 @@ impl TenantStore for PgTenantStore {
                     SET ancestry_path = $1 || substr(ancestry_path, char_length($2) + 1),
                         depth = depth + $3,
                         parent_id = CASE WHEN id = $4 THEN $5 ELSE parent_id END,
-                        updated_at = CASE WHEN id = $4 THEN $6 ELSE updated_at END
+                        updated_at = CASE WHEN id = $4 THEN $6 ELSE updated_at END,
+                        version = version + 1
                   WHERE ancestry_path LIKE $7",
             )
             .bind::<diesel::sql_types::Text, _>(to.as_str())
@@ -352,9 +390,20 @@ impl TenantStore for PgTenantStore {
             .execute(conn)
             .await?;
             record(conn, &journal).await?;
-            Ok(())
+            Ok(expected + 1)
         })
     }
+}
+
+/// Whether an active tenant `id` exists (a failed conditional write tells stale from gone).
+async fn active_exists(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<bool> {
+    diesel::select(diesel::dsl::exists(
+        tenants::table
+            .find(id)
+            .filter(tenants::status.eq("active")),
+    ))
+    .get_result(conn)
+    .await
 }
 
 #[derive(Queryable, Selectable, Insertable)]
@@ -368,6 +417,7 @@ struct ConfigRow {
     sensitive: bool,
     created_at: OffsetDateTime,
     updated_at: OffsetDateTime,
+    version: i64,
 }
 
 impl ConfigRow {
@@ -383,6 +433,7 @@ impl ConfigRow {
             locked: self.locked,
             created_at: self.created_at,
             updated_at: self.updated_at,
+            version: self.version,
         }
     }
 
@@ -400,6 +451,7 @@ impl ConfigRow {
             sensitive,
             created_at: e.created_at,
             updated_at: e.updated_at,
+            version: e.version,
         }
     }
 }
@@ -436,6 +488,7 @@ impl ConfigStore for PgConfigStore {
     async fn put(
         &self,
         entry: StoredConfigEntry,
+        expected: Option<i64>,
         ancestors: Vec<Uuid>,
         journal: Journal,
     ) -> Result<StoredConfigEntry, TenancyError> {
@@ -453,24 +506,44 @@ impl ConfigStore for PgConfigStore {
             if locked_above > 0 {
                 return fail(TenancyError::ConfigLocked(entry.key.clone()));
             }
-            let row = ConfigRow::from_domain(&entry);
-            let created_at: OffsetDateTime = diesel::insert_into(config_entries::table)
-                .values(&row)
-                .on_conflict((config_entries::tenant_id, config_entries::key))
-                .do_update()
+            let mut row = ConfigRow::from_domain(&entry);
+            // Insert only where the service saw no entry; replace only the version it read.
+            let written: Option<(OffsetDateTime, i64)> = match expected {
+                None => {
+                    row.version = 1;
+                    diesel::insert_into(config_entries::table)
+                        .values(&row)
+                        .on_conflict_do_nothing()
+                        .returning((config_entries::created_at, config_entries::version))
+                        .get_result(conn)
+                        .await
+                        .optional()?
+                }
+                Some(v) => diesel::update(
+                    config_entries::table
+                        .find((entry.tenant_id, &entry.key))
+                        .filter(config_entries::version.eq(v)),
+                )
                 .set((
                     config_entries::value.eq(&row.value),
                     config_entries::encrypted_value.eq(&row.encrypted_value),
                     config_entries::locked.eq(row.locked),
                     config_entries::sensitive.eq(row.sensitive),
                     config_entries::updated_at.eq(row.updated_at),
+                    config_entries::version.eq(config_entries::version + 1),
                 ))
-                .returning(config_entries::created_at)
+                .returning((config_entries::created_at, config_entries::version))
                 .get_result(conn)
-                .await?;
+                .await
+                .optional()?,
+            };
+            let Some((created_at, version)) = written else {
+                return fail(TenancyError::Stale);
+            };
             record(conn, &journal).await?;
             Ok(StoredConfigEntry {
                 created_at,
+                version,
                 ..entry
             })
         })
@@ -480,14 +553,24 @@ impl ConfigStore for PgConfigStore {
         &self,
         tenant_id: Uuid,
         key: String,
+        expected: i64,
         journal: Journal,
     ) -> Result<(), TenancyError> {
         in_tx!(self.pool, TenancyError, |conn| {
-            let n = diesel::delete(config_entries::table.find((tenant_id, &key)))
-                .execute(conn)
-                .await?;
+            let n = diesel::delete(
+                config_entries::table
+                    .find((tenant_id, &key))
+                    .filter(config_entries::version.eq(expected)),
+            )
+            .execute(conn)
+            .await?;
             if n == 0 {
-                return fail(TenancyError::ConfigNotFound);
+                let exists: bool = diesel::select(diesel::dsl::exists(
+                    config_entries::table.find((tenant_id, &key)),
+                ))
+                .get_result(conn)
+                .await?;
+                return stale_or(exists, TenancyError::ConfigNotFound);
             }
             record(conn, &journal).await?;
             Ok(())
@@ -505,6 +588,7 @@ struct PermissionRow {
     mode: String,
     created_at: OffsetDateTime,
     updated_at: OffsetDateTime,
+    version: i64,
 }
 
 impl PermissionRow {
@@ -517,6 +601,7 @@ impl PermissionRow {
             mode: PermissionMode::parse(&self.mode).unwrap_or(PermissionMode::Inherited),
             created_at: self.created_at,
             updated_at: self.updated_at,
+            version: self.version,
         }
     }
 }
@@ -573,6 +658,7 @@ impl PermissionStore for PgPermissionStore {
                 mode: p.mode.as_str().to_owned(),
                 created_at: p.created_at,
                 updated_at: p.updated_at,
+                version: 1,
             };
             diesel::insert_into(permission_policies::table)
                 .values(&row)
@@ -593,36 +679,60 @@ impl PermissionStore for PgPermissionStore {
         })
     }
 
-    async fn update(&self, p: PermissionPolicy, journal: Journal) -> Result<(), TenancyError> {
+    async fn update(
+        &self,
+        p: PermissionPolicy,
+        expected: i64,
+        journal: Journal,
+    ) -> Result<i64, TenancyError> {
         in_tx!(self.pool, TenancyError, |conn| {
-            let n = diesel::update(permission_policies::table.find(p.id))
-                .set((
-                    permission_policies::value.eq(&p.value),
-                    permission_policies::mode.eq(p.mode.as_str()),
-                    permission_policies::updated_at.eq(p.updated_at),
-                ))
-                .execute(conn)
-                .await?;
-            if n == 0 {
-                return fail(TenancyError::PermissionNotFound);
-            }
+            let written: Option<i64> = diesel::update(
+                permission_policies::table
+                    .find(p.id)
+                    .filter(permission_policies::version.eq(expected)),
+            )
+            .set((
+                permission_policies::value.eq(&p.value),
+                permission_policies::mode.eq(p.mode.as_str()),
+                permission_policies::updated_at.eq(p.updated_at),
+                permission_policies::version.eq(permission_policies::version + 1),
+            ))
+            .returning(permission_policies::version)
+            .get_result(conn)
+            .await
+            .optional()?;
+            let Some(version) = written else {
+                let exists = permission_exists(conn, p.id).await?;
+                return stale_or(exists, TenancyError::PermissionNotFound);
+            };
             record(conn, &journal).await?;
-            Ok(())
+            Ok(version)
         })
     }
 
-    async fn delete(&self, id: Uuid, journal: Journal) -> Result<(), TenancyError> {
+    async fn delete(&self, id: Uuid, expected: i64, journal: Journal) -> Result<(), TenancyError> {
         in_tx!(self.pool, TenancyError, |conn| {
-            let n = diesel::delete(permission_policies::table.find(id))
-                .execute(conn)
-                .await?;
+            let n = diesel::delete(
+                permission_policies::table
+                    .find(id)
+                    .filter(permission_policies::version.eq(expected)),
+            )
+            .execute(conn)
+            .await?;
             if n == 0 {
-                return fail(TenancyError::PermissionNotFound);
+                let exists = permission_exists(conn, id).await?;
+                return stale_or(exists, TenancyError::PermissionNotFound);
             }
             record(conn, &journal).await?;
             Ok(())
         })
     }
+}
+
+async fn permission_exists(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<bool> {
+    diesel::select(diesel::dsl::exists(permission_policies::table.find(id)))
+        .get_result(conn)
+        .await
 }
 
 #[derive(Queryable, Selectable)]

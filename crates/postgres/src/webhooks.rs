@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use stratum_core::{Journal, StoreError, TenantPath};
 use stratum_webhooks::{
     ClaimedDelivery, Completion, Delivery, DeliveryQueue, DeliveryStats, DeliveryStatus,
-    DeliveryStore, EventRef, FailedDelivery, Verdict, Webhook, WebhookError, WebhookRef,
+    DeliveryStore, EventRef, FailedDelivery, gone_journal, Verdict, Webhook, WebhookError, WebhookRef,
     WebhookStore,
 };
 use time::OffsetDateTime;
@@ -37,6 +37,7 @@ struct WebhookRow {
     description: Option<String>,
     created_at: OffsetDateTime,
     updated_at: OffsetDateTime,
+    version: i64,
 }
 
 impl From<WebhookRow> for Webhook {
@@ -50,6 +51,7 @@ impl From<WebhookRow> for Webhook {
             description: r.description,
             created_at: r.created_at,
             updated_at: r.updated_at,
+            version: r.version,
         }
     }
 }
@@ -168,23 +170,31 @@ impl WebhookStore for PgWebhookStore {
     async fn update(
         &self,
         w: Webhook,
+        expected: i64,
         secret_encrypted: Option<String>,
         journal: Journal,
-    ) -> Result<(), WebhookError> {
+    ) -> Result<i64, WebhookError> {
         in_tx!(self.pool, WebhookError, |conn| {
-            let n = diesel::update(webhooks::table.find(w.id))
-                .set((
-                    webhooks::url.eq(&w.url),
-                    webhooks::events.eq(events_col(&w)),
-                    webhooks::active.eq(w.active),
-                    webhooks::description.eq(&w.description),
-                    webhooks::updated_at.eq(w.updated_at),
-                ))
-                .execute(conn)
-                .await?;
-            if n == 0 {
-                return Err(TxError::Domain(WebhookError::NotFound));
-            }
+            let written: Option<i64> = diesel::update(
+                webhooks::table
+                    .find(w.id)
+                    .filter(webhooks::version.eq(expected)),
+            )
+            .set((
+                webhooks::url.eq(&w.url),
+                webhooks::events.eq(events_col(&w)),
+                webhooks::active.eq(w.active),
+                webhooks::description.eq(&w.description),
+                webhooks::updated_at.eq(w.updated_at),
+                webhooks::version.eq(webhooks::version + 1),
+            ))
+            .returning(webhooks::version)
+            .get_result(conn)
+            .await
+            .optional()?;
+            let Some(version) = written else {
+                return stale_or_gone(conn, w.id).await;
+            };
             if let Some(s) = &secret_encrypted {
                 diesel::update(webhooks::table.find(w.id))
                     .set(webhooks::secret_encrypted.eq(s))
@@ -192,17 +202,21 @@ impl WebhookStore for PgWebhookStore {
                     .await?;
             }
             record(conn, &journal).await?;
-            Ok(())
+            Ok(version)
         })
     }
 
-    async fn delete(&self, id: Uuid, journal: Journal) -> Result<(), WebhookError> {
+    async fn delete(&self, id: Uuid, expected: i64, journal: Journal) -> Result<(), WebhookError> {
         in_tx!(self.pool, WebhookError, |conn| {
-            let n = diesel::delete(webhooks::table.find(id))
-                .execute(conn)
-                .await?;
+            let n = diesel::delete(
+                webhooks::table
+                    .find(id)
+                    .filter(webhooks::version.eq(expected)),
+            )
+            .execute(conn)
+            .await?;
             if n == 0 {
-                return Err(TxError::Domain(WebhookError::NotFound));
+                return stale_or_gone(conn, id).await;
             }
             record(conn, &journal).await?;
             Ok(())
@@ -215,6 +229,22 @@ impl WebhookStore for PgWebhookStore {
             Ok(())
         })
     }
+}
+
+/// After a conditional write matched no row: `Stale` when the webhook exists (its version
+/// was what differed), else `NotFound`.
+async fn stale_or_gone<T>(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+) -> Result<T, TxError<WebhookError>> {
+    let exists: bool = diesel::select(diesel::dsl::exists(webhooks::table.find(id)))
+        .get_result(conn)
+        .await?;
+    Err(TxError::Domain(if exists {
+        WebhookError::Stale
+    } else {
+        WebhookError::NotFound
+    }))
 }
 
 impl From<TxError<StoreError>> for StoreError {
@@ -724,11 +754,29 @@ impl DeliveryQueue for PgDeliveryQueue {
                 .await?;
             }
             if !gone.is_empty() {
-                // 410 Gone: the receiver asked us to stop.
-                diesel::update(webhooks::table.filter(webhooks::id.eq_any(&gone)))
-                    .set((webhooks::active.eq(false), webhooks::updated_at.eq(now)))
-                    .execute(conn)
+                // 410 Gone: the receiver asked us to stop. Read what is replaced under the
+                // row lock, so the system's audit entry is one more link of the chain.
+                let before: Vec<WebhookRow> = webhooks::table
+                    .filter(webhooks::id.eq_any(&gone))
+                    .filter(webhooks::active.eq(true))
+                    .select(WebhookRow::as_select())
+                    .for_update()
+                    .load(conn)
                     .await?;
+                if !before.is_empty() {
+                    let ids: Vec<Uuid> = before.iter().map(|w| w.id).collect();
+                    diesel::update(webhooks::table.filter(webhooks::id.eq_any(&ids)))
+                        .set((
+                            webhooks::active.eq(false),
+                            webhooks::updated_at.eq(now),
+                            webhooks::version.eq(webhooks::version + 1),
+                        ))
+                        .execute(conn)
+                        .await?;
+                    for w in before {
+                        record(conn, &gone_journal(&Webhook::from(w), now)).await?;
+                    }
+                }
             }
             Ok(applied.len())
         })

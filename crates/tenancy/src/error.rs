@@ -38,6 +38,13 @@ pub enum TenancyError {
     /// An ancestor locked this config key.
     #[error("config key '{0}' is locked by an ancestor")]
     ConfigLocked(String),
+    /// The resource changed since it was read (a store's version check failed); the
+    /// services re-read and retry, or answer `PreconditionFailed` to an `If-Match`.
+    #[error("the resource changed concurrently")]
+    Stale,
+    /// `If-Match` named a version that is no longer current; nothing changed.
+    #[error("the resource has changed since version {0} was read")]
+    PreconditionFailed(String),
     /// The caller may not do this.
     #[error("{0}")]
     Forbidden(String),

@@ -39,6 +39,9 @@ pub struct Tenant {
     /// Last changed.
     #[serde(with = "rfc3339")]
     pub updated_at: OffsetDateTime,
+    /// Changes with every write; the resource's `ETag`. Not part of the JSON shape.
+    #[serde(skip)]
+    pub version: i64,
 }
 
 /// Whether a tenant is live.
@@ -146,6 +149,8 @@ pub struct StoredConfigEntry {
     pub created_at: OffsetDateTime,
     /// Last changed.
     pub updated_at: OffsetDateTime,
+    /// Changes with every write; the entry's `ETag`.
+    pub version: i64,
 }
 
 /// A config entry with its value readable.
@@ -240,6 +245,9 @@ pub struct PermissionPolicy {
     /// Last changed.
     #[serde(with = "rfc3339")]
     pub updated_at: OffsetDateTime,
+    /// Changes with every write; the resource's `ETag`. Not part of the JSON shape.
+    #[serde(skip)]
+    pub version: i64,
 }
 
 /// A permission key: 1–128 characters, no control characters.

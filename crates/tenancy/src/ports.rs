@@ -37,31 +37,43 @@ pub trait TenantStore: Send + Sync {
     /// `Conflict` when the slug is taken.
     async fn create(&self, tenant: Tenant, journal: Journal) -> Result<(), TenancyError>;
 
-    /// Writes name, slug, metadata and `updated_at`. `TenantNotFound` when not active;
-    /// `Conflict` when the slug is taken.
-    async fn update(&self, tenant: Tenant, journal: Journal) -> Result<(), TenancyError>;
+    /// Writes name, slug, metadata and `updated_at` and bumps the version, only while the
+    /// stored version is `expected`. `Stale` when it is not; `TenantNotFound` when not
+    /// active; `Conflict` when the slug is taken. Returns the new version.
+    async fn update(
+        &self,
+        tenant: Tenant,
+        expected: i64,
+        journal: Journal,
+    ) -> Result<i64, TenancyError>;
 
-    /// Archives `id`. `HasChildren` when it has active children; `TenantNotFound` when not active.
+    /// Archives `id` while its version is `expected`. `Stale` when it is not;
+    /// `HasChildren` when it has active children; `TenantNotFound` when not active.
     async fn archive(
         &self,
         id: Uuid,
+        expected: i64,
         at: OffsetDateTime,
         journal: Journal,
     ) -> Result<(), TenancyError>;
 
     /// Moves the subtree at `from` (the tenant's current path) so that the tenant's path
-    /// becomes `to`, rewriting every descendant's path and depth in one transaction.
-    /// `Conflict` when either path changed meanwhile; `CycleDetected` when `to` lies in
-    /// the subtree; `TenantNotFound` when the new parent is gone.
+    /// becomes `to`, rewriting every descendant's path and depth (and bumping each moved
+    /// tenant's version) in one transaction. `Stale` when the tenant's version is not
+    /// `expected`; `Conflict` when the new parent's path changed meanwhile;
+    /// `CycleDetected` when `to` lies in the subtree; `TenantNotFound` when the new parent
+    /// is gone. Returns the tenant's new version.
+    #[allow(clippy::too_many_arguments, reason = "one argument per fact the move checks")]
     async fn move_subtree(
         &self,
         id: Uuid,
+        expected: i64,
         new_parent: Uuid,
         from: TenantPath,
         to: TenantPath,
         at: OffsetDateTime,
         journal: Journal,
-    ) -> Result<(), TenancyError>;
+    ) -> Result<i64, TenancyError>;
 }
 
 /// Config entries.
@@ -74,20 +86,26 @@ pub trait ConfigStore: Send + Sync {
         tenant_ids: Vec<Uuid>,
     ) -> Result<Vec<StoredConfigEntry>, StoreError>;
 
-    /// Inserts or replaces the entry (keeping `created_at`). `ConfigLocked` when one of
-    /// `ancestors` has the key locked at commit time; `TenantNotFound` when the tenant is gone.
+    /// Inserts the entry when `expected` is `None` and the tenant has no such key, or
+    /// replaces it (keeping `created_at`, bumping the version) when its version is
+    /// `expected`; `Stale` otherwise. `ConfigLocked` when one of `ancestors` has the key
+    /// locked at commit time; `TenantNotFound` when the tenant is gone. Returns the entry
+    /// as stored.
     async fn put(
         &self,
         entry: StoredConfigEntry,
+        expected: Option<i64>,
         ancestors: Vec<Uuid>,
         journal: Journal,
     ) -> Result<StoredConfigEntry, TenancyError>;
 
-    /// Removes the entry. `ConfigNotFound` when the tenant has no such key.
+    /// Removes the entry while its version is `expected`. `Stale` when it is another;
+    /// `ConfigNotFound` when the tenant has no such key.
     async fn delete(
         &self,
         tenant_id: Uuid,
         key: String,
+        expected: i64,
         journal: Journal,
     ) -> Result<(), TenancyError>;
 }
@@ -105,11 +123,18 @@ pub trait PermissionStore: Send + Sync {
     /// Inserts. `Conflict` when the tenant already has the key.
     async fn create(&self, policy: PermissionPolicy, journal: Journal) -> Result<(), TenancyError>;
 
-    /// Writes value, mode and `updated_at`. `PermissionNotFound` when gone.
-    async fn update(&self, policy: PermissionPolicy, journal: Journal) -> Result<(), TenancyError>;
+    /// Writes value, mode and `updated_at` and bumps the version while it is `expected`.
+    /// `Stale` when it is another; `PermissionNotFound` when gone. Returns the new version.
+    async fn update(
+        &self,
+        policy: PermissionPolicy,
+        expected: i64,
+        journal: Journal,
+    ) -> Result<i64, TenancyError>;
 
-    /// Removes. `PermissionNotFound` when gone.
-    async fn delete(&self, id: Uuid, journal: Journal) -> Result<(), TenancyError>;
+    /// Removes while the version is `expected`. `Stale` when it is another;
+    /// `PermissionNotFound` when gone.
+    async fn delete(&self, id: Uuid, expected: i64, journal: Journal) -> Result<(), TenancyError>;
 }
 
 /// API keys.

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 use stratum_core::{
-    new_id, Actor, ActorKind, Caller, Clock, Limit, Scope, TenantPath, TenantScope,
+    new_id, on_stale, Actor, ActorKind, Caller, Clock, Limit, OnStale, Precondition, Scope,
+    TenantPath, TenantScope,
 };
 use stratum_crypto::{constant_time_eq, generate_api_key, sha256_hex, SharedKeyring};
 use uuid::Uuid;
@@ -18,6 +19,30 @@ type Result<T> = std::result::Result<T, TenancyError>;
 
 fn to_json<T: serde::Serialize>(v: &T) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+/// Fails unless `precondition` holds for a resource at `current`.
+fn check_precondition(precondition: Precondition, current: i64) -> Result<()> {
+    if precondition.holds(current) {
+        Ok(())
+    } else {
+        Err(TenancyError::PreconditionFailed(format!(
+            "the current version is {current}"
+        )))
+    }
+}
+
+/// After a write found a newer version: `Ok` to read again, or the error to answer.
+fn after_stale(precondition: Precondition, attempt: u32) -> Result<()> {
+    match on_stale(precondition, attempt) {
+        OnStale::Retry => Ok(()),
+        OnStale::PreconditionFailed => Err(TenancyError::PreconditionFailed(
+            "the resource changed concurrently".into(),
+        )),
+        OnStale::GiveUp => Err(TenancyError::Conflict(
+            "too many concurrent changes to this resource; retry".into(),
+        )),
+    }
 }
 
 /// What `POST /tenants` carries.
@@ -119,6 +144,7 @@ impl TenantService {
             deleted_at: None,
             created_at: now,
             updated_at: now,
+            version: 1,
         };
         let state = to_json(&tenant);
         let journal = caller
@@ -131,92 +157,143 @@ impl TenantService {
         Ok(tenant)
     }
 
-    /// Changes name, slug or metadata.
-    pub async fn update(&self, caller: &Caller, id: Uuid, patch: TenantPatch) -> Result<Tenant> {
-        let before = self.visible_active(caller, id).await?;
-        let mut after = before.clone();
-        if let Some(name) = patch.name {
-            after.name = validate_name(&name)?;
+    /// Changes name, slug or metadata of the tenant as it is when the change commits.
+    pub async fn update(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+        patch: TenantPatch,
+        precondition: Precondition,
+    ) -> Result<Tenant> {
+        let name = patch.name.as_deref().map(validate_name).transpose()?;
+        let slug = patch.slug.as_deref().map(validate_slug).transpose()?;
+        let metadata = match patch.metadata {
+            Some(m) => Some(validate_metadata("metadata", Some(m))?),
+            None => None,
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let before = self.visible_active(caller, id).await?;
+            check_precondition(precondition, before.version)?;
+            let mut after = before.clone();
+            if let Some(n) = &name {
+                after.name.clone_from(n);
+            }
+            if let Some(s) = &slug {
+                after.slug.clone_from(s);
+            }
+            if let Some(m) = &metadata {
+                after.metadata.clone_from(m);
+            }
+            if after == before {
+                return Ok(before);
+            }
+            after.updated_at = self.clock.now();
+            let state = to_json(&after);
+            let journal = caller
+                .journal("tenant.updated", "tenant")
+                .resource(id)
+                .tenant(Some(id))
+                .before(Some(to_json(&before)))
+                .after(Some(state.clone()))
+                .emit(state);
+            match self.store.update(after.clone(), before.version, journal).await {
+                Ok(version) => {
+                    after.version = version;
+                    return Ok(after);
+                }
+                Err(TenancyError::Stale) => after_stale(precondition, attempt)?,
+                Err(e) => return Err(e),
+            }
         }
-        if let Some(slug) = patch.slug {
-            after.slug = validate_slug(&slug)?;
-        }
-        if patch.metadata.is_some() {
-            after.metadata = validate_metadata("metadata", patch.metadata)?;
-        }
-        if after == before {
-            return Ok(before);
-        }
-        after.updated_at = self.clock.now();
-        let state = to_json(&after);
-        let journal = caller
-            .journal("tenant.updated", "tenant")
-            .resource(id)
-            .tenant(Some(id))
-            .before(Some(to_json(&before)))
-            .after(Some(state.clone()))
-            .emit(state);
-        self.store.update(after.clone(), journal).await?;
-        Ok(after)
     }
 
     /// Archives a tenant without active children.
-    pub async fn archive(&self, caller: &Caller, id: Uuid) -> Result<()> {
-        let before = self.visible_active(caller, id).await?;
-        let now = self.clock.now();
-        let mut after = before.clone();
-        after.status = TenantStatus::Archived;
-        after.deleted_at = Some(now);
-        after.updated_at = now;
-        let state = to_json(&after);
-        let journal = caller
-            .journal("tenant.deleted", "tenant")
-            .resource(id)
-            .tenant(Some(id))
-            .before(Some(to_json(&before)))
-            .after(Some(state.clone()))
-            .emit(state);
-        self.store.archive(id, now, journal).await
+    pub async fn archive(&self, caller: &Caller, id: Uuid, precondition: Precondition) -> Result<()> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let before = self.visible_active(caller, id).await?;
+            check_precondition(precondition, before.version)?;
+            let now = self.clock.now();
+            let mut after = before.clone();
+            after.status = TenantStatus::Archived;
+            after.deleted_at = Some(now);
+            after.updated_at = now;
+            let state = to_json(&after);
+            let journal = caller
+                .journal("tenant.deleted", "tenant")
+                .resource(id)
+                .tenant(Some(id))
+                .before(Some(to_json(&before)))
+                .after(Some(state.clone()))
+                .emit(state);
+            match self.store.archive(id, before.version, now, journal).await {
+                Err(TenancyError::Stale) => after_stale(precondition, attempt)?,
+                other => return other,
+            }
+        }
     }
 
     /// Moves a tenant (and its subtree) under another parent.
-    pub async fn move_to(&self, caller: &Caller, id: Uuid, new_parent_id: Uuid) -> Result<Tenant> {
-        let before = self.visible_active(caller, id).await?;
-        let parent = self.visible_active(caller, new_parent_id).await?;
-        if before.ancestry_path.contains(&parent.ancestry_path) {
-            return Err(TenancyError::CycleDetected);
+    pub async fn move_to(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+        new_parent_id: Uuid,
+        precondition: Precondition,
+    ) -> Result<Tenant> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let before = self.visible_active(caller, id).await?;
+            check_precondition(precondition, before.version)?;
+            let parent = self.visible_active(caller, new_parent_id).await?;
+            if before.ancestry_path.contains(&parent.ancestry_path) {
+                return Err(TenancyError::CycleDetected);
+            }
+            if before.parent_id == Some(new_parent_id) {
+                return Ok(before);
+            }
+            let to = parent.ancestry_path.child(id);
+            let now = self.clock.now();
+            let mut after = before.clone();
+            after.parent_id = Some(new_parent_id);
+            after.depth = to.depth() as i32;
+            after.ancestry_path = to.clone();
+            after.updated_at = now;
+            let state = to_json(&after);
+            let old_ancestors: Vec<Uuid> = before.ancestry_path.ids();
+            let journal = caller
+                .journal("tenant.moved", "tenant")
+                .resource(id)
+                .tenant(Some(id))
+                .before(Some(to_json(&before)))
+                .after(Some(state.clone()))
+                .emit(json!({"tenant": state, "previous_parent_id": before.parent_id}))
+                .also_to(old_ancestors);
+            let moved = self
+                .store
+                .move_subtree(
+                    id,
+                    before.version,
+                    new_parent_id,
+                    before.ancestry_path.clone(),
+                    to,
+                    now,
+                    journal,
+                )
+                .await;
+            match moved {
+                Ok(version) => {
+                    after.version = version;
+                    return Ok(after);
+                }
+                Err(TenancyError::Stale) => after_stale(precondition, attempt)?,
+                Err(e) => return Err(e),
+            }
         }
-        if before.parent_id == Some(new_parent_id) {
-            return Ok(before);
-        }
-        let to = parent.ancestry_path.child(id);
-        let now = self.clock.now();
-        let mut after = before.clone();
-        after.parent_id = Some(new_parent_id);
-        after.depth = to.depth() as i32;
-        after.ancestry_path = to.clone();
-        after.updated_at = now;
-        let state = to_json(&after);
-        let old_ancestors: Vec<Uuid> = before.ancestry_path.ids();
-        let journal = caller
-            .journal("tenant.moved", "tenant")
-            .resource(id)
-            .tenant(Some(id))
-            .before(Some(to_json(&before)))
-            .after(Some(state.clone()))
-            .emit(json!({"tenant": state, "previous_parent_id": before.parent_id}))
-            .also_to(old_ancestors);
-        self.store
-            .move_subtree(
-                id,
-                new_parent_id,
-                before.ancestry_path.clone(),
-                to,
-                now,
-                journal,
-            )
-            .await?;
-        Ok(after)
     }
 
     /// Active children of a visible tenant.
@@ -288,8 +365,17 @@ impl ConfigService {
     }
 
     async fn resolve(&self, tenant: &Tenant) -> Result<BTreeMap<String, ConfigEntry>> {
+        let stored = self.store.entries_for(tenant.ancestry_path.ids()).await?;
+        self.resolve_from(tenant, stored)
+    }
+
+    /// The effective config of `tenant` from the entries stored along its ancestry.
+    fn resolve_from(
+        &self,
+        tenant: &Tenant,
+        mut stored: Vec<StoredConfigEntry>,
+    ) -> Result<BTreeMap<String, ConfigEntry>> {
         let chain = tenant.ancestry_path.ids();
-        let mut stored = self.store.entries_for(chain.clone()).await?;
         stored.sort_by_key(|e| chain.iter().position(|id| *id == e.tenant_id));
         let mut out: BTreeMap<String, ConfigEntry> = BTreeMap::new();
         for e in stored {
@@ -322,7 +408,38 @@ impl ConfigService {
         self.resolve(&tenant).await
     }
 
-    /// Sets a key on the tenant itself.
+    /// The entry stored at the tenant itself (not inherited) and its version;
+    /// `ConfigNotFound` when the tenant has none for `key`.
+    pub async fn get_entry(
+        &self,
+        caller: &Caller,
+        tenant_id: Uuid,
+        key: &str,
+    ) -> Result<(ConfigEntry, i64)> {
+        let key = validate_config_key(key).map_err(|_| TenancyError::ConfigNotFound)?;
+        self.tenants.visible_active(caller, tenant_id).await?;
+        let stored = self.store.entries_for(vec![tenant_id]).await?;
+        let own = stored
+            .into_iter()
+            .find(|e| e.key == key && e.tenant_id == tenant_id)
+            .ok_or(TenancyError::ConfigNotFound)?;
+        let (value, sensitive) = self.reveal(&own)?;
+        Ok((
+            ConfigEntry {
+                key,
+                value,
+                source_tenant_id: tenant_id,
+                inherited: false,
+                locked: own.locked,
+                sensitive,
+            },
+            own.version,
+        ))
+    }
+
+    /// Sets a key on the tenant itself, over the entry as it is when the change commits;
+    /// returns the entry and its new version.
+    #[allow(clippy::too_many_arguments, reason = "the route's body fields plus If-Match")]
     pub async fn put(
         &self,
         caller: &Caller,
@@ -331,10 +448,51 @@ impl ConfigService {
         value: Value,
         locked: Option<bool>,
         sensitive: Option<bool>,
-    ) -> Result<ConfigEntry> {
+        precondition: Precondition,
+    ) -> Result<(ConfigEntry, i64)> {
         let key = validate_config_key(key)?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self
+                .put_once(caller, tenant_id, &key, &value, locked, sensitive, precondition)
+                .await
+            {
+                Err(TenancyError::Stale) => after_stale(precondition, attempt)?,
+                other => return other,
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments, reason = "put's arguments, validated")]
+    async fn put_once(
+        &self,
+        caller: &Caller,
+        tenant_id: Uuid,
+        key: &str,
+        value: &Value,
+        locked: Option<bool>,
+        sensitive: Option<bool>,
+        precondition: Precondition,
+    ) -> Result<(ConfigEntry, i64)> {
+        let key = key.to_owned();
+        let value = value.clone();
         let tenant = self.tenants.visible_active(caller, tenant_id).await?;
-        let resolved = self.resolve(&tenant).await?;
+        let stored_chain = self.store.entries_for(tenant.ancestry_path.ids()).await?;
+        let stored_version = stored_chain
+            .iter()
+            .find(|e| e.tenant_id == tenant_id && e.key == key)
+            .map(|e| e.version);
+        match (precondition, stored_version) {
+            (Precondition::Any, _) => {}
+            (p, Some(v)) => check_precondition(p, v)?,
+            (_, None) => {
+                return Err(TenancyError::PreconditionFailed(
+                    "the tenant has no entry for this key".into(),
+                ))
+            }
+        }
+        let resolved = self.resolve_from(&tenant, stored_chain)?;
         let current = resolved.get(&key);
         if let Some(c) = current.filter(|c| c.inherited && c.locked) {
             return Err(TenancyError::ConfigLocked(c.key.clone()));
@@ -386,14 +544,42 @@ impl ConfigService {
             locked,
             created_at: now,
             updated_at: now,
+            version: stored_version.map_or(1, |v| v + 1),
         };
-        self.store.put(stored, ancestors, journal).await?;
-        Ok(entry)
+        let written = self
+            .store
+            .put(stored, stored_version, ancestors, journal)
+            .await?;
+        Ok((entry, written.version))
     }
 
     /// Removes a key from the tenant itself.
-    pub async fn delete(&self, caller: &Caller, tenant_id: Uuid, key: &str) -> Result<()> {
+    pub async fn delete(
+        &self,
+        caller: &Caller,
+        tenant_id: Uuid,
+        key: &str,
+        precondition: Precondition,
+    ) -> Result<()> {
         let key = validate_config_key(key).map_err(|_| TenancyError::ConfigNotFound)?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.delete_once(caller, tenant_id, &key, precondition).await {
+                Err(TenancyError::Stale) => after_stale(precondition, attempt)?,
+                other => return other,
+            }
+        }
+    }
+
+    async fn delete_once(
+        &self,
+        caller: &Caller,
+        tenant_id: Uuid,
+        key: &str,
+        precondition: Precondition,
+    ) -> Result<()> {
+        let key = key.to_owned();
         self.tenants.visible_active(caller, tenant_id).await?;
         // The tenant's own entry, even where an ancestor's lock hides it from the resolved view.
         let stored = self.store.entries_for(vec![tenant_id]).await?;
@@ -401,6 +587,8 @@ impl ConfigService {
             .iter()
             .find(|e| e.key == key && e.tenant_id == tenant_id)
             .ok_or(TenancyError::ConfigNotFound)?;
+        check_precondition(precondition, own.version)?;
+        let expected = own.version;
         let (value, sensitive) = self.reveal(own)?;
         let before = ConfigEntry {
             key: key.clone(),
@@ -417,7 +605,7 @@ impl ConfigService {
             .tenant(Some(tenant_id))
             .before(Some(before.clone()))
             .emit(json!({"tenant_id": tenant_id, "key": key, "previous": before}));
-        self.store.delete(tenant_id, key, journal).await
+        self.store.delete(tenant_id, key, expected, journal).await
     }
 }
 
@@ -459,6 +647,11 @@ impl PermissionService {
         Ok(self.store.list(tenant_id).await?)
     }
 
+    /// One policy of a visible tenant; `PermissionNotFound` when it belongs to another.
+    pub async fn get(&self, caller: &Caller, tenant_id: Uuid, id: Uuid) -> Result<PermissionPolicy> {
+        self.owned(caller, tenant_id, id).await
+    }
+
     async fn owned(&self, caller: &Caller, tenant_id: Uuid, id: Uuid) -> Result<PermissionPolicy> {
         self.tenants.visible_active(caller, tenant_id).await?;
         match self.store.get(id).await? {
@@ -486,6 +679,7 @@ impl PermissionService {
             mode,
             created_at: now,
             updated_at: now,
+            version: 1,
         };
         let state = to_json(&policy);
         let journal = caller
@@ -498,7 +692,7 @@ impl PermissionService {
         Ok(policy)
     }
 
-    /// Changes value and/or mode.
+    /// Changes value and/or mode of the policy as it is when the change commits.
     pub async fn update(
         &self,
         caller: &Caller,
@@ -506,44 +700,80 @@ impl PermissionService {
         id: Uuid,
         value: Option<Value>,
         mode: Option<String>,
+        precondition: Precondition,
     ) -> Result<PermissionPolicy> {
         let mode = mode.map(|m| PermissionMode::parse(&m)).transpose()?;
-        let before = self.owned(caller, tenant_id, id).await?;
-        let mut after = before.clone();
-        if let Some(v) = value {
-            after.value = v;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let before = self.owned(caller, tenant_id, id).await?;
+            check_precondition(precondition, before.version)?;
+            let mut after = before.clone();
+            if let Some(v) = &value {
+                after.value.clone_from(v);
+            }
+            if let Some(m) = mode {
+                after.mode = m;
+            }
+            if after == before {
+                return Ok(before);
+            }
+            after.updated_at = self.clock.now();
+            let state = to_json(&after);
+            let journal = caller
+                .journal("permission.updated", "permission")
+                .resource(id)
+                .tenant(Some(tenant_id))
+                .before(Some(to_json(&before)))
+                .after(Some(state.clone()))
+                .emit(state);
+            match self.store.update(after.clone(), before.version, journal).await {
+                Ok(version) => {
+                    after.version = version;
+                    return Ok(after);
+                }
+                Err(TenancyError::Stale) => after_stale(precondition, attempt)?,
+                Err(e) => return Err(e),
+            }
         }
-        if let Some(m) = mode {
-            after.mode = m;
-        }
-        if after == before {
-            return Ok(before);
-        }
-        after.updated_at = self.clock.now();
-        let state = to_json(&after);
-        let journal = caller
-            .journal("permission.updated", "permission")
-            .resource(id)
-            .tenant(Some(tenant_id))
-            .before(Some(to_json(&before)))
-            .after(Some(state.clone()))
-            .emit(state);
-        self.store.update(after.clone(), journal).await?;
-        Ok(after)
     }
 
     /// Removes a policy.
-    pub async fn delete(&self, caller: &Caller, tenant_id: Uuid, id: Uuid) -> Result<()> {
-        let before = self.owned(caller, tenant_id, id).await?;
-        let state = to_json(&before);
-        let journal = caller
-            .journal("permission.deleted", "permission")
-            .resource(id)
-            .tenant(Some(tenant_id))
-            .before(Some(state.clone()))
-            .emit(state);
-        self.store.delete(id, journal).await
+    pub async fn delete(
+        &self,
+        caller: &Caller,
+        tenant_id: Uuid,
+        id: Uuid,
+        precondition: Precondition,
+    ) -> Result<()> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let before = self.owned(caller, tenant_id, id).await?;
+            check_precondition(precondition, before.version)?;
+            let state = to_json(&before);
+            let journal = caller
+                .journal("permission.deleted", "permission")
+                .resource(id)
+                .tenant(Some(tenant_id))
+                .before(Some(state.clone()))
+                .emit(state);
+            match self.store.delete(id, before.version, journal).await {
+                Err(TenancyError::Stale) => after_stale(precondition, attempt)?,
+                other => return other,
+            }
+        }
     }
+}
+
+/// A key as its audit entries show it: `last_used_at` is a usage stamp written outside any
+/// change, so it is left out and every entry's state is exactly what the change replaced.
+fn key_state(key: &ApiKey) -> Value {
+    let mut v = to_json(key);
+    if let Some(o) = v.as_object_mut() {
+        o.remove("last_used_at");
+    }
+    v
 }
 
 /// A freshly minted key: the plaintext exists only in this value.
@@ -675,7 +905,7 @@ impl ApiKeyService {
             .journal("api_key.created", "api_key")
             .resource(key.id)
             .tenant(tenant_id)
-            .after(Some(to_json(&key)));
+            .after(Some(key_state(&key)));
         self.store
             .create(key.clone(), sha256_hex(plaintext.as_bytes()), journal)
             .await?;
@@ -704,8 +934,10 @@ impl ApiKeyService {
             .journal("api_key.revoked", "api_key")
             .resource(id)
             .tenant(before.tenant_id)
-            .before(Some(to_json(&before)))
-            .after(Some(to_json(&after)));
+            .before(Some(key_state(&before)))
+            .after(Some(key_state(&after)));
+        // The store revokes only a key that is still unrevoked, so of concurrent revokes
+        // exactly one commits (and journals); the others find it gone.
         self.store.revoke(id, now, journal).await
     }
 }

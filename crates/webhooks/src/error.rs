@@ -29,6 +29,16 @@ pub enum WebhookError {
     /// The named tenant does not exist or is not visible.
     #[error("tenant not found")]
     TenantNotFound,
+    /// The webhook changed since it was read (a store's version check failed); the
+    /// service re-reads and retries, or answers `PreconditionFailed` to an `If-Match`.
+    #[error("the webhook changed concurrently")]
+    Stale,
+    /// `If-Match` named a version that is no longer current; nothing changed.
+    #[error("the webhook has changed since version {0} was read")]
+    PreconditionFailed(String),
+    /// A state conflict (e.g. too many concurrent changes to one webhook).
+    #[error("{0}")]
+    Conflict(String),
     /// Only a global key may do this.
     #[error("{0}")]
     Forbidden(String),

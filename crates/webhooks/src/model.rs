@@ -213,6 +213,9 @@ pub struct Webhook {
     /// Last changed.
     #[serde(with = "stratum_core::timefmt::rfc3339")]
     pub updated_at: OffsetDateTime,
+    /// Changes with every write; the webhook's `ETag`. Not part of the JSON shape.
+    #[serde(skip)]
+    pub version: i64,
 }
 
 /// Where a delivery stands.

@@ -7,7 +7,10 @@ use async_trait::async_trait;
 use serde::Serialize;
 use serde_json::{json, Value};
 use stratum_core::timefmt::rfc3339;
-use stratum_core::{new_id, Caller, Clock, Limit, StoreError, TenantPath, REDACTED};
+use stratum_core::{
+    new_id, on_stale, Caller, Clock, Limit, OnStale, Precondition, StoreError, TenantPath,
+    REDACTED,
+};
 use stratum_crypto::{generate_whsec, SharedKeyring};
 use stratum_tenancy::TenantService;
 use time::OffsetDateTime;
@@ -107,17 +110,21 @@ pub trait WebhookStore: Send + Sync {
         tenant_id: Option<Uuid>,
     ) -> std::result::Result<Vec<Webhook>, StoreError>;
 
-    /// Writes url, events, active, description, `updated_at` and, when given, the secret.
-    /// `NotFound` when gone.
+    /// Writes url, events, active, description, `updated_at` and, when given, the secret,
+    /// and bumps the version, while the stored version is `expected`. `Stale` when it is
+    /// another; `NotFound` when gone. Returns the new version.
     async fn update(
         &self,
         webhook: Webhook,
+        expected: i64,
         secret_encrypted: Option<String>,
         journal: stratum_core::Journal,
-    ) -> Result<()>;
+    ) -> Result<i64>;
 
-    /// Deletes it and its deliveries. `NotFound` when gone.
-    async fn delete(&self, id: Uuid, journal: stratum_core::Journal) -> Result<()>;
+    /// Deletes it and its deliveries while its version is `expected`. `Stale` when it is
+    /// another; `NotFound` when gone.
+    async fn delete(&self, id: Uuid, expected: i64, journal: stratum_core::Journal)
+        -> Result<()>;
 
     /// Writes a journal entry that goes with no change (a test delivery).
     async fn journal(&self, journal: stratum_core::Journal) -> std::result::Result<(), StoreError>;
@@ -247,6 +254,47 @@ fn tenant_error(e: stratum_tenancy::TenancyError) -> WebhookError {
     }
 }
 
+/// Fails unless `precondition` holds for a webhook at `current`.
+fn check_precondition(precondition: Precondition, current: i64) -> Result<()> {
+    if precondition.holds(current) {
+        Ok(())
+    } else {
+        Err(WebhookError::PreconditionFailed(format!(
+            "the current version is {current}"
+        )))
+    }
+}
+
+/// After a write found a newer version: `Ok` to read again, or the error to answer.
+fn after_stale(precondition: Precondition, attempt: u32) -> Result<()> {
+    match on_stale(precondition, attempt) {
+        OnStale::Retry => Ok(()),
+        OnStale::PreconditionFailed => Err(WebhookError::PreconditionFailed(
+            "the webhook changed concurrently".into(),
+        )),
+        OnStale::GiveUp => Err(WebhookError::Conflict(
+            "too many concurrent changes to this webhook; retry".into(),
+        )),
+    }
+}
+
+/// The journal of the engine disabling a webhook whose receiver answered 410 Gone: a
+/// `webhook.updated` entry by the system actor, `before` the webhook as it was, `after`
+/// inactive at `at` with version `version`.
+pub fn gone_journal(before: &Webhook, at: OffsetDateTime) -> stratum_core::Journal {
+    let mut after = before.clone();
+    after.active = false;
+    after.updated_at = at;
+    let mut after_state = state_of(&after);
+    after_state["secret_changed"] = Value::Bool(false);
+    Caller::system()
+        .journal("webhook.updated", "webhook")
+        .resource(before.id)
+        .tenant(before.tenant_id)
+        .before(Some(state_of(before)))
+        .after(Some(after_state))
+}
+
 fn validate_secret(secret: &str) -> Result<()> {
     let n = secret.chars().count();
     if !(16..=255).contains(&n) {
@@ -368,6 +416,7 @@ impl WebhookService {
             description,
             created_at: now,
             updated_at: now,
+            version: 1,
         };
         let journal = caller
             .journal("webhook.created", "webhook")
@@ -391,61 +440,100 @@ impl WebhookService {
             .await?)
     }
 
-    /// Changes a webhook.
-    pub async fn update(&self, caller: &Caller, id: Uuid, patch: WebhookPatch) -> Result<Webhook> {
-        let before = self.get(caller, id).await?;
-        let mut after = before.clone();
-        if let Some(u) = &patch.url {
-            after.url = self.checked_url(u).await?.as_str().to_owned();
+    /// Changes a webhook as it is when the change commits.
+    pub async fn update(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+        patch: WebhookPatch,
+        precondition: Precondition,
+    ) -> Result<Webhook> {
+        // Validate (and resolve the URL) once; the loop only re-reads the stored state.
+        self.get(caller, id).await?;
+        let url = match &patch.url {
+            Some(u) => Some(self.checked_url(u).await?.as_str().to_owned()),
+            None => None,
+        };
+        let events = patch
+            .events
+            .as_ref()
+            .map(|e| Subscriptions::parse(e).map(|s| s.names()))
+            .transpose()?;
+        let description = patch.description.map(validate_description).transpose()?;
+        if let Some(s) = &patch.secret {
+            validate_secret(s)?;
         }
-        if let Some(e) = &patch.events {
-            after.events = Subscriptions::parse(e)?.names();
-        }
-        if let Some(a) = patch.active {
-            after.active = a;
-        }
-        if let Some(d) = patch.description {
-            after.description = validate_description(d)?;
-        }
-        let secret_encrypted = match &patch.secret {
-            Some(s) => {
-                validate_secret(s)?;
-                Some(
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let before = self.get(caller, id).await?;
+            check_precondition(precondition, before.version)?;
+            let mut after = before.clone();
+            if let Some(u) = &url {
+                after.url.clone_from(u);
+            }
+            if let Some(e) = &events {
+                after.events.clone_from(e);
+            }
+            if let Some(a) = patch.active {
+                after.active = a;
+            }
+            if let Some(d) = &description {
+                after.description.clone_from(d);
+            }
+            let secret_encrypted = match &patch.secret {
+                Some(s) => Some(
                     self.keyring
                         .get()
                         .encrypt_str(s)
                         .map_err(|e| StoreError::Internal(e.to_string()))?,
-                )
+                ),
+                None => None,
+            };
+            if after == before && secret_encrypted.is_none() {
+                return Ok(before);
             }
-            None => None,
-        };
-        if after == before && secret_encrypted.is_none() {
-            return Ok(before);
+            after.updated_at = self.clock.now();
+            let mut after_state = state_of(&after);
+            after_state["secret_changed"] = Value::Bool(secret_encrypted.is_some());
+            let journal = caller
+                .journal("webhook.updated", "webhook")
+                .resource(id)
+                .tenant(after.tenant_id)
+                .before(Some(state_of(&before)))
+                .after(Some(after_state));
+            match self
+                .webhooks
+                .update(after.clone(), before.version, secret_encrypted, journal)
+                .await
+            {
+                Ok(version) => {
+                    after.version = version;
+                    return Ok(after);
+                }
+                Err(WebhookError::Stale) => after_stale(precondition, attempt)?,
+                Err(e) => return Err(e),
+            }
         }
-        after.updated_at = self.clock.now();
-        let mut after_state = state_of(&after);
-        after_state["secret_changed"] = Value::Bool(secret_encrypted.is_some());
-        let journal = caller
-            .journal("webhook.updated", "webhook")
-            .resource(id)
-            .tenant(after.tenant_id)
-            .before(Some(state_of(&before)))
-            .after(Some(after_state));
-        self.webhooks
-            .update(after.clone(), secret_encrypted, journal)
-            .await?;
-        Ok(after)
     }
 
     /// Deletes a webhook and its deliveries.
-    pub async fn delete(&self, caller: &Caller, id: Uuid) -> Result<()> {
-        let before = self.get(caller, id).await?;
-        let journal = caller
-            .journal("webhook.deleted", "webhook")
-            .resource(id)
-            .tenant(before.tenant_id)
-            .before(Some(state_of(&before)));
-        self.webhooks.delete(id, journal).await
+    pub async fn delete(&self, caller: &Caller, id: Uuid, precondition: Precondition) -> Result<()> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let before = self.get(caller, id).await?;
+            check_precondition(precondition, before.version)?;
+            let journal = caller
+                .journal("webhook.deleted", "webhook")
+                .resource(id)
+                .tenant(before.tenant_id)
+                .before(Some(state_of(&before)));
+            match self.webhooks.delete(id, before.version, journal).await {
+                Err(WebhookError::Stale) => after_stale(precondition, attempt)?,
+                other => return other,
+            }
+        }
     }
 
     /// Sends a synthetic `webhook.test` event now, through the same SSRF guard and signing
