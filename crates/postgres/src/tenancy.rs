@@ -276,8 +276,12 @@ impl TenantStore for PgTenantStore {
         journal: Journal,
     ) -> Result<i64, TenancyError> {
         in_tx!(self.pool, TenancyError, |conn| {
+            // Journal first, then the conditional write: the row lock is taken by the last
+            // statement before the commit, so a hot tenant's row is held for two round
+            // trips, not for the journal's work. A stale version rolls both back.
+            record(conn, &journal).await?;
             // The version check makes the write conditional on the state the journal's
-            // before-state describes; the row lock lasts from here to the commit.
+            // before-state describes.
             let written: Option<i64> = diesel::update(
                 tenants::table
                     .find(tenant.id)
@@ -300,7 +304,6 @@ impl TenantStore for PgTenantStore {
                 let exists = active_exists(conn, tenant.id).await?;
                 return stale_or(exists, TenancyError::TenantNotFound);
             };
-            record(conn, &journal).await?;
             Ok(version)
         })
     }
