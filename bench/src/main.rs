@@ -6,6 +6,7 @@
 
 mod fanout;
 mod harness;
+mod hot_tenant;
 mod latency;
 mod receiver;
 mod summarize;
@@ -33,6 +34,8 @@ enum Cmd {
     Isolation(latency::IsolationArgs),
     /// Percentiles of one tenant create (change + audit + event + fan-out), no worker.
     TenantCreate(fanout::TenantCreateArgs),
+    /// One tenant PATCHed at a fixed rate: API latency, statuses, deliveries, lost updates.
+    HotTenant(hot_tenant::HotTenantArgs),
     /// Reads the scenarios' JSON summary lines (files, or stdin) and prints a table.
     Summarize {
         /// Files holding the output of scenarios; stdin when none.
@@ -52,6 +55,7 @@ fn main() -> Result<()> {
             Cmd::Fanout(a) => fanout::run_fanout(a).await,
             Cmd::Isolation(a) => latency::run_isolation(a).await,
             Cmd::TenantCreate(a) => fanout::run_tenant_create(a).await,
+            Cmd::HotTenant(a) => hot_tenant::run_hot_tenant(a).await,
             Cmd::Summarize { files } => summarize::run(&files),
         }
     })

@@ -92,6 +92,21 @@ fn headline(v: &Value) -> String {
             num(v, &["p99_ms"]),
             num(v, &["creates_per_s"]),
         ),
+        "hot-tenant" => format!(
+            "1 tenant PATCHed at {}/s (achieved {}): API p50 {} / p95 {} / p99 {} / max {} ms; non-2xx {} (5xx {}); event->receipt p50 {} / p99 {}; lost updates {} of {} audit entries",
+            num(v, &["rate"]),
+            num(v, &["achieved_rate"]),
+            num(v, &["api", "p50_ms"]),
+            num(v, &["api", "p95_ms"]),
+            num(v, &["api", "p99_ms"]),
+            num(v, &["api", "max_ms"]),
+            num(v, &["non_2xx"]),
+            num(v, &["status_5xx"]),
+            msv(v, &["event_receipt", "p50_ms"]),
+            msv(v, &["event_receipt", "p99_ms"]),
+            num(v, &["lost_updates"]),
+            num(v, &["audit_entries"]),
+        ),
         _ => v.to_string(),
     }
 }
