@@ -203,10 +203,7 @@ impl From<stratum_tenancy::TenancyError> for ApiError {
                 "CONFIG_LOCKED",
                 format!("config key '{key}' is locked by an ancestor"),
             ),
-            E::Stale => Self::conflict(
-                "CONFLICT",
-                "the resource changed concurrently; retry",
-            ),
+            E::Stale => Self::conflict("CONFLICT", "the resource changed concurrently; retry"),
             E::PreconditionFailed(m) => Self::precondition_failed(m),
             E::Forbidden(m) => Self::forbidden(m),
             E::Crypto(m) => Self::internal(format!("stored secret unreadable: {m}")),

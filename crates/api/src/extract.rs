@@ -71,7 +71,10 @@ impl actix_web::FromRequest for IfMatch {
 }
 
 /// Adds `ETag: "<version>"` to a response.
-pub fn with_etag(mut builder: actix_web::HttpResponseBuilder, version: i64) -> actix_web::HttpResponseBuilder {
+pub fn with_etag(
+    mut builder: actix_web::HttpResponseBuilder,
+    version: i64,
+) -> actix_web::HttpResponseBuilder {
     builder.insert_header((actix_web::http::header::ETAG, stratum_core::etag(version)));
     builder
 }

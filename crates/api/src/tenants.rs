@@ -350,7 +350,15 @@ async fn config_put(
     let b = body.into_inner();
     let (entry, version) = state
         .config
-        .put(&caller, id, &key, b.value, b.locked, b.sensitive, precondition)
+        .put(
+            &caller,
+            id,
+            &key,
+            b.value,
+            b.locked,
+            b.sensitive,
+            precondition,
+        )
         .await?;
     Ok(with_etag(HttpResponse::Ok(), version).json(entry))
 }

@@ -7,8 +7,8 @@ use stratum_webhooks::{DeliveryStatus, NewWebhook, Webhook, WebhookPatch};
 use uuid::Uuid;
 
 use crate::auth::Authed;
-use crate::extract::{with_etag, IfMatch};
 use crate::error::ApiError;
+use crate::extract::{with_etag, IfMatch};
 use crate::AppState;
 
 type Res = Result<HttpResponse, ApiError>;

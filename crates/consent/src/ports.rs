@@ -44,7 +44,10 @@ pub trait ConsentStore: Send + Sync {
     /// Revokes the grant active at `at` (granted, not revoked, not expired) while its
     /// version is `expected`, and returns the record as revoked. `Conflict` when the active
     /// grant has another version; `NotFound` when there is no such grant.
-    #[allow(clippy::too_many_arguments, reason = "the record's key plus what the write checks")]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the record's key plus what the write checks"
+    )]
     async fn revoke(
         &self,
         tenant_id: Uuid,

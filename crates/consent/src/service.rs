@@ -43,7 +43,7 @@ pub struct ConsentQuery {
 }
 
 /// How often a grant retries after losing a race with a concurrent first grant.
-const GRANT_ATTEMPTS: usize = 2;
+const GRANT_ATTEMPTS: u32 = stratum_core::WRITE_ATTEMPTS;
 
 /// Consent: grant, list, revoke, and the check other services ask.
 pub struct ConsentService {
@@ -108,6 +108,7 @@ impl ConsentService {
                 metadata: metadata.clone(),
                 created_at: existing.as_ref().map_or(now, |e| e.created_at),
                 updated_at: now,
+                version: existing.as_ref().map_or(1, |e| e.version + 1),
             };
             let journal = caller
                 .journal("consent.granted", "consent")
@@ -115,7 +116,12 @@ impl ConsentService {
                 .tenant(Some(tenant_id))
                 .before(existing.as_ref().map(to_json))
                 .after(Some(to_json(&record)));
-            match self.store.upsert_grant(record.clone(), journal).await {
+            let expected = existing.as_ref().map(|e| e.version);
+            match self
+                .store
+                .upsert_grant(record.clone(), expected, journal)
+                .await
+            {
                 Ok(created) => return Ok((record, created)),
                 // Another request created the record between our read and our write:
                 // read again so the journal describes the record that really changes.
@@ -162,28 +168,45 @@ impl ConsentService {
         )?;
         let purpose = Purpose::parse(purpose)?;
         self.visible_tenant(caller, tenant_id).await?;
-        let now = self.clock.now();
-        let before = self
-            .store
-            .find(tenant_id, subject_id.clone(), purpose.clone())
-            .await?
-            .filter(|r| r.is_active_at(now))
-            .ok_or(ConsentError::NotFound)?;
-        let after = ConsentRecord {
-            granted: false,
-            revoked_at: Some(now),
-            updated_at: now,
-            ..before.clone()
-        };
-        let journal = caller
-            .journal("consent.revoked", "consent")
-            .resource(before.id)
-            .tenant(Some(tenant_id))
-            .before(Some(to_json(&before)))
-            .after(Some(to_json(&after)));
-        self.store
-            .revoke(tenant_id, subject_id, purpose, now, journal)
-            .await
+        let mut attempt = 1;
+        loop {
+            let now = self.clock.now();
+            let before = self
+                .store
+                .find(tenant_id, subject_id.clone(), purpose.clone())
+                .await?
+                .filter(|r| r.is_active_at(now))
+                .ok_or(ConsentError::NotFound)?;
+            let after = ConsentRecord {
+                granted: false,
+                revoked_at: Some(now),
+                updated_at: now,
+                version: before.version + 1,
+                ..before.clone()
+            };
+            let journal = caller
+                .journal("consent.revoked", "consent")
+                .resource(before.id)
+                .tenant(Some(tenant_id))
+                .before(Some(to_json(&before)))
+                .after(Some(to_json(&after)));
+            let revoked = self
+                .store
+                .revoke(
+                    tenant_id,
+                    subject_id.clone(),
+                    purpose.clone(),
+                    before.version,
+                    now,
+                    journal,
+                )
+                .await;
+            match revoked {
+                // Re-granted or changed since the read: read again so the journal is true.
+                Err(ConsentError::Conflict(_)) if attempt < GRANT_ATTEMPTS => attempt += 1,
+                other => return other,
+            }
+        }
     }
 
     /// True when the subject's consent to `purpose` holds at `at`: what other services ask
@@ -230,6 +253,7 @@ mod tests {
             deleted_at: None,
             created_at: EARLIER,
             updated_at: EARLIER,
+            version: 1,
         }
     }
 
@@ -314,6 +338,7 @@ mod tests {
             metadata: json!({"source": "old"}),
             created_at: EARLIER,
             updated_at: EARLIER,
+            version: 3,
         }
     }
 
@@ -340,8 +365,10 @@ mod tests {
         store
             .expect_upsert_grant()
             .times(1)
-            .withf(move |r, j| {
+            .withf(move |r, expected, j| {
                 assert_journal(j, "consent.granted", r.id, t);
+                assert_eq!(*expected, None, "a first grant expects no record");
+                assert_eq!(r.version, 1);
                 assert_eq!(j.before, None);
                 assert_eq!(j.after, Some(to_json(r)));
                 assert_eq!(
@@ -350,7 +377,7 @@ mod tests {
                 );
                 true
             })
-            .returning(|_, _| Ok(true));
+            .returning(|_, _, _| Ok(true));
         let (r, created) = service(t, store)
             .grant(&key_caller(), t, new_consent())
             .await
@@ -388,13 +415,14 @@ mod tests {
         store
             .expect_upsert_grant()
             .times(1)
-            .withf(move |r, j| {
+            .withf(move |r, expected, j| {
                 assert_journal(j, "consent.granted", old.id, t);
                 assert_eq!(j.before.as_ref(), Some(&before));
                 assert_eq!(j.after, Some(to_json(r)));
-                r.id == old.id && r.created_at == old.created_at
+                assert_eq!(*expected, Some(old.version), "re-grants the version read");
+                r.id == old.id && r.created_at == old.created_at && r.version == old.version + 1
             })
-            .returning(|_, _| Ok(false));
+            .returning(|_, _, _| Ok(false));
         let input = NewConsent {
             expires_at: None,
             metadata: None,
@@ -429,7 +457,8 @@ mod tests {
             .expect_upsert_grant()
             .times(1)
             .in_sequence(&mut seq)
-            .returning(|_, _| Err(ConsentError::Conflict("raced".into())));
+            .withf(|_, expected, _| expected.is_none())
+            .returning(|_, _, _| Err(ConsentError::Conflict("raced".into())));
         let found = winner.clone();
         store
             .expect_find()
@@ -440,12 +469,13 @@ mod tests {
             .expect_upsert_grant()
             .times(1)
             .in_sequence(&mut seq)
-            .withf(move |r, j| {
+            .withf(move |r, expected, j| {
                 j.resource_id == Some(winner.id.to_string())
                     && r.id == winner.id
+                    && *expected == Some(winner.version)
                     && j.before.is_some()
             })
-            .returning(|_, _| Ok(false));
+            .returning(|_, _, _| Ok(false));
         let (r, created) = service(t, store)
             .grant(&key_caller(), t, new_consent())
             .await
@@ -458,11 +488,15 @@ mod tests {
     async fn grant_gives_up_after_repeated_conflicts() {
         let t = Uuid::now_v7();
         let mut store = MockConsentStore::new();
-        store.expect_find().times(2).returning(|_, _, _| Ok(None));
+        let attempts = GRANT_ATTEMPTS as usize;
+        store
+            .expect_find()
+            .times(attempts)
+            .returning(|_, _, _| Ok(None));
         store
             .expect_upsert_grant()
-            .times(2)
-            .returning(|_, _| Err(ConsentError::Conflict("raced".into())));
+            .times(attempts)
+            .returning(|_, _, _| Err(ConsentError::Conflict("raced".into())));
         let err = service(t, store)
             .grant(&key_caller(), t, new_consent())
             .await
@@ -612,7 +646,7 @@ mod tests {
         store.expect_find().returning(|_, _, _| Ok(None));
         store
             .expect_upsert_grant()
-            .returning(|_, _| Err(ConsentError::TenantNotFound));
+            .returning(|_, _, _| Err(ConsentError::TenantNotFound));
         let err = service(t, store)
             .grant(&key_caller(), t, new_consent())
             .await
@@ -712,6 +746,7 @@ mod tests {
             granted: false,
             revoked_at: Some(NOW),
             updated_at: NOW,
+            version: active.version + 1,
             ..active.clone()
         };
         let mut store = MockConsentStore::new();
@@ -727,11 +762,12 @@ mod tests {
                 eq(t),
                 eq(subject()),
                 eq(purpose()),
+                eq(active.version),
                 eq(NOW),
                 mockall::predicate::always(),
             )
             .times(1)
-            .withf(move |_, _, _, _, j| {
+            .withf(move |_, _, _, _, _, j| {
                 assert_journal(j, "consent.revoked", Uuid::from_u128(42), t);
                 assert_eq!(j.before.as_ref(), Some(&b));
                 assert_eq!(j.after.as_ref(), Some(&a));
@@ -739,7 +775,7 @@ mod tests {
                 assert_eq!(a["granted"], false);
                 true
             })
-            .returning(move |_, _, _, _, _| Ok(revoked.clone()));
+            .returning(move |_, _, _, _, _, _| Ok(revoked.clone()));
         let r = service(t, store)
             .revoke(&key_caller(), t, "marketing", Some("user-1"))
             .await
@@ -786,12 +822,80 @@ mod tests {
         store
             .expect_revoke()
             .times(1)
-            .returning(|_, _, _, _, _| Err(ConsentError::NotFound));
+            .returning(|_, _, _, _, _, _| Err(ConsentError::NotFound));
         let err = service(t, store)
             .revoke(&key_caller(), t, "marketing", Some("user-1"))
             .await
             .unwrap_err();
         assert!(matches!(err, ConsentError::NotFound), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn revoke_rereads_after_a_version_conflict() {
+        let t = Uuid::now_v7();
+        let first = stored(t);
+        // Re-granted between our read and our write: new metadata, newer version.
+        let second = ConsentRecord {
+            metadata: json!({"source": "regrant"}),
+            granted_at: EARLIER + Duration::days(2),
+            version: first.version + 2,
+            ..stored(t)
+        };
+        let mut store = MockConsentStore::new();
+        let mut seq = mockall::Sequence::new();
+        let found = first.clone();
+        store
+            .expect_find()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(move |_, _, _| Ok(Some(found.clone())));
+        let stale = first.version;
+        store
+            .expect_revoke()
+            .times(1)
+            .in_sequence(&mut seq)
+            .withf(move |_, _, _, expected, _, _| *expected == stale)
+            .returning(|_, _, _, _, _, _| Err(ConsentError::Conflict("changed".into())));
+        let found = second.clone();
+        store
+            .expect_find()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(move |_, _, _| Ok(Some(found.clone())));
+        let revoked = ConsentRecord {
+            granted: false,
+            revoked_at: Some(NOW),
+            updated_at: NOW,
+            version: second.version + 1,
+            ..second.clone()
+        };
+        let (b, a) = (to_json(&second), to_json(&revoked));
+        let current = second.version;
+        let answer = revoked.clone();
+        store
+            .expect_revoke()
+            .with(
+                eq(t),
+                eq(subject()),
+                eq(purpose()),
+                eq(current),
+                eq(NOW),
+                mockall::predicate::always(),
+            )
+            .times(1)
+            .in_sequence(&mut seq)
+            .withf(move |_, _, _, _, _, j| {
+                assert_journal(j, "consent.revoked", Uuid::from_u128(42), t);
+                assert_eq!(j.before.as_ref(), Some(&b), "the re-read state");
+                assert_eq!(j.after.as_ref(), Some(&a));
+                true
+            })
+            .returning(move |_, _, _, _, _, _| Ok(answer.clone()));
+        let r = service(t, store)
+            .revoke(&key_caller(), t, "marketing", Some("user-1"))
+            .await
+            .unwrap();
+        assert_eq!(r, revoked);
     }
 
     #[tokio::test]

@@ -94,8 +94,14 @@ mod tests {
 
     #[test]
     fn parses_if_match() {
-        assert_eq!(Precondition::from_if_match("\"7\""), Precondition::Version(7));
-        assert_eq!(Precondition::from_if_match(" \"7\" , \"8\""), Precondition::Version(7));
+        assert_eq!(
+            Precondition::from_if_match("\"7\""),
+            Precondition::Version(7)
+        );
+        assert_eq!(
+            Precondition::from_if_match(" \"7\" , \"8\""),
+            Precondition::Version(7)
+        );
         assert_eq!(Precondition::from_if_match("*"), Precondition::Any);
         assert_eq!(Precondition::from_if_match("W/\"7\""), Precondition::Never);
         assert_eq!(Precondition::from_if_match("7"), Precondition::Never);

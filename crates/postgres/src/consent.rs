@@ -201,6 +201,13 @@ impl ConsentStore for PgConsentStore {
                 .await
                 .optional()?
                 .is_some();
+            if expected.is_some() && !existed {
+                // The record read was purged meanwhile: the journal would describe a
+                // state that is gone.
+                return fail(ConsentError::Conflict(
+                    "the consent record changed concurrently; retry".into(),
+                ));
+            }
             let mut row = ConsentRow::from_domain(&consent);
             row.version = 1;
             let upsert = diesel::insert_into(consent_records::table)

@@ -401,9 +401,7 @@ impl TenantStore for PgTenantStore {
 /// Whether an active tenant `id` exists (a failed conditional write tells stale from gone).
 async fn active_exists(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<bool> {
     diesel::select(diesel::dsl::exists(
-        tenants::table
-            .find(id)
-            .filter(tenants::status.eq("active")),
+        tenants::table.find(id).filter(tenants::status.eq("active")),
     ))
     .get_result(conn)
     .await

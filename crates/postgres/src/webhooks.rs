@@ -11,9 +11,9 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde_json::{json, Value};
 use stratum_core::{Journal, StoreError, TenantPath};
 use stratum_webhooks::{
-    ClaimedDelivery, Completion, Delivery, DeliveryQueue, DeliveryStats, DeliveryStatus,
-    DeliveryStore, EventRef, FailedDelivery, gone_journal, Verdict, Webhook, WebhookError, WebhookRef,
-    WebhookStore,
+    gone_journal, ClaimedDelivery, Completion, Delivery, DeliveryQueue, DeliveryStats,
+    DeliveryStatus, DeliveryStore, EventRef, FailedDelivery, Verdict, Webhook, WebhookError,
+    WebhookRef, WebhookStore,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;

@@ -87,6 +87,7 @@ fn grant(
         metadata,
         created_at: at,
         updated_at: at,
+        version: 1,
     }
 }
 
@@ -131,7 +132,7 @@ async fn grant_regrant_and_revoke_keep_one_record() {
     );
     let created = f
         .store
-        .upsert_grant(first.clone(), journal("consent.granted", &first))
+        .upsert_grant(first.clone(), None, journal("consent.granted", &first))
         .await
         .unwrap();
     assert!(created, "the first grant inserts");
@@ -150,12 +151,18 @@ async fn grant_regrant_and_revoke_keep_one_record() {
             f.tenant,
             subject("user-1"),
             purpose("marketing"),
+            first.version,
             revoke_at,
             journal("consent.revoked", &first),
         )
         .await
         .unwrap();
     assert_eq!(revoked.id, first.id);
+    assert_eq!(
+        revoked.version,
+        first.version + 1,
+        "a revoke bumps the version"
+    );
     assert_eq!(revoked.revoked_at, Some(revoke_at));
     assert!(!revoked.granted);
     assert_eq!(revoked.updated_at, revoke_at);
@@ -172,11 +179,16 @@ async fn grant_regrant_and_revoke_keep_one_record() {
         updated_at: regrant_at,
         expires_at: Some(T0 + Duration::days(90)),
         metadata: json!({"source": "settings"}),
+        version: revoked.version + 1,
         ..first.clone()
     };
     let created = f
         .store
-        .upsert_grant(again.clone(), journal("consent.granted", &again))
+        .upsert_grant(
+            again.clone(),
+            Some(revoked.version),
+            journal("consent.granted", &again),
+        )
         .await
         .unwrap();
     assert!(!created, "a re-grant updates");
@@ -197,26 +209,35 @@ async fn grant_regrant_and_revoke_keep_one_record() {
     assert_eq!(stored.revoked_at, None, "revocation cleared");
     assert!(stored.granted);
     assert_eq!(stored.metadata, json!({"source": "settings"}));
+    assert_eq!(
+        stored.version,
+        revoked.version + 1,
+        "a re-grant bumps the version"
+    );
     assert_eq!(stored, again);
     assert_eq!(consent_rows(&f.pool).await, 1);
 
     // Revoking twice: the second finds no active grant.
-    f.store
+    let revoked_again = f
+        .store
         .revoke(
             f.tenant,
             subject("user-1"),
             purpose("marketing"),
+            stored.version,
             regrant_at + Duration::minutes(1),
             journal("consent.revoked", &first),
         )
         .await
         .unwrap();
+    assert_eq!(revoked_again.version, stored.version + 1);
     let err = f
         .store
         .revoke(
             f.tenant,
             subject("user-1"),
             purpose("marketing"),
+            revoked_again.version,
             regrant_at + Duration::minutes(2),
             journal("consent.revoked", &first),
         )
@@ -259,7 +280,7 @@ async fn an_expired_grant_cannot_be_revoked_and_is_not_granted() {
     );
     assert!(f
         .store
-        .upsert_grant(r.clone(), journal("consent.granted", &r))
+        .upsert_grant(r.clone(), None, journal("consent.granted", &r))
         .await
         .unwrap());
     let is_granted = |at| {
@@ -276,6 +297,7 @@ async fn an_expired_grant_cannot_be_revoked_and_is_not_granted() {
             f.tenant,
             subject("user-1"),
             purpose("analytics"),
+            r.version,
             T0 + Duration::hours(2),
             journal("consent.revoked", &r),
         )
@@ -317,7 +339,7 @@ async fn grants_need_an_active_tenant() {
         let r = grant(tenant, "user-1", "marketing", T0, None, json!({}));
         let err = f
             .store
-            .upsert_grant(r.clone(), journal("consent.granted", &r))
+            .upsert_grant(r.clone(), None, journal("consent.granted", &r))
             .await
             .unwrap_err();
         assert!(matches!(err, ConsentError::TenantNotFound), "{err:?}");
@@ -342,7 +364,7 @@ async fn a_concurrent_first_grant_is_reported_not_overwritten() {
     );
     assert!(f
         .store
-        .upsert_grant(winner.clone(), journal("consent.granted", &winner))
+        .upsert_grant(winner.clone(), None, journal("consent.granted", &winner))
         .await
         .unwrap());
     // A request that read "no record" before the winner committed carries a new id.
@@ -356,7 +378,7 @@ async fn a_concurrent_first_grant_is_reported_not_overwritten() {
     );
     let err = f
         .store
-        .upsert_grant(loser.clone(), journal("consent.granted", &loser))
+        .upsert_grant(loser.clone(), None, journal("consent.granted", &loser))
         .await
         .unwrap_err();
     assert!(matches!(err, ConsentError::Conflict(_)), "{err:?}");
@@ -392,7 +414,7 @@ async fn list_filters_and_orders() {
     for r in &records {
         assert!(f
             .store
-            .upsert_grant(r.clone(), journal("consent.granted", r))
+            .upsert_grant(r.clone(), None, journal("consent.granted", r))
             .await
             .unwrap());
     }
@@ -401,6 +423,7 @@ async fn list_filters_and_orders() {
             f.tenant,
             subject("carol"),
             purpose("marketing"),
+            records[3].version,
             at(10),
             journal("consent.revoked", &records[3]),
         )
@@ -466,4 +489,112 @@ async fn list_filters_and_orders() {
     .await
     .unwrap());
     assert!(combined.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_at_a_stale_version_are_conflicts_and_change_nothing() {
+    let f = fixture().await;
+    let first = grant(
+        f.tenant,
+        "user-1",
+        "marketing",
+        T0,
+        None,
+        json!({"source": "signup"}),
+    );
+    assert!(f
+        .store
+        .upsert_grant(first.clone(), None, journal("consent.granted", &first))
+        .await
+        .unwrap());
+
+    // A re-grant that read another version than the stored one.
+    let regrant = ConsentRecord {
+        granted_at: T0 + Duration::hours(1),
+        updated_at: T0 + Duration::hours(1),
+        metadata: json!({"source": "stale"}),
+        version: first.version + 5,
+        ..first.clone()
+    };
+    let err = f
+        .store
+        .upsert_grant(
+            regrant.clone(),
+            Some(first.version + 4),
+            journal("consent.granted", &regrant),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ConsentError::Conflict(_)), "{err:?}");
+
+    // A re-grant where the service read "no record" (expected None) but one exists.
+    let err = f
+        .store
+        .upsert_grant(regrant.clone(), None, journal("consent.granted", &regrant))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ConsentError::Conflict(_)), "{err:?}");
+
+    // A revoke of the active grant at another version: a conflict, not "not found".
+    let err = f
+        .store
+        .revoke(
+            f.tenant,
+            subject("user-1"),
+            purpose("marketing"),
+            first.version + 1,
+            T0 + Duration::hours(2),
+            journal("consent.revoked", &first),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ConsentError::Conflict(_)), "{err:?}");
+
+    let stored = f
+        .store
+        .find(f.tenant, subject("user-1"), purpose("marketing"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored, first, "nothing changed");
+    assert_eq!(
+        audit(&f.pool).await,
+        vec![("consent.granted".to_owned(), Some(first.id.to_string()))],
+        "failed writes leave no audit entry"
+    );
+
+    // At the current version both succeed.
+    let revoked = f
+        .store
+        .revoke(
+            f.tenant,
+            subject("user-1"),
+            purpose("marketing"),
+            first.version,
+            T0 + Duration::hours(2),
+            journal("consent.revoked", &first),
+        )
+        .await
+        .unwrap();
+    assert_eq!(revoked.version, first.version + 1);
+    let regrant = ConsentRecord {
+        version: revoked.version + 1,
+        ..regrant
+    };
+    assert!(!f
+        .store
+        .upsert_grant(
+            regrant.clone(),
+            Some(revoked.version),
+            journal("consent.granted", &regrant),
+        )
+        .await
+        .unwrap());
+    let stored = f
+        .store
+        .find(f.tenant, subject("user-1"), purpose("marketing"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored, regrant);
 }

@@ -117,9 +117,7 @@ fn follow_chain(start: &Value, entries: &[Value]) -> Value {
         let next = entries
             .iter()
             .find(|e| e["before_state"] == cur)
-            .unwrap_or_else(|| {
-                panic!("step {step}: no entry replaced the committed state {cur}")
-            });
+            .unwrap_or_else(|| panic!("step {step}: no entry replaced the committed state {cur}"));
         cur = next["after_state"].clone();
     }
     cur
@@ -200,9 +198,15 @@ async fn concurrent_config_puts_form_one_chain() {
     let id = t.body["id"].as_str().unwrap().to_owned();
     let path = format!("/api/v1/tenants/{id}/config/plan");
     const N: usize = 30;
-    let replies = join_all(
-        (0..N).map(|i| call_if(&app, PUT, &path, None, Some(json!({"value": format!("v{i}")})))),
-    )
+    let replies = join_all((0..N).map(|i| {
+        call_if(
+            &app,
+            PUT,
+            &path,
+            None,
+            Some(json!({"value": format!("v{i}")})),
+        )
+    }))
     .await;
     for r in &replies {
         assert_eq!(r.status, StatusCode::OK, "{}", r.body);
@@ -392,7 +396,14 @@ async fn if_match_guards_every_versioned_resource() {
     let v2 = etag(&ok);
     assert_ne!(v1, v2);
     for stale in [v1.as_str(), "\"999\"", "W/\"2\"", "garbage"] {
-        let r = call_if(&app, PATCH, &tpath, Some(stale), Some(json!({"name": "lost"}))).await;
+        let r = call_if(
+            &app,
+            PATCH,
+            &tpath,
+            Some(stale),
+            Some(json!({"name": "lost"})),
+        )
+        .await;
         assert_eq!(
             (r.status, r.body["error"]["code"].as_str()),
             (StatusCode::PRECONDITION_FAILED, Some("PRECONDITION_FAILED")),
@@ -420,9 +431,15 @@ async fn if_match_guards_every_versioned_resource() {
     assert_eq!(r.status, StatusCode::PRECONDITION_FAILED);
     // Nothing changed, and nothing was journaled, by the refused requests.
     let now = call_if(&app, GET, &tpath, None, None).await;
-    assert_eq!((now.body["name"].as_str(), etag(&now)), (Some("E2"), v2.clone()));
+    assert_eq!(
+        (now.body["name"].as_str(), etag(&now)),
+        (Some("E2"), v2.clone())
+    );
     assert!(now.body["parent_id"].is_null());
-    assert_eq!(entries(&app, "tenant", &tid, "tenant.updated").await.len(), 1);
+    assert_eq!(
+        entries(&app, "tenant", &tid, "tenant.updated").await.len(),
+        1
+    );
     let star = call_if(&app, PATCH, &tpath, Some("*"), Some(json!({"name": "E3"}))).await;
     assert_eq!(star.status, StatusCode::OK);
 
@@ -437,7 +454,10 @@ async fn if_match_guards_every_versioned_resource() {
     let put = call_if(&app, PUT, &cpath, None, Some(json!({"value": 1}))).await;
     let c1 = etag(&put);
     let got = call_if(&app, GET, &cpath, None, None).await;
-    assert_eq!((etag(&got), got.body["value"].clone()), (c1.clone(), json!(1)));
+    assert_eq!(
+        (etag(&got), got.body["value"].clone()),
+        (c1.clone(), json!(1))
+    );
     let put2 = call_if(&app, PUT, &cpath, Some(&c1), Some(json!({"value": 2}))).await;
     assert_eq!(put2.status, StatusCode::OK);
     let r = call_if(&app, PUT, &cpath, Some(&c1), Some(json!({"value": 3}))).await;
@@ -468,7 +488,10 @@ async fn if_match_guards_every_versioned_resource() {
     assert_eq!(r.status, StatusCode::PRECONDITION_FAILED);
     let r = call_if(&app, DELETE, &ppath, Some(&p1), None).await;
     assert_eq!(r.status, StatusCode::PRECONDITION_FAILED);
-    assert_eq!(call_if(&app, GET, &ppath, None, None).await.body["value"], 6);
+    assert_eq!(
+        call_if(&app, GET, &ppath, None, None).await.body["value"],
+        6
+    );
 
     // Webhooks.
     let w = call(
@@ -481,9 +504,23 @@ async fn if_match_guards_every_versioned_resource() {
     .await;
     let wpath = format!("/api/v1/webhooks/{}", w.body["id"].as_str().unwrap());
     let w1 = etag(&call_if(&app, GET, &wpath, None, None).await);
-    let r = call_if(&app, PATCH, &wpath, Some(&w1), Some(json!({"active": false}))).await;
+    let r = call_if(
+        &app,
+        PATCH,
+        &wpath,
+        Some(&w1),
+        Some(json!({"active": false})),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::OK);
-    let r = call_if(&app, PATCH, &wpath, Some(&w1), Some(json!({"active": true}))).await;
+    let r = call_if(
+        &app,
+        PATCH,
+        &wpath,
+        Some(&w1),
+        Some(json!({"active": true})),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::PRECONDITION_FAILED);
     let r = call_if(&app, DELETE, &wpath, Some(&w1), None).await;
     assert_eq!(r.status, StatusCode::PRECONDITION_FAILED);

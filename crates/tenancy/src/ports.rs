@@ -63,7 +63,10 @@ pub trait TenantStore: Send + Sync {
     /// `expected`; `Conflict` when the new parent's path changed meanwhile;
     /// `CycleDetected` when `to` lies in the subtree; `TenantNotFound` when the new parent
     /// is gone. Returns the tenant's new version.
-    #[allow(clippy::too_many_arguments, reason = "one argument per fact the move checks")]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one argument per fact the move checks"
+    )]
     async fn move_subtree(
         &self,
         id: Uuid,

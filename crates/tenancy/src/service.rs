@@ -198,7 +198,11 @@ impl TenantService {
                 .before(Some(to_json(&before)))
                 .after(Some(state.clone()))
                 .emit(state);
-            match self.store.update(after.clone(), before.version, journal).await {
+            match self
+                .store
+                .update(after.clone(), before.version, journal)
+                .await
+            {
                 Ok(version) => {
                     after.version = version;
                     return Ok(after);
@@ -210,7 +214,12 @@ impl TenantService {
     }
 
     /// Archives a tenant without active children.
-    pub async fn archive(&self, caller: &Caller, id: Uuid, precondition: Precondition) -> Result<()> {
+    pub async fn archive(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+        precondition: Precondition,
+    ) -> Result<()> {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -439,7 +448,10 @@ impl ConfigService {
 
     /// Sets a key on the tenant itself, over the entry as it is when the change commits;
     /// returns the entry and its new version.
-    #[allow(clippy::too_many_arguments, reason = "the route's body fields plus If-Match")]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the route's body fields plus If-Match"
+    )]
     pub async fn put(
         &self,
         caller: &Caller,
@@ -455,7 +467,15 @@ impl ConfigService {
         loop {
             attempt += 1;
             match self
-                .put_once(caller, tenant_id, &key, &value, locked, sensitive, precondition)
+                .put_once(
+                    caller,
+                    tenant_id,
+                    &key,
+                    &value,
+                    locked,
+                    sensitive,
+                    precondition,
+                )
                 .await
             {
                 Err(TenancyError::Stale) => after_stale(precondition, attempt)?,
@@ -565,7 +585,10 @@ impl ConfigService {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.delete_once(caller, tenant_id, &key, precondition).await {
+            match self
+                .delete_once(caller, tenant_id, &key, precondition)
+                .await
+            {
                 Err(TenancyError::Stale) => after_stale(precondition, attempt)?,
                 other => return other,
             }
@@ -648,7 +671,12 @@ impl PermissionService {
     }
 
     /// One policy of a visible tenant; `PermissionNotFound` when it belongs to another.
-    pub async fn get(&self, caller: &Caller, tenant_id: Uuid, id: Uuid) -> Result<PermissionPolicy> {
+    pub async fn get(
+        &self,
+        caller: &Caller,
+        tenant_id: Uuid,
+        id: Uuid,
+    ) -> Result<PermissionPolicy> {
         self.owned(caller, tenant_id, id).await
     }
 
@@ -727,7 +755,11 @@ impl PermissionService {
                 .before(Some(to_json(&before)))
                 .after(Some(state.clone()))
                 .emit(state);
-            match self.store.update(after.clone(), before.version, journal).await {
+            match self
+                .store
+                .update(after.clone(), before.version, journal)
+                .await
+            {
                 Ok(version) => {
                     after.version = version;
                     return Ok(after);

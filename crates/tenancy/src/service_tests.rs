@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use serde_json::{json, Value};
 use stratum_core::clock::MockClock;
 use stratum_core::{
-    Actor, ActorKind, Caller, Clock, Journal, Limit, RequestMeta, Scope, StoreError, TenantPath,
-    TenantScope, REDACTED,
+    Actor, ActorKind, Caller, Clock, Journal, Limit, Precondition, RequestMeta, Scope, StoreError,
+    TenantPath, TenantScope, REDACTED,
 };
 use stratum_crypto::{sha256_hex, Keyring, SharedKeyring};
 use time::macros::datetime;
@@ -104,6 +104,7 @@ fn tenant_at(path: TenantPath, parent_id: Option<Uuid>) -> Tenant {
         deleted_at: None,
         created_at: EARLIER,
         updated_at: EARLIER,
+        version: 1,
     }
 }
 
@@ -393,7 +394,7 @@ async fn update_with_no_effective_change_never_writes() {
         let mut store = tenant_store(&[&t]);
         store.expect_update().times(0);
         let got = tenant_service(store)
-            .update(&admin(), t.id, patch)
+            .update(&admin(), t.id, patch, Precondition::Any)
             .await
             .unwrap();
         assert_eq!(got, t);
@@ -405,12 +406,12 @@ async fn update_slug_journals_before_and_after() {
     let mut t = child(&root());
     t.slug = "acme".into();
     let (caller, key_id) = global_caller(Scope::Write);
-    let seen: Slot<(Tenant, Journal)> = slot();
+    let seen: Slot<(Tenant, i64, Journal)> = slot();
     let mut store = tenant_store(&[&t]);
     let sink = Arc::clone(&seen);
-    store.expect_update().times(1).returning(move |t, j| {
-        put_in(&sink, (t, j));
-        Ok(())
+    store.expect_update().times(1).returning(move |t, e, j| {
+        put_in(&sink, (t, e, j));
+        Ok(e + 1)
     });
 
     let updated = tenant_service(store)
@@ -421,12 +422,25 @@ async fn update_slug_journals_before_and_after() {
                 slug: Some("acme_2".into()),
                 ..TenantPatch::default()
             },
+            Precondition::Any,
         )
         .await
         .unwrap();
 
-    let (stored, journal) = taken(&seen);
-    assert_eq!(stored, updated);
+    let (stored, expected, journal) = taken(&seen);
+    assert_eq!(expected, t.version, "the write expects the version it read");
+    assert_eq!(
+        updated.version,
+        t.version + 1,
+        "the answer carries the new version"
+    );
+    assert_eq!(
+        Tenant {
+            version: updated.version,
+            ..stored.clone()
+        },
+        updated
+    );
     assert_eq!(stored.slug, "acme_2");
     assert_eq!(stored.updated_at, NOW);
     assert_eq!(stored.ancestry_path, t.ancestry_path);
@@ -463,6 +477,7 @@ async fn update_of_an_archived_tenant_is_not_found() {
                 name: Some("Revived".into()),
                 ..TenantPatch::default()
             },
+            Precondition::Any,
         )
         .await
         .unwrap_err();
@@ -499,7 +514,7 @@ async fn update_rejects_an_invalid_patch() {
         let mut store = tenant_store(&[&t]);
         store.expect_update().times(0);
         let err = tenant_service(store)
-            .update(&admin(), t.id, patch)
+            .update(&admin(), t.id, patch, Precondition::Any)
             .await
             .unwrap_err();
         assert_validation(err, field);
@@ -513,18 +528,24 @@ async fn update_rejects_an_invalid_patch() {
 #[tokio::test]
 async fn archive_journals_tenant_deleted_with_archived_after_state() {
     let t = child(&root());
-    let seen: Slot<(Uuid, OffsetDateTime, Journal)> = slot();
+    let seen: Slot<(Uuid, i64, OffsetDateTime, Journal)> = slot();
     let mut store = tenant_store(&[&t]);
     let sink = Arc::clone(&seen);
-    store.expect_archive().times(1).returning(move |id, at, j| {
-        put_in(&sink, (id, at, j));
-        Ok(())
-    });
+    store
+        .expect_archive()
+        .times(1)
+        .returning(move |id, e, at, j| {
+            put_in(&sink, (id, e, at, j));
+            Ok(())
+        });
 
-    tenant_service(store).archive(&admin(), t.id).await.unwrap();
+    tenant_service(store)
+        .archive(&admin(), t.id, Precondition::Any)
+        .await
+        .unwrap();
 
-    let (id, at, journal) = taken(&seen);
-    assert_eq!((id, at), (t.id, NOW));
+    let (id, expected, at, journal) = taken(&seen);
+    assert_eq!((id, expected, at), (t.id, t.version, NOW));
     assert_eq!(journal.action, "tenant.deleted");
     assert_eq!(journal.resource_type, "tenant");
     assert_eq!(journal.resource_id, Some(t.id.to_string()));
@@ -549,10 +570,10 @@ async fn archive_propagates_has_children() {
     store
         .expect_archive()
         .times(1)
-        .returning(|_, _, _| Err(TenancyError::HasChildren));
+        .returning(|_, _, _, _| Err(TenancyError::HasChildren));
 
     let err = tenant_service(store)
-        .archive(&admin(), t.id)
+        .archive(&admin(), t.id, Precondition::Any)
         .await
         .unwrap_err();
 
@@ -573,7 +594,7 @@ async fn move_under_itself_or_a_descendant_is_a_cycle() {
         let mut store = tenant_store(&[&r, &t, &c, &gc]);
         store.expect_move_subtree().times(0);
         let err = tenant_service(store)
-            .move_to(&admin(), t.id, target)
+            .move_to(&admin(), t.id, target, Precondition::Any)
             .await
             .unwrap_err();
         assert!(matches!(err, TenancyError::CycleDetected), "{err:?}");
@@ -586,26 +607,38 @@ async fn move_rewrites_the_path_and_tells_the_old_ancestors() {
     let old_parent = child(&old_root);
     let t = child(&old_parent);
     let new_parent = root();
-    type Moved = (Uuid, Uuid, TenantPath, TenantPath, OffsetDateTime, Journal);
+    type Moved = (
+        Uuid,
+        i64,
+        Uuid,
+        TenantPath,
+        TenantPath,
+        OffsetDateTime,
+        Journal,
+    );
     let seen: Slot<Moved> = slot();
     let mut store = tenant_store(&[&old_root, &old_parent, &t, &new_parent]);
     let sink = Arc::clone(&seen);
     store
         .expect_move_subtree()
         .times(1)
-        .returning(move |id, np, from, to, at, j| {
-            put_in(&sink, (id, np, from, to, at, j));
-            Ok(())
+        .returning(move |id, e, np, from, to, at, j| {
+            put_in(&sink, (id, e, np, from, to, at, j));
+            Ok(e + 1)
         });
 
     let moved = tenant_service(store)
-        .move_to(&admin(), t.id, new_parent.id)
+        .move_to(&admin(), t.id, new_parent.id, Precondition::Any)
         .await
         .unwrap();
 
-    let (id, np, from, to, at, journal) = taken(&seen);
+    let (id, expected, np, from, to, at, journal) = taken(&seen);
     let expected_to = TenantPath::root(new_parent.id).child(t.id);
-    assert_eq!((id, np, at), (t.id, new_parent.id, NOW));
+    assert_eq!(
+        (id, expected, np, at),
+        (t.id, t.version, new_parent.id, NOW)
+    );
+    assert_eq!(moved.version, t.version + 1);
     assert_eq!(from, t.ancestry_path);
     assert_eq!(to, expected_to);
     assert_eq!(
@@ -647,7 +680,7 @@ async fn move_under_the_current_parent_changes_nothing() {
     store.expect_move_subtree().times(0);
 
     let got = tenant_service(store)
-        .move_to(&admin(), t.id, r.id)
+        .move_to(&admin(), t.id, r.id, Precondition::Any)
         .await
         .unwrap();
 
@@ -770,6 +803,7 @@ fn stored_entry(tenant_id: Uuid, key: &str, value: StoredValue, locked: bool) ->
         locked,
         created_at: EARLIER,
         updated_at: EARLIER,
+        version: 1,
     }
 }
 
@@ -794,7 +828,7 @@ fn config_store(chain: Vec<Uuid>, entries: Vec<StoredConfigEntry>) -> MockConfig
     store
 }
 
-type Put = (StoredConfigEntry, Vec<Uuid>, Journal);
+type Put = (StoredConfigEntry, Option<i64>, Vec<Uuid>, Journal);
 
 #[tokio::test]
 async fn put_sensitive_value_is_encrypted_and_redacted_from_the_journal() {
@@ -807,21 +841,32 @@ async fn put_sensitive_value_is_encrypted_and_redacted_from_the_journal() {
     let seen: Slot<Put> = slot();
     let mut store = config_store(vec![r.id, c.id], Vec::new());
     let sink = Arc::clone(&seen);
-    store.expect_put().times(1).returning(move |e, a, j| {
-        put_in(&sink, (e.clone(), a, j));
+    store.expect_put().times(1).returning(move |e, x, a, j| {
+        put_in(&sink, (e.clone(), x, a, j));
         Ok(e)
     });
 
-    let entry = config_service(&[&r, &c], store, &keys)
-        .put(&caller, c.id, "db", value.clone(), None, Some(true))
+    let (entry, version) = config_service(&[&r, &c], store, &keys)
+        .put(
+            &caller,
+            c.id,
+            "db",
+            value.clone(),
+            None,
+            Some(true),
+            Precondition::Any,
+        )
         .await
         .unwrap();
+    assert_eq!(version, 1, "a new entry starts at version 1");
 
     // The API answer carries the value in clear; that is what config is for.
     assert_eq!(entry.value, value);
     assert!(entry.sensitive && !entry.inherited && !entry.locked);
 
-    let (stored, ancestors, journal) = taken(&seen);
+    let (stored, expected, ancestors, journal) = taken(&seen);
+    assert_eq!(expected, None, "a new entry expects none stored");
+    assert_eq!(stored.version, 1);
     assert_eq!(stored.tenant_id, c.id);
     assert_eq!(stored.key, "db");
     assert!(!stored.locked);
@@ -874,17 +919,27 @@ async fn put_over_an_own_sensitive_key_stays_sensitive_and_redacts_both_states()
     let seen: Slot<Put> = slot();
     let mut store = config_store(vec![t.id], vec![own]);
     let sink = Arc::clone(&seen);
-    store.expect_put().times(1).returning(move |e, a, j| {
-        put_in(&sink, (e.clone(), a, j));
+    store.expect_put().times(1).returning(move |e, x, a, j| {
+        put_in(&sink, (e.clone(), x, a, j));
         Ok(e)
     });
 
-    config_service(&[&t], store, &keys)
-        .put(&admin(), t.id, "token", json!(NEW), None, None)
+    let (_, version) = config_service(&[&t], store, &keys)
+        .put(
+            &admin(),
+            t.id,
+            "token",
+            json!(NEW),
+            None,
+            None,
+            Precondition::Any,
+        )
         .await
         .unwrap();
 
-    let (stored, ancestors, journal) = taken(&seen);
+    let (stored, expected, ancestors, journal) = taken(&seen);
+    assert_eq!(expected, Some(1), "replaces the version it read");
+    assert_eq!((stored.version, version), (2, 2));
     assert!(ancestors.is_empty());
     let StoredValue::Encrypted(cipher) = &stored.value else {
         panic!("still sensitive, so still encrypted: {:?}", stored.value);
@@ -916,7 +971,15 @@ async fn put_of_a_key_locked_by_an_ancestor_is_refused() {
     store.expect_put().times(0);
 
     let err = config_service(&[&r, &c], store, &keys)
-        .put(&admin(), c.id, "region", json!("us"), None, None)
+        .put(
+            &admin(),
+            c.id,
+            "region",
+            json!("us"),
+            None,
+            None,
+            Precondition::Any,
+        )
         .await
         .unwrap_err();
 
@@ -935,7 +998,15 @@ async fn put_rejects_an_invalid_key() {
     store.expect_entries_for().times(0);
 
     let err = config_service(&[&t], store, &keys)
-        .put(&admin(), t.id, "bad key", json!(1), None, None)
+        .put(
+            &admin(),
+            t.id,
+            "bad key",
+            json!(1),
+            None,
+            None,
+            Precondition::Any,
+        )
         .await
         .unwrap_err();
 
@@ -1007,7 +1078,7 @@ async fn delete_of_an_inherited_only_key_is_not_found() {
     store.expect_delete().times(0);
 
     let err = config_service(&[&r, &c], store, &keys)
-        .delete(&admin(), c.id, "a")
+        .delete(&admin(), c.id, "a", Precondition::Any)
         .await
         .unwrap_err();
 
@@ -1020,7 +1091,7 @@ async fn delete_of_an_own_sensitive_key_journals_a_redacted_before_state() {
     let keys = keyring();
     let r = root();
     let c = child(&r);
-    let seen: Slot<(Uuid, String, Journal)> = slot();
+    let seen: Slot<(Uuid, String, i64, Journal)> = slot();
     let mut store = config_store(
         vec![r.id, c.id],
         vec![
@@ -1029,18 +1100,18 @@ async fn delete_of_an_own_sensitive_key_journals_a_redacted_before_state() {
         ],
     );
     let sink = Arc::clone(&seen);
-    store.expect_delete().times(1).returning(move |t, k, j| {
-        put_in(&sink, (t, k, j));
+    store.expect_delete().times(1).returning(move |t, k, e, j| {
+        put_in(&sink, (t, k, e, j));
         Ok(())
     });
 
     config_service(&[&r, &c], store, &keys)
-        .delete(&admin(), c.id, "token")
+        .delete(&admin(), c.id, "token", Precondition::Any)
         .await
         .unwrap();
 
-    let (tenant_id, key, journal) = taken(&seen);
-    assert_eq!((tenant_id, key.as_str()), (c.id, "token"));
+    let (tenant_id, key, expected, journal) = taken(&seen);
+    assert_eq!((tenant_id, key.as_str(), expected), (c.id, "token", 1));
     assert_eq!(journal.action, "config.deleted");
     assert_eq!(journal.resource_id, Some(format!("{}/token", c.id)));
     assert_eq!(journal.tenant_id, Some(c.id));
@@ -1081,6 +1152,7 @@ fn policy(tenant_id: Uuid, mode: PermissionMode) -> PermissionPolicy {
         mode,
         created_at: EARLIER,
         updated_at: EARLIER,
+        version: 1,
     }
 }
 
@@ -1173,16 +1245,20 @@ async fn a_policy_of_another_tenant_is_not_found() {
             foreign.id,
             Some(json!(false)),
             Some("LOCKED".into()),
+            Precondition::Any,
         )
         .await
         .unwrap_err();
     assert!(matches!(err, TenancyError::PermissionNotFound), "{err:?}");
 
-    let err = svc.delete(&admin(), mine.id, foreign.id).await.unwrap_err();
+    let err = svc
+        .delete(&admin(), mine.id, foreign.id, Precondition::Any)
+        .await
+        .unwrap_err();
     assert!(matches!(err, TenancyError::PermissionNotFound), "{err:?}");
 
     let err = svc
-        .delete(&admin(), mine.id, Uuid::now_v7())
+        .delete(&admin(), mine.id, Uuid::now_v7(), Precondition::Any)
         .await
         .unwrap_err();
     assert!(matches!(err, TenancyError::PermissionNotFound), "{err:?}");
@@ -1192,21 +1268,36 @@ async fn a_policy_of_another_tenant_is_not_found() {
 async fn permission_update_journals_before_and_after() {
     let t = root();
     let p = policy(t.id, PermissionMode::Inherited);
-    let seen: Slot<(PermissionPolicy, Journal)> = slot();
+    let seen: Slot<(PermissionPolicy, i64, Journal)> = slot();
     let mut store = permission_store(&[&p]);
     let sink = Arc::clone(&seen);
-    store.expect_update().times(1).returning(move |p, j| {
-        put_in(&sink, (p, j));
-        Ok(())
+    store.expect_update().times(1).returning(move |p, e, j| {
+        put_in(&sink, (p, e, j));
+        Ok(e + 1)
     });
 
     let updated = permission_service(&[&t], store)
-        .update(&admin(), t.id, p.id, None, Some("LOCKED".into()))
+        .update(
+            &admin(),
+            t.id,
+            p.id,
+            None,
+            Some("LOCKED".into()),
+            Precondition::Any,
+        )
         .await
         .unwrap();
 
-    let (stored, journal) = taken(&seen);
-    assert_eq!(stored, updated);
+    let (stored, expected, journal) = taken(&seen);
+    assert_eq!(expected, p.version, "the write expects the version it read");
+    assert_eq!(updated.version, p.version + 1);
+    assert_eq!(
+        PermissionPolicy {
+            version: updated.version,
+            ..stored.clone()
+        },
+        updated
+    );
     assert_eq!(stored.mode, PermissionMode::Locked);
     assert_eq!(stored.value, p.value);
     assert_eq!(stored.updated_at, NOW);
@@ -1233,7 +1324,14 @@ async fn permission_update_with_a_bad_mode_or_no_change_never_writes() {
     let svc = permission_service(&[&t], store);
 
     let err = svc
-        .update(&admin(), t.id, p.id, None, Some("sometimes".into()))
+        .update(
+            &admin(),
+            t.id,
+            p.id,
+            None,
+            Some("sometimes".into()),
+            Precondition::Any,
+        )
         .await
         .unwrap_err();
     assert_validation(err, "mode");
@@ -1245,6 +1343,7 @@ async fn permission_update_with_a_bad_mode_or_no_change_never_writes() {
             p.id,
             Some(p.value.clone()),
             Some("INHERITED".into()),
+            Precondition::Any,
         )
         .await
         .unwrap();
@@ -1497,6 +1596,10 @@ async fn minting_stores_only_the_digest_and_journals_no_plaintext() {
     assert_eq!(journal.actor_id, admin_id.to_string());
     let after = journal.after.clone().expect("after-state");
     assert_eq!(after["id"], json!(stored.id.to_string()));
+    assert!(
+        after.get("last_used_at").is_none(),
+        "usage stamps stay out of audit states: {after}"
+    );
     let text = journal_text(&journal);
     assert!(
         !text.contains(&minted.plaintext),
@@ -1537,16 +1640,25 @@ async fn overriding_an_ancestors_sensitive_key_stays_sensitive() {
         )],
     );
     let sink = seen.clone();
-    store.expect_put().times(1).returning(move |e, a, j| {
-        *sink.lock().unwrap() = Some((e.clone(), a, j));
+    store.expect_put().times(1).returning(move |e, x, a, j| {
+        *sink.lock().unwrap() = Some((e.clone(), x, a, j));
         Ok(e)
     });
-    let entry = config_service(&[&r, &c], store, &keys)
-        .put(&admin(), c.id, "token", json!(SECRET), None, None)
+    let (entry, _) = config_service(&[&r, &c], store, &keys)
+        .put(
+            &admin(),
+            c.id,
+            "token",
+            json!(SECRET),
+            None,
+            None,
+            Precondition::Any,
+        )
         .await
         .unwrap();
     assert!(entry.sensitive);
-    let (stored, _, journal) = seen.lock().unwrap().take().unwrap();
+    let (stored, expected, _, journal) = seen.lock().unwrap().take().unwrap();
+    assert_eq!(expected, None, "the child had no entry of its own");
     assert!(matches!(stored.value, StoredValue::Encrypted(_)));
     let shown = format!(
         "{:?}{:?}{:?}",
@@ -1569,18 +1681,344 @@ async fn an_own_entry_hidden_by_an_ancestors_lock_can_still_be_deleted() {
             stored_entry(c.id, "quota", StoredValue::Plain(json!(99)), false),
         ],
     );
-    let deleted: Slot<(Uuid, String)> = slot();
+    let deleted: Slot<(Uuid, String, i64)> = slot();
     let sink = deleted.clone();
-    store.expect_delete().times(1).returning(move |t, k, _| {
-        *sink.lock().unwrap() = Some((t, k));
+    store.expect_delete().times(1).returning(move |t, k, e, _| {
+        *sink.lock().unwrap() = Some((t, k, e));
         Ok(())
     });
     config_service(&[&r, &c], store, &keys)
-        .delete(&admin(), c.id, "quota")
+        .delete(&admin(), c.id, "quota", Precondition::Any)
         .await
         .unwrap();
     assert_eq!(
         deleted.lock().unwrap().take(),
-        Some((c.id, "quota".to_owned()))
+        Some((c.id, "quota".to_owned(), 1))
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Optimistic versions: If-Match and re-reads after a stale write
+// ---------------------------------------------------------------------------------------
+
+fn assert_precondition_failed<T: std::fmt::Debug>(got: std::result::Result<T, TenancyError>) {
+    match got {
+        Err(TenancyError::PreconditionFailed(_)) => {}
+        other => panic!("expected PreconditionFailed, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_stale_if_match_fails_every_tenant_write_without_writing() {
+    let r = root();
+    let mut t = child(&r);
+    t.version = 3;
+    let new_parent = root();
+    let mut store = tenant_store(&[&r, &t, &new_parent]);
+    store.expect_update().times(0);
+    store.expect_archive().times(0);
+    store.expect_move_subtree().times(0);
+    let svc = tenant_service(store);
+    let patch = TenantPatch {
+        name: Some("Renamed".into()),
+        ..TenantPatch::default()
+    };
+
+    for stale in [Precondition::Version(2), Precondition::Never] {
+        assert_precondition_failed(svc.update(&admin(), t.id, patch.clone(), stale).await);
+        assert_precondition_failed(svc.archive(&admin(), t.id, stale).await);
+        assert_precondition_failed(svc.move_to(&admin(), t.id, new_parent.id, stale).await);
+    }
+}
+
+#[tokio::test]
+async fn a_current_if_match_writes_and_a_stale_write_then_fails_without_retrying() {
+    let t = root();
+    let mut store = tenant_store(&[&t]);
+    store
+        .expect_update()
+        .withf(|_, expected, _| *expected == 1)
+        .times(1)
+        .returning(|_, _, _| Err(TenancyError::Stale));
+
+    let got = tenant_service(store)
+        .update(
+            &admin(),
+            t.id,
+            TenantPatch {
+                name: Some("Renamed".into()),
+                ..TenantPatch::default()
+            },
+            Precondition::Version(t.version),
+        )
+        .await;
+
+    assert_precondition_failed(got);
+}
+
+/// A tenant store whose `get` answers `first` once, then `then` for the same id.
+fn tenant_store_changing(first: &Tenant, then: &Tenant) -> MockTenantStore {
+    let mut store = MockTenantStore::new();
+    let mut seq = mockall::Sequence::new();
+    let (a, b) = (first.clone(), then.clone());
+    store
+        .expect_get()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(move |_| Ok(Some(a.clone())));
+    store
+        .expect_get()
+        .in_sequence(&mut seq)
+        .returning(move |_| Ok(Some(b.clone())));
+    store
+}
+
+#[tokio::test]
+async fn update_rereads_after_a_stale_write_and_journals_the_reread_state() {
+    let t1 = root();
+    // Someone else changed the metadata meanwhile.
+    let t2 = Tenant {
+        metadata: json!({"tier": "gold"}),
+        updated_at: EARLIER + time::Duration::hours(1),
+        version: 2,
+        ..t1.clone()
+    };
+    let mut store = tenant_store_changing(&t1, &t2);
+    let mut seq = mockall::Sequence::new();
+    store
+        .expect_update()
+        .withf(|_, expected, _| *expected == 1)
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_, _, _| Err(TenancyError::Stale));
+    let seen: Slot<(Tenant, i64, Journal)> = slot();
+    let sink = Arc::clone(&seen);
+    store
+        .expect_update()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(move |t, e, j| {
+            put_in(&sink, (t, e, j));
+            Ok(e + 1)
+        });
+
+    let updated = tenant_service(store)
+        .update(
+            &admin(),
+            t1.id,
+            TenantPatch {
+                slug: Some("renamed".into()),
+                ..TenantPatch::default()
+            },
+            Precondition::Any,
+        )
+        .await
+        .unwrap();
+
+    let (stored, expected, journal) = taken(&seen);
+    assert_eq!(expected, 2, "the retry expects the re-read version");
+    assert_eq!(
+        stored.metadata,
+        json!({"tier": "gold"}),
+        "keeps the other change"
+    );
+    assert_eq!(stored.slug, "renamed");
+    assert_eq!(updated.version, 3);
+    assert_eq!(updated.metadata, json!({"tier": "gold"}));
+    assert_eq!(journal.before, Some(serde_json::to_value(&t2).unwrap()));
+    assert_eq!(journal.after, Some(serde_json::to_value(&stored).unwrap()));
+}
+
+#[tokio::test]
+async fn archive_rereads_after_a_stale_write() {
+    let t1 = root();
+    let t2 = Tenant {
+        name: "Renamed meanwhile".into(),
+        version: 5,
+        ..t1.clone()
+    };
+    let mut store = tenant_store_changing(&t1, &t2);
+    let mut seq = mockall::Sequence::new();
+    store
+        .expect_archive()
+        .withf(|_, expected, _, _| *expected == 1)
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_, _, _, _| Err(TenancyError::Stale));
+    let seen: Slot<(i64, Journal)> = slot();
+    let sink = Arc::clone(&seen);
+    store
+        .expect_archive()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(move |_, e, _, j| {
+            put_in(&sink, (e, j));
+            Ok(())
+        });
+
+    tenant_service(store)
+        .archive(&admin(), t1.id, Precondition::Any)
+        .await
+        .unwrap();
+
+    let (expected, journal) = taken(&seen);
+    assert_eq!(expected, 5);
+    let before = journal.before.expect("before-state");
+    assert_eq!(before, serde_json::to_value(&t2).unwrap());
+    assert_eq!(before["name"], json!("Renamed meanwhile"));
+}
+
+#[tokio::test]
+async fn a_stale_if_match_fails_config_and_permission_writes_without_writing() {
+    let keys = keyring();
+    let t = root();
+    let mut entry = stored_entry(t.id, "quota", StoredValue::Plain(json!(1)), false);
+    entry.version = 4;
+    let mut store = config_store(vec![t.id], vec![entry]);
+    store.expect_put().times(0);
+    store.expect_delete().times(0);
+    let config = config_service(&[&t], store, &keys);
+    let stale = Precondition::Version(3);
+    assert_precondition_failed(
+        config
+            .put(&admin(), t.id, "quota", json!(2), None, None, stale)
+            .await,
+    );
+    assert_precondition_failed(config.delete(&admin(), t.id, "quota", stale).await);
+    // If-Match on a key the tenant does not have: nothing to match.
+    assert_precondition_failed(
+        config
+            .put(
+                &admin(),
+                t.id,
+                "other",
+                json!(2),
+                None,
+                None,
+                Precondition::Version(1),
+            )
+            .await,
+    );
+
+    let mut p = policy(t.id, PermissionMode::Inherited);
+    p.version = 4;
+    let mut store = permission_store(&[&p]);
+    store.expect_update().times(0);
+    store.expect_delete().times(0);
+    let permissions = permission_service(&[&t], store);
+    assert_precondition_failed(
+        permissions
+            .update(&admin(), t.id, p.id, None, Some("LOCKED".into()), stale)
+            .await,
+    );
+    assert_precondition_failed(permissions.delete(&admin(), t.id, p.id, stale).await);
+}
+
+#[tokio::test]
+async fn config_put_rereads_after_a_stale_write() {
+    let keys = keyring();
+    let t = root();
+    let v1 = stored_entry(t.id, "quota", StoredValue::Plain(json!(1)), false);
+    let v2 = StoredConfigEntry {
+        value: StoredValue::Plain(json!(5)),
+        version: 2,
+        ..v1.clone()
+    };
+    let mut store = MockConfigStore::new();
+    let mut reads = mockall::Sequence::new();
+    store
+        .expect_entries_for()
+        .times(1)
+        .in_sequence(&mut reads)
+        .returning(move |_| Ok(vec![v1.clone()]));
+    store
+        .expect_entries_for()
+        .in_sequence(&mut reads)
+        .returning(move |_| Ok(vec![v2.clone()]));
+    let mut writes = mockall::Sequence::new();
+    store
+        .expect_put()
+        .withf(|_, expected, _, _| *expected == Some(1))
+        .times(1)
+        .in_sequence(&mut writes)
+        .returning(|_, _, _, _| Err(TenancyError::Stale));
+    let seen: Slot<Put> = slot();
+    let sink = Arc::clone(&seen);
+    store
+        .expect_put()
+        .times(1)
+        .in_sequence(&mut writes)
+        .returning(move |e, x, a, j| {
+            put_in(&sink, (e.clone(), x, a, j));
+            Ok(e)
+        });
+
+    let (entry, version) = config_service(&[&t], store, &keys)
+        .put(
+            &admin(),
+            t.id,
+            "quota",
+            json!(9),
+            None,
+            None,
+            Precondition::Any,
+        )
+        .await
+        .unwrap();
+
+    assert_eq!(entry.value, json!(9));
+    assert_eq!(version, 3);
+    let (stored, expected, _, journal) = taken(&seen);
+    assert_eq!((expected, stored.version), (Some(2), 3));
+    assert_eq!(journal.before.expect("before-state")["value"], json!(5));
+}
+
+#[tokio::test]
+async fn permission_delete_rereads_after_a_stale_write() {
+    let t = root();
+    let p1 = policy(t.id, PermissionMode::Inherited);
+    let p2 = PermissionPolicy {
+        mode: PermissionMode::Locked,
+        version: 2,
+        ..p1.clone()
+    };
+    let mut store = MockPermissionStore::new();
+    let mut reads = mockall::Sequence::new();
+    let first = p1.clone();
+    store
+        .expect_get()
+        .times(1)
+        .in_sequence(&mut reads)
+        .returning(move |_| Ok(Some(first.clone())));
+    let then = p2.clone();
+    store
+        .expect_get()
+        .in_sequence(&mut reads)
+        .returning(move |_| Ok(Some(then.clone())));
+    let mut writes = mockall::Sequence::new();
+    store
+        .expect_delete()
+        .withf(|_, expected, _| *expected == 1)
+        .times(1)
+        .in_sequence(&mut writes)
+        .returning(|_, _, _| Err(TenancyError::Stale));
+    let seen: Slot<(Uuid, i64, Journal)> = slot();
+    let sink = Arc::clone(&seen);
+    store
+        .expect_delete()
+        .times(1)
+        .in_sequence(&mut writes)
+        .returning(move |id, e, j| {
+            put_in(&sink, (id, e, j));
+            Ok(())
+        });
+
+    permission_service(&[&t], store)
+        .delete(&admin(), t.id, p1.id, Precondition::Any)
+        .await
+        .unwrap();
+
+    let (id, expected, journal) = taken(&seen);
+    assert_eq!((id, expected), (p1.id, 2));
+    assert_eq!(journal.before, Some(serde_json::to_value(&p2).unwrap()));
 }

@@ -8,8 +8,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use stratum_core::timefmt::rfc3339;
 use stratum_core::{
-    new_id, on_stale, Caller, Clock, Limit, OnStale, Precondition, StoreError, TenantPath,
-    REDACTED,
+    new_id, on_stale, Caller, Clock, Limit, OnStale, Precondition, StoreError, TenantPath, REDACTED,
 };
 use stratum_crypto::{generate_whsec, SharedKeyring};
 use stratum_tenancy::TenantService;
@@ -123,8 +122,7 @@ pub trait WebhookStore: Send + Sync {
 
     /// Deletes it and its deliveries while its version is `expected`. `Stale` when it is
     /// another; `NotFound` when gone.
-    async fn delete(&self, id: Uuid, expected: i64, journal: stratum_core::Journal)
-        -> Result<()>;
+    async fn delete(&self, id: Uuid, expected: i64, journal: stratum_core::Journal) -> Result<()>;
 
     /// Writes a journal entry that goes with no change (a test delivery).
     async fn journal(&self, journal: stratum_core::Journal) -> std::result::Result<(), StoreError>;
@@ -518,7 +516,12 @@ impl WebhookService {
     }
 
     /// Deletes a webhook and its deliveries.
-    pub async fn delete(&self, caller: &Caller, id: Uuid, precondition: Precondition) -> Result<()> {
+    pub async fn delete(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+        precondition: Precondition,
+    ) -> Result<()> {
         let mut attempt = 0;
         loop {
             attempt += 1;

@@ -9,8 +9,8 @@ use mockall::predicate::eq;
 use serde_json::{json, Value};
 use stratum_core::clock::MockClock;
 use stratum_core::{
-    Actor, ActorKind, Caller, Clock, Journal, Limit, RequestMeta, Scope, StoreError, TenantPath,
-    TenantScope, REDACTED,
+    Actor, ActorKind, Caller, Clock, Journal, Limit, Precondition, RequestMeta, Scope, StoreError,
+    TenantPath, TenantScope, REDACTED,
 };
 use stratum_crypto::{signing_key_bytes, verify_standard, verify_stratum, Keyring, SharedKeyring};
 use stratum_tenancy::{MockTenantStore, Tenant, TenantService, TenantStatus};
@@ -115,6 +115,7 @@ fn tenant_at(path: TenantPath, parent_id: Option<Uuid>) -> Tenant {
         deleted_at: None,
         created_at: EARLIER,
         updated_at: EARLIER,
+        version: 1,
     }
 }
 
@@ -146,6 +147,7 @@ fn webhook_of(tenant_id: Option<Uuid>) -> Webhook {
         description: Some("orders sync".to_owned()),
         created_at: EARLIER,
         updated_at: EARLIER,
+        version: 1,
     }
 }
 
@@ -813,12 +815,12 @@ async fn update_and_delete_of_an_invisible_webhook_are_not_found() {
             secret: Some(GIVEN_SECRET.to_owned()),
             ..WebhookPatch::default()
         };
-        let updated = svc.update(&caller, w.id, patch).await;
+        let updated = svc.update(&caller, w.id, patch, Precondition::Any).await;
         assert!(
             matches!(updated, Err(WebhookError::NotFound)),
             "{updated:?}"
         );
-        let deleted = svc.delete(&caller, w.id).await;
+        let deleted = svc.delete(&caller, w.id, Precondition::Any).await;
         assert!(
             matches!(deleted, Err(WebhookError::NotFound)),
             "{deleted:?}"
@@ -831,16 +833,16 @@ async fn update_with_a_new_secret_stores_its_encryption_and_journals_only_that_i
     let r = root();
     let (before, path) = owned_by(&r);
     let caller = scoped_caller(&r);
-    let seen: Slot<(Webhook, Option<String>, Journal)> = slot();
+    let seen: Slot<(Webhook, i64, Option<String>, Journal)> = slot();
     let mut ports = Ports::new(&[]).with_webhook(&before, path);
     let sink = Arc::clone(&seen);
     ports
         .webhooks
         .expect_update()
         .times(1)
-        .returning(move |w, s, j| {
-            put_in(&sink, (w, s, j));
-            Ok(())
+        .returning(move |w, e, s, j| {
+            put_in(&sink, (w, e, s, j));
+            Ok(e + 1)
         });
     let new_secret = format!("whsec_{}", "c2VjcmV0".repeat(4));
     let patch = WebhookPatch {
@@ -850,12 +852,23 @@ async fn update_with_a_new_secret_stores_its_encryption_and_journals_only_that_i
 
     let updated = ports
         .service()
-        .update(&caller, before.id, patch)
+        .update(&caller, before.id, patch, Precondition::Any)
         .await
         .unwrap();
 
-    let (stored, envelope, journal) = taken(&seen);
-    assert_eq!(stored, updated);
+    let (stored, expected, envelope, journal) = taken(&seen);
+    assert_eq!(
+        expected, before.version,
+        "the write expects the version it read"
+    );
+    assert_eq!(updated.version, before.version + 1);
+    assert_eq!(
+        Webhook {
+            version: updated.version,
+            ..stored.clone()
+        },
+        updated
+    );
     assert_eq!(
         Webhook {
             updated_at: before.updated_at,
@@ -888,7 +901,7 @@ async fn update_with_a_new_secret_stores_its_encryption_and_journals_only_that_i
 #[tokio::test]
 async fn update_of_fields_goes_through_the_guard_and_keeps_the_secret() {
     let (before, _) = owned_by(&root());
-    let seen: Slot<(Webhook, Option<String>, Journal)> = slot();
+    let seen: Slot<(Webhook, i64, Option<String>, Journal)> = slot();
     let mut ports = Ports::new(&[]).with_webhook(&before, None);
     ports
         .guard
@@ -901,9 +914,9 @@ async fn update_of_fields_goes_through_the_guard_and_keeps_the_secret() {
         .webhooks
         .expect_update()
         .times(1)
-        .returning(move |w, s, j| {
-            put_in(&sink, (w, s, j));
-            Ok(())
+        .returning(move |w, e, s, j| {
+            put_in(&sink, (w, e, s, j));
+            Ok(e + 1)
         });
     let patch = WebhookPatch {
         url: Some(OTHER_URL.to_owned()),
@@ -915,12 +928,20 @@ async fn update_of_fields_goes_through_the_guard_and_keeps_the_secret() {
 
     let updated = ports
         .service()
-        .update(&admin(), before.id, patch)
+        .update(&admin(), before.id, patch, Precondition::Any)
         .await
         .unwrap();
 
-    let (stored, envelope, journal) = taken(&seen);
-    assert_eq!(stored, updated);
+    let (stored, expected, envelope, journal) = taken(&seen);
+    assert_eq!(expected, before.version);
+    assert_eq!(updated.version, before.version + 1);
+    assert_eq!(
+        Webhook {
+            version: updated.version,
+            ..stored.clone()
+        },
+        updated
+    );
     assert_eq!(stored.id, before.id);
     assert_eq!(stored.tenant_id, before.tenant_id);
     assert_eq!(stored.url, OTHER_URL);
@@ -951,7 +972,7 @@ async fn a_patch_that_changes_nothing_writes_nothing() {
         ports.guard.expect_check().never();
         let result = ports
             .service()
-            .update(&admin(), before.id, patch)
+            .update(&admin(), before.id, patch, Precondition::Any)
             .await
             .unwrap();
         assert_eq!(result, before, "updated_at is not bumped");
@@ -974,7 +995,10 @@ async fn update_to_a_blocked_url_is_rejected_without_storing() {
         ..WebhookPatch::default()
     };
 
-    let result = ports.service().update(&admin(), before.id, patch).await;
+    let result = ports
+        .service()
+        .update(&admin(), before.id, patch, Precondition::Any)
+        .await;
 
     assert!(
         matches!(&result, Err(WebhookError::UrlInvalid(r)) if r.contains("169.254.169.254")),
@@ -1026,7 +1050,10 @@ async fn update_validates_what_it_changes() {
         let ports = Ports::new(&[])
             .with_webhook(&before, path.clone())
             .no_webhook_writes();
-        let result = ports.service().update(&admin(), before.id, patch).await;
+        let result = ports
+            .service()
+            .update(&admin(), before.id, patch, Precondition::Any)
+            .await;
         assert_validation(result, field);
     }
 }
@@ -1039,32 +1066,215 @@ async fn update_validates_what_it_changes() {
 async fn delete_journals_the_redacted_state_before() {
     let r = root();
     let (before, path) = owned_by(&r);
-    let seen: Slot<(Uuid, Journal)> = slot();
+    let seen: Slot<(Uuid, i64, Journal)> = slot();
     let mut ports = Ports::new(&[]).with_webhook(&before, path);
     let sink = Arc::clone(&seen);
     ports
         .webhooks
         .expect_delete()
         .times(1)
-        .returning(move |id, j| {
-            put_in(&sink, (id, j));
+        .returning(move |id, e, j| {
+            put_in(&sink, (id, e, j));
             Ok(())
         });
 
     ports
         .service()
-        .delete(&scoped_caller(&r), before.id)
+        .delete(&scoped_caller(&r), before.id, Precondition::Any)
         .await
         .unwrap();
 
-    let (id, journal) = taken(&seen);
-    assert_eq!(id, before.id);
+    let (id, expected, journal) = taken(&seen);
+    assert_eq!((id, expected), (before.id, before.version));
     assert_eq!(journal.action, "webhook.deleted");
     assert_eq!(journal.resource_id, Some(before.id.to_string()));
     assert_eq!(journal.tenant_id, Some(r.id));
     assert_eq!(journal.before, Some(redacted_state(&before)));
     assert_eq!(journal.after, None);
     assert!(journal.event.is_none());
+}
+
+// ---------------------------------------------------------------------------------------
+// Optimistic versions: If-Match and re-reads after a stale write
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_stale_if_match_fails_update_and_delete_without_writing() {
+    let r = root();
+    let (mut before, path) = owned_by(&r);
+    before.version = 4;
+    for stale in [Precondition::Version(3), Precondition::Never] {
+        let mut ports = Ports::new(&[])
+            .with_webhook(&before, path.clone())
+            .no_webhook_writes();
+        ports.guard = guard_allows();
+        let svc = ports.service();
+        let patch = WebhookPatch {
+            url: Some(OTHER_URL.to_owned()),
+            active: Some(false),
+            ..WebhookPatch::default()
+        };
+        let updated = svc.update(&admin(), before.id, patch, stale).await;
+        assert!(
+            matches!(updated, Err(WebhookError::PreconditionFailed(_))),
+            "{updated:?}"
+        );
+        let deleted = svc.delete(&admin(), before.id, stale).await;
+        assert!(
+            matches!(deleted, Err(WebhookError::PreconditionFailed(_))),
+            "{deleted:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_stale_write_under_a_current_if_match_fails_without_retrying() {
+    let (before, path) = owned_by(&root());
+    let mut ports = Ports::new(&[]).with_webhook(&before, path);
+    ports
+        .webhooks
+        .expect_update()
+        .withf(|_, expected, _, _| *expected == 1)
+        .times(1)
+        .returning(|_, _, _, _| Err(WebhookError::Stale));
+    let patch = WebhookPatch {
+        active: Some(false),
+        ..WebhookPatch::default()
+    };
+
+    let result = ports
+        .service()
+        .update(&admin(), before.id, patch, Precondition::Version(1))
+        .await;
+
+    assert!(
+        matches!(result, Err(WebhookError::PreconditionFailed(_))),
+        "{result:?}"
+    );
+}
+
+/// A webhook store whose `get` answers whatever `current` holds.
+fn webhook_store_reading(
+    current: &Arc<Mutex<Webhook>>,
+    path: Option<TenantPath>,
+) -> MockWebhookStore {
+    let mut store = MockWebhookStore::new();
+    let current = Arc::clone(current);
+    store
+        .expect_get()
+        .returning(move |_| Ok(Some((current.lock().unwrap().clone(), path.clone()))));
+    store
+}
+
+#[tokio::test]
+async fn update_rereads_after_a_stale_write_and_journals_the_reread_state() {
+    let r = root();
+    let (v1, path) = owned_by(&r);
+    // What a concurrent writer commits between our read and our write.
+    let v2 = Webhook {
+        description: Some("changed meanwhile".to_owned()),
+        updated_at: EARLIER + time::Duration::hours(1),
+        version: 2,
+        ..v1.clone()
+    };
+    let current = Arc::new(Mutex::new(v1.clone()));
+    let mut ports = Ports::new(&[]);
+    ports.webhooks = webhook_store_reading(&current, path);
+    let mut seq = mockall::Sequence::new();
+    let (racer, committed) = (Arc::clone(&current), v2.clone());
+    ports
+        .webhooks
+        .expect_update()
+        .withf(|_, expected, _, _| *expected == 1)
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(move |_, _, _, _| {
+            *racer.lock().unwrap() = committed.clone();
+            Err(WebhookError::Stale)
+        });
+    let seen: Slot<(Webhook, i64, Option<String>, Journal)> = slot();
+    let sink = Arc::clone(&seen);
+    ports
+        .webhooks
+        .expect_update()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(move |w, e, s, j| {
+            put_in(&sink, (w, e, s, j));
+            Ok(e + 1)
+        });
+    let patch = WebhookPatch {
+        active: Some(false),
+        ..WebhookPatch::default()
+    };
+
+    let updated = ports
+        .service()
+        .update(&scoped_caller(&r), v1.id, patch, Precondition::Any)
+        .await
+        .unwrap();
+
+    let (stored, expected, envelope, journal) = taken(&seen);
+    assert_eq!(expected, 2, "the retry expects the re-read version");
+    assert_eq!(envelope, None);
+    assert!(!stored.active);
+    assert_eq!(
+        stored.description.as_deref(),
+        Some("changed meanwhile"),
+        "the concurrent change is kept"
+    );
+    assert_eq!(updated.version, 3);
+    assert_eq!(journal.before, Some(redacted_state(&v2)));
+    let mut expected_after = redacted_state(&stored);
+    expected_after["secret_changed"] = json!(false);
+    assert_eq!(journal.after, Some(expected_after));
+}
+
+#[tokio::test]
+async fn delete_rereads_after_a_stale_write_and_journals_the_reread_state() {
+    let r = root();
+    let (v1, path) = owned_by(&r);
+    let v2 = Webhook {
+        url: OTHER_URL.to_owned(),
+        version: 7,
+        ..v1.clone()
+    };
+    let current = Arc::new(Mutex::new(v1.clone()));
+    let mut ports = Ports::new(&[]);
+    ports.webhooks = webhook_store_reading(&current, path);
+    let mut seq = mockall::Sequence::new();
+    let (racer, committed) = (Arc::clone(&current), v2.clone());
+    ports
+        .webhooks
+        .expect_delete()
+        .withf(|_, expected, _| *expected == 1)
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(move |_, _, _| {
+            *racer.lock().unwrap() = committed.clone();
+            Err(WebhookError::Stale)
+        });
+    let seen: Slot<(Uuid, i64, Journal)> = slot();
+    let sink = Arc::clone(&seen);
+    ports
+        .webhooks
+        .expect_delete()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(move |id, e, j| {
+            put_in(&sink, (id, e, j));
+            Ok(())
+        });
+
+    ports
+        .service()
+        .delete(&admin(), v1.id, Precondition::Any)
+        .await
+        .unwrap();
+
+    let (id, expected, journal) = taken(&seen);
+    assert_eq!((id, expected), (v1.id, 7));
+    assert_eq!(journal.before, Some(redacted_state(&v2)));
 }
 
 // ---------------------------------------------------------------------------------------
