@@ -11,6 +11,7 @@ pub mod journal;
 pub mod page;
 pub mod store_error;
 pub mod tenant_path;
+pub mod text;
 pub mod timefmt;
 
 pub use actor::{Actor, ActorKind, Scope, TenantScope};
@@ -20,6 +21,7 @@ pub use journal::{Caller, EventDraft, Journal, RequestMeta};
 pub use page::{next_page, Limit, LimitError};
 pub use store_error::StoreError;
 pub use tenant_path::TenantPath;
+pub use text::TextError;
 
 /// The marker that replaces secrets and sensitive values wherever they would be shown.
 pub const REDACTED: &str = "[REDACTED]";

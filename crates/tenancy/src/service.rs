@@ -20,6 +20,15 @@ fn to_json<T: serde::Serialize>(v: &T) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
+/// `tenant.moved` carries the tenant after the move, with `previous_parent_id` inside it.
+fn moved_payload(tenant: &Value, previous_parent_id: Option<Uuid>) -> Value {
+    let mut data = tenant.clone();
+    if let Value::Object(map) = &mut data {
+        map.insert("previous_parent_id".into(), json!(previous_parent_id));
+    }
+    data
+}
+
 /// What `POST /tenants` carries.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewTenant {
@@ -97,6 +106,7 @@ impl TenantService {
         let (parent_id, path) = match input.parent_id {
             Some(pid) => {
                 let parent = self.visible_active(caller, pid).await?;
+                validate_depth("parent_id", parent.ancestry_path.depth() + 1)?;
                 (Some(pid), parent.ancestry_path.child(id))
             }
             None if caller.actor.is_global() => (None, TenantPath::root(id)),
@@ -190,6 +200,7 @@ impl TenantService {
             return Ok(before);
         }
         let to = parent.ancestry_path.child(id);
+        self.check_moved_depth(&before, to.depth()).await?;
         let now = self.clock.now();
         let mut after = before.clone();
         after.parent_id = Some(new_parent_id);
@@ -204,7 +215,7 @@ impl TenantService {
             .tenant(Some(id))
             .before(Some(to_json(&before)))
             .after(Some(state.clone()))
-            .emit(json!({"tenant": state, "previous_parent_id": before.parent_id}))
+            .emit(moved_payload(&state, before.parent_id))
             .also_to(old_ancestors);
         self.store
             .move_subtree(
@@ -217,6 +228,20 @@ impl TenantService {
             )
             .await?;
         Ok(after)
+    }
+
+    /// The subtree's deepest tenant must stay within [`MAX_DEPTH`] after the move.
+    async fn check_moved_depth(&self, tenant: &Tenant, new_depth: usize) -> Result<()> {
+        let old_depth = tenant.ancestry_path.depth();
+        let below = self
+            .store
+            .descendants(tenant.ancestry_path.clone())
+            .await?
+            .iter()
+            .map(|d| d.ancestry_path.depth().saturating_sub(old_depth))
+            .max()
+            .unwrap_or(0);
+        validate_depth("new_parent_id", new_depth + below)
     }
 
     /// Active children of a visible tenant.
@@ -333,6 +358,7 @@ impl ConfigService {
         sensitive: Option<bool>,
     ) -> Result<ConfigEntry> {
         let key = validate_config_key(key)?;
+        validate_json("value", &value)?;
         let tenant = self.tenants.visible_active(caller, tenant_id).await?;
         let resolved = self.resolve(&tenant).await?;
         let current = resolved.get(&key);
@@ -475,6 +501,7 @@ impl PermissionService {
         input: NewPermission,
     ) -> Result<PermissionPolicy> {
         let key = validate_permission_key(&input.key)?;
+        validate_json("value", &input.value)?;
         let mode = PermissionMode::parse(&input.mode)?;
         self.tenants.visible_active(caller, tenant_id).await?;
         let now = self.clock.now();
@@ -508,6 +535,9 @@ impl PermissionService {
         mode: Option<String>,
     ) -> Result<PermissionPolicy> {
         let mode = mode.map(|m| PermissionMode::parse(&m)).transpose()?;
+        if let Some(v) = &value {
+            validate_json("value", v)?;
+        }
         let before = self.owned(caller, tenant_id, id).await?;
         let mut after = before.clone();
         if let Some(v) = value {
@@ -649,14 +679,7 @@ impl ApiKeyService {
     ) -> Result<MintedKey> {
         Self::require_global_admin(caller)?;
         let scopes = parse_scopes(scopes.as_deref())?;
-        if let Some(n) = &name {
-            if n.chars().count() > 255 {
-                return Err(TenancyError::invalid(
-                    "name",
-                    "must be at most 255 characters",
-                ));
-            }
-        }
+        let name = validate_key_name(name)?;
         if let Some(t) = tenant_id {
             self.tenants.visible_active(caller, t).await?;
         }
