@@ -209,6 +209,7 @@ impl From<stratum_audit::AuditError> for ApiError {
             E::BadCursor => Self::field("cursor", "does not name an audit entry"),
             E::TenantNotFound => Self::not_found("TENANT_NOT_FOUND", "tenant"),
             E::BadRange => Self::field("from", "must not be after 'to'"),
+            E::Invalid { field, message } => Self::field(field, message),
             E::Store(s) => s.into(),
         }
     }
