@@ -11,6 +11,8 @@ use crate::AppState;
 
 type Res = Result<HttpResponse, ApiError>;
 
+impl crate::extract::Body for CreateKey {}
+
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateKey {
@@ -57,7 +59,7 @@ struct ListQuery {
 async fn create(
     state: web::Data<AppState>,
     GlobalAdmin(caller): GlobalAdmin,
-    body: web::Json<CreateKey>,
+    body: crate::extract::Json<CreateKey>,
 ) -> Res {
     let b = body.into_inner();
     let minted = state

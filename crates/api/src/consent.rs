@@ -12,6 +12,8 @@ use crate::AppState;
 
 type Res = Result<HttpResponse, ApiError>;
 
+impl crate::extract::Body for GrantConsent {}
+
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct GrantConsent {
@@ -81,7 +83,7 @@ async fn grant(
     state: web::Data<AppState>,
     Authed(caller): Authed,
     id: web::Path<Uuid>,
-    body: web::Json<GrantConsent>,
+    body: crate::extract::Json<GrantConsent>,
 ) -> Res {
     let b = body.into_inner();
     let (record, created) = state

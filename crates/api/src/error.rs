@@ -153,7 +153,12 @@ impl ResponseError for ApiError {
                 request_id,
             },
         };
-        let mut res = HttpResponse::build(self.status).json(body);
+        let mut builder = HttpResponse::build(self.status);
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of a late body may still arrive: the connection cannot be reused.
+            builder.force_close();
+        }
+        let mut res = builder.json(body);
         if let Some(secs) = self.retry_after {
             if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
                 res.headers_mut().insert(header::RETRY_AFTER, v);
@@ -240,6 +245,7 @@ impl From<stratum_webhooks::WebhookError> for ApiError {
                 "only a failed delivery can be retried",
             ),
             E::TenantNotFound => Self::not_found("TENANT_NOT_FOUND", "tenant"),
+            E::LimitReached(m) => Self::conflict("CONFLICT", m),
             E::Forbidden(m) => Self::forbidden(m),
             E::Store(s) => s.into(),
         }

@@ -12,6 +12,8 @@ use crate::AppState;
 
 type Res = Result<HttpResponse, ApiError>;
 
+impl crate::extract::Body for RotateBody {}
+
 #[derive(Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 struct PurgeBody {
@@ -108,7 +110,7 @@ async fn purge_expired(
 async fn rotate_encryption_key(
     state: web::Data<AppState>,
     GlobalAdmin(caller): GlobalAdmin,
-    body: web::Json<RotateBody>,
+    body: crate::extract::Json<RotateBody>,
 ) -> Res {
     let b = body.into_inner();
     let c = state

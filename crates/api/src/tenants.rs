@@ -13,6 +13,24 @@ use crate::AppState;
 
 type Res = Result<HttpResponse, ApiError>;
 
+impl crate::extract::Body for CreateTenant {}
+
+impl crate::extract::Body for PatchTenant {
+    const NOT_NULL: &'static [&'static str] = &["name", "slug", "metadata"];
+}
+
+impl crate::extract::Body for MoveTenant {}
+
+impl crate::extract::Body for PutConfig {
+    const NOT_NULL: &'static [&'static str] = &["locked", "sensitive"];
+}
+
+impl crate::extract::Body for CreatePermission {}
+
+impl crate::extract::Body for PatchPermission {
+    const NOT_NULL: &'static [&'static str] = &["value", "mode"];
+}
+
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateTenant {
@@ -86,7 +104,7 @@ struct TenantPage {
 async fn create(
     state: web::Data<AppState>,
     Authed(caller): Authed,
-    body: web::Json<CreateTenant>,
+    body: crate::extract::Json<CreateTenant>,
 ) -> Res {
     let b = body.into_inner();
     let t = state
@@ -160,7 +178,7 @@ async fn patch(
     state: web::Data<AppState>,
     Authed(caller): Authed,
     id: web::Path<Uuid>,
-    body: web::Json<PatchTenant>,
+    body: crate::extract::Json<PatchTenant>,
 ) -> Res {
     let b = body.into_inner();
     let t = state
@@ -217,7 +235,7 @@ async fn move_to(
     state: web::Data<AppState>,
     Authed(caller): Authed,
     id: web::Path<Uuid>,
-    body: web::Json<MoveTenant>,
+    body: crate::extract::Json<MoveTenant>,
 ) -> Res {
     Ok(HttpResponse::Ok().json(
         state
@@ -330,7 +348,7 @@ async fn config_put(
     state: web::Data<AppState>,
     Authed(caller): Authed,
     path: web::Path<(Uuid, String)>,
-    body: web::Json<PutConfig>,
+    body: crate::extract::Json<PutConfig>,
 ) -> Res {
     let (id, key) = path.into_inner();
     let b = body.into_inner();
@@ -422,7 +440,7 @@ async fn permissions_create(
     state: web::Data<AppState>,
     Authed(caller): Authed,
     id: web::Path<Uuid>,
-    body: web::Json<CreatePermission>,
+    body: crate::extract::Json<CreatePermission>,
 ) -> Res {
     let b = body.into_inner();
     let p = state
@@ -459,7 +477,7 @@ async fn permissions_patch(
     state: web::Data<AppState>,
     Authed(caller): Authed,
     path: web::Path<(Uuid, Uuid)>,
-    body: web::Json<PatchPermission>,
+    body: crate::extract::Json<PatchPermission>,
 ) -> Res {
     let (id, policy) = path.into_inner();
     let b = body.into_inner();

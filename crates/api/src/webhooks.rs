@@ -12,6 +12,12 @@ use crate::AppState;
 
 type Res = Result<HttpResponse, ApiError>;
 
+impl crate::extract::Body for CreateWebhook {}
+
+impl crate::extract::Body for PatchWebhook {
+    const NOT_NULL: &'static [&'static str] = &["url", "events", "secret", "active"];
+}
+
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateWebhook {
@@ -124,7 +130,7 @@ struct FailedQuery {
 async fn create(
     state: web::Data<AppState>,
     Authed(caller): Authed,
-    body: web::Json<CreateWebhook>,
+    body: crate::extract::Json<CreateWebhook>,
 ) -> Res {
     let b = body.into_inner();
     let (webhook, secret) = state
@@ -193,7 +199,7 @@ async fn patch(
     state: web::Data<AppState>,
     Authed(caller): Authed,
     id: web::Path<Uuid>,
-    body: web::Json<PatchWebhook>,
+    body: crate::extract::Json<PatchWebhook>,
 ) -> Res {
     let b = body.into_inner();
     let patch = WebhookPatch {

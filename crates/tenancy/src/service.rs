@@ -618,6 +618,11 @@ impl ApiKeyService {
         &self,
         presented: &str,
     ) -> std::result::Result<Option<Actor>, stratum_core::StoreError> {
+        // A key of a shape no stored key has costs neither a digest nor a lookup.
+        let shaped = stratum_crypto::is_api_key_shaped(presented);
+        if !shaped && self.bootstrap_digest.is_none() {
+            return Ok(None);
+        }
         let digest = sha256_hex(presented.as_bytes());
         if let Some(b) = &self.bootstrap_digest {
             if constant_time_eq(b.as_bytes(), digest.as_bytes()) {
@@ -627,6 +632,9 @@ impl ApiKeyService {
                     tenant: None,
                 }));
             }
+        }
+        if !shaped {
+            return Ok(None);
         }
         // The lookup is by digest, so timing reveals nothing about stored keys.
         let Some(found) = self.store.find_by_hash(digest).await? else {

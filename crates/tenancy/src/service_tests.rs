@@ -1416,7 +1416,7 @@ fn api_key(tenant_id: Option<Uuid>, scopes: Vec<Scope>) -> ApiKey {
         id: Uuid::now_v7(),
         tenant_id,
         name: Some("ci".into()),
-        key_prefix: "sk_abcdefg".into(),
+        key_prefix: "sk_abcdefg000000000000000000000000000000000000".into(),
         scopes,
         created_at: EARLIER,
         last_used_at: None,
@@ -1459,8 +1459,28 @@ async fn the_bootstrap_key_is_a_global_admin_without_a_lookup() {
 }
 
 #[tokio::test]
+async fn a_key_no_minted_key_could_be_is_refused_without_a_lookup() {
+    for presented in [
+        "x",
+        "sk_short",
+        "Bearer-ish garbage that is long enough to be anything at all",
+        "sk_0000000000000000000000000000000000000000000+",
+        "sk_00000000000000000000000000000000000000000000",
+    ] {
+        let mut store = MockApiKeyStore::new();
+        store.expect_find_by_hash().times(0);
+        store.expect_touch().times(0);
+        let actor = api_key_service(store, &[])
+            .authenticate(presented)
+            .await
+            .unwrap();
+        assert_eq!(actor, None, "{presented}");
+    }
+}
+
+#[tokio::test]
 async fn an_unknown_key_authenticates_nobody() {
-    let presented = "sk_unknown_key_that_nobody_minted_000000000";
+    let presented = "sk_unknown_key_that_nobody_minted_000000000000";
     let mut store = key_store_finding(presented, None);
     store.expect_touch().times(0);
 
@@ -1474,7 +1494,7 @@ async fn an_unknown_key_authenticates_nobody() {
 
 #[tokio::test]
 async fn a_revoked_key_authenticates_nobody() {
-    let presented = "sk_revoked_key_000000000000000000000000000000";
+    let presented = "sk_revoked_key_0000000000000000000000000000000";
     let mut key = api_key(None, vec![Scope::Admin]);
     key.revoked_at = Some(EARLIER);
     let mut store = key_store_finding(
@@ -1496,7 +1516,7 @@ async fn a_revoked_key_authenticates_nobody() {
 
 #[tokio::test]
 async fn a_scoped_key_whose_tenant_vanished_authenticates_nobody() {
-    let presented = "sk_orphaned_key_00000000000000000000000000000";
+    let presented = "sk_orphaned_key_000000000000000000000000000000";
     let mut store = key_store_finding(
         presented,
         Some(KeyPrincipal {
@@ -1516,7 +1536,7 @@ async fn a_scoped_key_whose_tenant_vanished_authenticates_nobody() {
 
 #[tokio::test]
 async fn a_stored_key_authenticates_as_itself_with_its_highest_scope() {
-    let presented = "sk_live_key_1234567890abcdefghijklmnopqrstuv";
+    let presented = "sk_live_key_1234567890abcdefghijklmnopqrstuv00";
     let t = child(&root());
     let key = api_key(Some(t.id), vec![Scope::Read, Scope::Write]);
     let key_id = key.id;
@@ -1553,7 +1573,7 @@ async fn a_stored_key_authenticates_as_itself_with_its_highest_scope() {
 
 #[tokio::test]
 async fn a_failed_touch_does_not_fail_authentication() {
-    let presented = "sk_global_key_1234567890abcdefghijklmnopqrs";
+    let presented = "sk_global_key_1234567890abcdefghijklmnopqrs000";
     let key = api_key(None, vec![Scope::Admin, Scope::Read]);
     let key_id = key.id;
     let mut store = key_store_finding(

@@ -29,6 +29,9 @@ pub enum WebhookError {
     /// The named tenant does not exist or is not visible.
     #[error("tenant not found")]
     TenantNotFound,
+    /// The tenant (or the global set) already has the most webhooks allowed.
+    #[error("{0}")]
+    LimitReached(String),
     /// Only a global key may do this.
     #[error("{0}")]
     Forbidden(String),
