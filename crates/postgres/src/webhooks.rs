@@ -93,10 +93,12 @@ async fn check_webhook_limit(
     max: i64,
 ) -> Result<(), TxError<WebhookError>> {
     let owner = tenant_id.map_or_else(|| "global".to_owned(), |t| t.to_string());
-    diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended('stratum.webhooks.' || $1, 0))")
-        .bind::<Text, _>(owner)
-        .execute(conn)
-        .await?;
+    diesel::sql_query(
+        "SELECT pg_advisory_xact_lock(hashtextextended('stratum.webhooks.' || $1, 0))",
+    )
+    .bind::<Text, _>(owner)
+    .execute(conn)
+    .await?;
     let mut q = webhooks::table.into_boxed();
     q = match tenant_id {
         Some(t) => q.filter(webhooks::tenant_id.eq(t)),
