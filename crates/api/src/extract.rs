@@ -43,16 +43,61 @@ impl<T: Body + 'static> FromRequest for Json<T> {
     type Future = LocalBoxFuture<'static, Result<Self, Self::Error>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let value = web::Json::<Value>::from_request(req, payload);
+        let is_json = is_json_content_type(
+            req.headers()
+                .get(actix_web::http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
+        );
+        let body = web::Payload::from_request(req, payload);
         Box::pin(async move {
-            let web::Json(value) = value.await?;
-            Ok(Json(object_body::<T>(value)?))
+            if !is_json {
+                return Err(ApiError::validation(
+                    "request body must be JSON (Content-Type: application/json)",
+                )
+                .into());
+            }
+            let bytes = read_body(body.await?).await?;
+            Ok(Json(object_body::<T>(&bytes)?))
         })
     }
 }
 
-/// Checks a parsed body and deserializes it (see [`Json`]).
-pub fn object_body<T: Body>(value: Value) -> Result<T, ApiError> {
+/// Whether a `Content-Type` names JSON (`application/json` or `…+json`).
+pub fn is_json_content_type(content_type: Option<&str>) -> bool {
+    content_type
+        .and_then(|c| c.split(';').next())
+        .map(|m| {
+            let m = m.trim().to_ascii_lowercase();
+            m == "application/json" || m.ends_with("+json")
+        })
+        .unwrap_or(false)
+}
+
+/// Reads a whole body of at most [`BODY_LIMIT`] bytes: 413 beyond, 408 when the body
+/// deadline passes first, 400 for any other read failure.
+pub async fn read_body(payload: web::Payload) -> Result<web::Bytes, ApiError> {
+    match payload.to_bytes_limited(BODY_LIMIT).await {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(e)) if e.as_error::<PayloadError>().is_some_and(is_timeout) => Err(body_timeout()),
+        Ok(Err(e)) => Err(ApiError::validation(format!("cannot read the body: {e}"))),
+        Err(_) => Err(too_large()),
+    }
+}
+
+/// 413 `PAYLOAD_TOO_LARGE`.
+pub fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "PAYLOAD_TOO_LARGE",
+        format!("request body is larger than {BODY_LIMIT} bytes"),
+    )
+}
+
+/// Checks a body (see [`Json`]) and deserializes it. The struct is read from the bytes
+/// themselves, so a key given twice is refused rather than silently collapsed.
+pub fn object_body<T: Body>(bytes: &[u8]) -> Result<T, ApiError> {
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::validation(format!("invalid JSON body: {e}")))?;
     let Value::Object(map) = &value else {
         return Err(ApiError::validation("request body must be a JSON object"));
     };
@@ -65,7 +110,7 @@ pub fn object_body<T: Body>(value: Value) -> Result<T, ApiError> {
             return Err(ApiError::field(field, "must not be null"));
         }
     }
-    serde_json::from_value(value)
+    serde_json::from_slice(bytes)
         .map_err(|e| ApiError::validation(format!("invalid JSON body: {e}")))
 }
 
