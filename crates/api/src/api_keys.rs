@@ -19,7 +19,9 @@ struct CreateKey {
     /// Bind the key to this tenant and its descendants; absent or null for a global key.
     #[serde(default)]
     tenant_id: Option<Uuid>,
+    /// A label, at most 255 characters.
     #[serde(default)]
+    #[schema(max_length = 255)]
     name: Option<String>,
     /// Scopes; default `["read"]`.
     #[serde(default)]

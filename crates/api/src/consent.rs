@@ -37,8 +37,10 @@ struct GrantConsent {
 #[into_params(parameter_in = Query)]
 struct ListQuery {
     /// Only this subject's records.
+    #[param(min_length = 1, max_length = 255)]
     subject_id: Option<String>,
     /// Only records for this purpose.
+    #[param(pattern = "^[a-z0-9][a-z0-9_.-]{0,63}$")]
     purpose: Option<String>,
     /// `true`: only granted, unexpired records; `false`: only revoked or expired ones.
     #[param(value_type = Option<bool>)]
@@ -49,7 +51,7 @@ struct ListQuery {
 #[into_params(parameter_in = Query)]
 struct RevokeQuery {
     /// Whose consent to revoke (required).
-    #[param(required = true, value_type = String)]
+    #[param(required = true, value_type = String, min_length = 1, max_length = 255)]
     subject_id: Option<String>,
 }
 
@@ -139,7 +141,7 @@ async fn list(
     tag = "consent",
     operation_id = "revokeConsent",
     description = "404 `CONSENT_NOT_FOUND` when no active grant exists.",
-    params(("id" = Uuid, Path, description = "Tenant id"), ("purpose" = String, Path, description = "The purpose"), RevokeQuery),
+    params(("id" = Uuid, Path, description = "Tenant id"), ("purpose" = String, Path, description = "The purpose", pattern = "^[a-z0-9][a-z0-9_.-]{0,63}$"), RevokeQuery),
     responses(
         (status = 200, description = "Revoked", body = crate::openapi::Success),
         (status = 400, response = crate::openapi::ValidationError),

@@ -34,7 +34,8 @@ impl crate::extract::Body for PatchPermission {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateTenant {
-    /// Display name, 1-255 characters.
+    /// Display name, 1-255 characters, not blank.
+    #[schema(min_length = 1, max_length = 255)]
     name: String,
     /// Unique handle.
     #[schema(pattern = "^[a-z][a-z0-9_]{0,62}$")]
@@ -51,13 +52,17 @@ struct CreateTenant {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PatchTenant {
+    /// New display name, 1-255 characters, not blank.
     #[serde(default)]
+    #[schema(nullable = false, min_length = 1, max_length = 255)]
     name: Option<String>,
+    /// New unique handle.
     #[serde(default)]
-    #[schema(pattern = "^[a-z][a-z0-9_]{0,62}$")]
+    #[schema(nullable = false, pattern = "^[a-z][a-z0-9_]{0,62}$")]
     slug: Option<String>,
+    /// New metadata; replaces the old object.
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<Object>, nullable = false)]
     metadata: Option<Value>,
 }
 
@@ -302,9 +307,13 @@ async fn descendants(
 struct PutConfig {
     /// Any JSON value.
     value: Value,
+    /// Cannot be overridden below; default: as stored, else false.
     #[serde(default)]
+    #[schema(nullable = false)]
     locked: Option<bool>,
+    /// Stored encrypted; default: as stored or inherited, else false.
     #[serde(default)]
+    #[schema(nullable = false)]
     sensitive: Option<bool>,
 }
 
@@ -334,7 +343,7 @@ async fn config_get(
     tag = "config",
     operation_id = "putConfig",
     description = "Sets a key on the tenant; 409 `CONFIG_LOCKED` when an ancestor locked it.",
-    params(("id" = Uuid, Path, description = "Tenant id"), ("key" = String, Path, description = "Config key: 1-128 of [A-Za-z0-9_.:-], starting alphanumeric")),
+    params(("id" = Uuid, Path, description = "Tenant id"), ("key" = String, Path, description = "Config key: 1-128 of [A-Za-z0-9_.:-], starting alphanumeric", pattern = "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")),
     request_body = PutConfig,
     responses(
         (status = 200, description = "The entry as set", body = stratum_tenancy::ConfigEntry),
@@ -365,7 +374,7 @@ async fn config_put(
     path = "/api/v1/tenants/{id}/config/{key}",
     tag = "config",
     operation_id = "deleteConfig",
-    params(("id" = Uuid, Path, description = "Tenant id"), ("key" = String, Path, description = "Config key: 1-128 of [A-Za-z0-9_.:-], starting alphanumeric")),
+    params(("id" = Uuid, Path, description = "Tenant id"), ("key" = String, Path, description = "Config key: 1-128 of [A-Za-z0-9_.:-], starting alphanumeric", pattern = "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")),
     responses(
         (status = 204, description = "Removed"),
         (status = 400, response = crate::openapi::ValidationError),
@@ -385,6 +394,8 @@ async fn config_delete(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreatePermission {
+    /// Permission name: 1-128 characters without control characters.
+    #[schema(min_length = 1, max_length = 128)]
     key: String,
     value: Value,
     #[schema(value_type = stratum_tenancy::PermissionMode)]
@@ -394,10 +405,13 @@ struct CreatePermission {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PatchPermission {
+    /// New value: any JSON value except null.
     #[serde(default)]
+    #[schema(value_type = crate::openapi::NonNull)]
     value: Option<Value>,
+    /// New mode.
     #[serde(default)]
-    #[schema(value_type = Option<stratum_tenancy::PermissionMode>)]
+    #[schema(value_type = stratum_tenancy::PermissionMode)]
     mode: Option<String>,
 }
 
