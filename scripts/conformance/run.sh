@@ -17,6 +17,7 @@ PG_PORT=${STRATUM_PG_PORT:-55432}
 SEED=${CONFORMANCE_SEED:-20261130}
 EXAMPLES=${CONFORMANCE_MAX_EXAMPLES:-30}
 OUT=${CONFORMANCE_OUT:-target/conformance}
+BIN=${STRATUM_CONFORMANCE_BIN:-target/release/stratum}
 ADMIN_KEY=sk_conformance_admin_key_0123456789abcdef0123
 
 inside() {
@@ -33,7 +34,7 @@ inside() {
   STRATUM_WEBHOOK_BACKOFF_BASE_MS=200 \
   STRATUM_WEBHOOK_TIMEOUT_MS=2000 \
   STRATUM_LOG_FORMAT=json RUST_LOG=warn \
-    ./target/release/stratum serve >"$OUT/stratum.log" 2>&1 &
+    "$BIN" serve >"$OUT/stratum.log" 2>&1 &
   local pid=$!
   trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true' EXIT
   local base="http://127.0.0.1:$port"
@@ -55,16 +56,17 @@ inside() {
     --mode all \
     --seed "$SEED" \
     --max-examples "$EXAMPLES" \
-    --generation-deterministic \
     --workers 2 \
     --request-timeout 30 \
     --continue-on-failure \
     --suppress-health-check all \
     --report junit,ndjson --report-dir "$OUT" \
     || rc=$?
-  if grep -q '"level":"ERROR"' "$OUT/stratum.log"; then
+  # Stratum's own error logs (every 5xx is logged with its cause); actix-http's notes
+  # about unparseable requests are the fuzzer's doing and answered with 400.
+  if grep '"level":"ERROR"' "$OUT/stratum.log" | grep -q '"target":"stratum'; then
     echo "conformance: the server logged errors (see $OUT/stratum.log):" >&2
-    grep '"level":"ERROR"' "$OUT/stratum.log" | head -5 >&2
+    grep '"level":"ERROR"' "$OUT/stratum.log" | grep '"target":"stratum' | head -5 >&2
     rc=1
   fi
   exit "$rc"
@@ -77,12 +79,12 @@ fi
 
 # --- outside the namespace ---------------------------------------------------------------
 command -v unshare >/dev/null || { echo "conformance: unshare (util-linux) is required" >&2; exit 1; }
-test -x target/release/stratum || { echo "conformance: build target/release/stratum first (make build)" >&2; exit 1; }
+test -x "$BIN" || { echo "conformance: build $BIN first (make build)" >&2; exit 1; }
 psql() { command psql -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres "$@"; }
 psql -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB" >/dev/null
 SOCK=$(psql -tAc "SHOW unix_socket_directories" | cut -d, -f1 | tr -d ' ')
 [ -S "$SOCK/.s.PGSQL.$PG_PORT" ] || { echo "conformance: no PostgreSQL socket in $SOCK" >&2; exit 1; }
-export SOCK VENV DB PG_PORT SEED EXAMPLES OUT
+export SOCK VENV DB PG_PORT SEED EXAMPLES OUT BIN
 if [ "$(id -u)" -eq 0 ]; then
   exec unshare -n "$0" --inside
 else
