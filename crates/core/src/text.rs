@@ -16,6 +16,13 @@ pub struct TextError {
 /// The message every NUL refusal carries.
 pub const NUL_MESSAGE: &str = "must not contain the NUL character (U+0000)";
 
+/// Deepest nesting a stored JSON value may have. Stored values come back wrapped (in
+/// audit states, event payloads), and a reader's recursion limit must still hold then.
+pub const MAX_JSON_DEPTH: usize = 64;
+
+/// The message every too-deep refusal carries.
+pub const DEPTH_MESSAGE: &str = "must not nest arrays and objects more than 64 levels deep";
+
 /// Refuses a string containing U+0000.
 pub fn check_str(field: &str, s: &str) -> Result<(), TextError> {
     if s.contains('\0') {
@@ -27,9 +34,15 @@ pub fn check_str(field: &str, s: &str) -> Result<(), TextError> {
     Ok(())
 }
 
-/// Refuses a JSON value with U+0000 in any string or object key, at any depth; the error
-/// names the first offending place (`metadata.a.b[3]`).
+/// Refuses a JSON value with U+0000 in any string or object key, or nested deeper than
+/// [`MAX_JSON_DEPTH`]; the error names the first offending place (`metadata.a.b[3]`).
 pub fn check_json(field: &str, v: &Value) -> Result<(), TextError> {
+    if depth(v) > MAX_JSON_DEPTH {
+        return Err(TextError {
+            path: field.to_owned(),
+            message: DEPTH_MESSAGE,
+        });
+    }
     match find_nul(v) {
         None => Ok(()),
         Some(rest) => Err(TextError {
@@ -37,6 +50,22 @@ pub fn check_json(field: &str, v: &Value) -> Result<(), TextError> {
             message: NUL_MESSAGE,
         }),
     }
+}
+
+/// How deeply arrays and objects nest in `v` (a scalar is 0, `[]` is 1).
+pub fn depth(v: &Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(v, 0usize)];
+    while let Some((v, d)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match v {
+            Value::Array(items) => Box::new(items.iter()),
+            Value::Object(map) => Box::new(map.values()),
+            _ => continue,
+        };
+        deepest = deepest.max(d + 1);
+        stack.extend(children.map(|c| (c, d + 1)));
+    }
+    deepest
 }
 
 /// The path (relative, `.key` / `[i]`) of the first U+0000 inside `v`, if any.
@@ -97,6 +126,20 @@ mod tests {
         for (value, path) in cases {
             assert_eq!(check_json("v", &value).unwrap_err().path, path, "{value}");
         }
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        assert_eq!(depth(&json!(1)), 0);
+        assert_eq!(depth(&json!([])), 1);
+        assert_eq!(depth(&json!({"a": [1, {"b": []}]})), 4);
+        let mut v = json!(1);
+        for _ in 0..MAX_JSON_DEPTH {
+            v = json!([v]);
+        }
+        assert!(check_json("v", &v).is_ok());
+        let e = check_json("v", &json!({ "k": v })).unwrap_err();
+        assert_eq!((e.path.as_str(), e.message), ("v", DEPTH_MESSAGE));
     }
 
     #[test]

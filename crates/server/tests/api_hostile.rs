@@ -259,6 +259,129 @@ async fn nul_in_any_stored_string_or_filter_is_a_400_naming_the_field() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn stored_json_reads_back_whatever_its_numbers_and_nesting() {
+    let h = harness().await;
+    let app = app!(h);
+    let w = world(&app).await;
+    let t = &w.tenant;
+    // Found by Schemathesis: f64::MIN came back from jsonb as its exact 309-digit decimal
+    // and failed to parse (500 on every later read of config and audit).
+    let mut n = 0;
+    for (i, v) in [
+        f64::MIN,
+        f64::MAX,
+        f64::MIN_POSITIVE,
+        5e-324,
+        -0.0,
+        1e300,
+        123456789.123456789,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let r = call(
+            &app,
+            PUT,
+            &format!("/api/v1/tenants/{t}/config/n{i}"),
+            Some(ADMIN),
+            Some(json!({"value": v})),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{v}: {}", r.body);
+        n += 1;
+    }
+    let r = call(
+        &app,
+        PATCH,
+        &format!("/api/v1/tenants/{t}"),
+        Some(ADMIN),
+        Some(json!({"metadata": {"m": f64::MIN}})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let config = call(
+        &app,
+        GET,
+        &format!("/api/v1/tenants/{t}/config"),
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!(config.status, StatusCode::OK, "{}", config.body);
+    assert_eq!(config.body["n0"]["value"].as_f64(), Some(f64::MIN));
+    assert_eq!(config.body["n1"]["value"].as_f64(), Some(f64::MAX));
+    assert_eq!(config.body["n3"]["value"].as_f64(), Some(5e-324));
+    let audit = call(&app, GET, "/api/v1/audit-logs?limit=100", Some(ADMIN), None).await;
+    assert_eq!(audit.status, StatusCode::OK, "{}", audit.body);
+    let tenant = call(
+        &app,
+        GET,
+        &format!("/api/v1/tenants/{t}"),
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!(tenant.body["metadata"]["m"].as_f64(), Some(f64::MIN));
+    // Nesting: 64 levels are stored and read back; 65 are refused before storage.
+    let mut deep = json!(1);
+    for _ in 0..64 {
+        deep = json!([deep]);
+    }
+    let ok = call(
+        &app,
+        PUT,
+        &format!("/api/v1/tenants/{t}/config/deep"),
+        Some(ADMIN),
+        Some(json!({"value": deep.clone()})),
+    )
+    .await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+    let deeper = json!([deep]);
+    for (method, path, body, field) in [
+        (
+            PUT,
+            format!("/api/v1/tenants/{t}/config/deeper"),
+            json!({"value": deeper.clone()}),
+            "value",
+        ),
+        (
+            PATCH,
+            format!("/api/v1/tenants/{t}"),
+            json!({"metadata": {"a": deeper.clone()}}),
+            "metadata",
+        ),
+        (
+            POST,
+            format!("/api/v1/tenants/{t}/permissions"),
+            json!({"key": "d", "value": deeper.clone(), "mode": "LOCKED"}),
+            "value",
+        ),
+        (
+            POST,
+            format!("/api/v1/tenants/{t}/consent"),
+            json!({"subject_id": "u", "purpose": "p", "metadata": {"a": deeper.clone()}}),
+            "metadata",
+        ),
+    ] {
+        let r = call(&app, method.clone(), &path, Some(ADMIN), Some(body)).await;
+        assert_400(&r, Some(field), &format!("{method} {path}"));
+        n += 1;
+    }
+    let config = call(
+        &app,
+        GET,
+        &format!("/api/v1/tenants/{t}/config"),
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!(config.status, StatusCode::OK, "{}", config.body);
+    let audit = call(&app, GET, "/api/v1/audit-logs?limit=100", Some(ADMIN), None).await;
+    assert_eq!(audit.status, StatusCode::OK, "{}", audit.body);
+    eprintln!("hostile cases: {}", n + 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn bodies_must_be_json_objects() {
     let h = harness().await;
     let app = app!(h);
