@@ -274,7 +274,7 @@ async fn stored_json_reads_back_whatever_its_numbers_and_nesting() {
         5e-324,
         -0.0,
         1e300,
-        123456789.123456789,
+        123_456_789.123_456_78,
     ]
     .into_iter()
     .enumerate()
