@@ -8,12 +8,13 @@ DB_URL      := $(shell $(PG) url stratum)
 CARGO       ?= cargo
 DOMAIN_CRATES := stratum-core stratum-crypto stratum-audit stratum-consent stratum-webhooks stratum-tenancy stratum-maintenance
 
-.PHONY: openapi-check deploy-check fmt-check clippy help db-up db-down db-test-up run build test test-unit lint fmt schema-check boundary-check bench tools clean
+.PHONY: conformance openapi-check deploy-check fmt-check clippy help db-up db-down db-test-up run build test test-unit lint fmt schema-check boundary-check bench tools clean
 
 help:
 	@echo "make run     build, start PostgreSQL, migrate and serve on http://127.0.0.1:3001"
 	@echo "make test    start PostgreSQL and run every test of the workspace against it"
 	@echo "make lint    fmt, clippy -D warnings, domain boundary check, diesel schema check"
+	@echo "make conformance   Schemathesis and Standard Webhooks against the release binary"
 	@echo "make bench   benchmarks under bench/ (print figures)"
 	@echo "make db-up / db-down   the project's own PostgreSQL on 127.0.0.1:55432"
 
@@ -105,6 +106,18 @@ openapi-check: $(VENV)/.tools
 	@mkdir -p target
 	@$(CARGO) run -q -p stratum-server --bin stratum -- openapi > target/openapi.json
 	@$(VENV)/bin/python -m openapi_spec_validator target/openapi.json
+
+# Clients nobody here wrote, against the release binary in a loopback-only network
+# namespace: Schemathesis over the served OpenAPI document, and real deliveries verified
+# with the official Standard Webhooks library. Fails on any failure.
+CONFORMANCE_TOOLS := schemathesis==4.32.5 standardwebhooks==1.1.0
+$(VENV)/.conformance-tools: Makefile
+	@test -x $(VENV)/bin/python || python3 -m venv $(VENV)
+	@$(VENV)/bin/pip install -q --disable-pip-version-check $(CONFORMANCE_TOOLS)
+	@touch $@
+
+conformance: db-test-up build $(VENV)/.conformance-tools
+	@scripts/conformance/run.sh
 
 bench: db-up
 	@bench/run.sh

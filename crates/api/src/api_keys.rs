@@ -11,13 +11,17 @@ use crate::AppState;
 
 type Res = Result<HttpResponse, ApiError>;
 
+impl crate::extract::Body for CreateKey {}
+
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateKey {
     /// Bind the key to this tenant and its descendants; absent or null for a global key.
     #[serde(default)]
     tenant_id: Option<Uuid>,
+    /// A label, at most 255 characters.
     #[serde(default)]
+    #[schema(max_length = 255)]
     name: Option<String>,
     /// Scopes; default `["read"]`.
     #[serde(default)]
@@ -57,7 +61,7 @@ struct ListQuery {
 async fn create(
     state: web::Data<AppState>,
     GlobalAdmin(caller): GlobalAdmin,
-    body: web::Json<CreateKey>,
+    body: crate::extract::Json<CreateKey>,
 ) -> Res {
     let b = body.into_inner();
     let minted = state

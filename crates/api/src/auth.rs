@@ -50,6 +50,16 @@ pub async fn authenticate(
     }
 }
 
+fn too_many_failures(secs: u64) -> ApiError {
+    let mut e = ApiError::new(
+        actix_web::http::StatusCode::TOO_MANY_REQUESTS,
+        "RATE_LIMITED",
+        "too many failed authentications from this address; retry later",
+    );
+    e.retry_after = Some(secs);
+    e
+}
+
 async fn admit(req: &ServiceRequest) -> Result<Caller, ApiError> {
     let Some(state) = req.app_data::<web::Data<AppState>>().cloned() else {
         return Err(ApiError::internal("application state missing"));
@@ -57,11 +67,25 @@ async fn admit(req: &ServiceRequest) -> Result<Caller, ApiError> {
     let key = presented_key(req)
         .filter(|k| !k.is_empty())
         .ok_or_else(ApiError::unauthorized)?;
-    let actor = state
-        .api_keys
-        .authenticate(&key)
-        .await?
-        .ok_or_else(ApiError::unauthorized)?;
+    // Failed authentications are limited per client address: once an address has used
+    // its allowance, its keys are not even looked at until the bucket refills.
+    let client = req
+        .peer_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|| "unknown".to_owned());
+    let now = std::time::Instant::now();
+    if let Some(failures) = &state.auth_failures {
+        if let Some(secs) = failures.exhausted(&client, now) {
+            state.metrics.observe_rate_limited();
+            return Err(too_many_failures(secs));
+        }
+    }
+    let Some(actor) = state.api_keys.authenticate(&key).await? else {
+        if let Some(failures) = &state.auth_failures {
+            let _ = failures.check(&client, now);
+        }
+        return Err(ApiError::unauthorized());
+    };
     if let Some(limiter) = &state.rate_limiter {
         let exempt =
             matches!(actor.kind, stratum_core::ActorKind::Bootstrap) && !limiter.limits_bootstrap();

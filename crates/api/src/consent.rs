@@ -12,6 +12,8 @@ use crate::AppState;
 
 type Res = Result<HttpResponse, ApiError>;
 
+impl crate::extract::Body for GrantConsent {}
+
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct GrantConsent {
@@ -35,8 +37,10 @@ struct GrantConsent {
 #[into_params(parameter_in = Query)]
 struct ListQuery {
     /// Only this subject's records.
+    #[param(min_length = 1, max_length = 255)]
     subject_id: Option<String>,
     /// Only records for this purpose.
+    #[param(pattern = "^[a-z0-9][a-z0-9_.-]{0,63}$")]
     purpose: Option<String>,
     /// `true`: only granted, unexpired records; `false`: only revoked or expired ones.
     #[param(value_type = Option<bool>)]
@@ -47,7 +51,7 @@ struct ListQuery {
 #[into_params(parameter_in = Query)]
 struct RevokeQuery {
     /// Whose consent to revoke (required).
-    #[param(required = true, value_type = String)]
+    #[param(required = true, value_type = String, min_length = 1, max_length = 255)]
     subject_id: Option<String>,
 }
 
@@ -81,7 +85,7 @@ async fn grant(
     state: web::Data<AppState>,
     Authed(caller): Authed,
     id: web::Path<Uuid>,
-    body: web::Json<GrantConsent>,
+    body: crate::extract::Json<GrantConsent>,
 ) -> Res {
     let b = body.into_inner();
     let (record, created) = state
@@ -137,7 +141,7 @@ async fn list(
     tag = "consent",
     operation_id = "revokeConsent",
     description = "404 `CONSENT_NOT_FOUND` when no active grant exists.",
-    params(("id" = Uuid, Path, description = "Tenant id"), ("purpose" = String, Path, description = "The purpose"), RevokeQuery),
+    params(("id" = Uuid, Path, description = "Tenant id"), ("purpose" = String, Path, description = "The purpose", pattern = "^[a-z0-9][a-z0-9_.-]{0,63}$"), RevokeQuery),
     responses(
         (status = 200, description = "Revoked", body = crate::openapi::Success),
         (status = 400, response = crate::openapi::ValidationError),

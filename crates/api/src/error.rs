@@ -162,7 +162,12 @@ impl ResponseError for ApiError {
                 request_id,
             },
         };
-        let mut res = HttpResponse::build(self.status).json(body);
+        let mut builder = HttpResponse::build(self.status);
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of a late body may still arrive: the connection cannot be reused.
+            builder.force_close();
+        }
+        let mut res = builder.json(body);
         if let Some(secs) = self.retry_after {
             if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
                 res.headers_mut().insert(header::RETRY_AFTER, v);
@@ -220,6 +225,7 @@ impl From<stratum_audit::AuditError> for ApiError {
             E::BadCursor => Self::field("cursor", "does not name an audit entry"),
             E::TenantNotFound => Self::not_found("TENANT_NOT_FOUND", "tenant"),
             E::BadRange => Self::field("from", "must not be after 'to'"),
+            E::Invalid { field, message } => Self::field(field, message),
             E::Store(s) => s.into(),
         }
     }
@@ -253,6 +259,7 @@ impl From<stratum_webhooks::WebhookError> for ApiError {
             E::Stale => Self::conflict("CONFLICT", "the webhook changed concurrently; retry"),
             E::PreconditionFailed(m) => Self::precondition_failed(m),
             E::Conflict(m) => Self::conflict("CONFLICT", m),
+            E::LimitReached(m) => Self::conflict("CONFLICT", m),
             E::Forbidden(m) => Self::forbidden(m),
             E::Store(s) => s.into(),
         }

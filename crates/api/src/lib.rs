@@ -52,6 +52,7 @@ pub fn app(
                 .configure(routes),
         )
         .default_service(web::to(unknown_route))
+        .wrap(actix_web::middleware::from_fn(middleware::body_deadline))
         .wrap(actix_web::middleware::from_fn(middleware::request_id))
 }
 

@@ -1,16 +1,16 @@
 //! Maintenance routes (admin, global keys only).
 
 use actix_web::http::header::CONTENT_TYPE;
-use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::GlobalAdmin;
 use crate::error::ApiError;
-use crate::extract::BODY_LIMIT;
 use crate::AppState;
 
 type Res = Result<HttpResponse, ApiError>;
+
+impl crate::extract::Body for RotateBody {}
 
 #[derive(Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -76,17 +76,7 @@ async fn purge_expired(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Res {
-    let bytes = match payload.to_bytes_limited(BODY_LIMIT).await {
-        Ok(Ok(b)) => b,
-        Ok(Err(e)) => return Err(ApiError::validation(format!("cannot read the body: {e}"))),
-        Err(_) => {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "PAYLOAD_TOO_LARGE",
-                format!("request body is larger than {BODY_LIMIT} bytes"),
-            ))
-        }
-    };
+    let bytes = crate::extract::read_body(payload).await?;
     let content_type = req
         .headers()
         .get(CONTENT_TYPE)
@@ -108,7 +98,7 @@ async fn purge_expired(
 async fn rotate_encryption_key(
     state: web::Data<AppState>,
     GlobalAdmin(caller): GlobalAdmin,
-    body: web::Json<RotateBody>,
+    body: crate::extract::Json<RotateBody>,
 ) -> Res {
     let b = body.into_inner();
     let c = state

@@ -1,5 +1,6 @@
 //! Request ids and access logs.
 
+use std::future::Future as _;
 use std::time::Instant;
 
 use actix_web::body::{BoxBody, MessageBody};
@@ -12,6 +13,89 @@ use crate::error::REQUEST_ID;
 
 /// The request id header.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The label of anything outside the known sets.
+pub const OTHER: &str = "other";
+
+/// The metrics label of a method: a standard one, or `other`.
+pub fn method_label(m: &actix_web::http::Method) -> &'static str {
+    use actix_web::http::Method as M;
+    match *m {
+        M::GET => "GET",
+        M::HEAD => "HEAD",
+        M::POST => "POST",
+        M::PUT => "PUT",
+        M::PATCH => "PATCH",
+        M::DELETE => "DELETE",
+        M::OPTIONS => "OPTIONS",
+        _ => OTHER,
+    }
+}
+
+/// Gives the request body a deadline (`STRATUM_REQUEST_BODY_TIMEOUT_MS`): a body that
+/// has not fully arrived by then fails with a timed-out I/O error, which the body
+/// extractors answer with 408 `REQUEST_TIMEOUT` (and the connection is closed).
+pub async fn body_deadline(
+    mut req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let timeout = req
+        .app_data::<actix_web::web::Data<crate::AppState>>()
+        .map(|s| s.body_timeout)
+        .unwrap_or(DEFAULT_BODY_TIMEOUT);
+    let inner = req.take_payload();
+    let stream = DeadlineStream {
+        inner,
+        deadline: Box::pin(tokio::time::sleep(timeout)),
+        done: false,
+    };
+    req.set_payload(actix_web::dev::Payload::Stream {
+        payload: Box::pin(stream),
+    });
+    next.call(req).await
+}
+
+/// The default of `STRATUM_REQUEST_BODY_TIMEOUT_MS`.
+pub const DEFAULT_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+struct DeadlineStream {
+    inner: actix_web::dev::Payload,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    done: bool,
+}
+
+impl futures_util::Stream for DeadlineStream {
+    type Item = Result<actix_web::web::Bytes, actix_web::error::PayloadError>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match std::pin::Pin::new(&mut self.inner).poll_next(cx) {
+            Poll::Ready(None) => {
+                self.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(item)) => Poll::Ready(Some(item)),
+            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    self.done = true;
+                    Poll::Ready(Some(Err(actix_web::error::PayloadError::Io(
+                        std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "request body deadline passed",
+                        ),
+                    ))))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
 
 /// The request's id, available to handlers through extensions.
 #[derive(Debug, Clone)]
@@ -65,10 +149,12 @@ pub async fn request_id(
     if let Ok(v) = HeaderValue::from_str(&id) {
         res.headers_mut().insert(X_REQUEST_ID.clone(), v);
     }
+    // Labels come from fixed sets only (route templates, standard methods), so no request
+    // can add a time series.
     let route = res
         .request()
         .match_pattern()
-        .unwrap_or_else(|| "<unmatched>".to_owned());
+        .unwrap_or_else(|| OTHER.to_owned());
     let status = res.status().as_u16();
     let (key_id, tenant_id) = res
         .request()
@@ -83,7 +169,7 @@ pub async fn request_id(
     {
         state
             .metrics
-            .observe_http(&route, method.as_str(), status, latency);
+            .observe_http(&route, method_label(&method), status, latency);
     }
     tracing::info!(
         request_id = %id,

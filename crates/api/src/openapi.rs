@@ -79,7 +79,7 @@ pub const PUBLIC_PATHS: [&str; 4] = ["/health", "/ready", "/metrics", "/api/v1/o
         rotate_encryption_key_doc,
     ),
     components(
-        schemas(ErrorBody, ErrorObject, FieldErrorDoc, SubscribableEvent),
+        schemas(ErrorBody, ErrorObject, FieldErrorDoc, SubscribableEvent, NonNull),
         responses(
             ValidationError,
             Unauthorized,
@@ -88,6 +88,7 @@ pub const PUBLIC_PATHS: [&str; 4] = ["/health", "/ready", "/metrics", "/api/v1/o
             Conflict,
             PayloadTooLarge,
             PreconditionFailed,
+            RequestTimeout,
             RateLimited,
             InternalError,
             Unavailable
@@ -158,7 +159,17 @@ impl Modify for Security {
             .into_iter()
             .flatten()
             {
-                for (status, name) in shared {
+                // Whatever takes a body can also fail to read it.
+                let body = if op.request_body.is_some() {
+                    &[
+                        ("400", "ValidationError"),
+                        ("408", "RequestTimeout"),
+                        ("413", "PayloadTooLarge"),
+                    ][..]
+                } else {
+                    &[][..]
+                };
+                for &(status, name) in shared.iter().chain(body) {
                     op.responses
                         .responses
                         .entry(status.to_owned())
@@ -269,6 +280,27 @@ pub struct Success {
     success: bool,
 }
 
+/// Any JSON value except `null`.
+pub struct NonNull;
+
+impl utoipa::PartialSchema for NonNull {
+    fn schema() -> RefOr<utoipa::openapi::schema::Schema> {
+        ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::SchemaType::from_iter([
+                Type::String,
+                Type::Number,
+                Type::Integer,
+                Type::Boolean,
+                Type::Object,
+                Type::Array,
+            ]))
+            .description(Some("Any JSON value except null."))
+            .into()
+    }
+}
+
+impl ToSchema for NonNull {}
+
 /// An event a webhook may subscribe to.
 #[derive(serde::Serialize, ToSchema)]
 #[allow(dead_code, reason = "documents the accepted event names")]
@@ -340,6 +372,8 @@ error_responses! {
     PayloadTooLarge => "`PAYLOAD_TOO_LARGE`: the body is over the limit (256 KiB)",
     PreconditionFailed => "`PRECONDITION_FAILED`: `If-Match` names a version that is no longer \
         current; nothing changed",
+    RequestTimeout => "`REQUEST_TIMEOUT`: the body did not arrive within \
+        `STRATUM_REQUEST_BODY_TIMEOUT_MS`; the connection is closed",
     InternalError => "`INTERNAL_ERROR`: a bug; the body carries the request id",
     Unavailable => "`SERVICE_UNAVAILABLE`: the database is unreachable; the request changed \
         nothing",
@@ -388,12 +422,13 @@ impl<'r> utoipa::ToResponse<'r> for RateLimited {
 fn metrics_doc() {}
 
 /// Body of `POST /maintenance/purge-expired` (optional).
-#[derive(ToSchema)]
+#[derive(serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code, reason = "documentation only")]
 pub struct PurgeExpiredRequest {
     /// Retention window in days for deliveries, events and consent records (default
     /// `STRATUM_RETENTION_DAYS`, 90).
-    #[schema(minimum = 1, maximum = 3650, nullable = false)]
+    #[schema(minimum = 1, maximum = 3650)]
     retention_days: Option<i64>,
 }
 
@@ -414,7 +449,8 @@ pub struct PurgeExpiredResult {
 }
 
 /// Body of `POST /maintenance/rotate-encryption-key`.
-#[derive(ToSchema)]
+#[derive(serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code, reason = "documentation only")]
 pub struct RotateEncryptionKeyRequest {
     /// The encryption key in use.

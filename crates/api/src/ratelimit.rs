@@ -36,6 +36,15 @@ impl RateLimiter {
         self.config.limit_bootstrap
     }
 
+    /// Whether `key` has no token left, without taking one: `Some(seconds)` until the next.
+    pub fn exhausted(&self, key: &str, now: Instant) -> Option<u64> {
+        let buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        let (tokens, at) = buckets.get(key)?;
+        let refill = now.duration_since(*at).as_secs_f64() * self.config.per_second;
+        let tokens = (*tokens + refill).min(self.config.burst);
+        (tokens < 1.0).then(|| ((1.0 - tokens) / self.config.per_second).ceil().max(1.0) as u64)
+    }
+
     /// Takes one token for `key`; `Err(seconds)` says when to retry.
     pub fn check(&self, key: &str, now: Instant) -> Result<(), u64> {
         let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
@@ -84,6 +93,24 @@ mod tests {
         assert!(rl.check("other", t0).is_ok(), "keys are independent");
         assert!(rl.check("k", t0 + Duration::from_millis(600)).is_ok());
         assert!(rl.check("k", t0 + Duration::from_millis(600)).is_err());
+    }
+
+    #[test]
+    fn exhausted_peeks_without_taking() {
+        let rl = RateLimiter::new(RateLimitConfig {
+            per_second: 1.0,
+            burst: 2.0,
+            limit_bootstrap: true,
+        })
+        .unwrap();
+        let t0 = Instant::now();
+        assert_eq!(rl.exhausted("ip", t0), None);
+        assert!(rl.check("ip", t0).is_ok());
+        assert_eq!(rl.exhausted("ip", t0), None);
+        assert_eq!(rl.exhausted("ip", t0), None, "peeking takes nothing");
+        assert!(rl.check("ip", t0).is_ok());
+        assert_eq!(rl.exhausted("ip", t0), Some(1));
+        assert_eq!(rl.exhausted("ip", t0 + Duration::from_secs(1)), None);
     }
 
     #[test]

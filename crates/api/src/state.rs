@@ -12,6 +12,10 @@ pub struct AppState {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Per-key rate limiter (`None`: off).
     pub rate_limiter: Option<Arc<crate::ratelimit::RateLimiter>>,
+    /// How long a request body may take to arrive (`STRATUM_REQUEST_BODY_TIMEOUT_MS`).
+    pub body_timeout: std::time::Duration,
+    /// Failed authentications per client address (`None`: unlimited).
+    pub auth_failures: Option<Arc<crate::ratelimit::RateLimiter>>,
     /// The database pool (readiness).
     pub pool: Pool,
     /// Tenants.

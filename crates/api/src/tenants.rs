@@ -14,10 +14,29 @@ use crate::AppState;
 
 type Res = Result<HttpResponse, ApiError>;
 
+impl crate::extract::Body for CreateTenant {}
+
+impl crate::extract::Body for PatchTenant {
+    const NOT_NULL: &'static [&'static str] = &["name", "slug", "metadata"];
+}
+
+impl crate::extract::Body for MoveTenant {}
+
+impl crate::extract::Body for PutConfig {
+    const NOT_NULL: &'static [&'static str] = &["locked", "sensitive"];
+}
+
+impl crate::extract::Body for CreatePermission {}
+
+impl crate::extract::Body for PatchPermission {
+    const NOT_NULL: &'static [&'static str] = &["value", "mode"];
+}
+
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateTenant {
-    /// Display name, 1-255 characters.
+    /// Display name, 1-255 characters, not blank.
+    #[schema(min_length = 1, max_length = 255)]
     name: String,
     /// Unique handle.
     #[schema(pattern = "^[a-z][a-z0-9_]{0,62}$")]
@@ -34,13 +53,17 @@ struct CreateTenant {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PatchTenant {
+    /// New display name, 1-255 characters, not blank.
     #[serde(default)]
+    #[schema(nullable = false, min_length = 1, max_length = 255)]
     name: Option<String>,
+    /// New unique handle.
     #[serde(default)]
-    #[schema(pattern = "^[a-z][a-z0-9_]{0,62}$")]
+    #[schema(nullable = false, pattern = "^[a-z][a-z0-9_]{0,62}$")]
     slug: Option<String>,
+    /// New metadata; replaces the old object.
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<Object>, nullable = false)]
     metadata: Option<Value>,
 }
 
@@ -87,7 +110,7 @@ struct TenantPage {
 async fn create(
     state: web::Data<AppState>,
     Authed(caller): Authed,
-    body: web::Json<CreateTenant>,
+    body: crate::extract::Json<CreateTenant>,
 ) -> Res {
     let b = body.into_inner();
     let t = state
@@ -164,7 +187,7 @@ async fn patch(
     Authed(caller): Authed,
     id: web::Path<Uuid>,
     IfMatch(precondition): IfMatch,
-    body: web::Json<PatchTenant>,
+    body: crate::extract::Json<PatchTenant>,
 ) -> Res {
     let b = body.into_inner();
     let t = state
@@ -230,7 +253,7 @@ async fn move_to(
     Authed(caller): Authed,
     id: web::Path<Uuid>,
     IfMatch(precondition): IfMatch,
-    body: web::Json<MoveTenant>,
+    body: crate::extract::Json<MoveTenant>,
 ) -> Res {
     let t = state
         .tenants
@@ -296,9 +319,13 @@ async fn descendants(
 struct PutConfig {
     /// Any JSON value.
     value: Value,
+    /// Cannot be overridden below; default: as stored, else false.
     #[serde(default)]
+    #[schema(nullable = false)]
     locked: Option<bool>,
+    /// Stored encrypted; default: as stored or inherited, else false.
     #[serde(default)]
+    #[schema(nullable = false)]
     sensitive: Option<bool>,
 }
 
@@ -328,7 +355,7 @@ async fn config_get(
     tag = "config",
     operation_id = "putConfig",
     description = "Sets a key on the tenant; 409 `CONFIG_LOCKED` when an ancestor locked it.",
-    params(("id" = Uuid, Path, description = "Tenant id"), ("key" = String, Path, description = "Config key: 1-128 of [A-Za-z0-9_.:-], starting alphanumeric"), ("If-Match" = Option<String>, Header, description = "`\"<version>\"` from an `ETag`: apply only while the resource is at that version (else 412)")),
+    params(("id" = Uuid, Path, description = "Tenant id"), ("key" = String, Path, description = "Config key: 1-128 of [A-Za-z0-9_.:-], starting alphanumeric", pattern = "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"), ("If-Match" = Option<String>, Header, description = "`\"<version>\"` from an `ETag`: apply only while the resource is at that version (else 412)")),
     request_body = PutConfig,
     responses(
         (status = 200, description = "The entry as set", body = stratum_tenancy::ConfigEntry, headers(("ETag" = String, description = "`\"<version>\"`: the version to send in `If-Match`"))),
@@ -344,7 +371,7 @@ async fn config_put(
     Authed(caller): Authed,
     path: web::Path<(Uuid, String)>,
     IfMatch(precondition): IfMatch,
-    body: web::Json<PutConfig>,
+    body: crate::extract::Json<PutConfig>,
 ) -> Res {
     let (id, key) = path.into_inner();
     let b = body.into_inner();
@@ -391,7 +418,7 @@ async fn config_entry_get(
     path = "/api/v1/tenants/{id}/config/{key}",
     tag = "config",
     operation_id = "deleteConfig",
-    params(("id" = Uuid, Path, description = "Tenant id"), ("key" = String, Path, description = "Config key: 1-128 of [A-Za-z0-9_.:-], starting alphanumeric"), ("If-Match" = Option<String>, Header, description = "`\"<version>\"` from an `ETag`: apply only while the resource is at that version (else 412)")),
+    params(("id" = Uuid, Path, description = "Tenant id"), ("key" = String, Path, description = "Config key: 1-128 of [A-Za-z0-9_.:-], starting alphanumeric", pattern = "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"), ("If-Match" = Option<String>, Header, description = "`\"<version>\"` from an `ETag`: apply only while the resource is at that version (else 412)")),
     responses(
         (status = 204, description = "Removed"),
         (status = 400, response = crate::openapi::ValidationError),
@@ -414,6 +441,8 @@ async fn config_delete(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreatePermission {
+    /// Permission name: 1-128 characters without control characters.
+    #[schema(min_length = 1, max_length = 128)]
     key: String,
     value: Value,
     #[schema(value_type = stratum_tenancy::PermissionMode)]
@@ -423,10 +452,13 @@ struct CreatePermission {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PatchPermission {
+    /// New value: any JSON value except null.
     #[serde(default)]
+    #[schema(value_type = crate::openapi::NonNull)]
     value: Option<Value>,
+    /// New mode.
     #[serde(default)]
-    #[schema(value_type = Option<stratum_tenancy::PermissionMode>)]
+    #[schema(value_type = stratum_tenancy::PermissionMode)]
     mode: Option<String>,
 }
 
@@ -469,7 +501,7 @@ async fn permissions_create(
     state: web::Data<AppState>,
     Authed(caller): Authed,
     id: web::Path<Uuid>,
-    body: web::Json<CreatePermission>,
+    body: crate::extract::Json<CreatePermission>,
 ) -> Res {
     let b = body.into_inner();
     let p = state
@@ -508,7 +540,7 @@ async fn permissions_patch(
     Authed(caller): Authed,
     path: web::Path<(Uuid, Uuid)>,
     IfMatch(precondition): IfMatch,
-    body: web::Json<PatchPermission>,
+    body: crate::extract::Json<PatchPermission>,
 ) -> Res {
     let (id, policy) = path.into_inner();
     let b = body.into_inner();

@@ -13,17 +13,28 @@ use crate::AppState;
 
 type Res = Result<HttpResponse, ApiError>;
 
+impl crate::extract::Body for CreateWebhook {}
+
+impl crate::extract::Body for PatchWebhook {
+    const NOT_NULL: &'static [&'static str] = &["url", "events", "secret", "active"];
+}
+
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateWebhook {
-    /// Absolute `https` URL, at most 2048 characters, no credentials.
-    #[schema(max_length = 2048)]
+    /// Absolute `https` URL, at most 2048 characters, no credentials, no fragment, no
+    /// whitespace (`http://` and private addresses only where the server allows them).
+    #[schema(
+        min_length = 1,
+        max_length = 2048,
+        pattern = "^[Hh][Tt][Tt][Pp][Ss]?://[^\\s#]+$"
+    )]
     url: String,
     /// Owner tenant; absent or null for a global webhook (global keys only).
     #[serde(default)]
     tenant_id: Option<Uuid>,
     /// Events to receive: non-empty, no duplicates.
-    #[schema(value_type = Vec<crate::openapi::SubscribableEvent>, min_items = 1)]
+    #[schema(value_type = std::collections::BTreeSet<crate::openapi::SubscribableEvent>, min_items = 1)]
     events: Vec<String>,
     /// Signing secret, 16-255 characters; generated (`whsec_...`) and returned once when absent.
     #[serde(default)]
@@ -45,16 +56,26 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PatchWebhook {
+    /// New target (same rules as on create).
     #[serde(default)]
-    #[schema(max_length = 2048)]
+    #[schema(
+        nullable = false,
+        min_length = 1,
+        max_length = 2048,
+        pattern = "^[Hh][Tt][Tt][Pp][Ss]?://[^\\s#]+$"
+    )]
     url: Option<String>,
+    /// New events: non-empty, no duplicates.
     #[serde(default)]
-    #[schema(value_type = Option<Vec<crate::openapi::SubscribableEvent>>, min_items = 1)]
+    #[schema(value_type = std::collections::BTreeSet<crate::openapi::SubscribableEvent>, min_items = 1)]
     events: Option<Vec<String>>,
+    /// New signing secret, 16-255 characters.
     #[serde(default)]
-    #[schema(min_length = 16, max_length = 255)]
+    #[schema(nullable = false, min_length = 16, max_length = 255)]
     secret: Option<String>,
+    /// Enable or disable.
     #[serde(default)]
+    #[schema(nullable = false)]
     active: Option<bool>,
     /// Null clears it.
     #[serde(default, deserialize_with = "present")]
@@ -119,13 +140,14 @@ struct FailedQuery {
         (status = 201, description = "The new webhook; `secret` only when the server generated it", body = Created),
         (status = 400, response = crate::openapi::ValidationError),
         (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
         (status = 413, response = crate::openapi::PayloadTooLarge),
     )
 )]
 async fn create(
     state: web::Data<AppState>,
     Authed(caller): Authed,
-    body: web::Json<CreateWebhook>,
+    body: crate::extract::Json<CreateWebhook>,
 ) -> Res {
     let b = body.into_inner();
     let (webhook, secret) = state
@@ -198,7 +220,7 @@ async fn patch(
     Authed(caller): Authed,
     id: web::Path<Uuid>,
     IfMatch(precondition): IfMatch,
-    body: web::Json<PatchWebhook>,
+    body: crate::extract::Json<PatchWebhook>,
 ) -> Res {
     let b = body.into_inner();
     let patch = WebhookPatch {

@@ -61,6 +61,25 @@ pub struct AuditFilter {
     pub to: Option<OffsetDateTime>,
 }
 
+impl AuditFilter {
+    /// Refuses text filters PostgreSQL cannot compare (U+0000).
+    pub fn validate(&self) -> Result<(), AuditError> {
+        for (field, v) in [
+            ("action", &self.action),
+            ("resource_type", &self.resource_type),
+            ("actor_id", &self.actor_id),
+        ] {
+            if let Some(v) = v {
+                stratum_core::text::check_str(field, v).map_err(|e| AuditError::Invalid {
+                    field,
+                    message: e.message,
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Why reading the log failed.
 #[derive(Debug, Error)]
 pub enum AuditError {
@@ -76,6 +95,14 @@ pub enum AuditError {
     /// `from` is after `to`.
     #[error("from must not be after to")]
     BadRange,
+    /// A filter value cannot occur in the log (it holds U+0000).
+    #[error("{field}: {message}")]
+    Invalid {
+        /// The offending query parameter.
+        field: &'static str,
+        /// What is wrong.
+        message: &'static str,
+    },
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -122,9 +149,22 @@ impl AuditService {
         cursor: Option<Uuid>,
         limit: Limit,
     ) -> Result<(Vec<AuditEntry>, Option<Uuid>), AuditError> {
+        filter.validate()?;
         if let (Some(f), Some(t)) = (filter.from, filter.to) {
             if f > t {
                 return Err(AuditError::BadRange);
+            }
+        }
+        if let Some(c) = cursor {
+            // A cursor the caller cannot see is answered like one that does not exist, so
+            // the answer reveals nothing about other tenants' entries.
+            let visible = self
+                .log
+                .get(c)
+                .await?
+                .is_some_and(|(_, path)| caller.actor.can_see_owned_by(path.as_ref()));
+            if !visible {
+                return Err(AuditError::BadCursor);
             }
         }
         if let Some(t) = filter.tenant_id {
@@ -256,8 +296,79 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_foreign_cursor_is_answered_like_an_unknown_one() {
+        let mine = TenantPath::root(Uuid::now_v7());
+        let theirs = TenantPath::root(Uuid::now_v7());
+        let foreign_id = Uuid::now_v7();
+        let global_id = Uuid::now_v7();
+        let mut log = MockAuditLog::new();
+        log.expect_get().returning(move |id| {
+            Ok(if id == foreign_id {
+                Some((entry(id), Some(theirs.clone())))
+            } else if id == global_id {
+                Some((entry(id), None))
+            } else {
+                None
+            })
+        });
+        log.expect_list().times(0);
+        let svc = AuditService::new(Arc::new(log));
+        let caller = scoped(mine);
+        let limit = Limit::new(None, 50, 100).unwrap();
+        for cursor in [foreign_id, global_id, Uuid::now_v7()] {
+            let err = svc
+                .list(&caller, AuditFilter::default(), Some(cursor), limit)
+                .await
+                .unwrap_err();
+            assert!(matches!(err, AuditError::BadCursor), "{err:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn nul_in_a_text_filter_is_refused_before_the_store() {
+        let mut log = MockAuditLog::new();
+        log.expect_list().times(0);
+        let svc = AuditService::new(Arc::new(log));
+        let limit = Limit::new(None, 50, 100).unwrap();
+        let filters = [
+            (
+                "action",
+                AuditFilter {
+                    action: Some("a\u{0}".into()),
+                    ..Default::default()
+                },
+            ),
+            (
+                "actor_id",
+                AuditFilter {
+                    actor_id: Some("\u{0}".into()),
+                    ..Default::default()
+                },
+            ),
+            (
+                "resource_type",
+                AuditFilter {
+                    resource_type: Some("x\u{0}y".into()),
+                    ..Default::default()
+                },
+            ),
+        ];
+        for (name, f) in filters {
+            let err = svc
+                .list(&Caller::system(), f, None, limit)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, AuditError::Invalid { field, .. } if field == name),
+                "{err:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
     async fn unknown_cursor_and_foreign_tenant_are_refused() {
         let mut log = MockAuditLog::new();
+        log.expect_get().returning(|_| Ok(None));
         log.expect_list().returning(|_, _, _, _| Ok(None));
         let foreign = TenantPath::root(Uuid::now_v7());
         log.expect_tenant_path()

@@ -144,7 +144,12 @@ pub struct ConsentFilter {
 pub fn validate_metadata(v: Option<Value>) -> Result<Value, ConsentError> {
     match v {
         None | Some(Value::Null) => Ok(Value::Object(Map::new())),
-        Some(v @ Value::Object(_)) => Ok(v),
+        Some(v @ Value::Object(_)) => {
+            stratum_core::text::check_json("metadata", &v).map_err(|e| {
+                ConsentError::invalid("metadata", format!("{} (at {})", e.message, e.path))
+            })?;
+            Ok(v)
+        }
         Some(_) => Err(ConsentError::invalid("metadata", "must be a JSON object")),
     }
 }
@@ -264,6 +269,25 @@ mod tests {
                 other => panic!("{bad:?} gave {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn metadata_must_be_storable() {
+        for bad in [
+            json!({"a": "\u{0}"}),
+            json!({"\u{0}": 1}),
+            json!({"a": [{"b": "x\u{0}"}]}),
+        ] {
+            assert!(matches!(
+                validate_metadata(Some(bad)),
+                Err(ConsentError::Validation {
+                    field: "metadata",
+                    ..
+                })
+            ));
+        }
+        assert!(SubjectId::parse("u\u{0}").is_err());
+        assert!(Purpose::parse("p\u{0}").is_err());
     }
 
     #[test]

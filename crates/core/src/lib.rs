@@ -12,6 +12,7 @@ pub mod page;
 pub mod precondition;
 pub mod store_error;
 pub mod tenant_path;
+pub mod text;
 pub mod timefmt;
 
 pub use actor::{Actor, ActorKind, Scope, TenantScope};
@@ -22,6 +23,7 @@ pub use page::{next_page, Limit, LimitError};
 pub use precondition::{etag, on_stale, OnStale, Precondition, WRITE_ATTEMPTS};
 pub use store_error::StoreError;
 pub use tenant_path::TenantPath;
+pub use text::TextError;
 
 /// The marker that replaces secrets and sensitive values wherever they would be shown.
 pub const REDACTED: &str = "[REDACTED]";

@@ -20,4 +20,4 @@ pub use signing::{
     generate_whsec, sign_delivery, sign_standard, sign_stratum, signing_key_bytes, verify_standard,
     verify_stratum, Signatures, DEFAULT_TOLERANCE_SECS,
 };
-pub use tokens::{constant_time_eq, generate_api_key, random_token, sha256_hex};
+pub use tokens::{constant_time_eq, generate_api_key, is_api_key_shaped, random_token, sha256_hex};

@@ -18,6 +18,20 @@ pub fn generate_api_key() -> String {
     format!("{API_KEY_PREFIX}{}", random_token(32))
 }
 
+/// Length of the random part of a key: base64url of 32 bytes, unpadded.
+const API_KEY_RANDOM_CHARS: usize = 43;
+
+/// Whether `presented` has the shape of a key [`generate_api_key`] makes. A key of any
+/// other shape cannot be stored, so it can be refused without hashing or a lookup.
+pub fn is_api_key_shaped(presented: &str) -> bool {
+    presented.strip_prefix(API_KEY_PREFIX).is_some_and(|rest| {
+        rest.len() == API_KEY_RANDOM_CHARS
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    })
+}
+
 /// Lowercase hex SHA-256 of `input`.
 pub fn sha256_hex(input: &[u8]) -> String {
     hex::encode(digest::digest(&digest::SHA256, input))
@@ -51,6 +65,25 @@ pub(crate) fn random_bytes(len: usize) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn minted_keys_have_the_key_shape_and_others_do_not() {
+        for _ in 0..100 {
+            assert!(is_api_key_shaped(&generate_api_key()));
+        }
+        let good = generate_api_key();
+        for bad in [
+            String::new(),
+            "sk_".into(),
+            good[..good.len() - 1].to_owned(),
+            format!("{good}x"),
+            good.replacen("sk_", "pk_", 1),
+            format!("{}+", &good[..good.len() - 1]),
+            format!("{}\u{0}", &good[..good.len() - 1]),
+        ] {
+            assert!(!is_api_key_shaped(&bad), "{bad}");
+        }
+    }
     use proptest::prelude::*;
     use std::collections::HashSet;
 

@@ -115,8 +115,13 @@ impl ReqwestDeliveryClient {
             Err(reason) => return failed(format!("invalid url: {reason}")),
         };
         if !self.allow_private {
+            // The registration check, again at delivery time: a row written by a process
+            // that allowed `http://` or private targets is refused here, not retried.
             if let Err(reason) = precheck(&host) {
-                return failed(format!("blocked target: {reason}"));
+                return refused(format!("blocked target: {reason}"));
+            }
+            if url.scheme() != "https" {
+                return refused("refused target: url must use https".to_owned());
             }
         }
         let headers = match self.headers(&request.headers) {
@@ -132,7 +137,12 @@ impl ReqwestDeliveryClient {
             .await
         {
             Ok(response) => response,
-            Err(e) => return failed(describe_error(&e, self.timeout)),
+            Err(e) => {
+                let blocked = find_source::<BlockedTarget>(&e).is_some();
+                let mut outcome = failed(describe_error(&e, self.timeout));
+                outcome.refused = blocked;
+                return outcome;
+            }
         };
         let status = response.status().as_u16();
         let retry_after_secs = response
@@ -147,6 +157,7 @@ impl ReqwestDeliveryClient {
             error: None,
             body_excerpt,
             duration_ms: 0,
+            refused: false,
         }
     }
 
@@ -173,6 +184,14 @@ impl DeliveryClient for ReqwestDeliveryClient {
         let mut outcome = self.attempt(request).await;
         outcome.duration_ms = u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX);
         outcome
+    }
+}
+
+fn refused(error: String) -> AttemptOutcome {
+    AttemptOutcome {
+        error: Some(error),
+        refused: true,
+        ..AttemptOutcome::default()
     }
 }
 

@@ -64,13 +64,55 @@ fn events_col(w: &Webhook) -> Vec<Option<String>> {
 #[derive(Clone)]
 pub struct PgWebhookStore {
     pool: Pool,
+    max_per_tenant: i64,
 }
+
+/// Default of `STRATUM_WEBHOOK_MAX_PER_TENANT`.
+pub const DEFAULT_WEBHOOK_MAX_PER_TENANT: i64 = 1_000;
 
 impl PgWebhookStore {
     /// Wires the store.
     pub fn new(pool: Pool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            max_per_tenant: DEFAULT_WEBHOOK_MAX_PER_TENANT,
+        }
     }
+
+    /// At most `n` webhooks per tenant, and `n` global ones (`STRATUM_WEBHOOK_MAX_PER_TENANT`).
+    pub fn with_max_per_tenant(mut self, n: i64) -> Self {
+        self.max_per_tenant = n;
+        self
+    }
+}
+
+/// Refuses one more webhook for `tenant_id` (`None`: the global ones) once `max` exist.
+/// Creates for one owner are serialized by a transaction-scoped advisory lock, so
+/// concurrent creates cannot overshoot the limit together.
+async fn check_webhook_limit(
+    conn: &mut AsyncPgConnection,
+    tenant_id: Option<Uuid>,
+    max: i64,
+) -> Result<(), TxError<WebhookError>> {
+    let owner = tenant_id.map_or_else(|| "global".to_owned(), |t| t.to_string());
+    diesel::sql_query(
+        "SELECT pg_advisory_xact_lock(hashtextextended('stratum.webhooks.' || $1, 0))",
+    )
+    .bind::<Text, _>(owner)
+    .execute(conn)
+    .await?;
+    let mut q = webhooks::table.into_boxed();
+    q = match tenant_id {
+        Some(t) => q.filter(webhooks::tenant_id.eq(t)),
+        None => q.filter(webhooks::tenant_id.is_null()),
+    };
+    let n: i64 = q.count().get_result(conn).await?;
+    if n >= max {
+        return Err(TxError::Domain(WebhookError::LimitReached(format!(
+            "at most {max} webhooks per tenant (and {max} global ones); delete one first"
+        ))));
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -95,6 +137,7 @@ impl WebhookStore for PgWebhookStore {
                     return Err(TxError::Domain(WebhookError::TenantNotFound));
                 }
             }
+            check_webhook_limit(conn, w.tenant_id, self.max_per_tenant).await?;
             diesel::insert_into(webhooks::table)
                 .values((
                     webhooks::id.eq(w.id),

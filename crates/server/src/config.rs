@@ -52,6 +52,9 @@ pub struct WebhookArgs {
     /// Deliveries in flight per process.
     #[arg(long, env = "STRATUM_WORKER_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub worker_concurrency: u64,
+    /// Webhooks per tenant, and global webhooks, at most (409 beyond).
+    #[arg(long, env = "STRATUM_WEBHOOK_MAX_PER_TENANT", default_value_t = 1_000, value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
+    pub max_per_tenant: i64,
     /// Deliveries in flight to one webhook.
     #[arg(long, env = "STRATUM_WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub max_in_flight_per_endpoint: u64,
@@ -88,6 +91,12 @@ pub struct ServeArgs {
     /// Requests one key may make in a burst.
     #[arg(long, env = "STRATUM_RATE_LIMIT_BURST", default_value_t = 200.0)]
     pub rate_limit_burst: f64,
+    /// Milliseconds a request body may take to arrive (408 after).
+    #[arg(long, env = "STRATUM_REQUEST_BODY_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub request_body_timeout_ms: u64,
+    /// Failed authentications per minute per client address (0 turns the limit off).
+    #[arg(long, env = "STRATUM_AUTH_FAILURES_PER_MINUTE", default_value_t = 60, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub auth_failures_per_minute: u32,
     /// Limit the bootstrap admin key too (off by default).
     #[arg(long, env = "STRATUM_RATE_LIMIT_BOOTSTRAP", default_value_t = false, action = clap::ArgAction::Set)]
     pub rate_limit_bootstrap: bool,

@@ -261,6 +261,17 @@ async fn serve(args: ServeArgs) -> Result<()> {
             limit_bootstrap: args.rate_limit_bootstrap,
         })
         .map(std::sync::Arc::new);
+    state.body_timeout = std::time::Duration::from_millis(args.request_body_timeout_ms);
+    state.auth_failures = (args.auth_failures_per_minute > 0)
+        .then(|| {
+            stratum_api::ratelimit::RateLimiter::new(stratum_api::ratelimit::RateLimitConfig {
+                per_second: f64::from(args.auth_failures_per_minute) / 60.0,
+                burst: f64::from(args.auth_failures_per_minute),
+                limit_bootstrap: true,
+            })
+        })
+        .flatten()
+        .map(std::sync::Arc::new);
     if let Some((_, _, stats)) = &worker {
         state.metrics.attach_dispatcher(stats.clone());
     }

@@ -31,6 +31,8 @@ pub struct Outbound {
     pub guard: Arc<dyn UrlGuard>,
     /// Whether private targets and `http://` are allowed.
     pub allow_private: bool,
+    /// `STRATUM_WEBHOOK_MAX_PER_TENANT`.
+    pub max_per_tenant: i64,
 }
 
 /// Builds the HTTP client and guard from the webhook settings.
@@ -47,6 +49,7 @@ pub fn outbound(cfg: &WebhookArgs) -> Result<Outbound> {
         client: Arc::new(client),
         guard: Arc::new(SsrfGuard::new(cfg.allow_private_targets)),
         allow_private: cfg.allow_private_targets,
+        max_per_tenant: cfg.max_per_tenant,
     })
 }
 
@@ -86,7 +89,7 @@ pub fn app_state(
     ));
     let webhooks = Arc::new(WebhookService::new(
         tenants.clone(),
-        Arc::new(PgWebhookStore::new(pool.clone())),
+        Arc::new(PgWebhookStore::new(pool.clone()).with_max_per_tenant(out.max_per_tenant)),
         Arc::new(PgDeliveryStore::new(pool.clone())),
         out.guard,
         out.client,
@@ -101,6 +104,8 @@ pub fn app_state(
     AppState {
         metrics: Arc::new(stratum_api::metrics::Metrics::new()),
         rate_limiter: None,
+        body_timeout: stratum_api::middleware::DEFAULT_BODY_TIMEOUT,
+        auth_failures: None,
         pool,
         tenants,
         config,

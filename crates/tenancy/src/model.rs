@@ -74,8 +74,48 @@ impl TenantStatus {
     }
 }
 
+/// Refuses a string PostgreSQL cannot store (U+0000).
+pub fn validate_text(field: &'static str, s: &str) -> Result<(), TenancyError> {
+    stratum_core::text::check_str(field, s).map_err(|e| TenancyError::invalid(field, e.message))
+}
+
+/// Refuses a JSON value PostgreSQL cannot store (U+0000 in any string or key).
+pub fn validate_json(field: &'static str, v: &Value) -> Result<(), TenancyError> {
+    stratum_core::text::check_json(field, v)
+        .map_err(|e| TenancyError::invalid(field, format!("{} (at {})", e.message, e.path)))
+}
+
+/// Deepest allowed tenant: a root is depth 0, so 32 levels below a root (API.md "Limits").
+pub const MAX_DEPTH: usize = 32;
+
+/// Refuses a tenant deeper than [`MAX_DEPTH`].
+pub fn validate_depth(field: &'static str, depth: usize) -> Result<(), TenancyError> {
+    if depth > MAX_DEPTH {
+        return Err(TenancyError::invalid(
+            field,
+            format!("the tenant tree is at most {MAX_DEPTH} levels deep below a root"),
+        ));
+    }
+    Ok(())
+}
+
+/// An API key label: at most 255 characters, storable.
+pub fn validate_key_name(name: Option<String>) -> Result<Option<String>, TenancyError> {
+    if let Some(n) = &name {
+        if n.chars().count() > 255 {
+            return Err(TenancyError::invalid(
+                "name",
+                "must be at most 255 characters",
+            ));
+        }
+        validate_text("name", n)?;
+    }
+    Ok(name)
+}
+
 /// A validated tenant name: 1–255 characters, not blank.
 pub fn validate_name(name: &str) -> Result<String, TenancyError> {
+    validate_text("name", name)?;
     let trimmed = name.trim();
     if trimmed.is_empty() || name.chars().count() > 255 {
         return Err(TenancyError::invalid(
@@ -105,7 +145,10 @@ pub fn validate_slug(slug: &str) -> Result<String, TenancyError> {
 pub fn validate_metadata(field: &'static str, v: Option<Value>) -> Result<Value, TenancyError> {
     match v {
         None | Some(Value::Null) => Ok(Value::Object(Map::new())),
-        Some(v @ Value::Object(_)) => Ok(v),
+        Some(v @ Value::Object(_)) => {
+            validate_json(field, &v)?;
+            Ok(v)
+        }
         Some(_) => Err(TenancyError::invalid(field, "must be a JSON object")),
     }
 }
@@ -345,6 +388,31 @@ mod tests {
             validate_metadata("metadata", None).unwrap(),
             serde_json::json!({})
         );
+    }
+
+    #[test]
+    fn nul_is_refused_everywhere_it_could_be_stored() {
+        let nul = "a\u{0}b";
+        assert!(validate_name(nul).is_err());
+        assert!(validate_slug(nul).is_err());
+        assert!(validate_config_key(nul).is_err());
+        assert!(validate_permission_key(nul).is_err());
+        assert!(validate_key_name(Some(nul.into())).is_err());
+        assert!(validate_key_name(Some("ok".into())).is_ok());
+        let e = validate_metadata("metadata", Some(serde_json::json!({"a": {"b": [nul]}})))
+            .unwrap_err();
+        assert!(matches!(
+            e,
+            TenancyError::Validation { field: "metadata", ref message } if message.contains("metadata.a.b[0]")
+        ));
+        assert!(validate_json("value", &serde_json::json!({nul: 1})).is_err());
+        assert!(validate_json("value", &serde_json::json!([1, "x"])).is_ok());
+    }
+
+    #[test]
+    fn depth_limit() {
+        assert!(validate_depth("parent_id", MAX_DEPTH).is_ok());
+        assert!(validate_depth("parent_id", MAX_DEPTH + 1).is_err());
     }
 
     #[test]

@@ -119,10 +119,18 @@ fn child(parent: &Tenant) -> Tenant {
 /// A tenant store whose `get` knows exactly these tenants.
 fn tenant_store(known: &[&Tenant]) -> MockTenantStore {
     let map: HashMap<Uuid, Tenant> = known.iter().map(|t| (t.id, (*t).clone())).collect();
+    let all: Vec<Tenant> = map.values().cloned().collect();
     let mut store = MockTenantStore::new();
     store
         .expect_get()
         .returning(move |id| Ok(map.get(&id).cloned()));
+    store.expect_descendants().returning(move |path| {
+        Ok(all
+            .iter()
+            .filter(|t| path.contains(&t.ancestry_path) && t.ancestry_path != path)
+            .cloned()
+            .collect())
+    });
     store
 }
 
@@ -661,15 +669,160 @@ async fn move_rewrites_the_path_and_tells_the_old_ancestors() {
     let event = journal.event.expect("an event");
     assert_eq!(event.event_type, "tenant.moved");
     assert_eq!(event.tenant_id, Some(t.id));
-    assert_eq!(event.payload["tenant"], after);
-    assert_eq!(
-        event.payload["previous_parent_id"],
-        json!(old_parent.id.to_string())
-    );
+    // `data` is the tenant after the move, with `previous_parent_id` inside it.
+    let mut expected_payload = after.clone();
+    expected_payload["previous_parent_id"] = json!(old_parent.id.to_string());
+    assert_eq!(event.payload, expected_payload);
+    assert!(event.payload.get("tenant").is_none());
     assert_eq!(event.extra_audience, t.ancestry_path.ids());
     assert!(event.extra_audience.contains(&old_root.id));
     assert!(event.extra_audience.contains(&old_parent.id));
     assert!(!event.extra_audience.contains(&new_parent.id));
+}
+
+/// A chain of `n + 1` tenants: a root and `n` levels below it.
+fn chain(n: usize) -> Vec<Tenant> {
+    let mut out = vec![root()];
+    for _ in 0..n {
+        let next = child(out.last().unwrap());
+        out.push(next);
+    }
+    out
+}
+
+#[tokio::test]
+async fn create_refuses_a_tenant_deeper_than_32_levels() {
+    let tree = chain(crate::model::MAX_DEPTH);
+    let refs: Vec<&Tenant> = tree.iter().collect();
+    let mut store = tenant_store(&refs);
+    store.expect_create().times(1).returning(|_, _| Ok(()));
+    let svc = tenant_service(store);
+    let new = |parent: &Tenant| NewTenant {
+        name: "Deep".into(),
+        slug: "deep".into(),
+        parent_id: Some(parent.id),
+        metadata: None,
+    };
+    // Under depth 31: the new one is at depth 32, allowed.
+    let ok = svc.create(&admin(), new(&tree[31])).await.unwrap();
+    assert_eq!(ok.depth, 32);
+    // Under depth 32: refused, nothing stored (the mock allows one create).
+    let err = svc.create(&admin(), new(&tree[32])).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TenancyError::Validation {
+                field: "parent_id",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn move_refuses_when_the_moved_subtree_would_exceed_32_levels() {
+    let deep = chain(30);
+    // A subtree of three levels (t, c, gc): under depth 30 its leaf would be at 33.
+    let other = root();
+    let t = child(&other);
+    let c = child(&t);
+    let gc = child(&c);
+    let mut refs: Vec<&Tenant> = deep.iter().collect();
+    refs.extend([&other, &t, &c, &gc]);
+    let mut store = tenant_store(&refs);
+    store
+        .expect_move_subtree()
+        .times(1)
+        .returning(|_, expected, _, _, _, _, _| Ok(expected + 1));
+    let svc = tenant_service(store);
+    let err = svc
+        .move_to(&admin(), t.id, deep[30].id, Precondition::Any)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TenancyError::Validation {
+                field: "new_parent_id",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // Under depth 29 the leaf lands at 32: allowed.
+    svc.move_to(&admin(), t.id, deep[29].id, Precondition::Any)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn nul_in_any_stored_string_is_a_validation_error() {
+    let r = root();
+    let mut store = tenant_store(&[&r]);
+    store.expect_create().times(0);
+    store.expect_update().times(0);
+    let svc = tenant_service(store);
+    let base = NewTenant {
+        name: "Acme".into(),
+        slug: "acme".into(),
+        parent_id: None,
+        metadata: None,
+    };
+    for (bad, field) in [
+        (
+            NewTenant {
+                name: "A\u{0}".into(),
+                ..base.clone()
+            },
+            "name",
+        ),
+        (
+            NewTenant {
+                metadata: Some(json!({"k": "\u{0}"})),
+                ..base.clone()
+            },
+            "metadata",
+        ),
+        (
+            NewTenant {
+                metadata: Some(json!({"\u{0}": 1})),
+                ..base.clone()
+            },
+            "metadata",
+        ),
+    ] {
+        let err = svc.create(&admin(), bad).await.unwrap_err();
+        assert!(
+            matches!(err, TenancyError::Validation { field: f, .. } if f == field),
+            "{err:?}"
+        );
+    }
+    for (patch, field) in [
+        (
+            TenantPatch {
+                name: Some("\u{0}".into()),
+                ..Default::default()
+            },
+            "name",
+        ),
+        (
+            TenantPatch {
+                metadata: Some(json!({"a": ["\u{0}"]})),
+                ..Default::default()
+            },
+            "metadata",
+        ),
+    ] {
+        let err = svc
+            .update(&admin(), r.id, patch, Precondition::Any)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, TenancyError::Validation { field: f, .. } if f == field),
+            "{err:?}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -1370,7 +1523,7 @@ fn api_key(tenant_id: Option<Uuid>, scopes: Vec<Scope>) -> ApiKey {
         id: Uuid::now_v7(),
         tenant_id,
         name: Some("ci".into()),
-        key_prefix: "sk_abcdefg".into(),
+        key_prefix: "sk_abcdefg000000000000000000000000000000000000".into(),
         scopes,
         created_at: EARLIER,
         last_used_at: None,
@@ -1413,8 +1566,28 @@ async fn the_bootstrap_key_is_a_global_admin_without_a_lookup() {
 }
 
 #[tokio::test]
+async fn a_key_no_minted_key_could_be_is_refused_without_a_lookup() {
+    for presented in [
+        "x",
+        "sk_short",
+        "Bearer-ish garbage that is long enough to be anything at all",
+        "sk_0000000000000000000000000000000000000000000+",
+        "sk_00000000000000000000000000000000000000000000",
+    ] {
+        let mut store = MockApiKeyStore::new();
+        store.expect_find_by_hash().times(0);
+        store.expect_touch().times(0);
+        let actor = api_key_service(store, &[])
+            .authenticate(presented)
+            .await
+            .unwrap();
+        assert_eq!(actor, None, "{presented}");
+    }
+}
+
+#[tokio::test]
 async fn an_unknown_key_authenticates_nobody() {
-    let presented = "sk_unknown_key_that_nobody_minted_000000000";
+    let presented = "sk_unknown_key_that_nobody_minted_000000000000";
     let mut store = key_store_finding(presented, None);
     store.expect_touch().times(0);
 
@@ -1428,7 +1601,7 @@ async fn an_unknown_key_authenticates_nobody() {
 
 #[tokio::test]
 async fn a_revoked_key_authenticates_nobody() {
-    let presented = "sk_revoked_key_000000000000000000000000000000";
+    let presented = "sk_revoked_key_0000000000000000000000000000000";
     let mut key = api_key(None, vec![Scope::Admin]);
     key.revoked_at = Some(EARLIER);
     let mut store = key_store_finding(
@@ -1450,7 +1623,7 @@ async fn a_revoked_key_authenticates_nobody() {
 
 #[tokio::test]
 async fn a_scoped_key_whose_tenant_vanished_authenticates_nobody() {
-    let presented = "sk_orphaned_key_00000000000000000000000000000";
+    let presented = "sk_orphaned_key_000000000000000000000000000000";
     let mut store = key_store_finding(
         presented,
         Some(KeyPrincipal {
@@ -1470,7 +1643,7 @@ async fn a_scoped_key_whose_tenant_vanished_authenticates_nobody() {
 
 #[tokio::test]
 async fn a_stored_key_authenticates_as_itself_with_its_highest_scope() {
-    let presented = "sk_live_key_1234567890abcdefghijklmnopqrstuv";
+    let presented = "sk_live_key_1234567890abcdefghijklmnopqrstuv00";
     let t = child(&root());
     let key = api_key(Some(t.id), vec![Scope::Read, Scope::Write]);
     let key_id = key.id;
@@ -1507,7 +1680,7 @@ async fn a_stored_key_authenticates_as_itself_with_its_highest_scope() {
 
 #[tokio::test]
 async fn a_failed_touch_does_not_fail_authentication() {
-    let presented = "sk_global_key_1234567890abcdefghijklmnopqrs";
+    let presented = "sk_global_key_1234567890abcdefghijklmnopqrs000";
     let key = api_key(None, vec![Scope::Admin, Scope::Read]);
     let key_id = key.id;
     let mut store = key_store_finding(

@@ -39,6 +39,9 @@ pub enum WebhookError {
     /// A state conflict (e.g. too many concurrent changes to one webhook).
     #[error("{0}")]
     Conflict(String),
+    /// The tenant (or the global set) already has the most webhooks allowed.
+    #[error("{0}")]
+    LimitReached(String),
     /// Only a global key may do this.
     #[error("{0}")]
     Forbidden(String),

@@ -336,6 +336,9 @@ pub struct AttemptOutcome {
     pub body_excerpt: Option<String>,
     /// How long the attempt took.
     pub duration_ms: u32,
+    /// The target was refused before sending (not `https` where that is required, or a
+    /// blocked address): the same check as at registration, so retrying cannot help.
+    pub refused: bool,
 }
 
 /// What happens to a delivery after an attempt.

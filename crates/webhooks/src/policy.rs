@@ -63,7 +63,7 @@ impl RetryPolicy {
     /// What happens to a delivery after attempt number `attempt` (1-based) produced
     /// `outcome` at `now`.
     ///
-    /// 2xx is success; 410 is gone; anything else (3xx, 4xx, 5xx, no response) is retried
+    /// 2xx is success; 410 is gone; a refused target is dead-lettered at once; anything else (3xx, 4xx, 5xx, no response) is retried
     /// after [`delay`](Self::delay) until `max_attempts` attempts have been made, then
     /// dead-lettered. A 429 or 503 carrying `Retry-After` is retried after that many seconds,
     /// but never sooner than the policy's delay and never later than 24 hours (or the
@@ -80,7 +80,7 @@ impl RetryPolicy {
             Some(410) => return Verdict::Gone,
             _ => {}
         }
-        if attempt >= self.max_attempts {
+        if attempt >= self.max_attempts || outcome.refused {
             return Verdict::Failed;
         }
         let delay = self.delay(attempt, jitter);
@@ -307,6 +307,25 @@ mod tests {
             p.classify(1, &status_retry_after(429, 10), NOW, 0.5),
             retry_at(2 * 86_400)
         );
+    }
+
+    #[test]
+    fn a_refused_target_is_dead_lettered_on_the_first_attempt() {
+        let p = policy();
+        let refused = AttemptOutcome {
+            error: Some("refused target: url must use https".into()),
+            refused: true,
+            ..AttemptOutcome::default()
+        };
+        assert_eq!(p.classify(1, &refused, NOW, 0.5), Verdict::Failed);
+        let transient = AttemptOutcome {
+            error: Some("connect timeout".into()),
+            ..AttemptOutcome::default()
+        };
+        assert!(matches!(
+            p.classify(1, &transient, NOW, 0.5),
+            Verdict::Retry { .. }
+        ));
     }
 
     #[test]

@@ -313,6 +313,14 @@ fn validate_secret(secret: &str) -> Result<()> {
 }
 
 fn validate_description(d: Option<String>) -> Result<Option<String>> {
+    if let Some(text) = &d {
+        stratum_core::text::check_str("description", text).map_err(|e| {
+            WebhookError::Validation {
+                field: "description",
+                message: e.message.into(),
+            }
+        })?;
+    }
     match d {
         Some(d) if d.chars().count() > 255 => Err(WebhookError::Validation {
             field: "description",

@@ -617,6 +617,19 @@ async fn create_checks_the_description_length() {
 }
 
 #[tokio::test]
+async fn create_refuses_nul_in_the_description() {
+    for d in ["\u{0}", "orders\u{0}sync"] {
+        let mut ports = Ports::new(&[]).no_webhook_writes();
+        ports.guard = guard_allows();
+        let input = NewWebhook {
+            description: Some(d.to_owned()),
+            ..new_webhook(None)
+        };
+        assert_validation(ports.service().create(&admin(), input).await, "description");
+    }
+}
+
+#[tokio::test]
 async fn a_scoped_caller_cannot_create_a_global_webhook() {
     let r = root();
     let mut ports = Ports::new(&[&r]).no_webhook_writes();

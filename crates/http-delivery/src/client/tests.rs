@@ -297,6 +297,10 @@ async fn private_targets_are_refused_without_connecting() {
     ] {
         let out = guarded.send(post(url.clone())).await;
         assert_eq!(out.status, None, "{url}");
+        assert!(
+            out.refused,
+            "{url}: a blocked target is refused, not retried"
+        );
         let error = out.error.unwrap();
         assert!(error.starts_with("blocked target"), "{url}: {error}");
     }
@@ -306,6 +310,20 @@ async fn private_targets_are_refused_without_connecting() {
     assert_eq!(out.status, Some(200));
     assert_eq!(r.connections.load(Ordering::SeqCst), 1);
     assert_eq!(drain(&mut r.requests).len(), 1);
+}
+
+#[tokio::test]
+async fn plain_http_is_refused_at_delivery_time_in_production_mode() {
+    // A public name over http://: what a process allowing private targets may have stored.
+    let out = client(false)
+        .send(post("http://receiver.example/hook".to_owned()))
+        .await;
+    assert_eq!(out.status, None);
+    assert!(out.refused);
+    assert_eq!(
+        out.error.as_deref(),
+        Some("refused target: url must use https")
+    );
 }
 
 fn lookup_to(addr: SocketAddr) -> Lookup {
@@ -318,9 +336,10 @@ async fn names_resolving_to_private_addresses_are_refused() {
     let target: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let guarded = ReqwestDeliveryClient::with_lookup(config(false), lookup_to(target)).unwrap();
     let out = guarded
-        .send(post(format!("http://rebind.example:{}/", r.port)))
+        .send(post(format!("https://rebind.example:{}/", r.port)))
         .await;
     assert_eq!(out.status, None);
+    assert!(out.refused);
     assert_eq!(
         out.error.as_deref(),
         Some("blocked target: host resolves to a loopback address (127.0.0.1)")

@@ -33,12 +33,21 @@ pub async fn harness() -> Harness {
 
 /// A harness whose state `adjust` may change before it is shared.
 pub async fn harness_with(adjust: impl FnOnce(&mut AppState)) -> Harness {
+    harness_with_args(|_| {}, adjust).await
+}
+
+/// A harness built from webhook settings `args` may change, then state `adjust` may change.
+pub async fn harness_with_args(
+    args: impl FnOnce(&mut stratum_server::config::WebhookArgs),
+    adjust: impl FnOnce(&mut AppState),
+) -> Harness {
     let db = TestDb::new().await;
     let pool = stratum_postgres::connect(&db.url, &Default::default()).unwrap();
     let keyring = SharedKeyring::new(Keyring::from_env_values(ENCRYPTION_KEY, None).unwrap());
     let mut webhook = stratum_server::config::WebhookArgs::from_env().unwrap();
     webhook.allow_private_targets = true;
     webhook.timeout_ms = 3000;
+    args(&mut webhook);
     let out = stratum_server::wiring::outbound(&webhook).unwrap();
     let mut state = stratum_server::wiring::app_state(pool, keyring, Some(ADMIN), out);
     adjust(&mut state);
