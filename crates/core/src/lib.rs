@@ -18,7 +18,7 @@ pub use clock::{Clock, SystemClock};
 pub use ids::new_id;
 pub use journal::{Caller, EventDraft, Journal, RequestMeta};
 pub use page::{next_page, Limit, LimitError};
-pub use store_error::StoreError;
+pub use store_error::{StoreError, KEY_RETRIES};
 pub use tenant_path::TenantPath;
 
 /// The marker that replaces secrets and sensitive values wherever they would be shown.

@@ -17,6 +17,7 @@ use uuid::Uuid;
 use crate::error::map_query_error;
 use crate::in_tx;
 use crate::journal::record;
+use crate::keys;
 use crate::tx::{read_conn, TxError};
 use crate::Pool;
 
@@ -196,14 +197,22 @@ impl MaintenanceStore for PgMaintenanceStore {
 
     async fn rotate(
         &self,
+        old_key_id: String,
+        new_key_id: String,
         reencrypt: Reencrypt,
         journal: Journal,
     ) -> Result<RotationCounts, MaintenanceError> {
         in_tx!(self.pool, MaintenanceError, |conn| {
-            // Reads (and deliveries) go on; writes of secrets and other rotations wait for
-            // the commit, so nothing is missed or overwritten. A write encrypted just before
-            // the process switched keys lands under the old key, which the process keeps
-            // as its previous key (and the next rotation re-encrypts).
+            if !keys::lock_for_rotation(conn).await? {
+                return Err(TxError::Domain(MaintenanceError::RotationInProgress));
+            }
+            // Writers of secrets have finished or wait for the commit (then find the new
+            // key active and re-encrypt), so no value under the old key lands afterwards.
+            if keys::active_key_id(conn, &old_key_id).await? != old_key_id {
+                return Err(TxError::Domain(MaintenanceError::InvalidOldKey));
+            }
+            // Reads (and deliveries) go on; every other write to these tables waits for
+            // the commit, so nothing is missed or overwritten.
             diesel::sql_query("LOCK TABLE config_entries, webhooks IN SHARE ROW EXCLUSIVE MODE")
                 .execute(conn)
                 .await?;
@@ -274,9 +283,23 @@ impl MaintenanceStore for PgMaintenanceStore {
                 config_entries: values.len() as u64,
                 webhooks: secrets.len() as u64,
             };
+            keys::set_active_key_id(conn, &new_key_id).await?;
             record(conn, &counts.complete(journal)).await?;
             Ok(counts)
         })
+    }
+
+    async fn init_active_key_id(&self, candidate: String) -> Result<String, StoreError> {
+        let mut conn = read_conn(&self.pool).await?;
+        if let Some(id) = keys::recorded_key_id(&mut conn)
+            .await
+            .map_err(map_query_error)?
+        {
+            return Ok(id);
+        }
+        keys::active_key_id(&mut conn, &candidate)
+            .await
+            .map_err(map_query_error)
     }
 
     async fn stored_key_ids(&self) -> Result<Vec<String>, StoreError> {

@@ -80,6 +80,7 @@ impl WebhookStore for PgWebhookStore {
         journal: Journal,
     ) -> Result<(), WebhookError> {
         in_tx!(self.pool, WebhookError, |conn| {
+            crate::keys::ensure_active_key(conn, &secret_encrypted).await?;
             if let Some(t) = w.tenant_id {
                 let active: Option<String> = tenants::table
                     .find(t)
@@ -172,6 +173,9 @@ impl WebhookStore for PgWebhookStore {
         journal: Journal,
     ) -> Result<(), WebhookError> {
         in_tx!(self.pool, WebhookError, |conn| {
+            if let Some(s) = &secret_encrypted {
+                crate::keys::ensure_active_key(conn, s).await?;
+            }
             let n = diesel::update(webhooks::table.find(w.id))
                 .set((
                     webhooks::url.eq(&w.url),

@@ -7,15 +7,15 @@ use async_trait::async_trait;
 use serde::Serialize;
 use serde_json::{json, Value};
 use stratum_core::timefmt::rfc3339;
-use stratum_core::{new_id, Caller, Clock, Limit, StoreError, TenantPath, REDACTED};
+use stratum_core::{new_id, Caller, Clock, Limit, StoreError, TenantPath, KEY_RETRIES, REDACTED};
 use stratum_crypto::{generate_whsec, SharedKeyring};
 use stratum_tenancy::TenantService;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::{
-    build_request, ClaimedDelivery, Delivery, DeliveryClient, DeliveryStatus, EventType,
-    Subscriptions, UrlGuard, Webhook, WebhookError, WebhookUrl,
+    build_request, BuildError, ClaimedDelivery, Delivery, DeliveryClient, DeliveryStatus,
+    EventType, Subscriptions, UrlGuard, Webhook, WebhookError, WebhookUrl,
 };
 
 type Result<T> = std::result::Result<T, WebhookError>;
@@ -328,6 +328,27 @@ impl WebhookService {
         }
     }
 
+    /// Encrypts a secret with the key this process writes with.
+    fn seal(&self, secret: &str) -> Result<String> {
+        Ok(self
+            .keyring
+            .get()
+            .encrypt_str(secret)
+            .map_err(|e| StoreError::Internal(e.to_string()))?)
+    }
+
+    /// Writes with the database's active key from now on (a rotation committed after we
+    /// sealed a secret); `KeyUnavailable` when this process does not hold it.
+    fn adopt(&self, active_key_id: String) -> Result<()> {
+        if self.keyring.adopt(&active_key_id) {
+            Ok(())
+        } else {
+            Err(WebhookError::Store(StoreError::KeyUnavailable {
+                key_id: active_key_id,
+            }))
+        }
+    }
+
     /// A webhook the caller can see.
     pub async fn get(&self, caller: &Caller, id: Uuid) -> Result<Webhook> {
         match self.webhooks.get(id).await? {
@@ -353,11 +374,7 @@ impl WebhookService {
             Some(s) => (s, false),
             None => (generate_whsec(), true),
         };
-        let secret_encrypted = self
-            .keyring
-            .get()
-            .encrypt_str(&secret)
-            .map_err(|e| StoreError::Internal(e.to_string()))?;
+        let mut secret_encrypted = self.seal(&secret)?;
         let now = self.clock.now();
         let webhook = Webhook {
             id: new_id(),
@@ -374,10 +391,24 @@ impl WebhookService {
             .resource(webhook.id)
             .tenant(webhook.tenant_id)
             .after(Some(state_of(&webhook)));
-        self.webhooks
-            .create(webhook.clone(), secret_encrypted, journal)
-            .await?;
-        Ok((webhook, generated.then_some(secret)))
+        let mut tries = 0;
+        loop {
+            match self
+                .webhooks
+                .create(webhook.clone(), secret_encrypted.clone(), journal.clone())
+                .await
+            {
+                Ok(()) => return Ok((webhook, generated.then_some(secret))),
+                Err(WebhookError::Store(StoreError::KeyNotActive { active_key_id }))
+                    if tries < KEY_RETRIES =>
+                {
+                    tries += 1;
+                    self.adopt(active_key_id)?;
+                    secret_encrypted = self.seal(&secret)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Webhooks the caller can see, optionally of one tenant.
@@ -407,15 +438,10 @@ impl WebhookService {
         if let Some(d) = patch.description {
             after.description = validate_description(d)?;
         }
-        let secret_encrypted = match &patch.secret {
+        let mut secret_encrypted = match &patch.secret {
             Some(s) => {
                 validate_secret(s)?;
-                Some(
-                    self.keyring
-                        .get()
-                        .encrypt_str(s)
-                        .map_err(|e| StoreError::Internal(e.to_string()))?,
-                )
+                Some(self.seal(s)?)
             }
             None => None,
         };
@@ -431,10 +457,26 @@ impl WebhookService {
             .tenant(after.tenant_id)
             .before(Some(state_of(&before)))
             .after(Some(after_state));
-        self.webhooks
-            .update(after.clone(), secret_encrypted, journal)
-            .await?;
-        Ok(after)
+        let mut tries = 0;
+        loop {
+            match self
+                .webhooks
+                .update(after.clone(), secret_encrypted.clone(), journal.clone())
+                .await
+            {
+                Ok(()) => return Ok(after),
+                Err(WebhookError::Store(StoreError::KeyNotActive { active_key_id }))
+                    if tries < KEY_RETRIES =>
+                {
+                    tries += 1;
+                    self.adopt(active_key_id)?;
+                    if let Some(s) = &patch.secret {
+                        secret_encrypted = Some(self.seal(s)?);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Deletes a webhook and its deliveries.
@@ -480,6 +522,10 @@ impl WebhookService {
                     event_created_at: now,
                 };
                 match build_request(&synthetic, &self.keyring.get(), now) {
+                    // Another process rotated to a key this one does not hold: 503.
+                    Err(BuildError::KeyUnavailable { key_id }) => {
+                        return Err(WebhookError::Store(StoreError::KeyUnavailable { key_id }))
+                    }
                     Err(e) => TestResult {
                         success: false,
                         response_code: None,
