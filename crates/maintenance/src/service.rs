@@ -129,8 +129,9 @@ impl MaintenanceService {
         let ring = self.keyring.get();
         let old = EncryptionKey::derive(old_key)
             .ok()
-            // A key this process holds under the same short id must be that very key.
-            .filter(|k| ring.key(k.key_id()).is_none_or(|held| same_key(k, held)))
+            // One of this process's keys (not merely one with the same short id). Whether
+            // it is the database's active key the store decides, atomically with the change.
+            .filter(|k| ring.key(k.key_id()).is_some_and(|held| same_key(k, held)))
             .ok_or(MaintenanceError::InvalidOldKey)?;
         let new = EncryptionKey::derive(new_key)
             .map_err(|e| MaintenanceError::invalid("new_key", e.to_string()))?;

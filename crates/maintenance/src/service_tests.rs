@@ -296,8 +296,8 @@ async fn rotation_reencrypts_journals_key_ids_only_and_swaps_the_keyring() {
 }
 
 #[tokio::test]
-async fn an_unusable_old_key_never_reaches_the_store() {
-    for wrong in ["short", ""] {
+async fn an_old_key_this_process_does_not_hold_never_reaches_the_store() {
+    for wrong in [STRANGER, "short", ""] {
         let keyring = ring(OLD, Some(PREVIOUS));
         let store = MockMaintenanceStore::new(); // any call panics
         let e = service(store, keyring.clone())
@@ -314,10 +314,10 @@ async fn an_unusable_old_key_never_reaches_the_store() {
 
 #[tokio::test]
 async fn the_store_decides_whether_old_key_is_the_active_key() {
-    // Held or not, a well-formed key goes to the store, which compares it with the
-    // database's active key inside the rotation's transaction (another process may have
-    // rotated since this one last wrote).
-    for wrong in [STRANGER, PREVIOUS] {
+    // A held key goes to the store, which compares it with the database's active key
+    // inside the rotation's transaction (another process may have rotated since this one
+    // last wrote, so this process's current key says nothing).
+    for wrong in [PREVIOUS, OLD] {
         let keyring = ring(OLD, Some(PREVIOUS));
         let mut store = MockMaintenanceStore::new();
         store

@@ -155,6 +155,27 @@ fn apply(
     }
 }
 
+/// The distinct key ids of every stored envelope, sorted.
+async fn key_ids(conn: &mut AsyncPgConnection) -> QueryResult<Vec<String>> {
+    // `v1:<8 hex>:` is 12 characters; the crypto crate decides what a key id is.
+    let prefixes: Vec<KeyPrefix> = diesel::sql_query(
+        "SELECT DISTINCT left(v, 12) AS prefix
+           FROM (SELECT encrypted_value AS v FROM config_entries WHERE sensitive
+                 UNION ALL
+                 SELECT secret_encrypted FROM webhooks) s
+          WHERE v LIKE 'v1:%'",
+    )
+    .load(conn)
+    .await?;
+    let mut ids: Vec<String> = prefixes
+        .iter()
+        .filter_map(|p| stratum_crypto::envelope_key_id(&p.prefix).map(str::to_owned))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
 /// Purge and rotation on PostgreSQL.
 #[derive(Clone)]
 pub struct PgMaintenanceStore {
@@ -208,7 +229,15 @@ impl MaintenanceStore for PgMaintenanceStore {
             }
             // Writers of secrets have finished or wait for the commit (then find the new
             // key active and re-encrypt), so no value under the old key lands afterwards.
-            if keys::active_key_id(conn, &old_key_id).await? != old_key_id {
+            // Before the first start-up recorded one: the one key the data is under, if any.
+            let claim = match keys::recorded_key_id(conn).await? {
+                Some(id) => id,
+                None => match key_ids(conn).await?.as_slice() {
+                    [only] => only.clone(),
+                    _ => old_key_id.clone(),
+                },
+            };
+            if keys::active_key_id(conn, &claim).await? != old_key_id {
                 return Err(TxError::Domain(MaintenanceError::InvalidOldKey));
             }
             // Reads (and deliveries) go on; every other write to these tables waits for
@@ -304,23 +333,6 @@ impl MaintenanceStore for PgMaintenanceStore {
 
     async fn stored_key_ids(&self) -> Result<Vec<String>, StoreError> {
         let mut conn = read_conn(&self.pool).await?;
-        // `v1:<8 hex>:` is 12 characters; the crypto crate decides what a key id is.
-        let prefixes: Vec<KeyPrefix> = diesel::sql_query(
-            "SELECT DISTINCT left(v, 12) AS prefix
-               FROM (SELECT encrypted_value AS v FROM config_entries WHERE sensitive
-                     UNION ALL
-                     SELECT secret_encrypted FROM webhooks) s
-              WHERE v LIKE 'v1:%'",
-        )
-        .load(&mut conn)
-        .await
-        .map_err(map_query_error)?;
-        let mut ids: Vec<String> = prefixes
-            .iter()
-            .filter_map(|p| stratum_crypto::envelope_key_id(&p.prefix).map(str::to_owned))
-            .collect();
-        ids.sort_unstable();
-        ids.dedup();
-        Ok(ids)
+        key_ids(&mut conn).await.map_err(map_query_error)
     }
 }
