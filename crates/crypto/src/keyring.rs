@@ -42,7 +42,7 @@ impl Keyring {
 
     /// Derives both keys from master key strings as read from the environment.
     pub fn from_env_values(current: &str, previous: Option<&str>) -> Result<Self, CryptoError> {
-        Self::from_env(current, previous.into_iter())
+        Self::from_env(current, previous)
     }
 
     /// Derives the current key and any number of further readable keys from master key

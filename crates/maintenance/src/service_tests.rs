@@ -457,11 +457,14 @@ async fn start_up_accepts_data_under_the_next_key() {
     assert_eq!(svc.check_keys(&keyring).await, Ok(()));
 }
 
+/// Stored key ids, the recorded active key, the keyring → the candidate handed to the
+/// store, the key id the process encrypts with afterwards.
+type StartUpCase<'a> = (Vec<&'a str>, Option<&'a str>, SharedKeyring, String, String);
+
 #[tokio::test]
 async fn start_up_records_and_adopts_the_active_key() {
-    // (stored key ids, recorded active key, keyring) → expected candidate, current key after
     let (old, new, stranger) = (key(OLD), key(NEW), key(STRANGER));
-    let cases: Vec<(Vec<&str>, Option<&str>, SharedKeyring, String, String)> = vec![
+    let cases: Vec<StartUpCase> = vec![
         // First start, one key in the data: that key, even if this process encrypts with another.
         (
             vec![new.key_id()],

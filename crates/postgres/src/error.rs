@@ -41,6 +41,22 @@ fn is_connection_loss(message: &str) -> bool {
     LOSS.iter().any(|l| m.contains(l))
 }
 
+/// True when `e` is a unique-constraint violation.
+pub fn is_unique_violation(e: &DieselError) -> bool {
+    matches!(
+        e,
+        DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)
+    )
+}
+
+/// True when `e` is a foreign-key violation.
+pub fn is_fk_violation(e: &DieselError) -> bool {
+    matches!(
+        e,
+        DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,20 +77,4 @@ mod tests {
         );
         assert!(matches!(map_query_error(e), StoreError::Internal(_)));
     }
-}
-
-/// True when `e` is a unique-constraint violation.
-pub fn is_unique_violation(e: &DieselError) -> bool {
-    matches!(
-        e,
-        DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)
-    )
-}
-
-/// True when `e` is a foreign-key violation.
-pub fn is_fk_violation(e: &DieselError) -> bool {
-    matches!(
-        e,
-        DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _)
-    )
 }
