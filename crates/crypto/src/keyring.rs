@@ -99,6 +99,20 @@ impl Keyring {
         Self::with_keys(key, others)
     }
 
+    /// This keyring able to read `key` too (it keeps encrypting with its current key).
+    pub fn with_readable(&self, key: EncryptionKey) -> Self {
+        let mut ring = self.clone();
+        ring.add(key);
+        ring
+    }
+
+    /// This keyring without the readable key `key_id`; the current key always stays.
+    pub fn without(&self, key_id: &str) -> Self {
+        let mut ring = self.clone();
+        ring.others.retain(|k| k.key_id() != key_id);
+        ring
+    }
+
     /// Encrypts with the current key.
     pub fn encrypt(&self, plaintext: &[u8]) -> Result<String, CryptoError> {
         self.current.encrypt(plaintext)
@@ -203,6 +217,16 @@ mod tests {
         assert_eq!(active.current(), &k(NEW));
         assert!(active.can_decrypt(&k(OLD).encrypt(b"x").unwrap()));
         assert!(ring.activate(k(STRANGER).key_id()).is_none());
+        let plus = ring.with_readable(k(STRANGER));
+        assert_eq!(plus.current(), &k(OLD));
+        assert!(plus.holds(k(STRANGER).key_id()));
+        assert!(!plus
+            .without(k(STRANGER).key_id())
+            .holds(k(STRANGER).key_id()));
+        assert!(
+            plus.without(k(OLD).key_id()).holds(k(OLD).key_id()),
+            "current stays"
+        );
         let rotated = ring.rotated_to(k(STRANGER));
         assert_eq!(rotated.current(), &k(STRANGER));
         assert_eq!(rotated.keys().count(), 3);

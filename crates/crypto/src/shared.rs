@@ -38,6 +38,13 @@ impl SharedKeyring {
         }
     }
 
+    /// Replaces the keyring in force by `change(current)`, atomically with respect to every
+    /// other change.
+    pub fn update(&self, change: impl FnOnce(&Keyring) -> Keyring) {
+        let mut guard = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        *guard = Arc::new(change(&guard));
+    }
+
     /// Puts `keyring` in force for every later [`get`](Self::get).
     pub fn replace(&self, keyring: Keyring) {
         *self.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keyring);

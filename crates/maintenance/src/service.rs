@@ -161,9 +161,13 @@ impl MaintenanceService {
             let plain = source.decrypt(stored).map_err(|e| e.to_string())?;
             target.encrypt(&plain).map_err(|e| e.to_string())
         });
+        // Writers of secrets in this process that find the new key active between the
+        // commit and the switch below must be able to seal with it: readable from now on.
+        let held_before = ring.holds(new.key_id());
+        self.keyring.update(|r| r.with_readable(new.clone()));
         // The store decides, inside its transaction, whether old_key is the active key and
         // whether another rotation runs: the checks and the change are one atomic step.
-        let counts = self
+        let rotated = self
             .store
             .rotate(
                 old.key_id().to_owned(),
@@ -171,12 +175,22 @@ impl MaintenanceService {
                 reencrypt,
                 journal,
             )
-            .await?;
-        let now = self.keyring.get();
-        self.keyring.replace(Keyring::with_keys(
-            new.clone(),
-            now.keys().cloned().chain(std::iter::once(old.clone())),
-        ));
+            .await;
+        let counts = match rotated {
+            Ok(counts) => counts,
+            Err(e) => {
+                if !held_before {
+                    self.keyring.update(|r| r.without(new.key_id()));
+                }
+                return Err(e);
+            }
+        };
+        self.keyring.update(|now| {
+            Keyring::with_keys(
+                new.clone(),
+                now.keys().cloned().chain(std::iter::once(old.clone())),
+            )
+        });
         tracing::info!(
             old_key_id = %old.key_id(),
             new_key_id = %new.key_id(),

@@ -238,11 +238,16 @@ async fn rotation_reencrypts_journals_key_ids_only_and_swaps_the_keyring() {
     let mut store = MockMaintenanceStore::new();
     let seen: Seen = Arc::default();
     let seen_in = seen.clone();
+    let during = keyring.clone();
     store
         .expect_rotate()
         .times(1)
         .returning(move |old_id, new_id, reencrypt, j: Journal| {
             let mut out = seen_in.lock().unwrap();
+            // While the rotation runs, writers here can already seal with the new key
+            // (should they find it active before the switch), but still use the old one.
+            assert!(during.get().holds(key(NEW).key_id()));
+            assert_eq!(during.get().current().key_id(), key(OLD).key_id());
             // The store checks these inside its transaction (active key, then switch).
             assert_eq!(old_id, key(OLD).key_id());
             assert_eq!(new_id, key(NEW).key_id());
