@@ -299,8 +299,56 @@ async fn a_replica_on_the_old_key_leaves_deliveries_for_one_with_the_new_key() {
         rx.wait_for(Duration::from_secs(20), |r| r.len() == 1).await,
         "the old worker never delivered"
     );
+    // An API process that started before the rotation too, never given the new key.
+    let stale_api = Stratum::start(&["serve", "--no-worker"], &env)
+        .await
+        .unwrap();
+    let (status, tenant) = api
+        .api(
+            "POST",
+            "/tenants",
+            Some(json!({"name": "Keys", "slug": "keys"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201);
+    let t = tenant["id"].as_str().unwrap().to_owned();
+    let (status, _) = api
+        .api(
+            "PUT",
+            &format!("/tenants/{t}/config/token"),
+            Some(json!({"value": "s3cret", "sensitive": true})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        rx.wait_for(Duration::from_secs(20), |r| r.len() == 2).await,
+        "the old worker never delivered"
+    );
     let (status, body) = rotate(&api, ENCRYPTION_KEY, NEW_KEY).await;
     assert_eq!(status, 200, "{body}");
+
+    // The stale API process answers 503 with a clear code wherever it meets the new key,
+    // never 500, and changes nothing.
+    for (method, path, body) in [
+        ("GET", format!("/tenants/{t}/config"), None),
+        (
+            "PUT",
+            format!("/tenants/{t}/config/token"),
+            Some(json!({"value": "other", "sensitive": true})),
+        ),
+    ] {
+        let (status, answer) = stale_api.api(method, &path, body).await.unwrap();
+        assert_eq!(status, 503, "{method} {path}: {answer}");
+        assert_eq!(answer["error"]["code"], "ENCRYPTION_KEY_UNAVAILABLE");
+    }
+    let (_, cfg) = api
+        .api("GET", &format!("/tenants/{t}/config"), None)
+        .await
+        .unwrap();
+    assert_eq!(cfg["token"]["value"], "s3cret");
+    drop(stale_api);
 
     for i in 0..5 {
         let (status, _) = api
@@ -344,12 +392,12 @@ async fn a_replica_on_the_old_key_leaves_deliveries_for_one_with_the_new_key() {
         )
         .await
         .unwrap(),
-        1,
-        "only the delivery made before the rotation was attempted"
+        2,
+        "only the deliveries made before the rotation were attempted"
     );
     assert_eq!(
         rx.received_on("replica").len(),
-        1,
+        2,
         "nothing went out unsigned or signed wrongly"
     );
     assert!(old_worker.terminate());
@@ -371,12 +419,12 @@ async fn a_replica_on_the_old_key_leaves_deliveries_for_one_with_the_new_key() {
         )
         .await
         .unwrap()
-            == 6
+            == 7
     })
     .await;
     assert!(delivered, "the new worker did not deliver them");
     let got = rx.received_on("replica");
-    assert_eq!(got.len(), 6);
+    assert_eq!(got.len(), 7);
     for r in &got {
         assert_signed_with(r, &secret);
     }
