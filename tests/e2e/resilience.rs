@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use stratum_e2e::{count, env_for_url, eventually, free_port, Behaviour, Receiver, Stratum, ADMIN};
+use stratum_e2e::{
+    count, env_for_url, eventually, free_port, sql, Behaviour, Receiver, Stratum, ADMIN,
+};
 
 /// A PostgreSQL cluster of this test's own, so stopping it disturbs no other test.
 struct PrivatePg {
@@ -105,7 +107,7 @@ async fn serving_survives_a_database_outage() {
     let pg = PrivatePg::new();
     let rx = Receiver::start();
     // A slow receiver keeps deliveries pending (and some in flight) when the database goes.
-    rx.set("r", Behaviour::Slow(Duration::from_millis(100)));
+    rx.set("r", Behaviour::Slow(Duration::from_millis(50)));
     let mut env = env_for_url(&pg.url());
     env.push(("STRATUM_WEBHOOK_MAX_ATTEMPTS".into(), "20".into()));
     env.push((
@@ -113,7 +115,7 @@ async fn serving_survives_a_database_outage() {
         "2".into(),
     ));
     let app = Stratum::start(&["serve"], &env).await.unwrap();
-    let (st, _) = app
+    let (st, hook) = app
         .api(
             "POST",
             "/webhooks",
@@ -122,21 +124,37 @@ async fn serving_survives_a_database_outage() {
         .await
         .unwrap();
     assert_eq!(st, 201);
+    // A backlog the slow receiver needs seconds to take: deliveries are pending (and some
+    // in flight) when the database goes away, however fast the load below runs.
+    const BACKLOG: i64 = 400;
+    sql(
+        &pg.url(),
+        &format!(
+            "WITH ev AS (
+                 INSERT INTO webhook_events (id, event_type, tenant_id, payload)
+                 SELECT stratum_uuid_v7(), 'tenant.created', NULL, jsonb_build_object('n', g)
+                   FROM generate_series(1, {BACKLOG}) g
+                 RETURNING id
+             )
+             INSERT INTO webhook_deliveries (id, webhook_id, event_id, event_type)
+             SELECT stratum_uuid_v7(), '{}', ev.id, 'tenant.created' FROM ev",
+            hook["id"].as_str().unwrap()
+        ),
+    )
+    .await
+    .unwrap();
 
     // Concurrent load before, during and after the outage.
     let stop = Arc::new(AtomicBool::new(false));
     let load = tokio::spawn(tenant_load(app.base.clone(), 4, stop.clone()));
     let busy = eventually(Duration::from_secs(30), || async {
-        count(
-            &pg.url(),
-            "SELECT count(*) AS n FROM webhook_deliveries WHERE status = 'pending'",
-        )
-        .await
-        .map(|n| n >= 20)
-        .unwrap_or(false)
+        count(&pg.url(), "SELECT count(*) AS n FROM tenants")
+            .await
+            .map(|n| n >= 20)
+            .unwrap_or(false)
     })
     .await;
-    assert!(busy, "deliveries never piled up");
+    assert!(busy, "the load never got going");
     let pending_at_outage = count(
         &pg.url(),
         "SELECT count(*) AS n FROM webhook_deliveries WHERE status = 'pending'",
@@ -223,19 +241,20 @@ async fn serving_survives_a_database_outage() {
         tenants >= created,
         "{tenants} tenants, {created} answered 201"
     );
-    let settled = eventually(Duration::from_secs(120), || async {
+    let expected = tenants + BACKLOG;
+    let settled = eventually(Duration::from_secs(180), || async {
         count(
             &pg.url(),
             "SELECT count(*) AS n FROM webhook_deliveries WHERE status = 'success'",
         )
         .await
-        .map(|n| n == tenants)
+        .map(|n| n == expected)
         .unwrap_or(false)
     })
     .await;
     assert!(
         settled,
-        "deliveries were lost: {} of {tenants} succeeded",
+        "deliveries were lost: {} of {expected} succeeded",
         count(
             &pg.url(),
             "SELECT count(*) AS n FROM webhook_deliveries WHERE status = 'success'"
@@ -247,7 +266,7 @@ async fn serving_survives_a_database_outage() {
         count(&pg.url(), "SELECT count(*) AS n FROM webhook_deliveries")
             .await
             .unwrap(),
-        tenants
+        expected
     );
     let mut ids: Vec<String> = rx
         .received()
@@ -258,7 +277,7 @@ async fn serving_survives_a_database_outage() {
     ids.dedup();
     assert_eq!(
         ids.len() as i64,
-        tenants,
+        expected,
         "every delivery reached the receiver"
     );
 }
