@@ -27,8 +27,10 @@ pub fn map_query_error(e: DieselError) -> StoreError {
 /// shutting down or restarting, a broken socket) rather than that the query was wrong.
 /// The driver reports these without a SQLSTATE diesel maps, so the text decides.
 fn is_connection_loss(message: &str) -> bool {
-    const LOSS: [&str; 8] = [
+    const LOSS: [&str; 10] = [
         "connection closed",
+        "error communicating with the server",
+        "error connecting to server",
         "terminating connection",
         "server closed the connection",
         "the database system is shutting down",
@@ -67,6 +69,7 @@ mod tests {
             "connection closed",
             "FATAL: terminating connection due to administrator command",
             "the database system is shutting down",
+            "error communicating with the server: Connection reset by peer (os error 104)",
         ] {
             let e = DieselError::DatabaseError(DatabaseErrorKind::Unknown, Box::new(m.to_owned()));
             assert!(matches!(map_query_error(e), StoreError::Unavailable), "{m}");
