@@ -11,9 +11,12 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
 use stratum_e2e::{
-    binary, count, default_env, eventually, free_port, sql, Received, Receiver, Stratum, TestDb,
-    ENCRYPTION_KEY,
+    binary, client, count, default_env, eventually, free_port, sql, Received, Receiver, Stratum,
+    TestDb, ADMIN, ENCRYPTION_KEY,
 };
 
 const NEW_KEY: &str = "e2e-rotated-encryption-key-0123456789abcdefgh";
@@ -39,6 +42,21 @@ fn with_keys(
     env.push(("STRATUM_ENCRYPTION_KEY".into(), current.into()));
     if let Some(p) = previous {
         env.push(("STRATUM_ENCRYPTION_KEY_PREVIOUS".into(), p.into()));
+    }
+    env
+}
+
+/// `env` with the current key and any further readable keys (the README's rolling
+/// rotation: `STRATUM_ENCRYPTION_KEY_NEXT` before, `_PREVIOUS` after).
+fn with_key_set(
+    env: &[(String, String)],
+    current: &str,
+    previous: Option<&str>,
+    next: Option<&str>,
+) -> Vec<(String, String)> {
+    let mut env = with_keys(env, current, previous);
+    if let Some(n) = next {
+        env.push(("STRATUM_ENCRYPTION_KEY_NEXT".into(), n.into()));
     }
     env
 }
@@ -281,8 +299,56 @@ async fn a_replica_on_the_old_key_leaves_deliveries_for_one_with_the_new_key() {
         rx.wait_for(Duration::from_secs(20), |r| r.len() == 1).await,
         "the old worker never delivered"
     );
+    // An API process that started before the rotation too, never given the new key.
+    let stale_api = Stratum::start(&["serve", "--no-worker"], &env)
+        .await
+        .unwrap();
+    let (status, tenant) = api
+        .api(
+            "POST",
+            "/tenants",
+            Some(json!({"name": "Keys", "slug": "keys"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201);
+    let t = tenant["id"].as_str().unwrap().to_owned();
+    let (status, _) = api
+        .api(
+            "PUT",
+            &format!("/tenants/{t}/config/token"),
+            Some(json!({"value": "s3cret", "sensitive": true})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        rx.wait_for(Duration::from_secs(20), |r| r.len() == 2).await,
+        "the old worker never delivered"
+    );
     let (status, body) = rotate(&api, ENCRYPTION_KEY, NEW_KEY).await;
     assert_eq!(status, 200, "{body}");
+
+    // The stale API process answers 503 with a clear code wherever it meets the new key,
+    // never 500, and changes nothing.
+    for (method, path, body) in [
+        ("GET", format!("/tenants/{t}/config"), None),
+        (
+            "PUT",
+            format!("/tenants/{t}/config/token"),
+            Some(json!({"value": "other", "sensitive": true})),
+        ),
+    ] {
+        let (status, answer) = stale_api.api(method, &path, body).await.unwrap();
+        assert_eq!(status, 503, "{method} {path}: {answer}");
+        assert_eq!(answer["error"]["code"], "ENCRYPTION_KEY_UNAVAILABLE");
+    }
+    let (_, cfg) = api
+        .api("GET", &format!("/tenants/{t}/config"), None)
+        .await
+        .unwrap();
+    assert_eq!(cfg["token"]["value"], "s3cret");
+    drop(stale_api);
 
     for i in 0..5 {
         let (status, _) = api
@@ -326,12 +392,12 @@ async fn a_replica_on_the_old_key_leaves_deliveries_for_one_with_the_new_key() {
         )
         .await
         .unwrap(),
-        1,
-        "only the delivery made before the rotation was attempted"
+        2,
+        "only the deliveries made before the rotation were attempted"
     );
     assert_eq!(
         rx.received_on("replica").len(),
-        1,
+        2,
         "nothing went out unsigned or signed wrongly"
     );
     assert!(old_worker.terminate());
@@ -353,13 +419,232 @@ async fn a_replica_on_the_old_key_leaves_deliveries_for_one_with_the_new_key() {
         )
         .await
         .unwrap()
-            == 6
+            == 7
     })
     .await;
     assert!(delivered, "the new worker did not deliver them");
     let got = rx.received_on("replica");
-    assert_eq!(got.len(), 6);
+    assert_eq!(got.len(), 7);
     for r in &got {
         assert_signed_with(r, &secret);
     }
+}
+
+/// What the load generator saw: every HTTP answer's status (connection errors while a
+/// process restarts are not answers and are counted apart).
+#[derive(Default)]
+struct LoadLog {
+    statuses: Vec<(u16, String, String)>,
+    connection_errors: usize,
+}
+
+/// Writes (sensitive config, tenant renames that fan out deliveries) and reads, spread
+/// over the processes in `bases`, until `stop`.
+async fn load(
+    bases: Arc<Mutex<Vec<String>>>,
+    tenant: String,
+    stop: Arc<AtomicBool>,
+    log: Arc<Mutex<LoadLog>>,
+) {
+    let http = client();
+    let mut i = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        let targets = bases.lock().unwrap().clone();
+        for base in targets {
+            i += 1;
+            let (method, path, body) = match i % 3 {
+                0 => (
+                    reqwest::Method::PUT,
+                    format!("/tenants/{tenant}/config/secret_{}", i % 7),
+                    Some(json!({"value": format!("v{i}"), "sensitive": true})),
+                ),
+                1 => (
+                    reqwest::Method::PATCH,
+                    format!("/tenants/{tenant}"),
+                    Some(json!({"name": format!("Acme {i}")})),
+                ),
+                _ => (
+                    reqwest::Method::GET,
+                    format!("/tenants/{tenant}/config"),
+                    None,
+                ),
+            };
+            let mut req = http
+                .request(method.clone(), format!("{base}/api/v1{path}"))
+                .header("X-API-Key", ADMIN);
+            if let Some(b) = body {
+                req = req.json(&b);
+            }
+            match req.send().await {
+                Ok(res) => {
+                    let status = res.status().as_u16();
+                    let text = res.text().await.unwrap_or_default();
+                    log.lock()
+                        .unwrap()
+                        .statuses
+                        .push((status, format!("{method} {path}"), text));
+                }
+                Err(_) => log.lock().unwrap().connection_errors += 1,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Replaces the process `old` by one started with `env` (the README's rolling restart):
+/// out of the load first, SIGTERM (it drains), start, back into the load.
+async fn restart(
+    old: Stratum,
+    env: &[(String, String)],
+    bases: &Arc<Mutex<Vec<String>>>,
+) -> Stratum {
+    let mut old = old;
+    bases.lock().unwrap().retain(|b| *b != old.base);
+    assert!(old.terminate(), "stratum did not stop cleanly");
+    let new = Stratum::start(&["serve"], env).await.unwrap();
+    bases.lock().unwrap().push(new.base.clone());
+    new
+}
+
+/// The README's rolling rotation with two `stratum serve` processes on one database under
+/// load: (1) each restarts with the new key readable (`STRATUM_ENCRYPTION_KEY_NEXT`),
+/// (2) one rotation, (3) each restarts with the new key as `STRATUM_ENCRYPTION_KEY` (old as
+/// previous). No request is answered 5xx, no delivery is dead-lettered, every delivery
+/// goes out signed with the original secret, and a restart with only the new key starts.
+#[tokio::test(flavor = "multi_thread")]
+async fn rolling_rotation_of_two_processes_under_load() {
+    let db = TestDb::new().await;
+    let rx = Receiver::start();
+    let env = default_env(&db);
+    let a = Stratum::start(&["serve"], &env).await.unwrap();
+    let b = Stratum::start(&["serve"], &env).await.unwrap();
+    let (status, tenant) = a
+        .api(
+            "POST",
+            "/tenants",
+            Some(json!({"name": "Acme", "slug": "acme"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201);
+    let t = tenant["id"].as_str().unwrap().to_owned();
+    let (_, secret) = create_webhook(
+        &a,
+        format!("{}/rolling", rx.base),
+        &["tenant.updated", "config.updated"],
+    )
+    .await;
+
+    let bases = Arc::new(Mutex::new(vec![a.base.clone(), b.base.clone()]));
+    let stop = Arc::new(AtomicBool::new(false));
+    let log = Arc::new(Mutex::new(LoadLog::default()));
+    let loader = tokio::spawn(load(bases.clone(), t.clone(), stop.clone(), log.clone()));
+    let answered = |n: usize| {
+        let log = log.clone();
+        async move {
+            eventually(Duration::from_secs(30), || {
+                let log = log.clone();
+                async move { log.lock().unwrap().statuses.len() >= n }
+            })
+            .await
+        }
+    };
+    assert!(answered(30).await, "the load never got going");
+
+    // (1) Every process can read the new key before anything is encrypted with it.
+    let step1 = with_key_set(&env, ENCRYPTION_KEY, None, Some(NEW_KEY));
+    let a = restart(a, &step1, &bases).await;
+    let b = restart(b, &step1, &bases).await;
+    let seen = log.lock().unwrap().statuses.len();
+    assert!(answered(seen + 30).await);
+
+    // (2) One rotation, on either process, under load.
+    let (status, body) = rotate(&b, ENCRYPTION_KEY, NEW_KEY).await;
+    assert_eq!(status, 200, "{body}");
+    let seen = log.lock().unwrap().statuses.len();
+    assert!(answered(seen + 60).await, "load stalled after the rotation");
+
+    // (3) Every process restarts with the new key as its own, the old one as previous.
+    let step3 = with_keys(&env, NEW_KEY, Some(ENCRYPTION_KEY));
+    let mut a = restart(a, &step3, &bases).await;
+    let mut b = restart(b, &step3, &bases).await;
+    let seen = log.lock().unwrap().statuses.len();
+    assert!(answered(seen + 30).await);
+    stop.store(true, Ordering::Relaxed);
+    loader.await.unwrap();
+
+    let log = std::mem::take(&mut *log.lock().unwrap());
+    let server_errors: Vec<_> = log.statuses.iter().filter(|(s, _, _)| *s >= 500).collect();
+    assert!(
+        server_errors.is_empty(),
+        "{} of {} requests answered 5xx: {:?}",
+        server_errors.len(),
+        log.statuses.len(),
+        &server_errors[..server_errors.len().min(5)]
+    );
+    let unexpected: Vec<_> = log.statuses.iter().filter(|(s, _, _)| *s >= 300).collect();
+    assert!(
+        unexpected.is_empty(),
+        "{:?}",
+        &unexpected[..unexpected.len().min(5)]
+    );
+
+    // Every delivery goes out; none is dead-lettered.
+    let settled = eventually(Duration::from_secs(60), || async {
+        count(
+            &db.url,
+            "SELECT count(*) AS n FROM webhook_deliveries WHERE status = 'pending'",
+        )
+        .await
+        .unwrap()
+            == 0
+    })
+    .await;
+    assert!(settled, "deliveries still pending");
+    assert_eq!(
+        count(
+            &db.url,
+            "SELECT count(*) AS n FROM webhook_deliveries WHERE status <> 'success'"
+        )
+        .await
+        .unwrap(),
+        0,
+        "a delivery was dead-lettered"
+    );
+    let delivered = count(&db.url, "SELECT count(*) AS n FROM webhook_deliveries")
+        .await
+        .unwrap();
+    assert!(delivered > 0);
+    for r in rx.received_on("rolling") {
+        assert_signed_with(&r, &secret);
+    }
+
+    // Nothing is left under the old key, and a process with only the new key starts.
+    let old_id = stratum_crypto::EncryptionKey::derive(ENCRYPTION_KEY)
+        .unwrap()
+        .key_id()
+        .to_owned();
+    assert_eq!(
+        count(
+            &db.url,
+            &format!(
+                "SELECT count(*) AS n FROM (SELECT secret_encrypted AS v FROM webhooks
+                  UNION ALL SELECT encrypted_value FROM config_entries WHERE sensitive) s
+                 WHERE v LIKE 'v1:{old_id}:%'"
+            )
+        )
+        .await
+        .unwrap(),
+        0
+    );
+    assert!(a.terminate() && b.terminate());
+    let only_new = Stratum::start(&["serve"], &with_keys(&env, NEW_KEY, None))
+        .await
+        .unwrap();
+    let (status, cfg) = only_new
+        .api("GET", &format!("/tenants/{t}/config"), None)
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{cfg}");
+    assert!(cfg["secret_0"]["value"].is_string(), "{cfg}");
 }

@@ -63,8 +63,20 @@ async fn two_workers_deliver_each_exactly_once() {
         "STRATUM_WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT".into(),
         "16".into(),
     ));
-    let _w1 = Stratum::start(&["worker"], &w_env).await.unwrap();
-    let _w2 = Stratum::start(&["worker"], &w_env).await.unwrap();
+    // Each worker logs every delivery it made, so the test can see that both claimed some.
+    w_env.retain(|(k, _)| k != "RUST_LOG");
+    w_env.push((
+        "RUST_LOG".into(),
+        "warn,stratum_webhooks::dispatcher=debug".into(),
+    ));
+    let logs = tempfile_dir();
+    let log_paths = [logs.join("w1.log"), logs.join("w2.log")];
+    let mut w1 = Stratum::start_logged(&["worker"], &w_env, &log_paths[0])
+        .await
+        .unwrap();
+    let mut w2 = Stratum::start_logged(&["worker"], &w_env, &log_paths[1])
+        .await
+        .unwrap();
     enqueue(&db, &id, 2000).await;
     let done = eventually(Duration::from_secs(120), || async {
         count(
@@ -88,6 +100,47 @@ async fn two_workers_deliver_each_exactly_once() {
     .await
     .unwrap();
     assert_eq!(attempts, 2000);
+    // Both workers claimed and delivered a share, and together each delivery once.
+    assert!(w1.terminate() && w2.terminate());
+    let mut by_worker = Vec::new();
+    let mut all = HashMap::new();
+    for path in &log_paths {
+        let ids = delivered_in_log(path);
+        by_worker.push(ids.len());
+        for id in ids {
+            *all.entry(id).or_insert(0) += 1;
+        }
+    }
+    assert!(
+        by_worker.iter().all(|n| *n > 0),
+        "one worker claimed nothing: {by_worker:?}"
+    );
+    assert_eq!(all.len(), 2000, "{by_worker:?}");
+    assert!(all.values().all(|n| *n == 1), "a delivery logged twice");
+    let _ = std::fs::remove_dir_all(&logs);
+}
+
+/// A fresh folder for this test's files.
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("stratum-e2e-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The delivery ids a worker's JSON log says it delivered.
+fn delivered_in_log(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.to_string().contains("webhook delivered"))
+        .filter_map(|v| {
+            let f = v.get("fields").unwrap_or(&v);
+            f.get("delivery_id")
+                .and_then(|d| d.as_str())
+                .map(str::to_owned)
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -128,6 +181,19 @@ async fn a_killed_worker_loses_nothing() {
         at_kill < 2000,
         "killed too late to prove anything ({at_kill})"
     );
+    // No other worker runs yet: the rows still leased are exactly those the killed worker
+    // held at the moment of the kill. There must be some, or the test proves nothing.
+    let leased_at_kill: Vec<String> = stratum_e2e::texts(
+        &db.url,
+        "SELECT id::text AS t FROM webhook_deliveries
+          WHERE lease_id IS NOT NULL AND status = 'pending'",
+    )
+    .await
+    .unwrap();
+    assert!(
+        !leased_at_kill.is_empty(),
+        "no delivery was leased when the worker was killed"
+    );
     let _w2 = Stratum::start(&["worker"], &env).await.unwrap();
     let done = eventually(Duration::from_secs(120), || async {
         count(
@@ -142,6 +208,22 @@ async fn a_killed_worker_loses_nothing() {
     assert!(done, "deliveries were lost after kill -9");
     let seen = per_delivery(&rx, "slow");
     assert_eq!(seen.len(), 2000, "every delivery arrived at least once");
+    for id in &leased_at_kill {
+        assert!(
+            seen.contains_key(id),
+            "delivery {id}, leased by the killed worker, never arrived"
+        );
+    }
+    assert_eq!(
+        count(
+            &db.url,
+            "SELECT count(*) AS n FROM webhook_deliveries WHERE lease_id IS NOT NULL"
+        )
+        .await
+        .unwrap(),
+        0,
+        "leases left behind"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -160,19 +242,30 @@ async fn sigterm_drains_gracefully() {
         .await
         .unwrap();
     enqueue(&db, hook["id"].as_str().unwrap(), 20).await;
-    assert!(
-        rx.wait_for(Duration::from_secs(30), |r| !r.is_empty())
-            .await
-    );
+    // Deliveries must be in flight (leased) when SIGTERM arrives, or the test proves nothing.
+    let in_flight = eventually(Duration::from_secs(30), || async {
+        count(
+            &db.url,
+            "SELECT count(*) AS n FROM webhook_deliveries WHERE lease_id IS NOT NULL",
+        )
+        .await
+        .unwrap()
+            > 0
+    })
+    .await;
+    assert!(in_flight, "no delivery was ever leased");
     assert!(app.terminate(), "stratum did not exit cleanly on SIGTERM");
-    // What was sent was recorded: no delivery is left leased by the stopped process.
+    // The stopped process finished and recorded what it had claimed: nothing is left
+    // leased, and everything the receiver got is recorded as delivered.
     let leased = count(
         &db.url,
         "SELECT count(*) AS n FROM webhook_deliveries WHERE lease_id IS NOT NULL",
     )
     .await
     .unwrap();
+    assert_eq!(leased, 0, "deliveries left leased after SIGTERM");
     let received = rx.received().len() as i64;
+    assert!(received > 0, "nothing was in flight at SIGTERM");
     let done = count(
         &db.url,
         "SELECT count(*) AS n FROM webhook_deliveries WHERE status = 'success'",
@@ -183,5 +276,23 @@ async fn sigterm_drains_gracefully() {
         done, received,
         "every delivery the receiver got is recorded as delivered"
     );
-    assert!(leased <= 20 - received, "leases left: {leased}");
+    // A new process delivers the rest; nothing goes out twice.
+    let _app = Stratum::start(&["serve"], &env).await.unwrap();
+    let all = eventually(Duration::from_secs(60), || async {
+        count(
+            &db.url,
+            "SELECT count(*) AS n FROM webhook_deliveries WHERE status = 'success'",
+        )
+        .await
+        .unwrap()
+            == 20
+    })
+    .await;
+    assert!(all, "deliveries lost after SIGTERM");
+    let seen = per_delivery(&rx, "slow");
+    assert_eq!(seen.len(), 20);
+    assert!(
+        seen.values().all(|n| *n == 1),
+        "a delivery went out twice: {seen:?}"
+    );
 }

@@ -71,6 +71,25 @@ pub fn env_for_url(url: &str) -> Vec<(String, String)> {
 impl Stratum {
     /// Starts `stratum <args>` with `env`; for `serve`, waits until `/health` answers.
     pub async fn start(args: &[&str], env: &[(String, String)]) -> Result<Self> {
+        Self::start_with_stderr(args, env, Stdio::inherit()).await
+    }
+
+    /// Like [`start`](Self::start), with the process's log (stderr) written to `log`.
+    pub async fn start_logged(
+        args: &[&str],
+        env: &[(String, String)],
+        log: &std::path::Path,
+    ) -> Result<Self> {
+        let file =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        Self::start_with_stderr(args, env, Stdio::from(file)).await
+    }
+
+    async fn start_with_stderr(
+        args: &[&str],
+        env: &[(String, String)],
+        stderr: Stdio,
+    ) -> Result<Self> {
         let port = free_port();
         let base = format!("http://127.0.0.1:{port}");
         let mut cmd = Command::new(binary());
@@ -79,7 +98,7 @@ impl Stratum {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("STRATUM_BIND", format!("127.0.0.1:{port}"))
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stderr(stderr);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -406,6 +425,19 @@ pub async fn count(url: &str, q: &str) -> Result<i64> {
     let mut c = AsyncPgConnection::establish(url).await?;
     let rows: Vec<N> = diesel::sql_query(q).load(&mut c).await?;
     Ok(rows.into_iter().next().map(|r| r.n).unwrap_or(0))
+}
+
+/// Text rows from the test database; `q` selects one text column named `t`.
+pub async fn texts(url: &str, q: &str) -> Result<Vec<String>> {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+    #[derive(diesel::QueryableByName)]
+    struct T {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        t: String,
+    }
+    let mut c = AsyncPgConnection::establish(url).await?;
+    let rows: Vec<T> = diesel::sql_query(q).load(&mut c).await?;
+    Ok(rows.into_iter().map(|r| r.t).collect())
 }
 
 /// Polls `f` until it returns true or the timeout passes.

@@ -181,6 +181,30 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Unavailable => Self::unavailable(),
+            // Another process rotated the encryption key to one this process does not hold
+            // (or rotated again while this write retried): nothing changed, and a process
+            // started with the key (or this one, restarted) can answer.
+            StoreError::KeyNotActive {
+                active_key_id: key_id,
+            }
+            | StoreError::KeyUnavailable { key_id } => {
+                tracing::warn!(
+                    request_id = current_request_id().as_deref().unwrap_or("-"),
+                    key_id = %key_id,
+                    "a secret is under an encryption key this process does not hold; answering 503"
+                );
+                Self {
+                    retry_after: Some(1),
+                    ..Self::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "ENCRYPTION_KEY_UNAVAILABLE",
+                        format!(
+                            "this process does not hold encryption key {key_id}, which the data needs; \
+                             nothing changed: retry (another process may answer) or restart this one with the key"
+                        ),
+                    )
+                }
+            }
             StoreError::Internal(cause) => Self::internal(cause),
         }
     }
@@ -291,6 +315,10 @@ impl From<stratum_maintenance::MaintenanceError> for ApiError {
                 "old_key is not the encryption key in use; nothing was changed",
             ),
             // Logged with the row it names; the body stays generic.
+            E::RotationInProgress => Self::conflict(
+                "ROTATION_IN_PROGRESS",
+                "another key rotation is in progress; nothing was changed",
+            ),
             E::Reencrypt { row, reason } => Self::internal(format!(
                 "key rotation rolled back, nothing changed: {row} could not be re-encrypted: {reason}"
             )),

@@ -248,7 +248,8 @@ pub struct ErrorObject {
     /// `INVALID_OLD_KEY`, `UNAUTHORIZED`, `FORBIDDEN`, `NOT_FOUND`, `TENANT_NOT_FOUND`,
     /// `WEBHOOK_NOT_FOUND`, `DELIVERY_NOT_FOUND`, `AUDIT_ENTRY_NOT_FOUND`, `CONSENT_NOT_FOUND`,
     /// `CONFLICT`, `DELIVERY_NOT_FAILED`, `CONFIG_LOCKED`, `HAS_CHILDREN`, `CYCLE_DETECTED`,
-    /// `PAYLOAD_TOO_LARGE`, `RATE_LIMITED`, `INTERNAL_ERROR`, `SERVICE_UNAVAILABLE`.
+    /// `ROTATION_IN_PROGRESS`, `PAYLOAD_TOO_LARGE`, `RATE_LIMITED`, `INTERNAL_ERROR`,
+    /// `SERVICE_UNAVAILABLE`, `ENCRYPTION_KEY_UNAVAILABLE`.
     #[schema(example = "VALIDATION_ERROR")]
     code: String,
     /// Human text.
@@ -367,16 +368,18 @@ error_responses! {
         called a global-only route",
     NotFound => "`NOT_FOUND`, `TENANT_NOT_FOUND`, `WEBHOOK_NOT_FOUND`, `DELIVERY_NOT_FOUND`, \
         `AUDIT_ENTRY_NOT_FOUND` or `CONSENT_NOT_FOUND`: no such thing, or not visible to this key",
-    Conflict => "`CONFLICT`, `DELIVERY_NOT_FAILED`, `CONFIG_LOCKED`, `HAS_CHILDREN` or \
-        `CYCLE_DETECTED`",
+    Conflict => "`CONFLICT`, `DELIVERY_NOT_FAILED`, `CONFIG_LOCKED`, `HAS_CHILDREN`, \
+        `CYCLE_DETECTED` or `ROTATION_IN_PROGRESS` (another key rotation is running)",
     PayloadTooLarge => "`PAYLOAD_TOO_LARGE`: the body is over the limit (256 KiB)",
     PreconditionFailed => "`PRECONDITION_FAILED`: `If-Match` names a version that is no longer \
         current; nothing changed",
     RequestTimeout => "`REQUEST_TIMEOUT`: the body did not arrive within \
         `STRATUM_REQUEST_BODY_TIMEOUT_MS`; the connection is closed",
     InternalError => "`INTERNAL_ERROR`: a bug; the body carries the request id",
-    Unavailable => "`SERVICE_UNAVAILABLE`: the database is unreachable; the request changed \
-        nothing",
+    Unavailable => "`SERVICE_UNAVAILABLE`: the database is unreachable; or \
+        `ENCRYPTION_KEY_UNAVAILABLE`: a secret the request needs is encrypted under a key this \
+        process does not hold (another process rotated; restart this one with the new key). \
+        Either way the request changed nothing",
 }
 
 /// `RATE_LIMITED`: the per-key limit was hit.
@@ -501,11 +504,15 @@ fn purge_expired_doc() {}
     operation_id = "rotateEncryptionKey",
     description = "Re-encrypts every sensitive config value and webhook secret in one \
                    transaction; a wrong `old_key` answers 400 `INVALID_OLD_KEY` and changes \
-                   nothing. Set `STRATUM_ENCRYPTION_KEY` to the new key before the next restart.",
+                   nothing. Linearizable: of concurrent rotations exactly one runs, the others \
+                   answer 409 `ROTATION_IN_PROGRESS` (or 400 `INVALID_OLD_KEY` once it \
+                   committed); secrets written meanwhile end up under the new key. Set \
+                   `STRATUM_ENCRYPTION_KEY` to the new key before the next restart.",
     request_body = RotateEncryptionKeyRequest,
     responses(
         (status = 200, description = "What was re-encrypted", body = RotateEncryptionKeyResult),
         (status = 400, response = ValidationError),
+        (status = 409, response = Conflict),
         (status = 413, response = PayloadTooLarge),
     )
 )]

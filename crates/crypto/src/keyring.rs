@@ -1,27 +1,62 @@
-//! The current encryption key plus, during a rotation, the previous one.
+//! The key new values are encrypted with, plus every other key this process may read.
 
 use crate::envelope::{envelope_key_id, EncryptionKey};
 use crate::error::CryptoError;
 
-/// Encrypts with the current key and decrypts with whichever known key a value names.
+/// Encrypts with the current key and decrypts with whichever held key a value names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keyring {
     current: EncryptionKey,
-    previous: Option<EncryptionKey>,
+    /// Readable besides `current` (previous keys, the next key of a rolling rotation);
+    /// no duplicates, never `current`.
+    others: Vec<EncryptionKey>,
 }
 
 impl Keyring {
     /// Builds a keyring; a previous key equal to the current one is dropped.
     pub fn new(current: EncryptionKey, previous: Option<EncryptionKey>) -> Self {
-        let previous = previous.filter(|p| *p != current);
-        Self { current, previous }
+        Self::with_keys(current, previous)
+    }
+
+    /// Builds a keyring that encrypts with `current` and can also read `others`
+    /// (duplicates and copies of `current` are dropped).
+    pub fn with_keys(
+        current: EncryptionKey,
+        others: impl IntoIterator<Item = EncryptionKey>,
+    ) -> Self {
+        let mut ring = Self {
+            current,
+            others: Vec::new(),
+        };
+        for k in others {
+            ring.add(k);
+        }
+        ring
+    }
+
+    fn add(&mut self, key: EncryptionKey) {
+        if key != self.current && !self.others.contains(&key) {
+            self.others.push(key);
+        }
     }
 
     /// Derives both keys from master key strings as read from the environment.
     pub fn from_env_values(current: &str, previous: Option<&str>) -> Result<Self, CryptoError> {
+        Self::from_env(current, previous)
+    }
+
+    /// Derives the current key and any number of further readable keys from master key
+    /// strings as read from the environment.
+    pub fn from_env<'a>(
+        current: &str,
+        readable: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Self, CryptoError> {
         let current = EncryptionKey::derive(current)?;
-        let previous = previous.map(EncryptionKey::derive).transpose()?;
-        Ok(Self::new(current, previous))
+        let others = readable
+            .into_iter()
+            .map(EncryptionKey::derive)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self::with_keys(current, others))
     }
 
     /// The key new values are encrypted with.
@@ -29,9 +64,53 @@ impl Keyring {
         &self.current
     }
 
-    /// The key being rotated away from, if any.
+    /// The first key readable besides the current one (the key being rotated away from
+    /// when the keyring came from `new`), if any.
     pub fn previous(&self) -> Option<&EncryptionKey> {
-        self.previous.as_ref()
+        self.others.first()
+    }
+
+    /// Every key this keyring can read, the current one first.
+    pub fn keys(&self) -> impl Iterator<Item = &EncryptionKey> {
+        std::iter::once(&self.current).chain(self.others.iter())
+    }
+
+    /// The held key with this key id, if any.
+    pub fn key(&self, key_id: &str) -> Option<&EncryptionKey> {
+        self.keys().find(|k| k.key_id() == key_id)
+    }
+
+    /// Whether this keyring holds a key with this key id.
+    pub fn holds(&self, key_id: &str) -> bool {
+        self.key(key_id).is_some()
+    }
+
+    /// This keyring encrypting with the held key `key_id` instead (every key stays
+    /// readable); `None` when it does not hold that key.
+    pub fn activate(&self, key_id: &str) -> Option<Self> {
+        let key = self.key(key_id)?.clone();
+        Some(self.rotated_to(key))
+    }
+
+    /// This keyring encrypting with `key` from now on; every key held so far stays readable.
+    pub fn rotated_to(&self, key: EncryptionKey) -> Self {
+        let mut others = vec![self.current.clone()];
+        others.extend(self.others.iter().cloned());
+        Self::with_keys(key, others)
+    }
+
+    /// This keyring able to read `key` too (it keeps encrypting with its current key).
+    pub fn with_readable(&self, key: EncryptionKey) -> Self {
+        let mut ring = self.clone();
+        ring.add(key);
+        ring
+    }
+
+    /// This keyring without the readable key `key_id`; the current key always stays.
+    pub fn without(&self, key_id: &str) -> Self {
+        let mut ring = self.clone();
+        ring.others.retain(|k| k.key_id() != key_id);
+        ring
     }
 
     /// Encrypts with the current key.
@@ -45,7 +124,7 @@ impl Keyring {
     }
 
     /// Decrypts with the key the envelope names; `KeyMismatch` (expecting the current
-    /// key) when it names neither.
+    /// key) when it names none this keyring holds.
     pub fn decrypt(&self, stored: &str) -> Result<Vec<u8>, CryptoError> {
         self.key_for(stored)?.decrypt(stored)
     }
@@ -62,16 +141,10 @@ impl Keyring {
 
     fn key_for(&self, stored: &str) -> Result<&EncryptionKey, CryptoError> {
         let key_id = envelope_key_id(stored).ok_or(CryptoError::Malformed)?;
-        if key_id == self.current.key_id() {
-            return Ok(&self.current);
-        }
-        match &self.previous {
-            Some(previous) if key_id == previous.key_id() => Ok(previous),
-            _ => Err(CryptoError::KeyMismatch {
-                expected: self.current.key_id().to_owned(),
-                found: key_id.to_owned(),
-            }),
-        }
+        self.key(key_id).ok_or_else(|| CryptoError::KeyMismatch {
+            expected: self.current.key_id().to_owned(),
+            found: key_id.to_owned(),
+        })
     }
 }
 
@@ -132,6 +205,31 @@ mod tests {
         assert!(!only_new.can_decrypt(&k(OLD).encrypt(b"x").unwrap()));
         assert_eq!(ring.decrypt("not an envelope"), Err(CryptoError::Malformed));
         assert!(!ring.can_decrypt("not an envelope"));
+    }
+
+    #[test]
+    fn reads_every_held_key_and_activates_by_id() {
+        let ring = Keyring::from_env(OLD, [NEW, OLD, NEW]).unwrap();
+        assert_eq!(ring.keys().count(), 2);
+        assert!(ring.can_decrypt(&k(NEW).encrypt(b"x").unwrap()));
+        assert!(ring.holds(k(NEW).key_id()) && !ring.holds(k(STRANGER).key_id()));
+        let active = ring.activate(k(NEW).key_id()).unwrap();
+        assert_eq!(active.current(), &k(NEW));
+        assert!(active.can_decrypt(&k(OLD).encrypt(b"x").unwrap()));
+        assert!(ring.activate(k(STRANGER).key_id()).is_none());
+        let plus = ring.with_readable(k(STRANGER));
+        assert_eq!(plus.current(), &k(OLD));
+        assert!(plus.holds(k(STRANGER).key_id()));
+        assert!(!plus
+            .without(k(STRANGER).key_id())
+            .holds(k(STRANGER).key_id()));
+        assert!(
+            plus.without(k(OLD).key_id()).holds(k(OLD).key_id()),
+            "current stays"
+        );
+        let rotated = ring.rotated_to(k(STRANGER));
+        assert_eq!(rotated.current(), &k(STRANGER));
+        assert_eq!(rotated.keys().count(), 3);
     }
 
     #[test]

@@ -22,6 +22,29 @@ impl SharedKeyring {
             .clone()
     }
 
+    /// Makes the held key `key_id` the one new values are encrypted with (another process
+    /// rotated to it); false, and nothing changes, when this process does not hold it.
+    pub fn adopt(&self, key_id: &str) -> bool {
+        let mut guard = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        if guard.current().key_id() == key_id {
+            return true;
+        }
+        match guard.activate(key_id) {
+            Some(ring) => {
+                *guard = Arc::new(ring);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Replaces the keyring in force by `change(current)`, atomically with respect to every
+    /// other change.
+    pub fn update(&self, change: impl FnOnce(&Keyring) -> Keyring) {
+        let mut guard = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        *guard = Arc::new(change(&guard));
+    }
+
     /// Puts `keyring` in force for every later [`get`](Self::get).
     pub fn replace(&self, keyring: Keyring) {
         *self.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keyring);

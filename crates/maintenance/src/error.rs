@@ -20,6 +20,9 @@ pub enum MaintenanceError {
     /// `old_key` is not the key the stored data and this process use; nothing changed.
     #[error("old_key is not the encryption key in use")]
     InvalidOldKey,
+    /// Another rotation is running; nothing changed.
+    #[error("another key rotation is in progress")]
+    RotationInProgress,
     /// A stored value could not be re-encrypted (corrupt, or under an unknown key); the
     /// rotation rolled back and nothing changed. `row` names the value, never its content.
     #[error("{row} could not be re-encrypted: {reason}")]

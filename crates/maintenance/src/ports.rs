@@ -25,16 +25,26 @@ pub trait MaintenanceStore: Send + Sync {
         journal: Journal,
     ) -> Result<PurgeCounts, StoreError>;
 
-    /// Re-encrypts every sensitive config value and every webhook secret through
-    /// `reencrypt`, in one transaction that also keeps them from changing meanwhile, and
-    /// records `counts.complete(journal)`. Values `reencrypt` returns unchanged are not
-    /// written nor counted. The first value it refuses aborts everything: `Reencrypt`
-    /// naming the row, nothing changed.
+    /// The rotation from `old_key_id` to `new_key_id`, linearizable: in one transaction,
+    /// `RotationInProgress` when another rotation runs (nothing waits); then it waits for
+    /// the writers of secrets in flight and holds new ones off until it ends;
+    /// `InvalidOldKey` unless the database's active key id is `old_key_id` (recorded as
+    /// such when none is yet); then re-encrypts every sensitive config value and every
+    /// webhook secret through `reencrypt`, records `new_key_id` as the active key and
+    /// `counts.complete(journal)`. Values `reencrypt` returns unchanged are not written
+    /// nor counted. The first value it refuses aborts everything: `Reencrypt` naming the
+    /// row, nothing changed.
     async fn rotate(
         &self,
+        old_key_id: String,
+        new_key_id: String,
         reencrypt: Reencrypt,
         journal: Journal,
     ) -> Result<RotationCounts, MaintenanceError>;
+
+    /// The database's active key id: the recorded one, or else `candidate`, which is
+    /// recorded (first start).
+    async fn init_active_key_id(&self, candidate: String) -> Result<String, StoreError>;
 
     /// The distinct key ids of every stored envelope (sensitive config values and webhook
     /// secrets); values that are not envelopes are ignored.

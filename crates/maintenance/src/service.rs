@@ -129,7 +129,9 @@ impl MaintenanceService {
         let ring = self.keyring.get();
         let old = EncryptionKey::derive(old_key)
             .ok()
-            .filter(|k| same_key(k, ring.current()))
+            // One of this process's keys (not merely one with the same short id). Whether
+            // it is the database's active key the store decides, atomically with the change.
+            .filter(|k| ring.key(k.key_id()).is_some_and(|held| same_key(k, held)))
             .ok_or(MaintenanceError::InvalidOldKey)?;
         let new = EncryptionKey::derive(new_key)
             .map_err(|e| MaintenanceError::invalid("new_key", e.to_string()))?;
@@ -139,21 +141,6 @@ impl MaintenanceService {
                 "has the same key id as old_key; choose another key",
             ));
         }
-        // Data already under a key this process does not hold (another replica rotated
-        // first) means old_key is not the key in use any more.
-        let held = [Some(ring.current()), ring.previous()];
-        let stored = self.store.stored_key_ids().await?;
-        if let Some(foreign) = stored
-            .iter()
-            .find(|id| !held.iter().flatten().any(|k| k.key_id() == id.as_str()))
-        {
-            tracing::warn!(
-                key_id = %foreign,
-                current_key_id = %ring.current().key_id(),
-                "key rotation refused: stored data is encrypted under a key this process does not hold"
-            );
-            return Err(MaintenanceError::InvalidOldKey);
-        }
 
         let journal = caller
             .journal("maintenance.rotate_encryption_key", "encryption_key")
@@ -162,7 +149,9 @@ impl MaintenanceService {
                 "old_key_id": old.key_id(),
                 "new_key_id": new.key_id(),
             })));
-        let source = ring.clone();
+        // Values are read by the key they name: old_key, or one this process holds
+        // (written before the database recorded its active key).
+        let source = Keyring::with_keys(old.clone(), ring.keys().cloned());
         let target = new.clone();
         let target_id = new.key_id().to_owned();
         let reencrypt: Reencrypt = Box::new(move |stored: &str| {
@@ -172,9 +161,36 @@ impl MaintenanceService {
             let plain = source.decrypt(stored).map_err(|e| e.to_string())?;
             target.encrypt(&plain).map_err(|e| e.to_string())
         });
-        let counts = self.store.rotate(reencrypt, journal).await?;
-        self.keyring
-            .replace(Keyring::new(new.clone(), Some(ring.current().clone())));
+        // Writers of secrets in this process that find the new key active between the
+        // commit and the switch below must be able to seal with it: readable from now on.
+        let held_before = ring.holds(new.key_id());
+        self.keyring.update(|r| r.with_readable(new.clone()));
+        // The store decides, inside its transaction, whether old_key is the active key and
+        // whether another rotation runs: the checks and the change are one atomic step.
+        let rotated = self
+            .store
+            .rotate(
+                old.key_id().to_owned(),
+                new.key_id().to_owned(),
+                reencrypt,
+                journal,
+            )
+            .await;
+        let counts = match rotated {
+            Ok(counts) => counts,
+            Err(e) => {
+                if !held_before {
+                    self.keyring.update(|r| r.without(new.key_id()));
+                }
+                return Err(e);
+            }
+        };
+        self.keyring.update(|now| {
+            Keyring::with_keys(
+                new.clone(),
+                now.keys().cloned().chain(std::iter::once(old.clone())),
+            )
+        });
         tracing::info!(
             old_key_id = %old.key_id(),
             new_key_id = %new.key_id(),
@@ -185,8 +201,40 @@ impl MaintenanceService {
         Ok(counts)
     }
 
+    /// At start-up, after [`check_keys`](Self::check_keys): reads the database's active key
+    /// (recording one on first start: the key every stored envelope names, else this
+    /// process's key) and makes this process encrypt with it when it holds it. When it
+    /// does not, writes of secrets answer `KeyUnavailable` until it is restarted with it.
+    pub async fn init_active_key(&self) -> std::result::Result<String, String> {
+        let ring = self.keyring.get();
+        let stored = self
+            .store
+            .stored_key_ids()
+            .await
+            .map_err(|e| format!("cannot read the key ids of the stored secrets: {e}"))?;
+        let candidate = match stored.as_slice() {
+            [only] => only.clone(),
+            _ => ring.current().key_id().to_owned(),
+        };
+        let active = self
+            .store
+            .init_active_key_id(candidate)
+            .await
+            .map_err(|e| format!("cannot read the active encryption key id: {e}"))?;
+        if self.keyring.adopt(&active) {
+            tracing::info!(active_key_id = %active, "encrypting new secrets with the active key");
+        } else {
+            tracing::warn!(
+                active_key_id = %active,
+                current_key_id = %ring.current().key_id(),
+                "this process does not hold the database's active encryption key: writes of secrets answer 503 ENCRYPTION_KEY_UNAVAILABLE until it is restarted with it"
+            );
+        }
+        Ok(active)
+    }
+
     /// Checks at start-up that `keyring` can read every stored envelope: each stored key id
-    /// must be its current or previous key. The error says what to do.
+    /// must be one of its keys. The error says what to do.
     pub async fn check_keys(&self, keyring: &Keyring) -> std::result::Result<(), String> {
         let stored = self
             .store
@@ -194,25 +242,27 @@ impl MaintenanceService {
             .await
             .map_err(|e| format!("cannot read the key ids of the stored secrets: {e}"))?;
         let current = keyring.current().key_id();
-        let previous = keyring.previous().map(EncryptionKey::key_id);
         let mut unknown: Vec<&str> = stored
             .iter()
             .map(String::as_str)
-            .filter(|id| *id != current && Some(*id) != previous)
+            .filter(|id| !keyring.holds(id))
             .collect();
         if unknown.is_empty() {
             return Ok(());
         }
         unknown.sort_unstable();
         unknown.dedup();
+        let others: Vec<&str> = keyring.keys().skip(1).map(EncryptionKey::key_id).collect();
         Err(format!(
             "the stored secrets are encrypted under key id(s) {}, but STRATUM_ENCRYPTION_KEY has key id {current}{}. \
              Set STRATUM_ENCRYPTION_KEY to the key in use (after a rotation: the new key), or, during a rolling \
-             restart, set STRATUM_ENCRYPTION_KEY_PREVIOUS to the old key so both can be read",
+             rotation, set STRATUM_ENCRYPTION_KEY_PREVIOUS (the old key) or STRATUM_ENCRYPTION_KEY_NEXT (the new key) \
+             so both can be read",
             unknown.join(", "),
-            match previous {
-                Some(p) => format!(" and STRATUM_ENCRYPTION_KEY_PREVIOUS has key id {p}"),
-                None => " and STRATUM_ENCRYPTION_KEY_PREVIOUS is not set".to_owned(),
+            if others.is_empty() {
+                " and neither STRATUM_ENCRYPTION_KEY_PREVIOUS nor STRATUM_ENCRYPTION_KEY_NEXT is set".to_owned()
+            } else {
+                format!(" and the other configured keys have key id(s) {}", others.join(", "))
             }
         ))
     }

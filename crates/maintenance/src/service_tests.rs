@@ -236,21 +236,21 @@ async fn rotation_reencrypts_journals_key_ids_only_and_swaps_the_keyring() {
     let under_stranger = key(STRANGER).encrypt_str("x").unwrap();
 
     let mut store = MockMaintenanceStore::new();
-    let ids = vec![
-        key(OLD).key_id().to_owned(),
-        key(PREVIOUS).key_id().to_owned(),
-    ];
-    store
-        .expect_stored_key_ids()
-        .times(1)
-        .returning(move || Ok(ids.clone()));
     let seen: Seen = Arc::default();
     let seen_in = seen.clone();
+    let during = keyring.clone();
     store
         .expect_rotate()
         .times(1)
-        .returning(move |reencrypt, j: Journal| {
+        .returning(move |old_id, new_id, reencrypt, j: Journal| {
             let mut out = seen_in.lock().unwrap();
+            // While the rotation runs, writers here can already seal with the new key
+            // (should they find it active before the switch), but still use the old one.
+            assert!(during.get().holds(key(NEW).key_id()));
+            assert_eq!(during.get().current().key_id(), key(OLD).key_id());
+            // The store checks these inside its transaction (active key, then switch).
+            assert_eq!(old_id, key(OLD).key_id());
+            assert_eq!(new_id, key(NEW).key_id());
             assert_actor(&j);
             assert_eq!(j.action, "maintenance.rotate_encryption_key");
             assert_eq!(j.resource_type, "encryption_key");
@@ -301,11 +301,37 @@ async fn rotation_reencrypts_journals_key_ids_only_and_swaps_the_keyring() {
 }
 
 #[tokio::test]
-async fn a_wrong_old_key_changes_nothing_and_never_reaches_the_store() {
-    // The previous key is held, but it is not the key in use.
-    for wrong in [STRANGER, PREVIOUS, "short", ""] {
+async fn an_old_key_this_process_does_not_hold_never_reaches_the_store() {
+    for wrong in [STRANGER, "short", ""] {
         let keyring = ring(OLD, Some(PREVIOUS));
         let store = MockMaintenanceStore::new(); // any call panics
+        let e = service(store, keyring.clone())
+            .rotate_encryption_key(&admin(), wrong, NEW)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, MaintenanceError::InvalidOldKey),
+            "{wrong}: {e:?}"
+        );
+        assert_eq!(keyring.get().current().key_id(), key(OLD).key_id());
+    }
+}
+
+#[tokio::test]
+async fn the_store_decides_whether_old_key_is_the_active_key() {
+    // A held key goes to the store, which compares it with the database's active key
+    // inside the rotation's transaction (another process may have rotated since this one
+    // last wrote, so this process's current key says nothing).
+    for wrong in [PREVIOUS, OLD] {
+        let keyring = ring(OLD, Some(PREVIOUS));
+        let mut store = MockMaintenanceStore::new();
+        store
+            .expect_rotate()
+            .times(1)
+            .withf(move |old_id, new_id, _, _| {
+                old_id == key(wrong).key_id() && new_id == key(NEW).key_id()
+            })
+            .returning(|_, _, _, _| Err(MaintenanceError::InvalidOldKey));
         let e = service(store, keyring.clone())
             .rotate_encryption_key(&admin(), wrong, NEW)
             .await
@@ -361,26 +387,6 @@ async fn rotation_needs_a_global_admin() {
 }
 
 #[tokio::test]
-async fn data_under_a_key_this_process_lacks_refuses_the_rotation() {
-    let keyring = ring(OLD, None);
-    let mut store = MockMaintenanceStore::new();
-    let ids = vec![
-        key(OLD).key_id().to_owned(),
-        key(STRANGER).key_id().to_owned(),
-    ];
-    store
-        .expect_stored_key_ids()
-        .returning(move || Ok(ids.clone()));
-    store.expect_rotate().times(0);
-    let e = service(store, keyring.clone())
-        .rotate_encryption_key(&admin(), OLD, NEW)
-        .await
-        .unwrap_err();
-    assert!(matches!(e, MaintenanceError::InvalidOldKey), "{e:?}");
-    assert_eq!(keyring.get().current().key_id(), key(OLD).key_id());
-}
-
-#[tokio::test]
 async fn a_failed_rotation_keeps_the_keyring() {
     let failures: Vec<fn() -> MaintenanceError> = vec![
         || MaintenanceError::Reencrypt {
@@ -388,15 +394,16 @@ async fn a_failed_rotation_keeps_the_keyring() {
             reason: "decryption failed".into(),
         },
         || MaintenanceError::Store(StoreError::Unavailable),
+        || MaintenanceError::RotationInProgress,
+        || MaintenanceError::InvalidOldKey,
     ];
     for fail in failures {
         let keyring = ring(OLD, None);
         let mut store = MockMaintenanceStore::new();
-        store.expect_stored_key_ids().returning(|| Ok(vec![]));
         store
             .expect_rotate()
             .times(1)
-            .returning(move |_, _| Err(fail()));
+            .returning(move |_, _, _, _| Err(fail()));
         let e = service(store, keyring.clone())
             .rotate_encryption_key(&admin(), OLD, NEW)
             .await
@@ -404,7 +411,10 @@ async fn a_failed_rotation_keeps_the_keyring() {
         assert!(
             matches!(
                 e,
-                MaintenanceError::Reencrypt { .. } | MaintenanceError::Store(_)
+                MaintenanceError::Reencrypt { .. }
+                    | MaintenanceError::Store(_)
+                    | MaintenanceError::RotationInProgress
+                    | MaintenanceError::InvalidOldKey
             ),
             "{e:?}"
         );
@@ -442,11 +452,81 @@ async fn start_up_accepts_data_under_the_current_or_previous_key() {
 }
 
 #[tokio::test]
+async fn start_up_accepts_data_under_the_next_key() {
+    // Step 1 of the rolling rotation: the new key is readable before the rotation.
+    let keyring = Keyring::from_env(OLD, [NEW]).unwrap();
+    let svc = service(
+        store_with_ids(&[key(OLD).key_id(), key(NEW).key_id()]),
+        ring(OLD, None),
+    );
+    assert_eq!(svc.check_keys(&keyring).await, Ok(()));
+}
+
+/// Stored key ids, the recorded active key, the keyring → the candidate handed to the
+/// store, the key id the process encrypts with afterwards.
+type StartUpCase<'a> = (Vec<&'a str>, Option<&'a str>, SharedKeyring, String, String);
+
+#[tokio::test]
+async fn start_up_records_and_adopts_the_active_key() {
+    let (old, new, stranger) = (key(OLD), key(NEW), key(STRANGER));
+    let cases: Vec<StartUpCase> = vec![
+        // First start, one key in the data: that key, even if this process encrypts with another.
+        (
+            vec![new.key_id()],
+            None,
+            SharedKeyring::new(Keyring::from_env(OLD, [NEW]).unwrap()),
+            key(NEW).key_id().to_owned(),
+            key(NEW).key_id().to_owned(),
+        ),
+        // First start, no data: this process's key.
+        (
+            vec![],
+            None,
+            ring(OLD, None),
+            key(OLD).key_id().to_owned(),
+            key(OLD).key_id().to_owned(),
+        ),
+        // Recorded and held (the rotation ran elsewhere): encrypt with it.
+        (
+            vec![old.key_id()],
+            Some(new.key_id()),
+            SharedKeyring::new(Keyring::from_env(OLD, [NEW]).unwrap()),
+            key(OLD).key_id().to_owned(),
+            key(NEW).key_id().to_owned(),
+        ),
+        // Recorded but not held: keep the own key (writes of secrets will answer 503).
+        (
+            vec![],
+            Some(stranger.key_id()),
+            ring(OLD, None),
+            key(OLD).key_id().to_owned(),
+            key(OLD).key_id().to_owned(),
+        ),
+    ];
+    for (ids, recorded, keyring, candidate, current_after) in cases {
+        let mut store = store_with_ids(&ids);
+        let recorded = recorded.map(str::to_owned);
+        let want = candidate.clone();
+        store
+            .expect_init_active_key_id()
+            .times(1)
+            .withf(move |c| *c == want)
+            .returning(move |c| Ok(recorded.clone().unwrap_or(c)));
+        let active = service(store, keyring.clone())
+            .init_active_key()
+            .await
+            .unwrap();
+        assert!(!active.is_empty());
+        assert_eq!(keyring.get().current().key_id(), current_after, "{ids:?}");
+    }
+}
+
+#[tokio::test]
 async fn start_up_refuses_data_under_another_key_and_says_what_to_do() {
     let cases = [
         (
             Keyring::from_env_values(OLD, None).unwrap(),
-            "is not set".to_owned(),
+            "nor STRATUM_ENCRYPTION_KEY_NEXT is set".to_owned(),
         ),
         (
             Keyring::from_env_values(OLD, Some(PREVIOUS)).unwrap(),

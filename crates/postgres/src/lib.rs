@@ -6,6 +6,7 @@ pub mod audit;
 pub mod consent;
 pub mod error;
 pub mod journal;
+pub mod keys;
 pub mod listen;
 pub mod maintenance;
 pub mod migrate;

@@ -17,6 +17,7 @@ use uuid::Uuid;
 use crate::error::map_query_error;
 use crate::in_tx;
 use crate::journal::record;
+use crate::keys;
 use crate::tx::{read_conn, TxError};
 use crate::Pool;
 
@@ -154,6 +155,27 @@ fn apply(
     }
 }
 
+/// The distinct key ids of every stored envelope, sorted.
+async fn key_ids(conn: &mut AsyncPgConnection) -> QueryResult<Vec<String>> {
+    // `v1:<8 hex>:` is 12 characters; the crypto crate decides what a key id is.
+    let prefixes: Vec<KeyPrefix> = diesel::sql_query(
+        "SELECT DISTINCT left(v, 12) AS prefix
+           FROM (SELECT encrypted_value AS v FROM config_entries WHERE sensitive
+                 UNION ALL
+                 SELECT secret_encrypted FROM webhooks) s
+          WHERE v LIKE 'v1:%'",
+    )
+    .load(conn)
+    .await?;
+    let mut ids: Vec<String> = prefixes
+        .iter()
+        .filter_map(|p| stratum_crypto::envelope_key_id(&p.prefix).map(str::to_owned))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
 /// Purge and rotation on PostgreSQL.
 #[derive(Clone)]
 pub struct PgMaintenanceStore {
@@ -196,14 +218,30 @@ impl MaintenanceStore for PgMaintenanceStore {
 
     async fn rotate(
         &self,
+        old_key_id: String,
+        new_key_id: String,
         reencrypt: Reencrypt,
         journal: Journal,
     ) -> Result<RotationCounts, MaintenanceError> {
         in_tx!(self.pool, MaintenanceError, |conn| {
-            // Reads (and deliveries) go on; writes of secrets and other rotations wait for
-            // the commit, so nothing is missed or overwritten. A write encrypted just before
-            // the process switched keys lands under the old key, which the process keeps
-            // as its previous key (and the next rotation re-encrypts).
+            if !keys::lock_for_rotation(conn).await? {
+                return Err(TxError::Domain(MaintenanceError::RotationInProgress));
+            }
+            // Writers of secrets have finished or wait for the commit (then find the new
+            // key active and re-encrypt), so no value under the old key lands afterwards.
+            // Before the first start-up recorded one: the one key the data is under, if any.
+            let claim = match keys::recorded_key_id(conn).await? {
+                Some(id) => id,
+                None => match key_ids(conn).await?.as_slice() {
+                    [only] => only.clone(),
+                    _ => old_key_id.clone(),
+                },
+            };
+            if keys::active_key_id(conn, &claim).await? != old_key_id {
+                return Err(TxError::Domain(MaintenanceError::InvalidOldKey));
+            }
+            // Reads (and deliveries) go on; every other write to these tables waits for
+            // the commit, so nothing is missed or overwritten.
             diesel::sql_query("LOCK TABLE config_entries, webhooks IN SHARE ROW EXCLUSIVE MODE")
                 .execute(conn)
                 .await?;
@@ -274,30 +312,27 @@ impl MaintenanceStore for PgMaintenanceStore {
                 config_entries: values.len() as u64,
                 webhooks: secrets.len() as u64,
             };
+            keys::set_active_key_id(conn, &new_key_id).await?;
             record(conn, &counts.complete(journal)).await?;
             Ok(counts)
         })
     }
 
+    async fn init_active_key_id(&self, candidate: String) -> Result<String, StoreError> {
+        let mut conn = read_conn(&self.pool).await?;
+        if let Some(id) = keys::recorded_key_id(&mut conn)
+            .await
+            .map_err(map_query_error)?
+        {
+            return Ok(id);
+        }
+        keys::active_key_id(&mut conn, &candidate)
+            .await
+            .map_err(map_query_error)
+    }
+
     async fn stored_key_ids(&self) -> Result<Vec<String>, StoreError> {
         let mut conn = read_conn(&self.pool).await?;
-        // `v1:<8 hex>:` is 12 characters; the crypto crate decides what a key id is.
-        let prefixes: Vec<KeyPrefix> = diesel::sql_query(
-            "SELECT DISTINCT left(v, 12) AS prefix
-               FROM (SELECT encrypted_value AS v FROM config_entries WHERE sensitive
-                     UNION ALL
-                     SELECT secret_encrypted FROM webhooks) s
-              WHERE v LIKE 'v1:%'",
-        )
-        .load(&mut conn)
-        .await
-        .map_err(map_query_error)?;
-        let mut ids: Vec<String> = prefixes
-            .iter()
-            .filter_map(|p| stratum_crypto::envelope_key_id(&p.prefix).map(str::to_owned))
-            .collect();
-        ids.sort_unstable();
-        ids.dedup();
-        Ok(ids)
+        key_ids(&mut conn).await.map_err(map_query_error)
     }
 }

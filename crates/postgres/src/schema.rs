@@ -62,6 +62,14 @@ diesel::table! {
 }
 
 diesel::table! {
+    encryption_keys_state (singleton) {
+        singleton -> Bool,
+        active_key_id -> Text,
+        rotated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     permission_policies (id) {
         id -> Uuid,
         tenant_id -> Uuid,
@@ -162,6 +170,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     audit_logs,
     config_entries,
     consent_records,
+    encryption_keys_state,
     permission_policies,
     tenants,
     webhook_deliveries,

@@ -494,6 +494,9 @@ impl ConfigStore for PgConfigStore {
         journal: Journal,
     ) -> Result<StoredConfigEntry, TenancyError> {
         in_tx!(self.pool, TenancyError, |conn| {
+            if let StoredValue::Encrypted(c) = &entry.value {
+                crate::keys::ensure_active_key(conn, c).await?;
+            }
             if lock_active(conn, entry.tenant_id, false).await?.is_none() {
                 return fail(TenancyError::TenantNotFound);
             }

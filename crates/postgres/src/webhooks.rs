@@ -124,6 +124,7 @@ impl WebhookStore for PgWebhookStore {
         journal: Journal,
     ) -> Result<(), WebhookError> {
         in_tx!(self.pool, WebhookError, |conn| {
+            crate::keys::ensure_active_key(conn, &secret_encrypted).await?;
             if let Some(t) = w.tenant_id {
                 let active: Option<String> = tenants::table
                     .find(t)
@@ -218,6 +219,9 @@ impl WebhookStore for PgWebhookStore {
         journal: Journal,
     ) -> Result<i64, WebhookError> {
         in_tx!(self.pool, WebhookError, |conn| {
+            if let Some(s) = &secret_encrypted {
+                crate::keys::ensure_active_key(conn, s).await?;
+            }
             let written: Option<i64> = diesel::update(
                 webhooks::table
                     .find(w.id)

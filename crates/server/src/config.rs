@@ -25,6 +25,10 @@ pub struct KeyArgs {
     /// The previous master key, kept for decryption during a rolling restart.
     #[arg(long, env = "STRATUM_ENCRYPTION_KEY_PREVIOUS", hide_env_values = true)]
     pub encryption_key_previous: Option<String>,
+    /// The next master key, readable before a rolling rotation to it; new secrets are
+    /// encrypted with it once the database's active key is it.
+    #[arg(long, env = "STRATUM_ENCRYPTION_KEY_NEXT", hide_env_values = true)]
+    pub encryption_key_next: Option<String>,
 }
 
 /// Webhook delivery settings.

@@ -118,9 +118,12 @@ async fn create_key(args: CreateKeyArgs) -> Result<()> {
 }
 
 fn keyring(keys: &KeyArgs) -> Result<Keyring> {
-    Keyring::from_env_values(
+    Keyring::from_env(
         &keys.encryption_key,
-        keys.encryption_key_previous.as_deref(),
+        keys.encryption_key_previous
+            .as_deref()
+            .into_iter()
+            .chain(keys.encryption_key_next.as_deref()),
     )
     .context("STRATUM_ENCRYPTION_KEY")
 }
@@ -201,14 +204,22 @@ fn time_now() -> i64 {
         .unwrap_or(0)
 }
 
-/// Refuses to start when the configured keys cannot read the stored secrets.
+/// Refuses to start when the configured keys cannot read the stored secrets; then
+/// encrypts with the database's active key when this process holds it.
 async fn check_keys(pool: &stratum_postgres::Pool, keyring: &SharedKeyring) -> Result<()> {
     let ring = keyring.get();
-    wiring::maintenance(pool.clone(), keyring.clone(), Default::default())
+    let maintenance = wiring::maintenance(pool.clone(), keyring.clone(), Default::default());
+    maintenance
         .check_keys(&ring)
         .await
         .map_err(anyhow::Error::msg)
-        .context("refusing to start: the start-up encryption key check failed")
+        .context("refusing to start: the start-up encryption key check failed")?;
+    maintenance
+        .init_active_key()
+        .await
+        .map_err(anyhow::Error::msg)
+        .context("refusing to start: the active encryption key cannot be read")?;
+    Ok(())
 }
 
 async fn worker(args: WorkerArgs) -> Result<()> {

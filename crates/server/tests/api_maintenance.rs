@@ -947,6 +947,15 @@ async fn data_under_a_key_the_process_lacks_refuses_the_rotation() {
     let url = h.db.url.as_str();
     webhook(url, &key(ENCRYPTION_KEY).encrypt_str("whsec_a").unwrap()).await;
     webhook(url, &key(NEW_KEY).encrypt_str("whsec_b").unwrap()).await;
+    // The other replica's rotation recorded its new key as the database's active key.
+    sql::exec(
+        url,
+        &format!(
+            "INSERT INTO encryption_keys_state (singleton, active_key_id) VALUES (true, '{}')",
+            key(NEW_KEY).key_id()
+        ),
+    )
+    .await;
     let before = stored(url).await;
     let r = call(
         &app,
@@ -960,5 +969,199 @@ async fn data_under_a_key_the_process_lacks_refuses_the_rotation() {
         (r.status, r.code()),
         (StatusCode::BAD_REQUEST, "INVALID_OLD_KEY")
     );
+    assert_eq!(stored(url).await, before);
+}
+
+/// Five rotations to five different keys at once, beside writers of sensitive config:
+/// exactly one runs; the others answer 409 `ROTATION_IN_PROGRESS` or, once it committed,
+/// 400 `INVALID_OLD_KEY`; nothing answers 5xx; afterwards every stored secret, including
+/// those written meanwhile, is under the winner's key, which alone reads them all.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_rotations_beside_writers_are_linearizable() {
+    let h = harness().await;
+    let app = app!(h);
+    let url = h.db.url.as_str();
+    let t = tenant(url, "acme").await;
+    secrets(url, &[t], 300).await;
+    let new_keys: Vec<String> = (0..5)
+        .map(|i| format!("concurrent-new-key-{i}-0123456789abcdefghij"))
+        .collect();
+
+    let rotations = futures_util::future::join_all(new_keys.iter().map(|new| {
+        call_any(
+            &app,
+            POST,
+            ROTATE,
+            Some(ADMIN),
+            Some(json!({"old_key": ENCRYPTION_KEY, "new_key": new})),
+        )
+    }));
+    let writers = futures_util::future::join_all((0..4).map(|w| {
+        let app = &app;
+        async move {
+            let mut out = Vec::new();
+            for i in 0..15 {
+                let path = format!("/api/v1/tenants/{t}/config/written.{w}.{i}");
+                let value = format!("during-rotation-{w}-{i}");
+                let r = call_any(
+                    app,
+                    PUT,
+                    &path,
+                    Some(ADMIN),
+                    Some(json!({"value": value, "sensitive": true})),
+                )
+                .await;
+                out.push((
+                    r.status,
+                    r.body.to_string(),
+                    format!("written.{w}.{i}"),
+                    value,
+                ));
+            }
+            out
+        }
+    }));
+    let (rotations, writes) = futures_util::future::join(rotations, writers).await;
+
+    let mut winners = Vec::new();
+    for (r, new) in rotations.iter().zip(&new_keys) {
+        assert!(
+            !r.status.is_server_error(),
+            "rotation answered {}: {}",
+            r.status,
+            r.body
+        );
+        match (r.status, r.code()) {
+            (StatusCode::OK, _) => winners.push(new.clone()),
+            (StatusCode::CONFLICT, "ROTATION_IN_PROGRESS")
+            | (StatusCode::BAD_REQUEST, "INVALID_OLD_KEY") => {}
+            other => panic!("unexpected rotation answer {other:?}: {}", r.body),
+        }
+    }
+    let answers: Vec<String> = rotations
+        .iter()
+        .map(|r| format!("{} {}", r.status, r.body))
+        .collect();
+    assert_eq!(winners.len(), 1, "exactly one rotation runs: {answers:?}");
+    let winner = key(&winners[0]);
+    let mut written = BTreeMap::new();
+    for (status, body, name, value) in writes.into_iter().flatten() {
+        assert_eq!(status, StatusCode::OK, "{name}: {body}");
+        written.insert(name, value);
+    }
+    assert_eq!(written.len(), 60);
+
+    // Every stored envelope is under the winner's key, and a keyring holding only that
+    // key (what a restart with only the new key has) reads every one of them.
+    let only_winner = stratum_crypto::Keyring::new(winner.clone(), None);
+    let rows = stored_config(url).await;
+    assert_eq!(rows.len(), 360);
+    for (_, k, v) in &rows {
+        assert_eq!(envelope_key_id(v), Some(winner.key_id()), "{k}");
+        let plain = only_winner.decrypt_str(v).unwrap();
+        if let Some(want) = written.get(k) {
+            assert_eq!(plain, json!(want).to_string(), "{k}");
+        }
+    }
+    for (id, s) in stored_webhooks(url).await {
+        assert_eq!(envelope_key_id(&s), Some(winner.key_id()), "{id}");
+        assert!(only_winner.decrypt_str(&s).unwrap().starts_with("whsec_"));
+    }
+    assert_eq!(
+        sql::texts(url, "SELECT active_key_id AS t FROM encryption_keys_state").await,
+        vec![winner.key_id().to_owned()]
+    );
+    assert_eq!(rotations_journaled(url).await, 1);
+
+    // The process switched at once: it reads everything and writes under the winner.
+    let r = call(
+        &app,
+        GET,
+        &format!("/api/v1/tenants/{t}/config"),
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = call(
+        &app,
+        PUT,
+        &format!("/api/v1/tenants/{t}/config/after"),
+        Some(ADMIN),
+        Some(json!({"value": "after", "sensitive": true})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let after = sql::texts(
+        url,
+        &format!("SELECT encrypted_value AS t FROM config_entries WHERE tenant_id = '{t}' AND key = 'after'"),
+    )
+    .await;
+    assert_eq!(envelope_key_id(&after[0]), Some(winner.key_id()));
+}
+
+/// A process that does not hold the database's active key (another process rotated, this
+/// one was never given the new key) answers 503 `ENCRYPTION_KEY_UNAVAILABLE` on reads and
+/// writes of secrets, never 500, and changes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_process_without_the_active_key_answers_503() {
+    let h = harness().await;
+    let app = app!(h);
+    let url = h.db.url.as_str();
+    let t = tenant(url, "acme").await;
+    let under_new = key(NEW_KEY).encrypt_str("\"rotated-elsewhere\"").unwrap();
+    sql::exec(
+        url,
+        &format!(
+            "INSERT INTO config_entries (tenant_id, key, encrypted_value, sensitive)
+             VALUES ('{t}', 'token', '{under_new}', true)"
+        ),
+    )
+    .await;
+    sql::exec(
+        url,
+        &format!(
+            "INSERT INTO encryption_keys_state (singleton, active_key_id) VALUES (true, '{}')",
+            key(NEW_KEY).key_id()
+        ),
+    )
+    .await;
+    let before = stored(url).await;
+    let read = call_any(
+        &app,
+        GET,
+        &format!("/api/v1/tenants/{t}/config"),
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    let write = call_any(
+        &app,
+        PUT,
+        &format!("/api/v1/tenants/{t}/config/other"),
+        Some(ADMIN),
+        Some(json!({"value": "x", "sensitive": true})),
+    )
+    .await;
+    let hook = call_any(
+        &app,
+        POST,
+        "/api/v1/webhooks",
+        Some(ADMIN),
+        Some(json!({"url": "https://example.com/hook", "events": ["tenant.updated"]})),
+    )
+    .await;
+    for r in [&read, &write, &hook] {
+        assert_eq!(
+            (r.status, r.code()),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ENCRYPTION_KEY_UNAVAILABLE"
+            ),
+            "{}",
+            r.body
+        );
+        assert!(!r.body.to_string().contains(NEW_KEY));
+    }
     assert_eq!(stored(url).await, before);
 }

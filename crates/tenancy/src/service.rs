@@ -6,9 +6,9 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 use stratum_core::{
     new_id, on_stale, Actor, ActorKind, Caller, Clock, Limit, OnStale, Precondition, Scope,
-    TenantPath, TenantScope,
+    StoreError, TenantPath, TenantScope, KEY_RETRIES,
 };
-use stratum_crypto::{constant_time_eq, generate_api_key, sha256_hex, SharedKeyring};
+use stratum_crypto::{constant_time_eq, generate_api_key, sha256_hex, CryptoError, SharedKeyring};
 use uuid::Uuid;
 
 use crate::model::*;
@@ -386,11 +386,13 @@ impl ConfigService {
         match &stored.value {
             StoredValue::Plain(v) => Ok((v.clone(), false)),
             StoredValue::Encrypted(c) => {
-                let text = self
-                    .keyring
-                    .get()
-                    .decrypt_str(c)
-                    .map_err(|e| TenancyError::Crypto(e.to_string()))?;
+                let text = self.keyring.get().decrypt_str(c).map_err(|e| match e {
+                    // Another process rotated to a key this one does not hold: 503, not 500.
+                    CryptoError::KeyMismatch { found, .. } => {
+                        TenancyError::Store(StoreError::KeyUnavailable { key_id: found })
+                    }
+                    other => TenancyError::Crypto(other.to_string()),
+                })?;
                 let v =
                     serde_json::from_str(&text).map_err(|e| TenancyError::Crypto(e.to_string()))?;
                 Ok((v, true))
@@ -548,17 +550,24 @@ impl ConfigService {
         // A key an ancestor marked sensitive stays sensitive below unless the caller says
         // otherwise: an override must not put the secret in clear in audit and events.
         let sensitive = sensitive.or(current.map(|c| c.sensitive)).unwrap_or(false);
-        let stored_value = if sensitive {
-            let text = serde_json::to_string(&value)
-                .map_err(|e| TenancyError::invalid("value", e.to_string()))?;
-            StoredValue::Encrypted(
-                self.keyring
-                    .get()
-                    .encrypt_str(&text)
-                    .map_err(|e| TenancyError::Crypto(e.to_string()))?,
+        let secret_text = if sensitive {
+            Some(
+                serde_json::to_string(&value)
+                    .map_err(|e| TenancyError::invalid("value", e.to_string()))?,
             )
         } else {
-            StoredValue::Plain(value.clone())
+            None
+        };
+        let seal = |text: &str| {
+            self.keyring
+                .get()
+                .encrypt_str(text)
+                .map(StoredValue::Encrypted)
+                .map_err(|e| TenancyError::Crypto(e.to_string()))
+        };
+        let stored_value = match &secret_text {
+            Some(text) => seal(text)?,
+            None => StoredValue::Plain(value.clone()),
         };
         let now = self.clock.now();
         let entry = ConfigEntry {
@@ -583,7 +592,7 @@ impl ConfigService {
             .into_iter()
             .filter(|a| *a != tenant_id)
             .collect();
-        let stored = StoredConfigEntry {
+        let mut stored = StoredConfigEntry {
             tenant_id,
             key,
             value: stored_value,
@@ -592,11 +601,37 @@ impl ConfigService {
             updated_at: now,
             version: stored_version.map_or(1, |v| v + 1),
         };
-        let written = self
-            .store
-            .put(stored, stored_version, ancestors, journal)
-            .await?;
-        Ok((entry, written.version))
+        let mut tries = 0;
+        loop {
+            match self
+                .store
+                .put(
+                    stored.clone(),
+                    stored_version,
+                    ancestors.clone(),
+                    journal.clone(),
+                )
+                .await
+            {
+                Ok(written) => return Ok((entry, written.version)),
+                // A rotation committed after we sealed the value: seal it again under the
+                // active key when this process holds it.
+                Err(TenancyError::Store(StoreError::KeyNotActive { active_key_id }))
+                    if tries < KEY_RETRIES =>
+                {
+                    tries += 1;
+                    if !self.keyring.adopt(&active_key_id) {
+                        return Err(TenancyError::Store(StoreError::KeyUnavailable {
+                            key_id: active_key_id,
+                        }));
+                    }
+                    if let Some(text) = &secret_text {
+                        stored.value = seal(text)?;
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Removes a key from the tenant itself.

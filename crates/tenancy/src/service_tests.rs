@@ -2195,3 +2195,109 @@ async fn permission_delete_rereads_after_a_stale_write() {
     assert_eq!((id, expected), (p1.id, 2));
     assert_eq!(journal.before, Some(serde_json::to_value(&p2).unwrap()));
 }
+
+// ---------------------------------------------------------------------------------------
+// Encryption keys: a rotation elsewhere, a key this process does not hold
+// ---------------------------------------------------------------------------------------
+
+fn master(c: char) -> String {
+    c.to_string().repeat(32)
+}
+
+#[tokio::test]
+async fn put_reseals_under_the_active_key_when_a_rotation_committed_meanwhile() {
+    let own = stratum_crypto::EncryptionKey::derive(&master('x')).unwrap();
+    let next = stratum_crypto::EncryptionKey::derive(&master('n')).unwrap();
+    let keys = SharedKeyring::new(Keyring::with_keys(own.clone(), [next.clone()]));
+    let r = root();
+    let (caller, _) = global_caller(Scope::Write);
+    let mut store = config_store(vec![r.id], Vec::new());
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let sink = Arc::clone(&seen);
+    let active = next.key_id().to_owned();
+    store.expect_put().times(2).returning(move |e, _, _, _| {
+        let StoredValue::Encrypted(c) = &e.value else {
+            panic!("not encrypted")
+        };
+        sink.lock().unwrap().push(c.clone());
+        // Like the store: only a value under the active key commits.
+        if stratum_crypto::envelope_key_id(c) == Some(active.as_str()) {
+            Ok(e)
+        } else {
+            Err(TenancyError::Store(StoreError::KeyNotActive {
+                active_key_id: active.clone(),
+            }))
+        }
+    });
+    config_service(&[&r], store, &keys)
+        .put(
+            &caller,
+            r.id,
+            "token",
+            json!("s3cret"),
+            None,
+            Some(true),
+            Precondition::Any,
+        )
+        .await
+        .unwrap();
+    let seen = seen.lock().unwrap();
+    assert_eq!(
+        stratum_crypto::envelope_key_id(&seen[0]),
+        Some(own.key_id())
+    );
+    assert_eq!(next.decrypt_str(&seen[1]).unwrap(), "\"s3cret\"");
+    assert_eq!(
+        keys.get().current().key_id(),
+        next.key_id(),
+        "later writes go straight to the active key"
+    );
+}
+
+#[tokio::test]
+async fn put_without_the_active_key_is_key_unavailable() {
+    let keys = keyring();
+    let r = root();
+    let (caller, _) = global_caller(Scope::Write);
+    let mut store = config_store(vec![r.id], Vec::new());
+    store.expect_put().times(1).returning(|_, _, _, _| {
+        Err(TenancyError::Store(StoreError::KeyNotActive {
+            active_key_id: "0badc0de".into(),
+        }))
+    });
+    let e = config_service(&[&r], store, &keys)
+        .put(
+            &caller,
+            r.id,
+            "token",
+            json!("s3cret"),
+            None,
+            Some(true),
+            Precondition::Any,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, TenancyError::Store(StoreError::KeyUnavailable { key_id }) if key_id == "0badc0de"),
+        "{e:?}"
+    );
+}
+
+#[tokio::test]
+async fn reading_a_secret_under_a_key_not_held_is_key_unavailable_not_crypto() {
+    let keys = keyring();
+    let stranger = SharedKeyring::new(Keyring::from_env_values(&master('s'), None).unwrap());
+    let r = root();
+    let (caller, _) = global_caller(Scope::Read);
+    let entry = stored_entry(r.id, "token", encrypted(&stranger, &json!("x")), false);
+    let store = config_store(vec![r.id], vec![entry]);
+    let e = config_service(&[&r], store, &keys)
+        .resolved(&caller, r.id)
+        .await
+        .unwrap_err();
+    let want = stranger.get().current().key_id().to_owned();
+    assert!(
+        matches!(&e, TenancyError::Store(StoreError::KeyUnavailable { key_id }) if *key_id == want),
+        "{e:?}"
+    );
+}

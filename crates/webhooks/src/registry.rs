@@ -8,7 +8,8 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use stratum_core::timefmt::rfc3339;
 use stratum_core::{
-    new_id, on_stale, Caller, Clock, Limit, OnStale, Precondition, StoreError, TenantPath, REDACTED,
+    new_id, on_stale, Caller, Clock, Limit, OnStale, Precondition, StoreError, TenantPath,
+    KEY_RETRIES, REDACTED,
 };
 use stratum_crypto::{generate_whsec, SharedKeyring};
 use stratum_tenancy::TenantService;
@@ -16,8 +17,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::{
-    build_request, ClaimedDelivery, Delivery, DeliveryClient, DeliveryStatus, EventType,
-    Subscriptions, UrlGuard, Webhook, WebhookError, WebhookUrl,
+    build_request, BuildError, ClaimedDelivery, Delivery, DeliveryClient, DeliveryStatus,
+    EventType, Subscriptions, UrlGuard, Webhook, WebhookError, WebhookUrl,
 };
 
 type Result<T> = std::result::Result<T, WebhookError>;
@@ -382,6 +383,27 @@ impl WebhookService {
         }
     }
 
+    /// Encrypts a secret with the key this process writes with.
+    fn seal(&self, secret: &str) -> Result<String> {
+        Ok(self
+            .keyring
+            .get()
+            .encrypt_str(secret)
+            .map_err(|e| StoreError::Internal(e.to_string()))?)
+    }
+
+    /// Writes with the database's active key from now on (a rotation committed after we
+    /// sealed a secret); `KeyUnavailable` when this process does not hold it.
+    fn adopt(&self, active_key_id: String) -> Result<()> {
+        if self.keyring.adopt(&active_key_id) {
+            Ok(())
+        } else {
+            Err(WebhookError::Store(StoreError::KeyUnavailable {
+                key_id: active_key_id,
+            }))
+        }
+    }
+
     /// A webhook the caller can see.
     pub async fn get(&self, caller: &Caller, id: Uuid) -> Result<Webhook> {
         match self.webhooks.get(id).await? {
@@ -407,11 +429,7 @@ impl WebhookService {
             Some(s) => (s, false),
             None => (generate_whsec(), true),
         };
-        let secret_encrypted = self
-            .keyring
-            .get()
-            .encrypt_str(&secret)
-            .map_err(|e| StoreError::Internal(e.to_string()))?;
+        let mut secret_encrypted = self.seal(&secret)?;
         let now = self.clock.now();
         let webhook = Webhook {
             id: new_id(),
@@ -429,10 +447,24 @@ impl WebhookService {
             .resource(webhook.id)
             .tenant(webhook.tenant_id)
             .after(Some(state_of(&webhook)));
-        self.webhooks
-            .create(webhook.clone(), secret_encrypted, journal)
-            .await?;
-        Ok((webhook, generated.then_some(secret)))
+        let mut tries = 0;
+        loop {
+            match self
+                .webhooks
+                .create(webhook.clone(), secret_encrypted.clone(), journal.clone())
+                .await
+            {
+                Ok(()) => return Ok((webhook, generated.then_some(secret))),
+                Err(WebhookError::Store(StoreError::KeyNotActive { active_key_id }))
+                    if tries < KEY_RETRIES =>
+                {
+                    tries += 1;
+                    self.adopt(active_key_id)?;
+                    secret_encrypted = self.seal(&secret)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Webhooks the caller can see, optionally of one tenant.
@@ -470,6 +502,7 @@ impl WebhookService {
             validate_secret(s)?;
         }
         let mut attempt = 0;
+        let mut key_tries = 0;
         loop {
             attempt += 1;
             let before = self.get(caller, id).await?;
@@ -487,15 +520,7 @@ impl WebhookService {
             if let Some(d) = &description {
                 after.description.clone_from(d);
             }
-            let secret_encrypted = match &patch.secret {
-                Some(s) => Some(
-                    self.keyring
-                        .get()
-                        .encrypt_str(s)
-                        .map_err(|e| StoreError::Internal(e.to_string()))?,
-                ),
-                None => None,
-            };
+            let secret_encrypted = patch.secret.as_deref().map(|s| self.seal(s)).transpose()?;
             if after == before && secret_encrypted.is_none() {
                 return Ok(before);
             }
@@ -518,6 +543,14 @@ impl WebhookService {
                     return Ok(after);
                 }
                 Err(WebhookError::Stale) => after_stale(precondition, attempt)?,
+                // A rotation committed after we sealed the secret: seal it again under the
+                // active key (the next pass re-reads and re-seals) when this process holds it.
+                Err(WebhookError::Store(StoreError::KeyNotActive { active_key_id }))
+                    if key_tries < KEY_RETRIES =>
+                {
+                    key_tries += 1;
+                    self.adopt(active_key_id)?;
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -579,6 +612,10 @@ impl WebhookService {
                     event_created_at: now,
                 };
                 match build_request(&synthetic, &self.keyring.get(), now) {
+                    // Another process rotated to a key this one does not hold: 503.
+                    Err(BuildError::KeyUnavailable { key_id }) => {
+                        return Err(WebhookError::Store(StoreError::KeyUnavailable { key_id }))
+                    }
                     Err(e) => TestResult {
                         success: false,
                         response_code: None,

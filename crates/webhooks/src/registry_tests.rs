@@ -1538,9 +1538,8 @@ async fn test_to_a_blocked_target_never_sends() {
 }
 
 #[tokio::test]
-async fn test_with_a_secret_this_process_cannot_decrypt_reports_it_without_sending() {
+async fn test_with_a_secret_under_a_key_not_held_is_key_unavailable_without_sending() {
     let w = webhook_of(None);
-    let journal: Slot<Journal> = slot();
     let mut ports = Ports::new(&[]).with_webhook(&w, None);
     let foreign = Keyring::from_env_values("another-process-master-key-0123456789", None)
         .unwrap()
@@ -1552,22 +1551,15 @@ async fn test_with_a_secret_this_process_cannot_decrypt_reports_it_without_sendi
         .returning(move |_| Ok(Some(foreign.clone())));
     ports.guard = guard_allows();
     ports.client.expect_send().never();
-    let sink = Arc::clone(&journal);
-    ports
-        .webhooks
-        .expect_journal()
-        .times(1)
-        .returning(move |j| {
-            put_in(&sink, j);
-            Ok(())
-        });
+    // Another process rotated to a key this one does not hold: 503, nothing journaled.
+    ports.webhooks.expect_journal().never();
 
-    let result = ports.service().test(&admin(), w.id).await.unwrap();
+    let e = ports.service().test(&admin(), w.id).await.unwrap_err();
 
-    assert!(!result.success);
-    assert_eq!(result.response_code, None);
-    assert!(result.error.is_some());
-    assert_tested_journal(&taken(&journal), &w, &result);
+    assert!(
+        matches!(&e, WebhookError::Store(StoreError::KeyUnavailable { .. })),
+        "{e:?}"
+    );
 }
 
 #[tokio::test]
@@ -1885,4 +1877,64 @@ async fn retry_all_is_confined_to_the_callers_subtree() {
     assert_eq!(journal.actor_id, scoped.actor.id());
     assert_eq!(journal.meta, meta());
     assert!(journal.event.is_none());
+}
+
+// ---------------------------------------------------------------------------------------
+// Encryption keys: a rotation committed meanwhile, a key this process does not hold
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn create_seals_again_and_retries_when_a_rotation_committed_meanwhile() {
+    let mut ports = Ports::new(&[]);
+    ports.guard = guard_allows();
+    let active = keyring().current().key_id().to_owned();
+    let calls = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sink = Arc::clone(&calls);
+    ports
+        .webhooks
+        .expect_create()
+        .times(2)
+        .returning(move |_, s, _| {
+            let mut seen = sink.lock().unwrap();
+            seen.push(s);
+            if seen.len() == 1 {
+                Err(WebhookError::Store(StoreError::KeyNotActive {
+                    active_key_id: active.clone(),
+                }))
+            } else {
+                Ok(())
+            }
+        });
+    let (_, secret) = ports
+        .service()
+        .create(&admin(), new_webhook(None))
+        .await
+        .unwrap();
+    let calls = calls.lock().unwrap();
+    assert_ne!(calls[0], calls[1], "sealed again, with a fresh nonce");
+    assert_eq!(keyring().decrypt_str(&calls[1]).unwrap(), secret.unwrap());
+}
+
+#[tokio::test]
+async fn create_and_secret_change_without_the_active_key_are_key_unavailable() {
+    let mut ports = Ports::new(&[]);
+    ports.guard = guard_allows();
+    ports
+        .webhooks
+        .expect_create()
+        .times(1)
+        .returning(|_, _, _| {
+            Err(WebhookError::Store(StoreError::KeyNotActive {
+                active_key_id: "0badc0de".into(),
+            }))
+        });
+    let e = ports
+        .service()
+        .create(&admin(), new_webhook(None))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, WebhookError::Store(StoreError::KeyUnavailable { key_id }) if key_id == "0badc0de"),
+        "{e:?}"
+    );
 }
