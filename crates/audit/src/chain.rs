@@ -434,7 +434,10 @@ mod tests {
         // The hash field itself never enters the hash.
         let mut with_hash = v.clone();
         with_hash["hash"] = json!("whatever");
-        assert_eq!(entry_hash(&with_hash, GENESIS_HASH), entry_hash(&v, GENESIS_HASH));
+        assert_eq!(
+            entry_hash(&with_hash, GENESIS_HASH),
+            entry_hash(&v, GENESIS_HASH)
+        );
     }
 
     #[test]
@@ -510,12 +513,18 @@ mod tests {
         changed[2]["action"] = json!("tenant.deleted");
         let (n, b) = bad(run(&changed, head.clone()));
         assert_eq!((n, b.seq, b.reason.as_str()), (2, Some(3), reason::CHANGED));
-        assert_eq!(b.id.map(|i| i.to_string()), c[2]["id"].as_str().map(str::to_owned));
+        assert_eq!(
+            b.id.map(|i| i.to_string()),
+            c[2]["id"].as_str().map(str::to_owned)
+        );
 
         let mut deleted = c.clone();
         deleted.remove(1);
         let (_, b) = bad(run(&deleted, head.clone()));
-        assert_eq!((b.id, b.seq, b.reason.as_str()), (None, Some(2), reason::DELETED));
+        assert_eq!(
+            (b.id, b.seq, b.reason.as_str()),
+            (None, Some(2), reason::DELETED)
+        );
 
         let mut swapped = c.clone();
         swapped.swap(1, 2);
@@ -537,7 +546,10 @@ mod tests {
         extra["hash"] = json!(entry_hash(&extra, c[4]["hash"].as_str().unwrap()));
         forged.push(extra);
         let (n, b) = bad(run(&forged, head.clone()));
-        assert_eq!((n, b.seq, b.reason.as_str()), (5, Some(6), reason::BEYOND_HEAD));
+        assert_eq!(
+            (n, b.seq, b.reason.as_str()),
+            (5, Some(6), reason::BEYOND_HEAD)
+        );
 
         // The last entry rewritten with a hash that chains: only the recorded head tells.
         let mut rewritten = c.clone();

@@ -74,30 +74,30 @@ fn filtered(
     subtree: Option<TenantPath>,
 ) -> audit_logs::BoxedQuery<'static, Pg> {
     let mut q = audit_logs::table.into_boxed();
-        if let Some(t) = filter.tenant_id {
-            q = q.filter(audit_logs::tenant_id.eq(t));
-        }
-        if let Some(a) = filter.action {
-            q = q.filter(audit_logs::action.eq(a));
-        }
-        if let Some(r) = filter.resource_type {
-            q = q.filter(audit_logs::resource_type.eq(r));
-        }
-        if let Some(a) = filter.actor_id {
-            q = q.filter(audit_logs::actor_id.eq(a));
-        }
-        if let Some(f) = filter.from {
-            q = q.filter(audit_logs::created_at.ge(f));
-        }
-        if let Some(t) = filter.to {
-            q = q.filter(audit_logs::created_at.le(t));
-        }
-        if let Some(p) = subtree {
-            let visible = tenants::table
-                .filter(tenants::ancestry_path.like(like_prefix(p.as_str())))
-                .select(tenants::id);
-            q = q.filter(audit_logs::tenant_id.assume_not_null().eq_any(visible));
-        }
+    if let Some(t) = filter.tenant_id {
+        q = q.filter(audit_logs::tenant_id.eq(t));
+    }
+    if let Some(a) = filter.action {
+        q = q.filter(audit_logs::action.eq(a));
+    }
+    if let Some(r) = filter.resource_type {
+        q = q.filter(audit_logs::resource_type.eq(r));
+    }
+    if let Some(a) = filter.actor_id {
+        q = q.filter(audit_logs::actor_id.eq(a));
+    }
+    if let Some(f) = filter.from {
+        q = q.filter(audit_logs::created_at.ge(f));
+    }
+    if let Some(t) = filter.to {
+        q = q.filter(audit_logs::created_at.le(t));
+    }
+    if let Some(p) = subtree {
+        let visible = tenants::table
+            .filter(tenants::ancestry_path.like(like_prefix(p.as_str())))
+            .select(tenants::id);
+        q = q.filter(audit_logs::tenant_id.assume_not_null().eq_any(visible));
+    }
     q
 }
 

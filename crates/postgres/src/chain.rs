@@ -123,7 +123,9 @@ async fn seal_in_tx(conn: &mut AsyncPgConnection) -> QueryResult<u64> {
         }
         sealed += n as u64;
     }
-    diesel::sql_query("CLOSE stratum_seal").execute(conn).await?;
+    diesel::sql_query("CLOSE stratum_seal")
+        .execute(conn)
+        .await?;
     if sealed > 0 {
         diesel::update(audit_chain::table.filter(audit_chain::id.eq(1)))
             .set((

@@ -84,14 +84,12 @@ async fn purge_audit(
         .optional()?;
     let upto = match first_kept.flatten() {
         Some(kept) => kept - 1,
-        None => {
-            audit_chain::table
-                .select(audit_chain::seq)
-                .first::<i64>(conn)
-                .await
-                .optional()?
-                .unwrap_or(0)
-        }
+        None => audit_chain::table
+            .select(audit_chain::seq)
+            .first::<i64>(conn)
+            .await
+            .optional()?
+            .unwrap_or(0),
     };
     let mut moved = None;
     let mut upto_sealed = from;
@@ -274,9 +272,10 @@ impl MaintenanceStore for PgMaintenanceStore {
             if let Some(serde_json::Value::Object(after)) = journal.after.as_mut() {
                 after.insert(
                     "audit_checkpoint".to_owned(),
-                    checkpoint.map_or(serde_json::Value::Null, |(seq, hash)| {
-                        serde_json::json!({"seq": seq, "hash": hash})
-                    }),
+                    checkpoint.map_or(
+                        serde_json::Value::Null,
+                        |(seq, hash)| serde_json::json!({"seq": seq, "hash": hash}),
+                    ),
                 );
             }
             // Last, so the purge never deletes its own entry.
