@@ -36,7 +36,9 @@ where
         .unwrap_or_default();
     let body = String::from_utf8(read_body(res).await.to_vec()).unwrap();
     let lines = if status == StatusCode::OK {
-        body.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+        body.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     } else {
         Vec::new()
     };
@@ -64,7 +66,10 @@ async fn entries_are_sealed_verified_and_exported() {
 
     // Unsealed entries are not exported yet; sealing numbers them in commit order.
     let (status, ctype, lines) = export(&app, "", ADMIN).await;
-    assert_eq!((status, ctype.as_str(), lines.len()), (StatusCode::OK, "application/x-ndjson", 0));
+    assert_eq!(
+        (status, ctype.as_str(), lines.len()),
+        (StatusCode::OK, "application/x-ndjson", 0)
+    );
     assert_eq!(stratum_postgres::seal_pass(&h.state.pool).await.unwrap(), 2);
     let listed = call(&app, Method::GET, "/api/v1/audit-logs", Some(ADMIN), None).await;
     assert_eq!(listed.body[0]["seq"], 2);
@@ -81,7 +86,14 @@ async fn entries_are_sealed_verified_and_exported() {
     .await;
     stratum_postgres::seal_pass(&h.state.pool).await.unwrap();
 
-    let v = call(&app, Method::GET, "/api/v1/audit-logs/verify", Some(ADMIN), None).await;
+    let v = call(
+        &app,
+        Method::GET,
+        "/api/v1/audit-logs/verify",
+        Some(ADMIN),
+        None,
+    )
+    .await;
     assert_eq!(v.status, StatusCode::OK);
     assert_eq!(v.body["ok"], true, "{}", v.body);
     assert_eq!(v.body["verified"], 2102);
@@ -121,8 +133,18 @@ async fn entries_are_sealed_verified_and_exported() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
 
     // Verify is for global admin keys only.
-    let denied = call(&app, Method::GET, "/api/v1/audit-logs/verify", Some(&scoped_key), None).await;
-    assert_eq!((denied.status, denied.code()), (StatusCode::FORBIDDEN, "FORBIDDEN"));
+    let denied = call(
+        &app,
+        Method::GET,
+        "/api/v1/audit-logs/verify",
+        Some(&scoped_key),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (denied.status, denied.code()),
+        (StatusCode::FORBIDDEN, "FORBIDDEN")
+    );
 
     // Tampering shows in both verifiers at the same entry.
     sql::exec(
@@ -130,7 +152,14 @@ async fn entries_are_sealed_verified_and_exported() {
         "UPDATE audit_logs SET after_state = '{\"n\": 0}' WHERE seq = 1000",
     )
     .await;
-    let v = call(&app, Method::GET, "/api/v1/audit-logs/verify", Some(ADMIN), None).await;
+    let v = call(
+        &app,
+        Method::GET,
+        "/api/v1/audit-logs/verify",
+        Some(ADMIN),
+        None,
+    )
+    .await;
     assert_eq!(v.body["ok"], false);
     assert_eq!(v.body["first_bad"]["seq"], 1000);
     assert_eq!(v.body["first_bad"]["reason"], "changed");
