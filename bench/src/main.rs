@@ -4,6 +4,7 @@
 //!
 //! These are measurements, not tests: nothing here asserts a speed.
 
+mod audit_chain;
 mod fanout;
 mod harness;
 mod latency;
@@ -33,6 +34,8 @@ enum Cmd {
     Isolation(latency::IsolationArgs),
     /// Percentiles of one tenant create (change + audit + event + fan-out), no worker.
     TenantCreate(fanout::TenantCreateArgs),
+    /// API write rate with audit sealing on vs off, and the sealing lag.
+    AuditChain(audit_chain::AuditChainArgs),
     /// Reads the scenarios' JSON summary lines (files, or stdin) and prints a table.
     Summarize {
         /// Files holding the output of scenarios; stdin when none.
@@ -52,6 +55,7 @@ fn main() -> Result<()> {
             Cmd::Fanout(a) => fanout::run_fanout(a).await,
             Cmd::Isolation(a) => latency::run_isolation(a).await,
             Cmd::TenantCreate(a) => fanout::run_tenant_create(a).await,
+            Cmd::AuditChain(a) => audit_chain::run(a).await,
             Cmd::Summarize { files } => summarize::run(&files),
         }
     })

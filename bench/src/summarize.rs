@@ -92,6 +92,14 @@ fn headline(v: &Value) -> String {
             num(v, &["p99_ms"]),
             num(v, &["creates_per_s"]),
         ),
+        "audit-chain" => format!(
+            "API writes {}/s sealing off, {}/s on ({} % slower); sealing lag p50 {} / p99 {}",
+            num(v, &["write_rate_off_per_s"]),
+            num(v, &["write_rate_on_per_s"]),
+            num(v, &["slower_pct"]),
+            msv(v, &["seal_lag", "p50_ms"]),
+            msv(v, &["seal_lag", "p99_ms"]),
+        ),
         _ => v.to_string(),
     }
 }
