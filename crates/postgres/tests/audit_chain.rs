@@ -217,7 +217,7 @@ async fn concurrent_writers_are_sealed_into_one_gap_free_chain_in_commit_order()
         s.await.unwrap();
     }
 
-    let outcomes = outcomes.lock().unwrap();
+    let outcomes: Vec<Outcome> = std::mem::take(&mut *outcomes.lock().unwrap());
     let committed: Vec<&Outcome> = outcomes.iter().filter(|o| o.committed).collect();
     let chain = entries(&db.url).await;
     // Gap-free from 1, each committed entry exactly once, nothing that rolled back.
