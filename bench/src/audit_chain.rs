@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use serde_json::json;
 
-use crate::harness::{connect, round1, summary, Api, BenchDb, Percentiles, Server, ServerOpts};
+use crate::harness::{
+    connect, http_client, round1, rss_kib, summary, Api, BenchDb, Percentiles, Server, ServerOpts,
+    ADMIN,
+};
 
 /// Flags of the `audit-chain` scenario.
 #[derive(clap::Args, Debug, Clone)]
@@ -28,6 +31,10 @@ pub struct AuditChainArgs {
     /// `STRATUM_AUDIT_SEAL_INTERVAL_MS` when sealing is on.
     #[arg(long, default_value_t = 200)]
     pub seal_interval_ms: u64,
+    /// Entries in the export phase (written with SQL, sealed by the server, then streamed
+    /// through `GET /audit-logs/export` while the server's RSS is sampled); 0 skips it.
+    #[arg(long, default_value_t = 200_000)]
+    pub export_entries: u64,
 }
 
 fn opts(seal_interval_ms: u64) -> ServerOpts {
@@ -162,6 +169,82 @@ async fn sealing_lag(a: &AuditChainArgs) -> Result<(Percentiles, u64)> {
         .ok_or_else(|| anyhow::anyhow!("no probes"))
 }
 
+/// What the export phase measured.
+struct ExportFigures {
+    lines: u64,
+    secs: f64,
+    rss_before_mib: f64,
+    rss_peak_mib: f64,
+}
+
+/// Streams a global export of `entries` sealed entries, sampling the server's RSS.
+async fn export_rss(a: &AuditChainArgs) -> Result<ExportFigures> {
+    let db = BenchDb::create().await?;
+    let server = Server::start(&db, &opts(a.seal_interval_ms)).await?;
+    let pg = connect(&db.url).await?;
+    // Chunks of 50,000: each transaction stays short.
+    let mut left = a.export_entries;
+    while left > 0 {
+        let n = left.min(50_000);
+        pg.batch_execute(&format!(
+            "SELECT stratum_record(stratum_uuid_v7(), NULL, 'system', 'system', 'bench.export', 'bench',
+                                   g::text, NULL, jsonb_build_object('n', g, 'note', repeat('x', 200)),
+                                   '{{}}', NULL, NULL, NULL, NULL, NULL)
+               FROM generate_series(1, {n}) g"
+        ))
+        .await?;
+        left -= n;
+    }
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let row = pg
+            .query_one("SELECT count(*) FROM audit_logs WHERE seq IS NULL", &[])
+            .await?;
+        if row.get::<_, i64>(0) == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("entries still unsealed after 600 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let pid = server.pid();
+    let rss = move || rss_kib(pid).map_or(0.0, |(now, _)| now as f64 / 1024.0);
+    let rss_before_mib = rss();
+    let peak = Arc::new(AtomicU64::new(0));
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let peak = peak.clone();
+        let sampling = sampling.clone();
+        tokio::spawn(async move {
+            while sampling.load(Ordering::Relaxed) {
+                peak.fetch_max((rss() * 1024.0) as u64, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let t0 = Instant::now();
+    let mut res = http_client()?
+        .get(format!("{}/api/v1/audit-logs/export", server.base))
+        .header("X-API-Key", ADMIN)
+        .timeout(Duration::from_secs(3600))
+        .send()
+        .await?;
+    let mut lines = 0u64;
+    while let Some(chunk) = res.chunk().await? {
+        lines += chunk.iter().filter(|b| **b == b'\n').count() as u64;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    sampling.store(false, Ordering::Relaxed);
+    sampler.await?;
+    Ok(ExportFigures {
+        lines,
+        secs,
+        rss_before_mib,
+        rss_peak_mib: peak.load(Ordering::Relaxed) as f64 / 1024.0,
+    })
+}
+
 /// Runs the scenario.
 pub async fn run(a: AuditChainArgs) -> Result<()> {
     println!(
@@ -205,14 +288,26 @@ pub async fn run(a: AuditChainArgs) -> Result<()> {
     let (lag, background) = sealing_lag(&a).await?;
     println!("{}", lag.line("sealing lag (commit -> sealed)"));
     println!("  (beside {background} background writes)");
-    summary(
-        "audit-chain",
-        json!({
-            "write_rate_off_per_s": round1(off_rate),
-            "write_rate_on_per_s": round1(on_rate),
-            "slower_pct": round1(slower),
-            "seal_lag": lag.json(),
-        }),
-    );
+    let mut fields = json!({
+        "write_rate_off_per_s": round1(off_rate),
+        "write_rate_on_per_s": round1(on_rate),
+        "slower_pct": round1(slower),
+        "seal_lag": lag.json(),
+    });
+    if a.export_entries > 0 {
+        let e = export_rss(&a).await?;
+        println!(
+            "  export of {} entries: {:.1} s ({:.0} lines/s); server RSS {:.1} MiB before, peak {:.1} MiB while streaming",
+            e.lines,
+            e.secs,
+            e.lines as f64 / e.secs.max(1e-9),
+            e.rss_before_mib,
+            e.rss_peak_mib
+        );
+        fields["export_lines"] = json!(e.lines);
+        fields["export_rss_before_mib"] = json!(round1(e.rss_before_mib));
+        fields["export_rss_peak_mib"] = json!(round1(e.rss_peak_mib));
+    }
+    summary("audit-chain", fields);
     Ok(())
 }
