@@ -340,6 +340,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn exports_are_limited_to_the_callers_subtree() {
+        let path = TenantPath::root(Uuid::now_v7());
+        let foreign = TenantPath::root(Uuid::now_v7());
+        let mut log = MockAuditLog::new();
+        log.expect_tenant_path()
+            .returning(move |_| Ok(Some(foreign.clone())));
+        let svc = AuditService::new(Arc::new(log));
+        let caller = scoped(path.clone());
+        assert_eq!(
+            svc.export_scope(&caller, &AuditFilter::default())
+                .await
+                .unwrap(),
+            Some(path)
+        );
+        let filter = AuditFilter {
+            tenant_id: Some(Uuid::now_v7()),
+            ..Default::default()
+        };
+        let err = svc.export_scope(&caller, &filter).await.unwrap_err();
+        assert!(matches!(err, AuditError::TenantNotFound));
+        let backwards = AuditFilter {
+            from: Some(OffsetDateTime::UNIX_EPOCH + time::Duration::days(1)),
+            to: Some(OffsetDateTime::UNIX_EPOCH),
+            ..Default::default()
+        };
+        let err = svc.export_scope(&caller, &backwards).await.unwrap_err();
+        assert!(matches!(err, AuditError::BadRange));
+        assert_eq!(
+            svc.export_scope(&Caller::system(), &AuditFilter::default())
+                .await
+                .unwrap(),
+            None
+        );
+    }
+
+    #[tokio::test]
     async fn scoped_callers_do_not_see_global_entries() {
         let mut log = MockAuditLog::new();
         log.expect_get().returning(|id| Ok(Some((entry(id), None))));
