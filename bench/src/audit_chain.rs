@@ -9,8 +9,8 @@ use anyhow::{bail, Result};
 use serde_json::json;
 
 use crate::harness::{
-    connect, http_client, round1, rss_kib, summary, Api, BenchDb, Percentiles, Server, ServerOpts,
-    ADMIN,
+    connect, http_client, round1, round3, rss_kib, summary, Api, BenchDb, CpuSnapshot, Percentiles,
+    Server, ServerOpts, ADMIN,
 };
 
 /// Flags of the `audit-chain` scenario.
@@ -83,8 +83,10 @@ fn spawn_writers(
         .collect()
 }
 
-/// Writes per second over one round against a fresh server and database.
-async fn write_rate(a: &AuditChainArgs, seal_interval_ms: u64) -> Result<f64> {
+/// Writes per second over one round against a fresh server and database, and the CPU
+/// time (the server and its PostgreSQL backends, sealer included) per write in ms: on a
+/// shared machine the second is far steadier than the first.
+async fn write_rate(a: &AuditChainArgs, seal_interval_ms: u64) -> Result<(f64, f64)> {
     let db = BenchDb::create().await?;
     let server = Server::start(&db, &opts(seal_interval_ms)).await?;
     let api = server.api()?;
@@ -95,15 +97,19 @@ async fn write_rate(a: &AuditChainArgs, seal_interval_ms: u64) -> Result<f64> {
     let warm = spawn_writers(&api, &tenant, a.clients, stop.clone(), done.clone());
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = done.load(Ordering::Relaxed);
+    let cpu0 = CpuSnapshot::take(server.pid(), db.name());
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs(a.duration_secs)).await;
     let after = done.load(Ordering::Relaxed);
+    let cpu1 = CpuSnapshot::take(server.pid(), db.name());
     let wall = t0.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     for w in warm {
         w.await??;
     }
-    Ok((after - before) as f64 / wall)
+    let writes = (after - before).max(1) as f64;
+    let cpu = (cpu1.stratum - cpu0.stratum) + (cpu1.postgres - cpu0.postgres);
+    Ok(((after - before) as f64 / wall, cpu * 1000.0 / writes))
 }
 
 /// Commit -> sealed, in ms, for `probes` writes made beside `clients / 2` busy writers.
@@ -253,6 +259,8 @@ pub async fn run(a: AuditChainArgs) -> Result<()> {
     );
     let mut off = Vec::new();
     let mut on = Vec::new();
+    let mut cpu_off = Vec::new();
+    let mut cpu_on = Vec::new();
     for r in 0..a.rounds {
         // Alternate which mode goes first, so warming of the machine evens out.
         let order = if r % 2 == 0 {
@@ -262,17 +270,20 @@ pub async fn run(a: AuditChainArgs) -> Result<()> {
         };
         for sealing in order {
             let interval = if sealing { a.seal_interval_ms } else { 0 };
-            let rate = write_rate(&a, interval).await?;
+            let (rate, cpu) = write_rate(&a, interval).await?;
             println!(
-                "  round {} sealing {:<3}  {:>8.1} writes/s",
+                "  round {} sealing {:<3}  {:>8.1} writes/s  {:.3} ms CPU per write (server + its postgres backends)",
                 r + 1,
                 if sealing { "on" } else { "off" },
-                rate
+                rate,
+                cpu
             );
             if sealing {
-                on.push(rate)
+                on.push(rate);
+                cpu_on.push(cpu);
             } else {
-                off.push(rate)
+                off.push(rate);
+                cpu_off.push(cpu);
             }
         }
     }
@@ -285,6 +296,15 @@ pub async fn run(a: AuditChainArgs) -> Result<()> {
     };
     println!("  write rate, sealing off          {off_rate:>8.1} writes/s (mean)");
     println!("  write rate, sealing on           {on_rate:>8.1} writes/s (mean)  ({slower:+.1} % slower)");
+    let (cpu_off, cpu_on) = (mean(&cpu_off), mean(&cpu_on));
+    let cpu_more = if cpu_off > 0.0 {
+        (cpu_on / cpu_off - 1.0) * 100.0
+    } else {
+        0.0
+    };
+    println!(
+        "  CPU per write, sealing off / on  {cpu_off:.3} / {cpu_on:.3} ms  ({cpu_more:+.1} %)"
+    );
     let (lag, background) = sealing_lag(&a).await?;
     println!("{}", lag.line("sealing lag (commit -> sealed)"));
     println!("  (beside {background} background writes)");
@@ -292,6 +312,9 @@ pub async fn run(a: AuditChainArgs) -> Result<()> {
         "write_rate_off_per_s": round1(off_rate),
         "write_rate_on_per_s": round1(on_rate),
         "slower_pct": round1(slower),
+        "cpu_ms_per_write_off": round3(cpu_off),
+        "cpu_ms_per_write_on": round3(cpu_on),
+        "cpu_more_pct": round1(cpu_more),
         "seal_lag": lag.json(),
     });
     if a.export_entries > 0 {
