@@ -109,15 +109,24 @@ fn verify_file(path: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-/// Starts the audit sealer unless sealing is off; returns its stop switch.
-fn spawn_sealer(
-    pool: stratum_postgres::Pool,
-    cfg: &SealArgs,
-) -> Option<tokio::sync::watch::Sender<bool>> {
-    let interval = cfg.interval()?;
+/// Starts the audit sealer unless sealing is off; returns its stop switch. It has a
+/// connection of its own: under load every pooled connection is serving requests, and a
+/// sealer queueing behind them would let the sealing lag grow with the load.
+fn spawn_sealer(db: &DbArgs, cfg: &SealArgs) -> Result<Option<tokio::sync::watch::Sender<bool>>> {
+    let Some(interval) = cfg.interval() else {
+        return Ok(None);
+    };
+    let pool = stratum_postgres::connect(
+        &db.database_url,
+        &stratum_postgres::PoolConfig {
+            max_size: 1,
+            ..Default::default()
+        },
+    )
+    .map_err(anyhow::Error::msg)?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(stratum_postgres::run_sealer(pool, interval, stopped));
-    Some(stop)
+    Ok(Some(stop))
 }
 
 async fn migrate(db: &DbArgs) -> Result<()> {
@@ -261,7 +270,7 @@ async fn worker(args: WorkerArgs) -> Result<()> {
     let pool = pool(&args.db)?;
     check_keys(&pool, &keyring).await?;
     let out = wiring::outbound(&args.webhook)?;
-    let sealer = spawn_sealer(pool.clone(), &args.seal);
+    let sealer = spawn_sealer(&args.db, &args.seal)?;
     let (stop, handle, _stats) =
         spawn_worker(&args.db.database_url, pool, keyring, &args.webhook, &out);
     tracing::info!(sealing = sealer.is_some(), "stratum worker running");
@@ -312,7 +321,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     if let Some((_, _, stats)) = &worker {
         state.metrics.attach_dispatcher(stats.clone());
     }
-    let sealer = spawn_sealer(pool.clone(), &args.seal);
+    let sealer = spawn_sealer(&args.db, &args.seal)?;
     spawn_queue_gauges(pool, state.metrics.clone());
     let state = actix_web::web::Data::new(state);
     let server = actix_web::HttpServer::new(move || stratum_api::app(state.clone()))
