@@ -4,6 +4,7 @@
 //!
 //! These are measurements, not tests: nothing here asserts a speed.
 
+mod audit_chain;
 mod fanout;
 mod harness;
 mod hot_tenant;
@@ -36,6 +37,8 @@ enum Cmd {
     TenantCreate(fanout::TenantCreateArgs),
     /// One tenant PATCHed at a fixed rate: API latency, statuses, deliveries, lost updates.
     HotTenant(hot_tenant::HotTenantArgs),
+    /// API write rate with audit sealing on vs off, and the sealing lag.
+    AuditChain(audit_chain::AuditChainArgs),
     /// Reads the scenarios' JSON summary lines (files, or stdin) and prints a table.
     Summarize {
         /// Files holding the output of scenarios; stdin when none.
@@ -56,6 +59,7 @@ fn main() -> Result<()> {
             Cmd::Isolation(a) => latency::run_isolation(a).await,
             Cmd::TenantCreate(a) => fanout::run_tenant_create(a).await,
             Cmd::HotTenant(a) => hot_tenant::run_hot_tenant(a).await,
+            Cmd::AuditChain(a) => audit_chain::run(a).await,
             Cmd::Summarize { files } => summarize::run(&files),
         }
     })

@@ -107,6 +107,18 @@ fn headline(v: &Value) -> String {
             num(v, &["lost_updates"]),
             num(v, &["audit_entries"]),
         ),
+        "audit-chain" => format!(
+            "API writes {}/s sealing off, {}/s on ({} % slower; CPU per write {} %); sealing lag p50 {} / p99 {}; export of {} entries: RSS {} -> peak {} MiB",
+            num(v, &["write_rate_off_per_s"]),
+            num(v, &["write_rate_on_per_s"]),
+            num(v, &["slower_pct"]),
+            num(v, &["cpu_more_pct"]),
+            msv(v, &["seal_lag", "p50_ms"]),
+            msv(v, &["seal_lag", "p99_ms"]),
+            num(v, &["export_lines"]),
+            num(v, &["export_rss_before_mib"]),
+            num(v, &["export_rss_peak_mib"]),
+        ),
         _ => v.to_string(),
     }
 }

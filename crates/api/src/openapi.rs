@@ -69,6 +69,8 @@ pub const PUBLIC_PATHS: [&str; 4] = ["/health", "/ready", "/metrics", "/api/v1/o
         webhooks::retry,
         audit::list,
         audit::get,
+        audit::export,
+        audit::verify,
         consent::grant,
         consent::list,
         consent::revoke,

@@ -1,5 +1,8 @@
 //! Stratum audit: the audit entry, its filters, redaction, and the read side of the log
-//! (entries are written by the storage adapter together with each change).
+//! (entries are written by the storage adapter together with each change), and the
+//! tamper-evident chain the entries are sealed into ([`chain`]).
+
+pub mod chain;
 
 use std::sync::Arc;
 
@@ -11,6 +14,8 @@ use stratum_core::{Caller, Limit, StoreError, TenantPath};
 use thiserror::Error;
 use time::OffsetDateTime;
 use uuid::Uuid;
+
+pub use chain::VerifyReport;
 
 /// One audit entry.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -42,6 +47,11 @@ pub struct AuditEntry {
     /// When.
     #[serde(with = "rfc3339")]
     pub created_at: OffsetDateTime,
+    /// Position in the hash chain (1, 2, 3, …); null until sealed.
+    pub seq: Option<i64>,
+    /// hex SHA-256 of the previous entry's hash and this entry's canonical JSON; null
+    /// until sealed.
+    pub hash: Option<String>,
 }
 
 /// What `GET /audit-logs` filters on.
@@ -128,6 +138,20 @@ pub trait AuditLog: Send + Sync {
 
     /// The path of a tenant, for checking a filter's visibility; `None` when unknown.
     async fn tenant_path(&self, tenant_id: Uuid) -> Result<Option<TenantPath>, StoreError>;
+
+    /// Sealed entries matching `filter` in chain order (`seq` ascending), with `seq`
+    /// greater than `after_seq`, limited to tenants under `subtree` when given.
+    async fn export_page(
+        &self,
+        filter: AuditFilter,
+        subtree: Option<TenantPath>,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// Recomputes the whole chain, from the purge checkpoint (or genesis) to the head, on
+    /// one consistent snapshot.
+    async fn verify_chain(&self) -> Result<VerifyReport, StoreError>;
 }
 
 /// Reading the audit log with the caller's visibility.
@@ -149,12 +173,7 @@ impl AuditService {
         cursor: Option<Uuid>,
         limit: Limit,
     ) -> Result<(Vec<AuditEntry>, Option<Uuid>), AuditError> {
-        filter.validate()?;
-        if let (Some(f), Some(t)) = (filter.from, filter.to) {
-            if f > t {
-                return Err(AuditError::BadRange);
-            }
-        }
+        self.check_filter(caller, &filter).await?;
         if let Some(c) = cursor {
             // A cursor the caller cannot see is answered like one that does not exist, so
             // the answer reveals nothing about other tenants' entries.
@@ -165,16 +184,6 @@ impl AuditService {
                 .is_some_and(|(_, path)| caller.actor.can_see_owned_by(path.as_ref()));
             if !visible {
                 return Err(AuditError::BadCursor);
-            }
-        }
-        if let Some(t) = filter.tenant_id {
-            let visible = self
-                .log
-                .tenant_path(t)
-                .await?
-                .is_some_and(|p| caller.actor.can_see(&p));
-            if !visible {
-                return Err(AuditError::TenantNotFound);
             }
         }
         let mut rows = self
@@ -189,6 +198,56 @@ impl AuditService {
             .ok_or(AuditError::BadCursor)?;
         let next = stratum_core::next_page(&mut rows, limit, |e| e.id);
         Ok((rows, next))
+    }
+
+    /// Checks an export's filter for the caller (range, tenant visibility) and returns the
+    /// subtree the export is limited to.
+    pub async fn export_scope(
+        &self,
+        caller: &Caller,
+        filter: &AuditFilter,
+    ) -> Result<Option<TenantPath>, AuditError> {
+        self.check_filter(caller, filter).await?;
+        Ok(caller.actor.subtree().cloned())
+    }
+
+    /// One page of an export: sealed entries after `after_seq`, chain order.
+    pub async fn export_page(
+        &self,
+        filter: AuditFilter,
+        subtree: Option<TenantPath>,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditEntry>, AuditError> {
+        Ok(self
+            .log
+            .export_page(filter, subtree, after_seq, limit)
+            .await?)
+    }
+
+    /// Verifies the whole chain (a global admin operation: the route checks the key).
+    pub async fn verify(&self) -> Result<VerifyReport, AuditError> {
+        Ok(self.log.verify_chain().await?)
+    }
+
+    async fn check_filter(&self, caller: &Caller, filter: &AuditFilter) -> Result<(), AuditError> {
+        filter.validate()?;
+        if let (Some(f), Some(t)) = (filter.from, filter.to) {
+            if f > t {
+                return Err(AuditError::BadRange);
+            }
+        }
+        if let Some(t) = filter.tenant_id {
+            let visible = self
+                .log
+                .tenant_path(t)
+                .await?
+                .is_some_and(|p| caller.actor.can_see(&p));
+            if !visible {
+                return Err(AuditError::TenantNotFound);
+            }
+        }
+        Ok(())
     }
 
     /// One entry the caller may see.
@@ -242,6 +301,8 @@ mod tests {
             after_state: None,
             metadata: json!({}),
             created_at: OffsetDateTime::UNIX_EPOCH,
+            seq: None,
+            hash: None,
         }
     }
 
@@ -387,6 +448,42 @@ mod tests {
         };
         let err = svc.list(&caller, filter, None, limit).await.unwrap_err();
         assert!(matches!(err, AuditError::TenantNotFound));
+    }
+
+    #[tokio::test]
+    async fn exports_are_limited_to_the_callers_subtree() {
+        let path = TenantPath::root(Uuid::now_v7());
+        let foreign = TenantPath::root(Uuid::now_v7());
+        let mut log = MockAuditLog::new();
+        log.expect_tenant_path()
+            .returning(move |_| Ok(Some(foreign.clone())));
+        let svc = AuditService::new(Arc::new(log));
+        let caller = scoped(path.clone());
+        assert_eq!(
+            svc.export_scope(&caller, &AuditFilter::default())
+                .await
+                .unwrap(),
+            Some(path)
+        );
+        let filter = AuditFilter {
+            tenant_id: Some(Uuid::now_v7()),
+            ..Default::default()
+        };
+        let err = svc.export_scope(&caller, &filter).await.unwrap_err();
+        assert!(matches!(err, AuditError::TenantNotFound));
+        let backwards = AuditFilter {
+            from: Some(OffsetDateTime::UNIX_EPOCH + time::Duration::days(1)),
+            to: Some(OffsetDateTime::UNIX_EPOCH),
+            ..Default::default()
+        };
+        let err = svc.export_scope(&caller, &backwards).await.unwrap_err();
+        assert!(matches!(err, AuditError::BadRange));
+        assert_eq!(
+            svc.export_scope(&Caller::system(), &AuditFilter::default())
+                .await
+                .unwrap(),
+            None
+        );
     }
 
     #[tokio::test]

@@ -3,6 +3,7 @@
 //! the embedded migrations.
 
 pub mod audit;
+pub mod chain;
 pub mod consent;
 pub mod error;
 pub mod journal;
@@ -17,6 +18,7 @@ pub mod tx;
 pub mod webhooks;
 
 pub use audit::PgAuditLog;
+pub use chain::{run_sealer, seal_pass};
 pub use consent::PgConsentStore;
 pub use error::{map_pool_error, map_query_error};
 pub use journal::{record, DELIVERY_CHANNEL};

@@ -18,6 +18,7 @@ use crate::error::map_query_error;
 use crate::in_tx;
 use crate::journal::record;
 use crate::keys;
+use crate::schema::{audit_chain, audit_checkpoint, audit_logs};
 use crate::tx::{read_conn, TxError};
 use crate::Pool;
 
@@ -32,13 +33,13 @@ const ROTATE_BATCH: usize = 1000;
 /// started over for each batch would wade through them again), and a DELETE of one batch
 /// of them (`$1`) that re-checks, on the locked row, that it is still expired (`$2`:
 /// the cutoff).
-struct PurgeStep {
-    cursor: &'static str,
-    candidates: &'static str,
-    delete: &'static str,
+struct PurgeStep<'a> {
+    cursor: &'a str,
+    candidates: &'a str,
+    delete: &'a str,
 }
 
-const DELIVERIES: PurgeStep = PurgeStep {
+const DELIVERIES: PurgeStep<'static> = PurgeStep {
     cursor: "stratum_purge_deliveries",
     // Finished deliveries; their attempts go by ON DELETE CASCADE.
     candidates: "SELECT id FROM webhook_deliveries WHERE status <> 'pending' AND completed_at < $1",
@@ -46,7 +47,7 @@ const DELIVERIES: PurgeStep = PurgeStep {
               WHERE id = ANY($1) AND status <> 'pending' AND completed_at < $2",
 };
 
-const EVENTS: PurgeStep = PurgeStep {
+const EVENTS: PurgeStep<'static> = PurgeStep {
     cursor: "stratum_purge_events",
     // Runs after the deliveries step, so it sees the events that step freed.
     candidates: "SELECT e.id FROM webhook_events e
@@ -57,15 +58,92 @@ const EVENTS: PurgeStep = PurgeStep {
                 AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = e.id)",
 };
 
-const AUDIT: PurgeStep = PurgeStep {
-    cursor: "stratum_purge_audit",
-    candidates: "SELECT id FROM audit_logs WHERE created_at < $1",
-    delete: "DELETE FROM audit_logs WHERE id = ANY($1) AND created_at < $2",
-};
+/// Purges audit entries older than `cutoff` without breaking the hash chain: of the sealed
+/// entries only a prefix of the chain may go (up to the entry before the first one still
+/// inside the window), and the last of them becomes the checkpoint verification continues
+/// from. Unsealed entries belong to no chain yet and go by age alone. Returns the rows
+/// deleted and the new checkpoint, if it moved.
+async fn purge_audit(
+    conn: &mut AsyncPgConnection,
+    cutoff: OffsetDateTime,
+) -> QueryResult<(u64, Option<(i64, String)>)> {
+    // Locked: two purges agree on where the chain now starts.
+    let checkpoint: Option<(i64, String)> = audit_checkpoint::table
+        .select((audit_checkpoint::seq, audit_checkpoint::hash))
+        .for_update()
+        .first(conn)
+        .await
+        .optional()?;
+    let from = checkpoint.as_ref().map_or(0, |c| c.0);
+    let first_kept: Option<Option<i64>> = audit_logs::table
+        .filter(audit_logs::seq.gt(from))
+        .filter(audit_logs::created_at.ge(cutoff))
+        .order(audit_logs::seq.asc())
+        .select(audit_logs::seq)
+        .first(conn)
+        .await
+        .optional()?;
+    let upto = match first_kept.flatten() {
+        Some(kept) => kept - 1,
+        None => audit_chain::table
+            .select(audit_chain::seq)
+            .first::<i64>(conn)
+            .await
+            .optional()?
+            .unwrap_or(0),
+    };
+    let mut moved = None;
+    let mut upto_sealed = from;
+    if upto > from {
+        let hash: Option<Option<String>> = audit_logs::table
+            .filter(audit_logs::seq.eq(upto))
+            .select(audit_logs::hash)
+            .first(conn)
+            .await
+            .optional()?;
+        // A missing entry there means the log was tampered with: leave the chain alone so
+        // verify still reports it.
+        if let Some(hash) = hash.flatten() {
+            upto_sealed = upto;
+            moved = Some((upto, hash));
+        }
+    }
+    let candidates = format!(
+        "SELECT id FROM audit_logs WHERE created_at < $1 AND (seq IS NULL OR seq <= {upto_sealed})"
+    );
+    let delete = format!(
+        "DELETE FROM audit_logs
+          WHERE id = ANY($1) AND created_at < $2 AND (seq IS NULL OR seq <= {upto_sealed})"
+    );
+    let step = PurgeStep {
+        cursor: "stratum_purge_audit",
+        candidates: &candidates,
+        delete: &delete,
+    };
+    let deleted = purge_in_batches(conn, &step, cutoff).await?;
+    if let Some((seq, hash)) = &moved {
+        diesel::insert_into(audit_checkpoint::table)
+            .values((
+                audit_checkpoint::id.eq(1i16),
+                audit_checkpoint::seq.eq(seq),
+                audit_checkpoint::hash.eq(hash),
+            ))
+            .on_conflict(audit_checkpoint::id)
+            .do_update()
+            .set((
+                audit_checkpoint::seq.eq(seq),
+                audit_checkpoint::hash.eq(hash),
+                audit_checkpoint::purged_at.eq(diesel::dsl::now),
+            ))
+            .execute(conn)
+            .await?;
+    }
+    Ok((deleted, moved))
+}
 
 // `least` skips NULLs: the earlier of revocation and expiry, NULL while neither happened.
 // The `IS NOT NULL` clause is the predicate of consent_records_ended_idx.
-const CONSENT: PurgeStep = PurgeStep {
+const CONSENT: PurgeStep<'static> = PurgeStep {
     cursor: "stratum_purge_consent",
     candidates: "SELECT id FROM consent_records
                   WHERE (revoked_at IS NOT NULL OR expires_at IS NOT NULL)
@@ -83,7 +161,7 @@ struct IdRow {
 /// Deletes what `step` names, `PURGE_BATCH` rows at a time; returns the rows deleted.
 async fn purge_in_batches(
     conn: &mut AsyncPgConnection,
-    step: &PurgeStep,
+    step: &PurgeStep<'_>,
     cutoff: OffsetDateTime,
 ) -> QueryResult<u64> {
     diesel::sql_query(format!(
@@ -202,7 +280,7 @@ impl MaintenanceStore for PgMaintenanceStore {
                 purge_in_batches(conn, &DELIVERIES, cutoffs.deliveries_and_events_before).await?;
             let events =
                 purge_in_batches(conn, &EVENTS, cutoffs.deliveries_and_events_before).await?;
-            let audit_logs = purge_in_batches(conn, &AUDIT, cutoffs.audit_before).await?;
+            let (audit_logs, checkpoint) = purge_audit(conn, cutoffs.audit_before).await?;
             let consent_records = purge_in_batches(conn, &CONSENT, cutoffs.consent_before).await?;
             let counts = PurgeCounts {
                 deliveries,
@@ -210,8 +288,20 @@ impl MaintenanceStore for PgMaintenanceStore {
                 audit_logs,
                 consent_records,
             };
+            // The checkpoint goes into the purge's own entry: the audit log itself says
+            // where its chain now starts.
+            let mut journal = counts.complete(journal);
+            if let Some(serde_json::Value::Object(after)) = journal.after.as_mut() {
+                after.insert(
+                    "audit_checkpoint".to_owned(),
+                    checkpoint.map_or(
+                        serde_json::Value::Null,
+                        |(seq, hash)| serde_json::json!({"seq": seq, "hash": hash}),
+                    ),
+                );
+            }
             // Last, so the purge never deletes its own entry.
-            record(conn, &counts.complete(journal)).await?;
+            record(conn, &journal).await?;
             Ok(counts)
         })
     }

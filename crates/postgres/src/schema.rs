@@ -1,5 +1,11 @@
 // @generated automatically by Diesel CLI.
 
+pub mod sql_types {
+    #[derive(diesel::sql_types::SqlType)]
+    #[diesel(postgres_type(name = "xid8", schema = "pg_catalog"))]
+    pub struct Xid8;
+}
+
 diesel::table! {
     api_keys (id) {
         id -> Uuid,
@@ -15,6 +21,27 @@ diesel::table! {
 }
 
 diesel::table! {
+    audit_chain (id) {
+        id -> Int2,
+        seq -> Int8,
+        hash -> Text,
+        sealed_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    audit_checkpoint (id) {
+        id -> Int2,
+        seq -> Int8,
+        hash -> Text,
+        purged_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    use diesel::sql_types::*;
+    use super::sql_types::Xid8;
+
     audit_logs (id) {
         id -> Uuid,
         tenant_id -> Nullable<Uuid>,
@@ -27,6 +54,9 @@ diesel::table! {
         after_state -> Nullable<Jsonb>,
         metadata -> Jsonb,
         created_at -> Timestamptz,
+        seq -> Nullable<Int8>,
+        hash -> Nullable<Text>,
+        xid -> Nullable<Xid8>,
     }
 }
 
@@ -167,6 +197,8 @@ diesel::joinable!(webhooks -> tenants (tenant_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     api_keys,
+    audit_chain,
+    audit_checkpoint,
     audit_logs,
     config_entries,
     consent_records,

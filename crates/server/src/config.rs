@@ -31,6 +31,22 @@ pub struct KeyArgs {
     pub encryption_key_next: Option<String>,
 }
 
+/// Sealing of the audit log into its hash chain.
+#[derive(Debug, Clone, Args)]
+pub struct SealArgs {
+    /// Milliseconds between sealing passes (0 turns sealing off in this process).
+    #[arg(long, env = "STRATUM_AUDIT_SEAL_INTERVAL_MS", default_value_t = 200, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub audit_seal_interval_ms: u64,
+}
+
+impl SealArgs {
+    /// The interval between passes; `None` when sealing is off.
+    pub fn interval(&self) -> Option<Duration> {
+        (self.audit_seal_interval_ms > 0)
+            .then(|| Duration::from_millis(self.audit_seal_interval_ms))
+    }
+}
+
 /// Webhook delivery settings.
 #[derive(Debug, Clone, Args)]
 pub struct WebhookArgs {
@@ -106,6 +122,8 @@ pub struct ServeArgs {
     pub rate_limit_bootstrap: bool,
     #[command(flatten)]
     pub retention: RetentionArgs,
+    #[command(flatten)]
+    pub seal: SealArgs,
 }
 
 /// The windows of `POST /maintenance/purge-expired`.
@@ -138,6 +156,8 @@ pub struct WorkerArgs {
     pub keys: KeyArgs,
     #[command(flatten)]
     pub webhook: WebhookArgs,
+    #[command(flatten)]
+    pub seal: SealArgs,
 }
 
 #[derive(clap::Parser)]

@@ -6,7 +6,7 @@ use stratum_core::Caller;
 use stratum_crypto::{Keyring, SharedKeyring};
 use uuid::Uuid;
 
-use stratum_server::config::{DbArgs, KeyArgs, ServeArgs, WebhookArgs, WorkerArgs};
+use stratum_server::config::{DbArgs, KeyArgs, SealArgs, ServeArgs, WebhookArgs, WorkerArgs};
 use stratum_server::{telemetry, wiring};
 
 #[derive(Debug, Parser)]
@@ -33,6 +33,23 @@ enum Command {
     ApiKey(ApiKeyCommand),
     /// Print the OpenAPI 3.1 document of the REST API (JSON) and exit.
     Openapi,
+    /// The tamper-evident audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Verify the hash chain of a global NDJSON export (`GET /audit-logs/export`) offline,
+    /// without the database; prints the report and exits 1 when the chain is broken.
+    Verify(VerifyFileArgs),
+}
+
+#[derive(Debug, Args)]
+struct VerifyFileArgs {
+    /// The export, one entry a line.
+    #[arg(long)]
+    file: std::path::PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -58,6 +75,10 @@ struct CreateKeyArgs {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    if let Command::Audit(AuditCommand::Verify(args)) = &cli.command {
+        // Offline: no runtime, no database, no logging set-up to get in the way of stdout.
+        return verify_file(&args.file);
+    }
     telemetry::init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -72,8 +93,40 @@ fn main() -> Result<()> {
                 println!("{}", stratum_api::openapi::pretty_json()?);
                 Ok(())
             }
+            Command::Audit(AuditCommand::Verify(args)) => verify_file(&args.file),
         }
     })
+}
+
+fn verify_file(path: &std::path::Path) -> Result<()> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let report = stratum_audit::chain::verify_ndjson(std::io::BufReader::new(file))
+        .with_context(|| format!("reading {}", path.display()))?;
+    println!("{}", serde_json::to_string(&report)?);
+    if !report.ok {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// Starts the audit sealer unless sealing is off; returns its stop switch. It has a
+/// connection of its own: under load every pooled connection is serving requests, and a
+/// sealer queueing behind them would let the sealing lag grow with the load.
+fn spawn_sealer(db: &DbArgs, cfg: &SealArgs) -> Result<Option<tokio::sync::watch::Sender<bool>>> {
+    let Some(interval) = cfg.interval() else {
+        return Ok(None);
+    };
+    let pool = stratum_postgres::connect(
+        &db.database_url,
+        &stratum_postgres::PoolConfig {
+            max_size: 1,
+            ..Default::default()
+        },
+    )
+    .map_err(anyhow::Error::msg)?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(stratum_postgres::run_sealer(pool, interval, stopped));
+    Ok(Some(stop))
 }
 
 async fn migrate(db: &DbArgs) -> Result<()> {
@@ -228,13 +281,17 @@ async fn worker(args: WorkerArgs) -> Result<()> {
     let pool = pool(&args.db)?;
     check_keys(&pool, &keyring).await?;
     let out = wiring::outbound(&args.webhook)?;
+    let sealer = spawn_sealer(&args.db, &args.seal)?;
     let (stop, handle, _stats) =
         spawn_worker(&args.db.database_url, pool, keyring, &args.webhook, &out);
-    tracing::info!("stratum worker running");
+    tracing::info!(sealing = sealer.is_some(), "stratum worker running");
     terminated().await;
     tracing::info!("stopping: no new claims, finishing deliveries in flight");
     let _ = stop.send(true);
     handle.await?;
+    if let Some(s) = sealer {
+        let _ = s.send(true);
+    }
     Ok(())
 }
 
@@ -286,6 +343,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     if let Some((_, _, stats)) = &worker {
         state.metrics.attach_dispatcher(stats.clone());
     }
+    let sealer = spawn_sealer(&args.db, &args.seal)?;
     spawn_queue_gauges(pool, state.metrics.clone());
     let state = actix_web::web::Data::new(state);
     let server = actix_web::HttpServer::new(move || stratum_api::app(state.clone()))
@@ -305,6 +363,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
         handle.await?;
     }
     stopping.await;
+    if let Some(s) = sealer {
+        let _ = s.send(true);
+    }
     server_task.await??;
     Ok(())
 }
