@@ -52,7 +52,10 @@ fn respond(ctype: &'static str, body: &'static str) -> HttpResponse {
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
         ))
-        .insert_header((header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")))
+        .insert_header((
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
         .insert_header((header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")))
         .body(body)
 }
@@ -122,7 +125,13 @@ mod tests {
             assert_eq!(file(name), Some((ctype, body)));
             assert!(!body.is_empty(), "{name}");
         }
-        for bad in ["", "../Cargo.toml", "index.htm", "console.js/", "CONSOLE.JS"] {
+        for bad in [
+            "",
+            "../Cargo.toml",
+            "index.htm",
+            "console.js/",
+            "CONSOLE.JS",
+        ] {
             assert_eq!(file(bad), None, "{bad}");
         }
     }
@@ -138,8 +147,17 @@ mod tests {
         assert_eq!(html.matches("<script").count(), 1, "one script tag");
         assert!(html.contains(r#"<script src="console.js" defer></script>"#));
         assert!(!html.contains("style="), "no inline styles");
-        for handler in [" onclick=", " onload=", " onsubmit=", " onerror=", " onchange="] {
-            assert!(!html.contains(handler), "no inline event handlers: {handler}");
+        for handler in [
+            " onclick=",
+            " onload=",
+            " onsubmit=",
+            " onerror=",
+            " onchange=",
+        ] {
+            assert!(
+                !html.contains(handler),
+                "no inline event handlers: {handler}"
+            );
         }
     }
 }

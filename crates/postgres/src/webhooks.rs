@@ -12,8 +12,8 @@ use serde_json::{json, Value};
 use stratum_core::{Journal, StoreError, TenantPath};
 use stratum_webhooks::{
     gone_journal, ClaimedDelivery, Completion, Delivery, DeliveryAttempt, DeliveryQueue,
-    DeliveryStats, DeliveryStatus, DeliveryStore, EventRef, FailedDelivery, HealthFigures,
-    Verdict, Webhook, WebhookError, WebhookRef, WebhookStore,
+    DeliveryStats, DeliveryStatus, DeliveryStore, EventRef, FailedDelivery, HealthFigures, Verdict,
+    Webhook, WebhookError, WebhookRef, WebhookStore,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;

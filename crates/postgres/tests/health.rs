@@ -98,7 +98,10 @@ async fn health_counts_the_window_the_median_the_last_error_and_the_queue() {
     attempt(&db.url, foreign, 1, None, 5, Some("elsewhere"), 1).await;
 
     let f = store.health(w, since).await.unwrap();
-    assert_eq!(f.attempts, 3, "the 2-hour-old attempt is outside the window");
+    assert_eq!(
+        f.attempts, 3,
+        "the 2-hour-old attempt is outside the window"
+    );
     assert_eq!(f.successes, 1);
     assert_eq!(f.p50_latency_ms, Some(20.0), "median of 10, 20, 30");
     let (err, _at) = f.last_error.unwrap();
