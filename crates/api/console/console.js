@@ -93,6 +93,11 @@
   function logout(message) {
     sessionStorage.removeItem(KEY);
     showSignedIn(false);
+    // Nothing the previous key could see stays on the page.
+    for (const tbody of document.querySelectorAll("table tbody")) tbody.replaceChildren();
+    for (const id of ["replay-status", "audit-before", "audit-after", "dlq-stats", "deliveries-webhook", "tenant-options", "replay-webhook"]) $(id).replaceChildren();
+    $("audit-detail").hidden = true;
+    clearTimeout(replayTimer);
     $("login-error").textContent = message || "";
     status("");
     $("api-key").value = "";

@@ -436,7 +436,7 @@ impl DeliveryStore for PgDeliveryStore {
                    JOIN webhook_deliveries d ON d.id = a.delivery_id
                   WHERE d.webhook_id = $1 AND a.created_at >= $2),
              last_failed AS (
-                 SELECT coalesce(a.error, 'receiver answered ' || a.status_code) AS error, a.created_at
+                 SELECT coalesce(nullif(a.error, ''), 'receiver answered ' || a.status_code) AS error, a.created_at
                    FROM webhook_delivery_attempts a
                    JOIN webhook_deliveries d ON d.id = a.delivery_id
                   WHERE d.webhook_id = $1
