@@ -94,7 +94,11 @@ pub async fn index() -> Result<HttpResponse, ApiError> {
     operation_id = "getConsoleFile",
     params(("file" = String, Path, description = "`index.html`, `console.css` or `console.js`")),
     responses(
-        (status = 200, description = "The file", content_type = "text/plain", body = String),
+        (status = 200, description = "The file", content(
+            (String = "text/html"),
+            (String = "text/css"),
+            (String = "text/javascript"),
+        )),
         (status = 404, response = crate::openapi::NotFound),
     )
 )]

@@ -91,7 +91,7 @@ async fn health_counts_the_window_the_median_the_last_error_and_the_queue() {
     // Two hours back: outside the window (and older than the latest failure).
     attempt(&db.url, failed, 1, Some(500), 1000, None, 7200).await;
     attempt(&db.url, failed, 2, None, 10, Some("connection refused"), 60).await;
-    // The engine stores an empty error for an answered non-2xx.
+    // An empty error text counts as none.
     attempt(&db.url, failed, 3, Some(503), 30, Some(""), 30).await;
     attempt(&db.url, ok, 1, Some(200), 20, None, 10).await;
     // Another webhook's attempts never count.
