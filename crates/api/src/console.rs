@@ -66,7 +66,10 @@ fn respond(ctype: &'static str, body: &'static str) -> HttpResponse {
     path = "/",
     tag = "console",
     operation_id = "getRoot",
-    responses((status = 308, description = "Redirects to `/console/`", headers(("Location" = String, description = "`/console/`"))))
+    responses(
+        (status = 308, description = "Redirects to `/console/`", headers(("Location" = String, description = "`/console/`"))),
+        (status = 200, description = "The console page, as a client that follows the redirect ends up with", content_type = "text/html", body = String),
+    )
 )]
 pub async fn root() -> HttpResponse {
     HttpResponse::PermanentRedirect()
