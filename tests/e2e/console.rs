@@ -295,6 +295,36 @@ async fn the_console_shows_retries_and_scopes_in_a_real_browser() {
     assert_eq!(local, json!(0), "and nowhere else");
     screenshot(&c, "webhooks").await;
 
+    // Disable and enable again, through PATCH.
+    let row_b = format!("tr[data-test=webhook-row][data-id='{wb}']");
+    find(&c, &format!("{row_b} button[data-test=toggle-active]"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    until(
+        &c,
+        "webhook B disabled",
+        &format!("document.querySelector(\"{row_b} button[data-test=toggle-active]\")?.textContent === 'Enable'"),
+    )
+    .await;
+    let (_, w) = s
+        .api("GET", &format!("/webhooks/{wb}"), None)
+        .await
+        .unwrap();
+    assert_eq!(w["active"], json!(false));
+    find(&c, &format!("{row_b} button[data-test=toggle-active]"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    until(
+        &c,
+        "webhook B enabled",
+        &format!("document.querySelector(\"{row_b} button[data-test=toggle-active]\")?.textContent === 'Disable'"),
+    )
+    .await;
+
     // The dead-letter queue has the delivery; retry it once the receiver recovers.
     find(&c, "a[href='#dlq']").await.click().await.unwrap();
     let dlq_row = format!("tr[data-test=dlq-row][data-id='{delivery}']");
@@ -336,9 +366,16 @@ async fn the_console_shows_retries_and_scopes_in_a_real_browser() {
             Instant::now() < deadline,
             "the delivery did not succeed after the retry"
         );
-        // The page shows what it loaded; ask it to load again, as a user would.
+        // The page shows what it loaded; ask it to load again, as a user would, and wait
+        // for that load to finish.
+        tokio::time::sleep(Duration::from_millis(200)).await;
         find(&c, "#deliveries-refresh").await.click().await.unwrap();
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        until(
+            &c,
+            "the deliveries loaded",
+            "!document.getElementById('deliveries-table').hasAttribute('aria-busy')",
+        )
+        .await;
     }
     find(&c, &format!("{drow} button[data-test=show-attempts]"))
         .await
@@ -388,6 +425,51 @@ async fn the_console_shows_retries_and_scopes_in_a_real_browser() {
     .await;
     assert!(text(&c, "#audit-before").await.contains(&delivery));
     screenshot(&c, "audit").await;
+
+    // Keyset paging: one entry a page over the three tenant entries.
+    find(&c, "#audit-action").await.clear().await.unwrap();
+    find(&c, "#audit-resource")
+        .await
+        .send_keys("tenant")
+        .await
+        .unwrap();
+    let limit = find(&c, "#audit-limit").await;
+    limit.clear().await.unwrap();
+    limit.send_keys("1").await.unwrap();
+    find(&c, "#audit-search").await.click().await.unwrap();
+    let mut seen = Vec::new();
+    for page in 0..3 {
+        until(
+            &c,
+            "a page of one",
+            &format!(
+                "document.querySelectorAll('tr[data-test=audit-row]').length === 1 && \
+                 document.querySelector('tr[data-test=audit-row]').textContent.includes('tenant.') && \
+                 !{:?}.includes(document.querySelector('tr[data-test=audit-row]').dataset.id)",
+                serde_json::to_string(&seen).unwrap()
+            ),
+        )
+        .await;
+        let id = c
+            .execute(
+                "return document.querySelector('tr[data-test=audit-row]').dataset.id;",
+                vec![],
+            )
+            .await
+            .unwrap();
+        seen.push(id.as_str().unwrap().to_owned());
+        let more = c
+            .execute(
+                "return !document.getElementById('audit-next').hidden;",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(more, json!(page < 2), "a next page after page {page}");
+        if page < 2 {
+            find(&c, "#audit-next").await.click().await.unwrap();
+        }
+    }
 
     // Consent: look a subject up, grant, revoke.
     go(&c, "#consent").await;
@@ -480,8 +562,18 @@ async fn the_console_shows_retries_and_scopes_in_a_real_browser() {
     go(&c, "#dlq").await;
     until(
         &c,
-        "an empty queue",
-        "!document.getElementById('dlq-empty').hidden",
+        "an empty queue, and none of tenant A's deliveries counted",
+        "!document.getElementById('dlq-empty').hidden && \
+         document.getElementById('dlq-stats').textContent.includes('Deliveries: 0 total')",
+    )
+    .await;
+    // Retry all asks first; accepted, it re-queues what this key can see: nothing.
+    find(&c, "#retry-all").await.click().await.unwrap();
+    c.accept_alert().await.unwrap();
+    until(
+        &c,
+        "retry all answered",
+        "document.getElementById('status').textContent.includes('0 deliveries are queued again')",
     )
     .await;
 

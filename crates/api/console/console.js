@@ -73,6 +73,14 @@
     return { body: json, headers: res.headers };
   }
 
+  // Only the latest load of a list may render it: an older answer that arrives late is dropped.
+  const latest = {};
+  function ticket(name) {
+    latest[name] = (latest[name] || 0) + 1;
+    const mine = latest[name];
+    return () => latest[name] === mine;
+  }
+
   function fail(e) { status(e.message || String(e), true); }
 
   function query(params) {
@@ -97,6 +105,8 @@
     for (const tbody of document.querySelectorAll("table tbody")) tbody.replaceChildren();
     for (const id of ["replay-status", "audit-before", "audit-after", "dlq-stats", "deliveries-webhook", "tenant-options", "replay-webhook"]) $(id).replaceChildren();
     $("audit-detail").hidden = true;
+    $("webhooks-empty").hidden = true;
+    $("dlq-empty").hidden = true;
     clearTimeout(replayTimer);
     $("login-error").textContent = message || "";
     status("");
@@ -153,7 +163,9 @@
 
   async function loadWebhooks() {
     const tbody = $("webhooks-table").tBodies[0];
+    const current = ticket("webhooks");
     const { body } = await api("GET", "/webhooks");
+    if (!current()) return;
     webhookCache = body || [];
     tbody.replaceChildren();
     $("webhooks-empty").hidden = webhookCache.length > 0;
@@ -193,14 +205,22 @@
   async function loadDeliveries(webhookId, more) {
     if (!webhookId) { location.hash = "#webhooks"; return; }
     const tbody = $("deliveries-table").tBodies[0];
+    const current = ticket("deliveries");
+    $("deliveries-table").setAttribute("aria-busy", "true");
     if (!more) {
       deliveriesCursor = null;
-      tbody.replaceChildren();
       $("deliveries-webhook").textContent = webhookId;
       api("GET", "/webhooks/" + webhookId).then(({ body: w }) => { $("deliveries-webhook").textContent = w.url; }).catch(() => {});
     }
-    const { body, headers } = await api("GET", "/webhooks/" + webhookId + "/deliveries" +
-      query({ status: $("delivery-status").value, limit: 50, cursor: more ? deliveriesCursor : null }));
+    let body, headers;
+    try {
+      ({ body, headers } = await api("GET", "/webhooks/" + webhookId + "/deliveries" +
+        query({ status: $("delivery-status").value, limit: 50, cursor: more ? deliveriesCursor : null })));
+    } finally {
+      if (current()) $("deliveries-table").removeAttribute("aria-busy");
+    }
+    if (!current()) return;
+    if (!more) tbody.replaceChildren();
     deliveriesCursor = headers.get("X-Next-Cursor");
     $("deliveries-more").hidden = !deliveriesCursor;
     for (const d of body || []) {
@@ -231,10 +251,12 @@
 
   async function loadDlq() {
     const tbody = $("dlq-table").tBodies[0];
+    const current = ticket("dlq");
     const [{ body: rows }, { body: stats }] = await Promise.all([
       api("GET", "/webhooks/deliveries/failed?limit=500"),
       api("GET", "/webhooks/deliveries/stats"),
     ]);
+    if (!current()) return;
     $("dlq-stats").textContent = "Deliveries: " + stats.total + " total, " + stats.pending + " pending, " +
       stats.success + " delivered, " + stats.failed + " failed.";
     tbody.replaceChildren();
@@ -342,7 +364,9 @@
   }
 
   async function loadAudit(cursor) {
+    const current = ticket("audit");
     const { body, headers } = await api("GET", "/audit-logs" + query({ ...auditFilters(), cursor }));
+    if (!current()) return;
     auditCursor = headers.get("X-Next-Cursor");
     $("audit-next").hidden = !auditCursor;
     $("audit-first").hidden = !cursor;
@@ -370,7 +394,9 @@
   async function loadConsent() {
     const tenant = $("consent-tenant").value.trim();
     const subject = $("consent-subject").value.trim();
+    const current = ticket("consent");
     const { body } = await api("GET", "/tenants/" + encodeURIComponent(tenant) + "/consent" + query({ subject_id: subject }));
+    if (!current()) return;
     const tbody = $("consent-table").tBodies[0];
     tbody.replaceChildren();
     for (const c of body || []) {
