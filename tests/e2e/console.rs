@@ -398,6 +398,27 @@ async fn the_console_shows_retries_and_scopes_in_a_real_browser() {
     assert_eq!(n500, 3, "the three failed attempts before the retry");
     screenshot(&c, "deliveries").await;
 
+    // Filter by status: none of this webhook's deliveries is failed any more.
+    for (status, shown) in [("failed", false), ("success", true)] {
+        find(&c, "#delivery-status")
+            .await
+            .select_by_value(status)
+            .await
+            .unwrap();
+        find(&c, "#deliveries-refresh").await.click().await.unwrap();
+        until(
+            &c,
+            "the filtered deliveries",
+            &format!(
+                "!document.getElementById('deliveries-table').hasAttribute('aria-busy') && \
+                 (document.querySelector(\"{drow}\") !== null) === {shown} && \
+                 (document.querySelector('#deliveries-table tbody').textContent.includes('No deliveries.')) === {}",
+                !shown
+            ),
+        )
+        .await;
+    }
+
     // The audit log has the retry; its before/after sit side by side.
     go(&c, "#audit").await;
     find(&c, "#audit-action")
