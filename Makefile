@@ -8,7 +8,7 @@ DB_URL      := $(shell $(PG) url stratum)
 CARGO       ?= cargo
 DOMAIN_CRATES := stratum-core stratum-crypto stratum-audit stratum-consent stratum-webhooks stratum-tenancy stratum-maintenance
 
-.PHONY: conformance openapi-check deploy-check fmt-check clippy help db-up db-down db-test-up run build test test-unit lint fmt schema-check boundary-check bench tools clean
+.PHONY: browser-deps conformance openapi-check deploy-check fmt-check clippy help db-up db-down db-test-up run build test test-unit lint fmt schema-check boundary-check bench tools clean
 
 help:
 	@echo "make run     build, start PostgreSQL, migrate and serve on http://127.0.0.1:3001"
@@ -49,7 +49,7 @@ run: db-up build $(DEV_DIR)/dev.env
 	 exec ./target/release/stratum serve
 
 # Tests run against the real PostgreSQL started above; each test clones its own database.
-test: db-test-up deploy-check openapi-check
+test: db-test-up browser-deps deploy-check openapi-check
 	@psql -h 127.0.0.1 -p 55432 -U postgres -d postgres -tAc \
 	  "SELECT 'DROP DATABASE IF EXISTS ' || datname || ' WITH (FORCE);' FROM pg_database WHERE datname LIKE 'stratum\_t\_%'" \
 	  | psql -q -h 127.0.0.1 -p 55432 -U postgres -d postgres >/dev/null
@@ -60,6 +60,13 @@ test: db-test-up deploy-check openapi-check
 	  $(CARGO) test --workspace --no-fail-fast; \
 	fi
 	$(CARGO) test --workspace --doc
+
+# Headless Chromium and its WebDriver for the console's browser test (tests/e2e/console.rs).
+browser-deps:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  sudo=""; [ "$$(id -u)" -ne 0 ] && sudo=sudo; \
+	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	fi
 
 lint: db-test-up fmt-check clippy boundary-check schema-check
 

@@ -5,6 +5,7 @@ pub mod api_keys;
 pub mod audit;
 pub mod auth;
 pub mod consent;
+pub mod console;
 pub mod error;
 pub mod extract;
 pub mod health;
@@ -44,6 +45,8 @@ pub fn app(
         .configure(extract::configure)
         .configure(health::routes)
         .configure(metrics::routes)
+        // The console's static files need no key; the page sends one on its API calls.
+        .configure(console::routes)
         // Public, and registered before the `/api/v1` scope so that it matches first.
         .route("/api/v1/openapi.json", web::get().to(openapi::serve))
         .service(

@@ -19,10 +19,18 @@ use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::error::ApiError;
-use crate::{api_keys, audit, consent, health, tenants, webhooks};
+use crate::{api_keys, audit, consent, console, health, tenants, webhooks};
 
 /// Paths that need no API key; every other operation requires `api_key` or `bearer`.
-pub const PUBLIC_PATHS: [&str; 4] = ["/health", "/ready", "/metrics", "/api/v1/openapi.json"];
+pub const PUBLIC_PATHS: [&str; 7] = [
+    "/health",
+    "/ready",
+    "/metrics",
+    "/api/v1/openapi.json",
+    "/",
+    "/console/",
+    "/console/{file}",
+];
 
 /// The whole REST API.
 #[derive(OpenApi)]
@@ -63,6 +71,11 @@ pub const PUBLIC_PATHS: [&str; 4] = ["/health", "/ready", "/metrics", "/api/v1/o
         webhooks::delete,
         webhooks::test,
         webhooks::deliveries,
+        webhooks::health,
+        webhooks::attempts,
+        console::root,
+        console::index,
+        console::asset,
         webhooks::stats,
         webhooks::failed,
         webhooks::retry_all,
@@ -109,6 +122,7 @@ pub const PUBLIC_PATHS: [&str; 4] = ["/health", "/ready", "/metrics", "/api/v1/o
         (name = "api-keys", description = "API keys (admin scope, global key)"),
         (name = "maintenance", description = "Retention and key rotation (admin scope, global key)"),
         (name = "operations", description = "Liveness, readiness, metrics and this document"),
+        (name = "console", description = "The web console's static files (no key; the page sends the key on its API calls)"),
     )
 )]
 pub struct ApiDoc;

@@ -319,6 +319,47 @@ async fn deliveries(
 
 #[utoipa::path(
     get,
+    path = "/api/v1/webhooks/{id}/health",
+    tag = "webhooks",
+    operation_id = "getWebhookHealth",
+    description = "Success rate and median latency of the webhook's delivery attempts over the last hour (`window_seconds`), its latest failed attempt, and how many of its deliveries are pending.",
+    params(("id" = Uuid, Path, description = "Webhook id")),
+    responses(
+        (status = 200, description = "The webhook's health figures", body = stratum_webhooks::WebhookHealth),
+        (status = 400, response = crate::openapi::ValidationError),
+        (status = 404, response = crate::openapi::NotFound),
+    )
+)]
+async fn health(state: web::Data<AppState>, Authed(caller): Authed, id: web::Path<Uuid>) -> Res {
+    Ok(HttpResponse::Ok().json(state.webhooks.health(&caller, *id).await?))
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/webhooks/{id}/deliveries/{delivery_id}/attempts",
+    tag = "deliveries",
+    operation_id = "listDeliveryAttempts",
+    params(
+        ("id" = Uuid, Path, description = "Webhook id"),
+        ("delivery_id" = Uuid, Path, description = "Delivery id"),
+    ),
+    responses(
+        (status = 200, description = "Every recorded attempt of the delivery, oldest first", body = Vec<stratum_webhooks::DeliveryAttempt>),
+        (status = 400, response = crate::openapi::ValidationError),
+        (status = 404, response = crate::openapi::NotFound),
+    )
+)]
+async fn attempts(
+    state: web::Data<AppState>,
+    Authed(caller): Authed,
+    path: web::Path<(Uuid, Uuid)>,
+) -> Res {
+    let (id, delivery_id) = path.into_inner();
+    Ok(HttpResponse::Ok().json(state.webhooks.attempts(&caller, id, delivery_id).await?))
+}
+
+#[utoipa::path(
+    get,
     path = "/api/v1/webhooks/deliveries/stats",
     tag = "deliveries",
     operation_id = "getDeliveryStats",
@@ -403,5 +444,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route(web::delete().to(delete)),
         )
         .service(web::resource("/webhooks/{id}/test").route(web::post().to(test)))
-        .service(web::resource("/webhooks/{id}/deliveries").route(web::get().to(deliveries)));
+        .service(web::resource("/webhooks/{id}/deliveries").route(web::get().to(deliveries)))
+        .service(web::resource("/webhooks/{id}/health").route(web::get().to(health)))
+        .service(
+            web::resource("/webhooks/{id}/deliveries/{delivery_id}/attempts")
+                .route(web::get().to(attempts)),
+        );
 }

@@ -11,9 +11,9 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde_json::{json, Value};
 use stratum_core::{Journal, StoreError, TenantPath};
 use stratum_webhooks::{
-    gone_journal, ClaimedDelivery, Completion, Delivery, DeliveryQueue, DeliveryStats,
-    DeliveryStatus, DeliveryStore, EventRef, FailedDelivery, Verdict, Webhook, WebhookError,
-    WebhookRef, WebhookStore,
+    gone_journal, ClaimedDelivery, Completion, Delivery, DeliveryAttempt, DeliveryQueue,
+    DeliveryStats, DeliveryStatus, DeliveryStore, EventRef, FailedDelivery, HealthFigures, Verdict,
+    Webhook, WebhookError, WebhookRef, WebhookStore,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -21,7 +21,7 @@ use uuid::Uuid;
 use crate::error::{is_fk_violation, map_query_error};
 use crate::in_tx;
 use crate::journal::record;
-use crate::schema::{tenants, webhook_deliveries, webhooks};
+use crate::schema::{tenants, webhook_deliveries, webhook_delivery_attempts, webhooks};
 use crate::tenancy::like_prefix;
 use crate::tx::{read_conn, TxError};
 use crate::Pool;
@@ -380,8 +380,124 @@ struct FailedRow {
     e_created_at: OffsetDateTime,
 }
 
+#[derive(QueryableByName)]
+struct HealthRow {
+    #[diesel(sql_type = BigInt)]
+    attempts: i64,
+    #[diesel(sql_type = BigInt)]
+    successes: i64,
+    #[diesel(sql_type = Nullable<diesel::sql_types::Double>)]
+    p50: Option<f64>,
+    #[diesel(sql_type = Nullable<Text>)]
+    last_error: Option<String>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    last_error_at: Option<OffsetDateTime>,
+    #[diesel(sql_type = BigInt)]
+    queue_depth: i64,
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = webhook_delivery_attempts)]
+struct AttemptRow {
+    id: Uuid,
+    delivery_id: Uuid,
+    attempt: i32,
+    status_code: Option<i32>,
+    duration_ms: i32,
+    error: Option<String>,
+    response_body: Option<String>,
+    created_at: OffsetDateTime,
+}
+
+impl From<AttemptRow> for DeliveryAttempt {
+    fn from(r: AttemptRow) -> Self {
+        Self {
+            id: r.id,
+            delivery_id: r.delivery_id,
+            attempt: r.attempt,
+            status_code: r.status_code,
+            duration_ms: r.duration_ms,
+            error: r.error,
+            response_body: r.response_body,
+            created_at: r.created_at,
+        }
+    }
+}
+
 #[async_trait]
 impl DeliveryStore for PgDeliveryStore {
+    async fn health(
+        &self,
+        webhook_id: Uuid,
+        since: OffsetDateTime,
+    ) -> Result<HealthFigures, StoreError> {
+        let mut conn = read_conn(&self.pool).await?;
+        // A failed attempt is one without a 2xx: a transport error or any other status.
+        let row: HealthRow = diesel::sql_query(
+            "WITH recent AS (
+                 SELECT a.status_code, a.duration_ms
+                   FROM webhook_delivery_attempts a
+                   JOIN webhook_deliveries d ON d.id = a.delivery_id
+                  WHERE d.webhook_id = $1 AND a.created_at >= $2),
+             last_failed AS (
+                 SELECT coalesce(nullif(a.error, ''), 'receiver answered ' || a.status_code) AS error, a.created_at
+                   FROM webhook_delivery_attempts a
+                   JOIN webhook_deliveries d ON d.id = a.delivery_id
+                  WHERE d.webhook_id = $1
+                    AND (a.status_code IS NULL OR a.status_code NOT BETWEEN 200 AND 299)
+                  ORDER BY a.created_at DESC, a.id DESC
+                  LIMIT 1)
+             SELECT (SELECT count(*) FROM recent) AS attempts,
+                    (SELECT count(*) FROM recent WHERE status_code BETWEEN 200 AND 299) AS successes,
+                    (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms) FROM recent) AS p50,
+                    (SELECT error FROM last_failed) AS last_error,
+                    (SELECT created_at FROM last_failed) AS last_error_at,
+                    (SELECT count(*) FROM webhook_deliveries
+                      WHERE webhook_id = $1 AND status = 'pending') AS queue_depth",
+        )
+        .bind::<SqlUuid, _>(webhook_id)
+        .bind::<Timestamptz, _>(since)
+        .get_result(&mut conn)
+        .await
+        .map_err(map_query_error)?;
+        Ok(HealthFigures {
+            attempts: row.attempts,
+            successes: row.successes,
+            p50_latency_ms: row.p50,
+            last_error: row.last_error.zip(row.last_error_at),
+            queue_depth: row.queue_depth,
+        })
+    }
+
+    async fn attempts(
+        &self,
+        webhook_id: Uuid,
+        delivery_id: Uuid,
+    ) -> Result<Option<Vec<DeliveryAttempt>>, StoreError> {
+        let mut conn = read_conn(&self.pool).await?;
+        let exists: i64 = webhook_deliveries::table
+            .find(delivery_id)
+            .filter(webhook_deliveries::webhook_id.eq(webhook_id))
+            .count()
+            .get_result(&mut conn)
+            .await
+            .map_err(map_query_error)?;
+        if exists == 0 {
+            return Ok(None);
+        }
+        let rows: Vec<AttemptRow> = webhook_delivery_attempts::table
+            .filter(webhook_delivery_attempts::delivery_id.eq(delivery_id))
+            .order((
+                webhook_delivery_attempts::created_at.asc(),
+                webhook_delivery_attempts::id.asc(),
+            ))
+            .select(AttemptRow::as_select())
+            .load(&mut conn)
+            .await
+            .map_err(map_query_error)?;
+        Ok(Some(rows.into_iter().map(DeliveryAttempt::from).collect()))
+    }
+
     async fn list_for_webhook(
         &self,
         webhook_id: Uuid,

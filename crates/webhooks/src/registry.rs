@@ -81,6 +81,72 @@ pub struct FailedDelivery {
     pub event: EventRef,
 }
 
+/// One recorded attempt of a delivery.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeliveryAttempt {
+    /// Id.
+    pub id: Uuid,
+    /// The delivery.
+    pub delivery_id: Uuid,
+    /// 1 for the first attempt, counting up.
+    pub attempt: i32,
+    /// The receiver's HTTP status, when one came back.
+    pub status_code: Option<i32>,
+    /// How long the attempt took.
+    pub duration_ms: i32,
+    /// What went wrong, when it did.
+    pub error: Option<String>,
+    /// A capped excerpt of the receiver's answer.
+    pub response_body: Option<String>,
+    /// When it was made.
+    #[serde(with = "rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// Figures over a webhook's recent attempts and its queue.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WebhookHealth {
+    /// The webhook.
+    pub webhook_id: Uuid,
+    /// The window the attempt figures cover, in seconds, ending now.
+    pub window_seconds: i64,
+    /// Attempts in the window.
+    pub attempts: i64,
+    /// Attempts in the window that got a 2xx.
+    pub successes: i64,
+    /// `successes / attempts`, 0-1; null without attempts.
+    pub success_rate: Option<f64>,
+    /// Median attempt duration in the window; null without attempts.
+    pub p50_latency_ms: Option<f64>,
+    /// The error of the latest failed attempt (ever), if any.
+    pub last_error: Option<String>,
+    /// When that failed attempt was made.
+    #[serde(with = "stratum_core::timefmt::rfc3339_opt")]
+    pub last_error_at: Option<OffsetDateTime>,
+    /// Deliveries waiting for an attempt.
+    pub queue_depth: i64,
+}
+
+/// What the store counts for [`WebhookHealth`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HealthFigures {
+    /// Attempts since the window start.
+    pub attempts: i64,
+    /// Of those, 2xx answers.
+    pub successes: i64,
+    /// Median duration of those attempts.
+    pub p50_latency_ms: Option<f64>,
+    /// Latest failed attempt's error and time.
+    pub last_error: Option<(String, OffsetDateTime)>,
+    /// Pending deliveries.
+    pub queue_depth: i64,
+}
+
+/// The window of [`WebhookHealth`]: the last hour.
+pub const HEALTH_WINDOW_SECONDS: i64 = 3600;
+
 /// The webhooks table.
 #[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
 #[async_trait]
@@ -161,6 +227,22 @@ pub trait DeliveryStore: Send + Sync {
         &self,
         id: Uuid,
     ) -> std::result::Result<Option<(Delivery, Option<TenantPath>)>, StoreError>;
+
+    /// Attempt figures of one webhook's deliveries since `since`, its latest failed
+    /// attempt and its pending count; zeros when it has none (or is unknown).
+    async fn health(
+        &self,
+        webhook_id: Uuid,
+        since: OffsetDateTime,
+    ) -> std::result::Result<HealthFigures, StoreError>;
+
+    /// The attempts of one delivery of `webhook_id`, oldest first; `None` when that
+    /// webhook has no such delivery.
+    async fn attempts(
+        &self,
+        webhook_id: Uuid,
+        delivery_id: Uuid,
+    ) -> std::result::Result<Option<Vec<DeliveryAttempt>>, StoreError>;
 
     /// Puts one failed delivery back to pending, attempts cleared, due now.
     /// `DeliveryNotFailed` when it is not failed; `DeliveryNotFound` when gone.
@@ -667,6 +749,47 @@ impl WebhookService {
             })?;
         let next = stratum_core::next_page(&mut rows, limit, |d| d.id);
         Ok((rows, next))
+    }
+
+    /// Success rate, median latency and queue depth of a webhook the caller can see.
+    pub async fn health(&self, caller: &Caller, webhook_id: Uuid) -> Result<WebhookHealth> {
+        self.get(caller, webhook_id).await?;
+        let since = self.clock.now() - time::Duration::seconds(HEALTH_WINDOW_SECONDS);
+        let f = self.deliveries.health(webhook_id, since).await?;
+        #[allow(
+            clippy::cast_precision_loss,
+            reason = "attempt counts stay far below 2^52"
+        )]
+        let success_rate = (f.attempts > 0).then(|| f.successes as f64 / f.attempts as f64);
+        let (last_error, last_error_at) = match f.last_error {
+            Some((e, at)) => (Some(e), Some(at)),
+            None => (None, None),
+        };
+        Ok(WebhookHealth {
+            webhook_id,
+            window_seconds: HEALTH_WINDOW_SECONDS,
+            attempts: f.attempts,
+            successes: f.successes,
+            success_rate,
+            p50_latency_ms: f.p50_latency_ms,
+            last_error,
+            last_error_at,
+            queue_depth: f.queue_depth,
+        })
+    }
+
+    /// Every attempt of one delivery of a webhook the caller can see, oldest first.
+    pub async fn attempts(
+        &self,
+        caller: &Caller,
+        webhook_id: Uuid,
+        delivery_id: Uuid,
+    ) -> Result<Vec<DeliveryAttempt>> {
+        self.get(caller, webhook_id).await?;
+        self.deliveries
+            .attempts(webhook_id, delivery_id)
+            .await?
+            .ok_or(WebhookError::DeliveryNotFound)
     }
 
     /// Delivery counts the caller can see.

@@ -1938,3 +1938,94 @@ async fn create_and_secret_change_without_the_active_key_are_key_unavailable() {
         "{e:?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// health and attempts
+
+#[tokio::test]
+async fn health_asks_for_the_last_hour_and_derives_the_rate() {
+    let w = webhook_of(None);
+    let mut ports = Ports::new(&[]).with_webhook(&w, None);
+    ports
+        .deliveries
+        .expect_health()
+        .with(eq(w.id), eq(NOW - time::Duration::hours(1)))
+        .times(1)
+        .returning(|_, _| {
+            Ok(HealthFigures {
+                attempts: 8,
+                successes: 6,
+                p50_latency_ms: Some(42.5),
+                last_error: Some(("receiver answered 503".to_owned(), EARLIER)),
+                queue_depth: 3,
+            })
+        });
+    let h = ports.service().health(&admin(), w.id).await.unwrap();
+    assert_eq!(
+        h,
+        WebhookHealth {
+            webhook_id: w.id,
+            window_seconds: 3600,
+            attempts: 8,
+            successes: 6,
+            success_rate: Some(0.75),
+            p50_latency_ms: Some(42.5),
+            last_error: Some("receiver answered 503".to_owned()),
+            last_error_at: Some(EARLIER),
+            queue_depth: 3,
+        }
+    );
+    let json = serde_json::to_value(&h).unwrap();
+    assert_eq!(json["last_error_at"], "2026-01-01T08:00:00.000Z");
+}
+
+#[tokio::test]
+async fn health_without_attempts_has_no_rate_rather_than_zero() {
+    let w = webhook_of(None);
+    let mut ports = Ports::new(&[]).with_webhook(&w, None);
+    ports
+        .deliveries
+        .expect_health()
+        .returning(|_, _| Ok(HealthFigures::default()));
+    let h = ports.service().health(&admin(), w.id).await.unwrap();
+    assert_eq!(
+        (h.attempts, h.success_rate, h.p50_latency_ms),
+        (0, None, None)
+    );
+    assert_eq!((h.last_error, h.last_error_at), (None, None));
+}
+
+#[tokio::test]
+async fn health_and_attempts_of_an_invisible_webhook_are_not_found_without_reading_them() {
+    let (mine, other) = (root(), root());
+    let (w, path) = owned_by(&other);
+    let mut ports = Ports::new(&[&mine, &other]).with_webhook(&w, path);
+    ports.deliveries.expect_health().never();
+    ports.deliveries.expect_attempts().never();
+    let service = ports.service();
+    let caller = scoped_caller(&mine);
+    assert!(matches!(
+        service.health(&caller, w.id).await,
+        Err(WebhookError::NotFound)
+    ));
+    assert!(matches!(
+        service.attempts(&caller, w.id, Uuid::now_v7()).await,
+        Err(WebhookError::NotFound)
+    ));
+}
+
+#[tokio::test]
+async fn attempts_of_a_delivery_the_webhook_does_not_have_are_delivery_not_found() {
+    let w = webhook_of(None);
+    let d = Uuid::now_v7();
+    let mut ports = Ports::new(&[]).with_webhook(&w, None);
+    ports
+        .deliveries
+        .expect_attempts()
+        .with(eq(w.id), eq(d))
+        .returning(|_, _| Ok(None));
+    assert!(matches!(
+        ports.service().attempts(&admin(), w.id, d).await,
+        Err(WebhookError::DeliveryNotFound)
+    ));
+}

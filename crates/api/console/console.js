@@ -1,0 +1,455 @@
+// Stratum console. Plain DOM, no framework, no build step. Every text that comes from the
+// API is inserted with textContent (never as markup); the key lives in sessionStorage only.
+"use strict";
+
+(function () {
+  const KEY = "stratum.apiKey";
+  const $ = (id) => document.getElementById(id);
+  const pages = ["webhooks", "deliveries", "dlq", "replay", "audit", "consent"];
+
+  // ---- small helpers -------------------------------------------------------------------
+
+  /** An element with attributes and children; strings become text nodes. */
+  function el(tag, attrs, ...children) {
+    const e = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === undefined || v === null || v === false) continue;
+      if (k === "class") e.className = v;
+      else if (k === "dataset") Object.assign(e.dataset, v);
+      else if (k === "onclick") e.addEventListener("click", v);
+      else e.setAttribute(k, v === true ? "" : String(v));
+    }
+    for (const c of children) {
+      if (c === undefined || c === null) continue;
+      e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    }
+    return e;
+  }
+  const td = (text, cls) => el("td", { class: cls }, text === null || text === undefined ? "—" : text);
+  const when = (t) => (t ? new Date(t).toLocaleString() : "—");
+  const pct = (x) => (x === null || x === undefined ? "—" : (x * 100).toFixed(1) + " %");
+  const ms = (x) => (x === null || x === undefined ? "—" : Math.round(x) + " ms");
+  /** A datetime-local value as RFC 3339 UTC, or undefined when empty. */
+  const isoOf = (v) => (v ? new Date(v).toISOString() : undefined);
+
+  function status(text, isError) {
+    const s = $("status");
+    s.textContent = text || "";
+    s.classList.toggle("error", !!isError);
+  }
+
+  function key() { return sessionStorage.getItem(KEY); }
+
+  class ApiError extends Error {
+    constructor(httpStatus, body) {
+      const err = (body && body.error) || {};
+      super(err.message || "the server answered " + httpStatus);
+      this.httpStatus = httpStatus;
+      this.code = err.code || "";
+    }
+  }
+
+  /** Calls the REST API with the key; resolves to {body, headers}, rejects with ApiError. */
+  async function api(method, path, body) {
+    const headers = { "X-API-Key": key() || "" };
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    let res;
+    try {
+      res = await fetch("/api/v1" + path, {
+        method, headers, body: body === undefined ? undefined : JSON.stringify(body),
+        cache: "no-store", credentials: "omit",
+      });
+    } catch (e) {
+      throw new ApiError(0, { error: { message: "the server cannot be reached" } });
+    }
+    const text = await res.text();
+    let json = null;
+    try { json = text ? JSON.parse(text) : null; } catch (e) { json = null; }
+    if (res.status === 401) {
+      logout("The key was refused (401). Sign in again.");
+      throw new ApiError(401, json);
+    }
+    if (!res.ok) throw new ApiError(res.status, json);
+    return { body: json, headers: res.headers };
+  }
+
+  // Only the latest load of a list may render it: an older answer that arrives late is dropped.
+  const latest = {};
+  function ticket(name) {
+    latest[name] = (latest[name] || 0) + 1;
+    const mine = latest[name];
+    return () => latest[name] === mine;
+  }
+
+  function fail(e) { status(e.message || String(e), true); }
+
+  function query(params) {
+    const q = new URLSearchParams();
+    for (const [k, v] of Object.entries(params)) if (v !== undefined && v !== null && v !== "") q.set(k, v);
+    const s = q.toString();
+    return s ? "?" + s : "";
+  }
+
+  // ---- sign in / out and routing ---------------------------------------------------------
+
+  function showSignedIn(signedIn) {
+    $("login").hidden = signedIn;
+    $("nav").hidden = !signedIn;
+    if (!signedIn) for (const p of pages) $("page-" + p).hidden = true;
+  }
+
+  function logout(message) {
+    sessionStorage.removeItem(KEY);
+    showSignedIn(false);
+    // Nothing the previous key could see stays on the page.
+    for (const tbody of document.querySelectorAll("table tbody")) tbody.replaceChildren();
+    for (const id of ["replay-status", "audit-before", "audit-after", "dlq-stats", "deliveries-webhook", "tenant-options", "replay-webhook"]) $(id).replaceChildren();
+    $("audit-detail").hidden = true;
+    $("webhooks-empty").hidden = true;
+    $("dlq-empty").hidden = true;
+    clearTimeout(replayTimer);
+    $("login-error").textContent = message || "";
+    status("");
+    $("api-key").value = "";
+    $("api-key").focus();
+  }
+
+  async function login(ev) {
+    ev.preventDefault();
+    const k = $("api-key").value.trim();
+    if (!k) return;
+    sessionStorage.setItem(KEY, k);
+    $("login-error").textContent = "";
+    try {
+      await api("GET", "/webhooks/deliveries/stats");
+    } catch (e) {
+      if (e.httpStatus !== 401) logout("Cannot sign in: " + e.message);
+      return;
+    }
+    $("api-key").value = "";
+    showSignedIn(true);
+    loadTenantOptions();
+    if (!location.hash || location.hash === "#") location.hash = "#webhooks";
+    else route();
+  }
+
+  function route() {
+    if (!key()) { showSignedIn(false); return; }
+    showSignedIn(true);
+    const [name, arg] = location.hash.replace(/^#/, "").split("/");
+    const page = pages.includes(name) ? name : "webhooks";
+    for (const p of pages) $("page-" + p).hidden = p !== page;
+    for (const a of document.querySelectorAll("nav a")) {
+      if (a.dataset.page === page || (page === "deliveries" && a.dataset.page === "webhooks")) a.setAttribute("aria-current", "page");
+      else a.removeAttribute("aria-current");
+    }
+    status("");
+    const loaders = { webhooks: loadWebhooks, deliveries: () => loadDeliveries(arg, false), dlq: loadDlq, replay: loadReplay, audit: () => loadAudit(null), consent: () => {} };
+    Promise.resolve(loaders[page]()).catch(fail);
+  }
+
+  async function loadTenantOptions() {
+    const list = $("tenant-options");
+    list.replaceChildren();
+    try {
+      const { body } = await api("GET", "/tenants?limit=100");
+      for (const t of (body && body.data) || []) list.append(el("option", { value: t.id }, t.name + " (" + t.slug + ")"));
+    } catch (e) { /* optional: the lists still work with typed ids */ }
+  }
+
+  // ---- webhooks --------------------------------------------------------------------------
+
+  let webhookCache = [];
+
+  async function loadWebhooks() {
+    const tbody = $("webhooks-table").tBodies[0];
+    const current = ticket("webhooks");
+    const { body } = await api("GET", "/webhooks");
+    if (!current()) return;
+    webhookCache = body || [];
+    tbody.replaceChildren();
+    $("webhooks-empty").hidden = webhookCache.length > 0;
+    for (const w of webhookCache) {
+      const healthCells = [td("…"), td("…"), td("…"), td("…")];
+      const toggle = el("button", {
+        type: "button", dataset: { test: "toggle-active" },
+        onclick: () => setActive(w, !w.active),
+      }, w.active ? "Disable" : "Enable");
+      const row = el("tr", { dataset: { test: "webhook-row", id: w.id } },
+        td(w.url, "mono"), td(w.tenant_id || "global", "mono"), td(w.events.join(", ")),
+        td(w.active ? "yes" : "no"), ...healthCells,
+        el("td", {}, toggle, " ", el("a", { href: "#deliveries/" + w.id, dataset: { test: "deliveries-link" } }, "Deliveries")));
+      tbody.append(row);
+      api("GET", "/webhooks/" + w.id + "/health").then(({ body: h }) => {
+        healthCells[0].textContent = pct(h.success_rate) + " (" + h.successes + "/" + h.attempts + ")";
+        healthCells[1].textContent = ms(h.p50_latency_ms);
+        healthCells[2].textContent = h.last_error ? h.last_error + " (" + when(h.last_error_at) + ")" : "—";
+        healthCells[3].textContent = String(h.queue_depth);
+        row.dataset.healthLoaded = "true";
+      }).catch((e) => { healthCells[0].textContent = "unavailable: " + e.message; });
+    }
+  }
+
+  async function setActive(w, active) {
+    try {
+      await api("PATCH", "/webhooks/" + w.id, { active });
+      status((active ? "Enabled " : "Disabled ") + w.url);
+      await loadWebhooks();
+    } catch (e) { fail(e); }
+  }
+
+  // ---- deliveries of one webhook ---------------------------------------------------------
+
+  let deliveriesCursor = null;
+
+  async function loadDeliveries(webhookId, more) {
+    if (!webhookId) { location.hash = "#webhooks"; return; }
+    const tbody = $("deliveries-table").tBodies[0];
+    const current = ticket("deliveries");
+    $("deliveries-table").setAttribute("aria-busy", "true");
+    if (!more) {
+      deliveriesCursor = null;
+      $("deliveries-webhook").textContent = webhookId;
+      api("GET", "/webhooks/" + webhookId).then(({ body: w }) => { $("deliveries-webhook").textContent = w.url; }).catch(() => {});
+    }
+    let body, headers;
+    try {
+      ({ body, headers } = await api("GET", "/webhooks/" + webhookId + "/deliveries" +
+        query({ status: $("delivery-status").value, limit: 50, cursor: more ? deliveriesCursor : null })));
+    } finally {
+      if (current()) $("deliveries-table").removeAttribute("aria-busy");
+    }
+    if (!current()) return;
+    if (!more) tbody.replaceChildren();
+    deliveriesCursor = headers.get("X-Next-Cursor");
+    $("deliveries-more").hidden = !deliveriesCursor;
+    for (const d of body || []) {
+      const attemptsRow = el("tr", { class: "attempts", hidden: true, dataset: { test: "attempts-row", id: d.id } });
+      const show = el("button", { type: "button", dataset: { test: "show-attempts" },
+        onclick: () => toggleAttempts(webhookId, d.id, attemptsRow) }, "Attempts");
+      tbody.append(el("tr", { dataset: { test: "delivery-row", id: d.id, status: d.status } },
+        td(d.id, "mono"), td(d.event_type), td(d.status, "status-" + d.status), td(d.attempts),
+        td(d.response_code), td(d.last_error), td(when(d.created_at)), el("td", {}, show)), attemptsRow);
+    }
+    if (!more && (!body || body.length === 0)) tbody.append(el("tr", {}, el("td", { colspan: 8 }, "No deliveries.")));
+  }
+
+  async function toggleAttempts(webhookId, deliveryId, row) {
+    if (!row.hidden) { row.hidden = true; return; }
+    try {
+      const { body } = await api("GET", "/webhooks/" + webhookId + "/deliveries/" + deliveryId + "/attempts");
+      const table = el("table", { dataset: { test: "attempts-table" } },
+        el("thead", {}, el("tr", {}, ...["#", "At", "Status code", "Duration", "Error", "Response excerpt"].map((h) => el("th", { scope: "col" }, h)))),
+        el("tbody", {}, ...(body || []).map((a) => el("tr", { dataset: { test: "attempt", status: a.status_code === null ? "" : a.status_code } },
+          td(a.attempt), td(when(a.created_at)), td(a.status_code), td(ms(a.duration_ms)), td(a.error), td(a.response_body, "mono")))));
+      row.replaceChildren(el("td", { colspan: 8 }, body && body.length ? table : "No attempts yet."));
+      row.hidden = false;
+    } catch (e) { fail(e); }
+  }
+
+  // ---- dead-letter queue -----------------------------------------------------------------
+
+  async function loadDlq() {
+    const tbody = $("dlq-table").tBodies[0];
+    const current = ticket("dlq");
+    const [{ body: rows }, { body: stats }] = await Promise.all([
+      api("GET", "/webhooks/deliveries/failed?limit=500"),
+      api("GET", "/webhooks/deliveries/stats"),
+    ]);
+    if (!current()) return;
+    $("dlq-stats").textContent = "Deliveries: " + stats.total + " total, " + stats.pending + " pending, " +
+      stats.success + " delivered, " + stats.failed + " failed.";
+    tbody.replaceChildren();
+    $("dlq-empty").hidden = (rows || []).length > 0;
+    for (const d of rows || []) {
+      const retry = el("button", { type: "button", dataset: { test: "retry" }, onclick: () => retryOne(d.id) }, "Retry");
+      tbody.append(el("tr", { dataset: { test: "dlq-row", id: d.id } },
+        td(d.id, "mono"), el("td", { class: "mono" }, el("a", { href: "#deliveries/" + d.webhook.id }, d.webhook.url)),
+        td(d.event.type), td(d.attempts), td(d.response_code), td(d.last_error), td(when(d.completed_at)), el("td", {}, retry)));
+    }
+  }
+
+  async function retryOne(id) {
+    try {
+      await api("POST", "/webhooks/deliveries/" + id + "/retry");
+      status("Delivery " + id + " is queued again.");
+      await loadDlq();
+    } catch (e) { fail(e); }
+  }
+
+  async function retryAll() {
+    if (!window.confirm("Queue every failed delivery you can see again?")) return;
+    try {
+      const { body } = await api("POST", "/webhooks/deliveries/retry-all");
+      status(body.retried + " deliveries are queued again.");
+      await loadDlq();
+    } catch (e) { fail(e); }
+  }
+
+  // ---- replay ----------------------------------------------------------------------------
+
+  let replayTimer = null;
+
+  async function loadReplay() {
+    const sel = $("replay-webhook");
+    const { body } = await api("GET", "/webhooks");
+    const chosen = sel.value;
+    sel.replaceChildren(...(body || []).map((w) => el("option", { value: w.id }, w.url + (w.tenant_id ? " (tenant " + w.tenant_id + ")" : " (global)"))));
+    if (chosen) sel.value = chosen;
+    if (!$("replay-since").value) {
+      const d = new Date(Date.now() - 3600 * 1000);
+      d.setMinutes(d.getMinutes() - d.getTimezoneOffset());
+      $("replay-since").value = d.toISOString().slice(0, 19);
+    }
+  }
+
+  function replayUnavailable(e) {
+    return e.httpStatus === 405 || (e.httpStatus === 404 && e.code === "NOT_FOUND");
+  }
+
+  function showReplay(r) {
+    const box = $("replay-status");
+    box.replaceChildren(
+      el("p", { dataset: { test: "replay-progress" } }, "Replay " + r.id + ": " + r.status + ", " + r.enqueued + " of " + r.total + " enqueued."),
+      el("progress", { max: Math.max(r.total, 1), value: r.enqueued, "aria-label": "Replay progress" }),
+      el("p", { class: "hint" }, "Window " + when(r.since) + " – " + when(r.until) + (r.events && r.events.length ? "; events " + r.events.join(", ") : "")));
+  }
+
+  async function startReplay(ev) {
+    ev.preventDefault();
+    clearTimeout(replayTimer);
+    const webhookId = $("replay-webhook").value;
+    const events = $("replay-events").value.split(",").map((s) => s.trim()).filter(Boolean);
+    const body = { since: isoOf($("replay-since").value) };
+    if ($("replay-until").value) body.until = isoOf($("replay-until").value);
+    if (events.length) body.events = events;
+    const box = $("replay-status");
+    try {
+      const { body: r } = await api("POST", "/webhooks/" + webhookId + "/replay", body);
+      showReplay(r);
+      pollReplay(webhookId, r.id);
+    } catch (e) {
+      if (replayUnavailable(e)) {
+        box.replaceChildren(el("p", { class: "error", dataset: { test: "replay-unavailable" } },
+          "Replay is not available on this server (it answered " + e.httpStatus + "). Upgrade Stratum to a version with replay."));
+      } else {
+        box.replaceChildren(el("p", { class: "error" }, "Replay failed: " + e.message));
+      }
+    }
+  }
+
+  function pollReplay(webhookId, replayId) {
+    replayTimer = setTimeout(async () => {
+      try {
+        const { body: r } = await api("GET", "/webhooks/" + webhookId + "/replays/" + replayId);
+        showReplay(r);
+        if (r.status !== "completed" && !$("page-replay").hidden) pollReplay(webhookId, replayId);
+      } catch (e) {
+        if (replayUnavailable(e)) $("replay-status").append(el("p", { class: "error" }, "Replay progress is not available on this server (it answered " + e.httpStatus + ")."));
+        else fail(e);
+      }
+    }, 1000);
+  }
+
+  // ---- audit log -------------------------------------------------------------------------
+
+  let auditCursor = null;
+
+  function auditFilters() {
+    return {
+      tenant_id: $("audit-tenant").value.trim(), action: $("audit-action").value.trim(),
+      resource_type: $("audit-resource").value.trim(), actor_id: $("audit-actor").value.trim(),
+      from: isoOf($("audit-from").value), to: isoOf($("audit-to").value), limit: $("audit-limit").value,
+    };
+  }
+
+  async function loadAudit(cursor) {
+    const current = ticket("audit");
+    const { body, headers } = await api("GET", "/audit-logs" + query({ ...auditFilters(), cursor }));
+    if (!current()) return;
+    auditCursor = headers.get("X-Next-Cursor");
+    $("audit-next").hidden = !auditCursor;
+    $("audit-first").hidden = !cursor;
+    $("audit-detail").hidden = true;
+    const tbody = $("audit-table").tBodies[0];
+    tbody.replaceChildren();
+    for (const a of body || []) {
+      const show = el("button", { type: "button", dataset: { test: "audit-show" }, onclick: () => showAudit(a) }, "Before / after");
+      tbody.append(el("tr", { dataset: { test: "audit-row", id: a.id } },
+        td(when(a.created_at)), td(a.action), td(a.resource_type + (a.resource_id ? " " + a.resource_id : ""), "mono"),
+        td(a.tenant_id, "mono"), td(a.actor_type + (a.actor_id ? " " + a.actor_id : ""), "mono"), el("td", {}, show)));
+    }
+    if (!body || body.length === 0) tbody.append(el("tr", {}, el("td", { colspan: 6 }, "No matching entries.")));
+  }
+
+  function showAudit(a) {
+    $("audit-detail-title").textContent = a.action + " — " + when(a.created_at);
+    $("audit-before").textContent = a.before_state === null ? "(none)" : JSON.stringify(a.before_state, null, 2);
+    $("audit-after").textContent = a.after_state === null ? "(none)" : JSON.stringify(a.after_state, null, 2);
+    $("audit-detail").hidden = false;
+  }
+
+  // ---- consent ---------------------------------------------------------------------------
+
+  async function loadConsent() {
+    const tenant = $("consent-tenant").value.trim();
+    const subject = $("consent-subject").value.trim();
+    const current = ticket("consent");
+    const { body } = await api("GET", "/tenants/" + encodeURIComponent(tenant) + "/consent" + query({ subject_id: subject }));
+    if (!current()) return;
+    const tbody = $("consent-table").tBodies[0];
+    tbody.replaceChildren();
+    for (const c of body || []) {
+      const active = c.granted && !c.revoked_at;
+      const revoke = active ? el("button", { type: "button", dataset: { test: "revoke" }, onclick: () => revokeConsent(tenant, subject, c.purpose) }, "Revoke") : "";
+      tbody.append(el("tr", { dataset: { test: "consent-row", purpose: c.purpose, granted: String(active) } },
+        td(c.purpose, "mono"), td(active ? "yes" : "no"), td(when(c.granted_at)), td(when(c.revoked_at)), td(when(c.expires_at)), el("td", {}, revoke)));
+    }
+    if (!body || body.length === 0) tbody.append(el("tr", {}, el("td", { colspan: 6 }, "No consent records for this subject.")));
+  }
+
+  async function grantConsent(ev) {
+    ev.preventDefault();
+    const tenant = $("consent-tenant").value.trim();
+    const subject = $("consent-subject").value.trim();
+    if (!tenant || !subject) { status("Enter a tenant and a data subject first.", true); return; }
+    const body = { subject_id: subject, purpose: $("grant-purpose").value.trim() };
+    if ($("grant-expires").value) body.expires_at = isoOf($("grant-expires").value);
+    try {
+      await api("POST", "/tenants/" + encodeURIComponent(tenant) + "/consent", body);
+      status("Granted " + body.purpose + " for " + subject + ".");
+      await loadConsent();
+    } catch (e) { fail(e); }
+  }
+
+  async function revokeConsent(tenant, subject, purpose) {
+    try {
+      await api("DELETE", "/tenants/" + encodeURIComponent(tenant) + "/consent/" + encodeURIComponent(purpose) + query({ subject_id: subject }));
+      status("Revoked " + purpose + " for " + subject + ".");
+      await loadConsent();
+    } catch (e) { fail(e); }
+  }
+
+  // ---- wiring ----------------------------------------------------------------------------
+
+  function onSubmit(id, f) { $(id).addEventListener("submit", (ev) => { ev.preventDefault(); Promise.resolve(f(ev)).catch(fail); }); }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    $("login-form").addEventListener("submit", login);
+    $("logout").addEventListener("click", () => logout("Signed out."));
+    $("webhooks-refresh").addEventListener("click", () => loadWebhooks().catch(fail));
+    onSubmit("deliveries-filter", () => loadDeliveries(location.hash.split("/")[1], false));
+    $("deliveries-more").addEventListener("click", () => loadDeliveries(location.hash.split("/")[1], true).catch(fail));
+    $("dlq-refresh").addEventListener("click", () => loadDlq().catch(fail));
+    $("retry-all").addEventListener("click", retryAll);
+    $("replay-form").addEventListener("submit", startReplay);
+    onSubmit("audit-filter", () => loadAudit(null));
+    $("audit-next").addEventListener("click", () => loadAudit(auditCursor).catch(fail));
+    $("audit-first").addEventListener("click", () => loadAudit(null).catch(fail));
+    onSubmit("consent-lookup", loadConsent);
+    onSubmit("consent-grant", grantConsent);
+    window.addEventListener("hashchange", route);
+    if (key()) loadTenantOptions();
+    route();
+  });
+})();

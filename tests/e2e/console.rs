@@ -1,0 +1,602 @@
+//! The console in a real browser: headless Chromium driven over WebDriver (chromedriver)
+//! against the real binary. Signs in with the admin key, sees a webhook and its failed
+//! delivery, retries it and sees it succeed; then a tenant-scoped key sees only its
+//! tenant's webhooks. Saves a screenshot of every page under
+//! `target/console-screenshots/`.
+//!
+//! Needs `/usr/bin/chromium` and `/usr/bin/chromedriver` (Debian's `chromium` and
+//! `chromium-driver`; `make test` installs them when missing). Only loopback is used.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests fail loudly by design"
+)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{json, Value};
+use stratum_e2e::{
+    default_env, eventually, free_port, Behaviour, Receiver, Stratum, TestDb, ADMIN,
+};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+/// How long any one thing may take to show up on the page.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// chromedriver and the browser profile it uses; both go away on drop.
+struct Driver {
+    child: Child,
+    profile: PathBuf,
+    url: String,
+}
+
+impl Driver {
+    async fn start() -> Self {
+        for bin in [CHROMIUM, CHROMEDRIVER] {
+            assert!(
+                std::path::Path::new(bin).exists(),
+                "{bin} is missing: install Debian's chromium and chromium-driver (make test does)"
+            );
+        }
+        let port = free_port();
+        let child = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
+        let profile =
+            std::env::temp_dir().join(format!("stratum-console-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&profile).unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        let http = stratum_e2e::client();
+        let up = eventually(WAIT, || {
+            let http = http.clone();
+            let status = format!("{url}/status");
+            async move {
+                match http.get(status).send().await {
+                    Ok(r) => r
+                        .json::<Value>()
+                        .await
+                        .map(|v| v["value"]["ready"] == json!(true))
+                        .unwrap_or(false),
+                    Err(_) => false,
+                }
+            }
+        })
+        .await;
+        assert!(up, "chromedriver did not come up on port {port}");
+        Self {
+            child,
+            profile,
+            url,
+        }
+    }
+
+    async fn browser(&self) -> Client {
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".to_owned(),
+            json!({
+                "binary": CHROMIUM,
+                "args": [
+                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--disable-background-networking", "--disable-component-update",
+                    "--disable-sync", "--no-first-run", "--window-size=1400,1000",
+                    format!("--user-data-dir={}", self.profile.display()),
+                ],
+            }),
+        );
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        ClientBuilder::new(connector)
+            .capabilities(caps)
+            .connect(&self.url)
+            .await
+            .expect("open a browser session")
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+fn screenshot_dir() -> PathBuf {
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("console-screenshots")
+}
+
+async fn screenshot(c: &Client, page: &str) {
+    let dir = screenshot_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let png = c.screenshot().await.unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "{page}: not a PNG");
+    std::fs::write(dir.join(format!("{page}.png")), png).unwrap();
+}
+
+/// Waits until the element is on the page, and returns it.
+async fn find(c: &Client, css: &str) -> fantoccini::elements::Element {
+    c.wait()
+        .at_most(WAIT)
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no {css} within {WAIT:?}: {e}"))
+}
+
+/// Polls a JavaScript expression until it is true.
+async fn until(c: &Client, what: &str, script: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let v = c
+            .execute(&format!("return !!({script});"), vec![])
+            .await
+            .unwrap();
+        if v == json!(true) {
+            return;
+        }
+        if Instant::now() > deadline {
+            let status = c
+                .execute(
+                    "return document.getElementById('status').textContent;",
+                    vec![],
+                )
+                .await
+                .unwrap_or(Value::Null);
+            panic!("{what}: not true within {WAIT:?} (status line: {status})");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn text(c: &Client, css: &str) -> String {
+    find(c, css).await.text().await.unwrap()
+}
+
+async fn sign_in(c: &Client, key: &str) {
+    let input = find(c, "#api-key").await;
+    input.send_keys(key).await.unwrap();
+    find(c, "#login-submit").await.click().await.unwrap();
+    until(c, "signed in", "!document.getElementById('nav').hidden").await;
+}
+
+async fn go(c: &Client, hash: &str) {
+    c.execute(&format!("location.hash = '{hash}';"), vec![])
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_console_shows_retries_and_scopes_in_a_real_browser() {
+    // The server, a receiver that fails on `a`, two tenants with a webhook each.
+    let db = TestDb::new().await;
+    let receiver = Receiver::start();
+    receiver.set("a", Behaviour::Status(500));
+    let s = Stratum::start(&["serve"], &default_env(&db)).await.unwrap();
+    let mut tenants = Vec::new();
+    for slug in ["acme", "bravo"] {
+        let (st, t) = s
+            .api(
+                "POST",
+                "/tenants",
+                Some(json!({"name": slug, "slug": slug})),
+            )
+            .await
+            .unwrap();
+        assert_eq!(st, 201, "{t}");
+        tenants.push(t["id"].as_str().unwrap().to_owned());
+    }
+    let (ta, tb) = (tenants[0].clone(), tenants[1].clone());
+    let mut hooks = Vec::new();
+    for (t, path) in [(&ta, "a"), (&tb, "b")] {
+        let (st, w) = s
+            .api(
+                "POST",
+                "/webhooks",
+                Some(
+                    json!({"url": format!("{}/{path}", receiver.base), "tenant_id": t,
+                            "events": ["tenant.updated"], "description": format!("hook {path}")}),
+                ),
+            )
+            .await
+            .unwrap();
+        assert_eq!(st, 201, "{w}");
+        hooks.push(w["id"].as_str().unwrap().to_owned());
+    }
+    let (wa, wb) = (hooks[0].clone(), hooks[1].clone());
+    // One event for tenant A; its delivery uses its 3 fast attempts and is dead-lettered.
+    let (st, _) = s
+        .api(
+            "PATCH",
+            &format!("/tenants/{ta}"),
+            Some(json!({"name": "Acme Inc"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(st, 200);
+    let dead = eventually(WAIT, || async {
+        s.api("GET", "/webhooks/deliveries/failed", None)
+            .await
+            .map(|(_, v)| v.as_array().is_some_and(|a| a.len() == 1))
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(dead, "the delivery was not dead-lettered");
+    let (_, failed) = s
+        .api("GET", "/webhooks/deliveries/failed", None)
+        .await
+        .unwrap();
+    let delivery = failed[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(failed[0]["webhook_id"], json!(wa));
+    // A read+write key of tenant B.
+    let (st, key) = s
+        .api(
+            "POST",
+            "/api-keys",
+            Some(json!({"tenant_id": tb, "scopes": ["read", "write"], "name": "bravo console"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(st, 201, "{key}");
+    let scoped = key["plaintext_key"].as_str().unwrap().to_owned();
+
+    let driver = Driver::start().await;
+    let c = driver.browser().await;
+
+    // `/` leads to the console, which asks for a key.
+    c.goto(&format!("{}/", s.base)).await.unwrap();
+    find(&c, "#api-key").await;
+    assert_eq!(
+        c.current_url().await.unwrap().as_str(),
+        format!("{}/console/", s.base)
+    );
+    screenshot(&c, "login").await;
+
+    // Admin: both webhooks, with their health figures.
+    sign_in(&c, ADMIN).await;
+    let row_a = format!("tr[data-test=webhook-row][data-id='{wa}']");
+    find(&c, &format!("{row_a}[data-health-loaded=true]")).await;
+    find(&c, &format!("tr[data-test=webhook-row][data-id='{wb}']")).await;
+    let row = text(&c, &row_a).await;
+    assert!(row.contains(&format!("{}/a", receiver.base)), "{row}");
+    assert!(
+        row.contains("0.0 % (0/3)"),
+        "3 failed attempts in the last hour: {row}"
+    );
+    let (_, health) = s
+        .api("GET", &format!("/webhooks/{wa}/health"), None)
+        .await
+        .unwrap();
+    let last_error = health["last_error"].as_str().unwrap();
+    assert!(
+        row.contains(last_error),
+        "the last error {last_error:?}: {row}"
+    );
+    let stored = c
+        .execute("return sessionStorage.getItem('stratum.apiKey');", vec![])
+        .await
+        .unwrap();
+    assert_eq!(stored, json!(ADMIN), "the key lives in session storage");
+    let local = c
+        .execute(
+            "return localStorage.length + document.cookie.length;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(local, json!(0), "and nowhere else");
+    screenshot(&c, "webhooks").await;
+
+    // Disable and enable again, through PATCH.
+    let row_b = format!("tr[data-test=webhook-row][data-id='{wb}']");
+    find(&c, &format!("{row_b} button[data-test=toggle-active]"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    until(
+        &c,
+        "webhook B disabled",
+        &format!("document.querySelector(\"{row_b} button[data-test=toggle-active]\")?.textContent === 'Enable'"),
+    )
+    .await;
+    let (_, w) = s
+        .api("GET", &format!("/webhooks/{wb}"), None)
+        .await
+        .unwrap();
+    assert_eq!(w["active"], json!(false));
+    find(&c, &format!("{row_b} button[data-test=toggle-active]"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    until(
+        &c,
+        "webhook B enabled",
+        &format!("document.querySelector(\"{row_b} button[data-test=toggle-active]\")?.textContent === 'Disable'"),
+    )
+    .await;
+
+    // The dead-letter queue has the delivery; retry it once the receiver recovers.
+    find(&c, "a[href='#dlq']").await.click().await.unwrap();
+    let dlq_row = format!("tr[data-test=dlq-row][data-id='{delivery}']");
+    let row = text(&c, &dlq_row).await;
+    assert!(row.contains("tenant.updated"), "{row}");
+    screenshot(&c, "dlq").await;
+    receiver.set("a", Behaviour::Ok);
+    find(&c, &format!("{dlq_row} button[data-test=retry]"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    until(
+        &c,
+        "the retried delivery leaves the dead-letter queue",
+        &format!("!document.querySelector(\"{dlq_row}\") && document.getElementById('status').textContent.includes('queued again')"),
+    )
+    .await;
+
+    // Its deliveries page shows it succeed, with every attempt.
+    go(&c, &format!("#deliveries/{wa}")).await;
+    let drow = format!("tr[data-test=delivery-row][data-id='{delivery}']");
+    find(&c, &drow).await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let ok = c
+            .execute(
+                &format!(
+                    "return document.querySelector(\"{drow}[data-status=success]\") !== null;"
+                ),
+                vec![],
+            )
+            .await
+            .unwrap();
+        if ok == json!(true) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the delivery did not succeed after the retry"
+        );
+        // The page shows what it loaded; ask it to load again, as a user would, and wait
+        // for that load to finish.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        find(&c, "#deliveries-refresh").await.click().await.unwrap();
+        until(
+            &c,
+            "the deliveries loaded",
+            "!document.getElementById('deliveries-table').hasAttribute('aria-busy')",
+        )
+        .await;
+    }
+    find(&c, &format!("{drow} button[data-test=show-attempts]"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    let attempts = format!("tr[data-test=attempts-row][data-id='{delivery}']");
+    find(
+        &c,
+        &format!("{attempts} tr[data-test=attempt][data-status='200']"),
+    )
+    .await;
+    let n500 = c
+        .find_all(Locator::Css(&format!(
+            "{attempts} tr[data-test=attempt][data-status='500']"
+        )))
+        .await
+        .unwrap()
+        .len();
+    assert_eq!(n500, 3, "the three failed attempts before the retry");
+    screenshot(&c, "deliveries").await;
+
+    // Filter by status: none of this webhook's deliveries is failed any more.
+    for (status, shown) in [("failed", false), ("success", true)] {
+        find(&c, "#delivery-status")
+            .await
+            .select_by_value(status)
+            .await
+            .unwrap();
+        find(&c, "#deliveries-refresh").await.click().await.unwrap();
+        until(
+            &c,
+            "the filtered deliveries",
+            &format!(
+                "!document.getElementById('deliveries-table').hasAttribute('aria-busy') && \
+                 (document.querySelector(\"{drow}\") !== null) === {shown} && \
+                 (document.querySelector('#deliveries-table tbody').textContent.includes('No deliveries.')) === {}",
+                !shown
+            ),
+        )
+        .await;
+    }
+
+    // The audit log has the retry; its before/after sit side by side.
+    go(&c, "#audit").await;
+    find(&c, "#audit-action")
+        .await
+        .send_keys("delivery.retried")
+        .await
+        .unwrap();
+    find(&c, "#audit-search").await.click().await.unwrap();
+    until(
+        &c,
+        "one delivery.retried entry",
+        "document.querySelectorAll('tr[data-test=audit-row]').length === 1",
+    )
+    .await;
+    find(&c, "tr[data-test=audit-row] button[data-test=audit-show]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    until(
+        &c,
+        "the entry's detail",
+        "!document.getElementById('audit-detail').hidden",
+    )
+    .await;
+    assert!(text(&c, "#audit-before").await.contains(&delivery));
+    screenshot(&c, "audit").await;
+
+    // Keyset paging: one entry a page over the three tenant entries.
+    find(&c, "#audit-action").await.clear().await.unwrap();
+    find(&c, "#audit-resource")
+        .await
+        .send_keys("tenant")
+        .await
+        .unwrap();
+    let limit = find(&c, "#audit-limit").await;
+    limit.clear().await.unwrap();
+    limit.send_keys("1").await.unwrap();
+    find(&c, "#audit-search").await.click().await.unwrap();
+    let mut seen = Vec::new();
+    for page in 0..3 {
+        until(
+            &c,
+            "a page of one",
+            &format!(
+                "document.querySelectorAll('tr[data-test=audit-row]').length === 1 && \
+                 document.querySelector('tr[data-test=audit-row]').textContent.includes('tenant.') && \
+                 !{:?}.includes(document.querySelector('tr[data-test=audit-row]').dataset.id)",
+                serde_json::to_string(&seen).unwrap()
+            ),
+        )
+        .await;
+        let id = c
+            .execute(
+                "return document.querySelector('tr[data-test=audit-row]').dataset.id;",
+                vec![],
+            )
+            .await
+            .unwrap();
+        seen.push(id.as_str().unwrap().to_owned());
+        let more = c
+            .execute(
+                "return !document.getElementById('audit-next').hidden;",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(more, json!(page < 2), "a next page after page {page}");
+        if page < 2 {
+            find(&c, "#audit-next").await.click().await.unwrap();
+        }
+    }
+
+    // Consent: look a subject up, grant, revoke.
+    go(&c, "#consent").await;
+    find(&c, "#consent-tenant")
+        .await
+        .send_keys(&ta)
+        .await
+        .unwrap();
+    find(&c, "#consent-subject")
+        .await
+        .send_keys("user-42")
+        .await
+        .unwrap();
+    find(&c, "#consent-search").await.click().await.unwrap();
+    until(
+        &c,
+        "an empty lookup",
+        "document.querySelector('#consent-table tbody').textContent.includes('No consent records')",
+    )
+    .await;
+    find(&c, "#grant-purpose")
+        .await
+        .send_keys("marketing.email")
+        .await
+        .unwrap();
+    find(&c, "#grant-submit").await.click().await.unwrap();
+    find(
+        &c,
+        "tr[data-test=consent-row][data-purpose='marketing.email'][data-granted=true]",
+    )
+    .await;
+    screenshot(&c, "consent").await;
+    find(&c, "tr[data-test=consent-row] button[data-test=revoke]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    find(
+        &c,
+        "tr[data-test=consent-row][data-purpose='marketing.email'][data-granted=false]",
+    )
+    .await;
+
+    // Replay: started, or a clear message where the server does not offer it.
+    go(&c, "#replay").await;
+    find(&c, &format!("#replay-webhook option[value='{wa}']")).await;
+    find(&c, "#replay-start").await.click().await.unwrap();
+    until(
+        &c,
+        "replay progress or a clear message",
+        "document.querySelector('[data-test=replay-progress], [data-test=replay-unavailable]')",
+    )
+    .await;
+    screenshot(&c, "replay").await;
+
+    // Log out: the key is gone from the tab.
+    find(&c, "#logout").await.click().await.unwrap();
+    until(
+        &c,
+        "the sign-in form",
+        "!document.getElementById('login').hidden",
+    )
+    .await;
+    let stored = c
+        .execute("return sessionStorage.getItem('stratum.apiKey');", vec![])
+        .await
+        .unwrap();
+    assert_eq!(stored, Value::Null);
+
+    // Tenant B's key sees tenant B's webhook only, and an empty dead-letter queue.
+    sign_in(&c, &scoped).await;
+    go(&c, "#webhooks").await;
+    find(
+        &c,
+        &format!("tr[data-test=webhook-row][data-id='{wb}'][data-health-loaded=true]"),
+    )
+    .await;
+    let rows = c
+        .find_all(Locator::Css("tr[data-test=webhook-row]"))
+        .await
+        .unwrap()
+        .len();
+    assert_eq!(rows, 1, "only tenant B's webhook");
+    let none = c
+        .find_all(Locator::Css(&format!("tr[data-id='{wa}']")))
+        .await
+        .unwrap();
+    assert!(none.is_empty(), "nothing of tenant A is on the page");
+    screenshot(&c, "webhooks-scoped").await;
+    go(&c, "#dlq").await;
+    until(
+        &c,
+        "an empty queue, and none of tenant A's deliveries counted",
+        "!document.getElementById('dlq-empty').hidden && \
+         document.getElementById('dlq-stats').textContent.includes('Deliveries: 0 total')",
+    )
+    .await;
+    // Retry all asks first; accepted, it re-queues what this key can see: nothing.
+    find(&c, "#retry-all").await.click().await.unwrap();
+    c.accept_alert().await.unwrap();
+    until(
+        &c,
+        "retry all answered",
+        "document.getElementById('status').textContent.includes('0 deliveries are queued again')",
+    )
+    .await;
+
+    c.close().await.unwrap();
+}
