@@ -20,7 +20,10 @@ pub use clock::{Clock, SystemClock};
 pub use ids::new_id;
 pub use journal::{Caller, EventDraft, Journal, RequestMeta};
 pub use page::{next_page, Limit, LimitError};
-pub use precondition::{etag, on_stale, OnStale, Precondition, WRITE_ATTEMPTS};
+pub use precondition::{
+    after_stale, check_precondition, etag, on_stale, OnStale, Precondition, WriteRefused,
+    WRITE_ATTEMPTS,
+};
 pub use store_error::{StoreError, KEY_RETRIES};
 pub use tenant_path::TenantPath;
 pub use text::TextError;

@@ -77,6 +77,38 @@ pub enum OnStale {
     GiveUp,
 }
 
+/// Why a versioned write does not apply; each domain maps it into its own error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteRefused {
+    /// `If-Match` names a version that is not current (the text says which is).
+    PreconditionFailed(String),
+    /// The write stayed stale through [`WRITE_ATTEMPTS`] re-reads.
+    TooContended,
+}
+
+/// Fails unless `precondition` holds for a resource at `current`.
+pub fn check_precondition(precondition: Precondition, current: i64) -> Result<(), WriteRefused> {
+    if precondition.holds(current) {
+        Ok(())
+    } else {
+        Err(WriteRefused::PreconditionFailed(format!(
+            "the current version is {current}"
+        )))
+    }
+}
+
+/// After a write found a newer version than it read, at attempt `attempt` (1-based):
+/// `Ok` to read again and recompute, or why the write is refused.
+pub fn after_stale(precondition: Precondition, attempt: u32) -> Result<(), WriteRefused> {
+    match on_stale(precondition, attempt) {
+        OnStale::Retry => Ok(()),
+        OnStale::PreconditionFailed => Err(WriteRefused::PreconditionFailed(
+            "the resource changed concurrently".into(),
+        )),
+        OnStale::GiveUp => Err(WriteRefused::TooContended),
+    }
+}
+
 /// Decides what follows a stale write at attempt `attempt` (1-based).
 pub fn on_stale(precondition: Precondition, attempt: u32) -> OnStale {
     if precondition.is_conditional() {

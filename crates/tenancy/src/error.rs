@@ -56,6 +56,17 @@ pub enum TenancyError {
     Store(#[from] StoreError),
 }
 
+impl From<stratum_core::WriteRefused> for TenancyError {
+    fn from(e: stratum_core::WriteRefused) -> Self {
+        match e {
+            stratum_core::WriteRefused::PreconditionFailed(m) => Self::PreconditionFailed(m),
+            stratum_core::WriteRefused::TooContended => {
+                Self::Conflict("too many concurrent changes to this resource; retry".into())
+            }
+        }
+    }
+}
+
 impl TenancyError {
     /// A validation error about `field`.
     pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 use stratum_core::{
-    new_id, on_stale, Actor, ActorKind, Caller, Clock, Limit, OnStale, Precondition, Scope,
-    StoreError, TenantPath, TenantScope, KEY_RETRIES,
+    new_id, Actor, ActorKind, Caller, Clock, Limit, Precondition, Scope, StoreError, TenantPath,
+    TenantScope, KEY_RETRIES,
 };
 use stratum_crypto::{constant_time_eq, generate_api_key, sha256_hex, CryptoError, SharedKeyring};
 use uuid::Uuid;
@@ -21,28 +21,12 @@ fn to_json<T: serde::Serialize>(v: &T) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
-/// Fails unless `precondition` holds for a resource at `current`.
 fn check_precondition(precondition: Precondition, current: i64) -> Result<()> {
-    if precondition.holds(current) {
-        Ok(())
-    } else {
-        Err(TenancyError::PreconditionFailed(format!(
-            "the current version is {current}"
-        )))
-    }
+    Ok(stratum_core::check_precondition(precondition, current)?)
 }
 
-/// After a write found a newer version: `Ok` to read again, or the error to answer.
 fn after_stale(precondition: Precondition, attempt: u32) -> Result<()> {
-    match on_stale(precondition, attempt) {
-        OnStale::Retry => Ok(()),
-        OnStale::PreconditionFailed => Err(TenancyError::PreconditionFailed(
-            "the resource changed concurrently".into(),
-        )),
-        OnStale::GiveUp => Err(TenancyError::Conflict(
-            "too many concurrent changes to this resource; retry".into(),
-        )),
-    }
+    Ok(stratum_core::after_stale(precondition, attempt)?)
 }
 
 /// `tenant.moved` carries the tenant after the move, with `previous_parent_id` inside it.

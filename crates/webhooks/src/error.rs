@@ -49,3 +49,14 @@ pub enum WebhookError {
     #[error(transparent)]
     Store(#[from] StoreError),
 }
+
+impl From<stratum_core::WriteRefused> for WebhookError {
+    fn from(e: stratum_core::WriteRefused) -> Self {
+        match e {
+            stratum_core::WriteRefused::PreconditionFailed(m) => Self::PreconditionFailed(m),
+            stratum_core::WriteRefused::TooContended => {
+                Self::Conflict("too many concurrent changes to this webhook; retry".into())
+            }
+        }
+    }
+}

@@ -8,8 +8,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use stratum_core::timefmt::rfc3339;
 use stratum_core::{
-    new_id, on_stale, Caller, Clock, Limit, OnStale, Precondition, StoreError, TenantPath,
-    KEY_RETRIES, REDACTED,
+    new_id, Caller, Clock, Limit, Precondition, StoreError, TenantPath, KEY_RETRIES, REDACTED,
 };
 use stratum_crypto::{generate_whsec, SharedKeyring};
 use stratum_tenancy::TenantService;
@@ -335,28 +334,12 @@ fn tenant_error(e: stratum_tenancy::TenancyError) -> WebhookError {
     }
 }
 
-/// Fails unless `precondition` holds for a webhook at `current`.
 fn check_precondition(precondition: Precondition, current: i64) -> Result<()> {
-    if precondition.holds(current) {
-        Ok(())
-    } else {
-        Err(WebhookError::PreconditionFailed(format!(
-            "the current version is {current}"
-        )))
-    }
+    Ok(stratum_core::check_precondition(precondition, current)?)
 }
 
-/// After a write found a newer version: `Ok` to read again, or the error to answer.
 fn after_stale(precondition: Precondition, attempt: u32) -> Result<()> {
-    match on_stale(precondition, attempt) {
-        OnStale::Retry => Ok(()),
-        OnStale::PreconditionFailed => Err(WebhookError::PreconditionFailed(
-            "the webhook changed concurrently".into(),
-        )),
-        OnStale::GiveUp => Err(WebhookError::Conflict(
-            "too many concurrent changes to this webhook; retry".into(),
-        )),
-    }
+    Ok(stratum_core::after_stale(precondition, attempt)?)
 }
 
 /// The journal of the engine disabling a webhook whose receiver answered 410 Gone: a
