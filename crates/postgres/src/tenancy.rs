@@ -11,8 +11,8 @@ use serde_json::Value;
 use stratum_core::{Journal, Scope, StoreError, TenantPath};
 use stratum_tenancy::{
     ApiKey, ApiKeyStore, ConfigStore, KeyPrincipal, PermissionMode, PermissionPolicy,
-    PermissionStore, StoredConfigEntry, StoredValue, TenancyError, Tenant, TenantStatus,
-    TenantStore,
+    PermissionStore, StoredConfigEntry, StoredValue, TenancyError, Tenant, TenantChange,
+    TenantStatus, TenantStore,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -269,42 +269,43 @@ impl TenantStore for PgTenantStore {
         })
     }
 
-    async fn update(
-        &self,
-        tenant: Tenant,
-        expected: i64,
-        journal: Journal,
-    ) -> Result<i64, TenancyError> {
+    async fn modify(&self, id: Uuid, change: TenantChange) -> Result<Tenant, TenancyError> {
         in_tx!(self.pool, TenancyError, |conn| {
-            // Journal first, then the conditional write: the row lock is taken by the last
-            // statement before the commit, so a hot tenant's row is held for two round
-            // trips, not for the journal's work. A stale version rolls both back.
-            record(conn, &journal).await?;
-            // The version check makes the write conditional on the state the journal's
-            // before-state describes.
-            let written: Option<i64> = diesel::update(
-                tenants::table
-                    .find(tenant.id)
-                    .filter(tenants::status.eq("active"))
-                    .filter(tenants::version.eq(expected)),
-            )
-            .set((
-                tenants::name.eq(&tenant.name),
-                tenants::slug.eq(&tenant.slug),
-                tenants::metadata.eq(&tenant.metadata),
-                tenants::updated_at.eq(tenant.updated_at),
-                tenants::version.eq(tenants::version + 1),
-            ))
-            .returning(tenants::version)
-            .get_result(conn)
-            .await
-            .optional()
-            .map_err(|e| slug_taken(e, &tenant.slug))?;
-            let Some(version) = written else {
-                let exists = active_exists(conn, tenant.id).await?;
-                return stale_or(exists, TenancyError::TenantNotFound);
+            // Read what is replaced under the row lock, in the transaction that writes.
+            let row: Option<TenantRow> = tenants::table
+                .find(id)
+                .filter(tenants::status.eq("active"))
+                .select(TenantRow::as_select())
+                .for_no_key_update()
+                .first(conn)
+                .await
+                .optional()?;
+            let Some(row) = row else {
+                return fail(TenancyError::TenantNotFound);
             };
-            Ok(version)
+            let current = row
+                .into_domain()
+                .map_err(|e| TxError::Domain(TenancyError::from(e)))?;
+            let (mut next, journal) = match change(&current) {
+                Ok(Some(c)) => c,
+                Ok(None) => return Ok(current),
+                Err(e) => return fail(e),
+            };
+            let version: i64 = diesel::update(tenants::table.find(id))
+                .set((
+                    tenants::name.eq(&next.name),
+                    tenants::slug.eq(&next.slug),
+                    tenants::metadata.eq(&next.metadata),
+                    tenants::updated_at.eq(next.updated_at),
+                    tenants::version.eq(tenants::version + 1),
+                ))
+                .returning(tenants::version)
+                .get_result(conn)
+                .await
+                .map_err(|e| slug_taken(e, &next.slug))?;
+            record(conn, &journal).await?;
+            next.version = version;
+            Ok(next)
         })
     }
 
@@ -396,15 +397,6 @@ impl TenantStore for PgTenantStore {
             Ok(expected + 1)
         })
     }
-}
-
-/// Whether an active tenant `id` exists (a failed conditional write tells stale from gone).
-async fn active_exists(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<bool> {
-    diesel::select(diesel::dsl::exists(
-        tenants::table.find(id).filter(tenants::status.eq("active")),
-    ))
-    .get_result(conn)
-    .await
 }
 
 #[derive(Queryable, Selectable, Insertable)]

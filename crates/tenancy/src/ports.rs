@@ -8,6 +8,11 @@ use uuid::Uuid;
 
 use crate::{ApiKey, KeyPrincipal, PermissionPolicy, StoredConfigEntry, TenancyError, Tenant};
 
+/// A change computed from a tenant's committed state, under its row lock: the new state and
+/// its journal, `None` for no change, or why the change is refused.
+pub type TenantChange =
+    Box<dyn FnOnce(&Tenant) -> Result<Option<(Tenant, Journal)>, TenancyError> + Send>;
+
 /// Tenants.
 #[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
 #[async_trait]
@@ -37,15 +42,13 @@ pub trait TenantStore: Send + Sync {
     /// `Conflict` when the slug is taken.
     async fn create(&self, tenant: Tenant, journal: Journal) -> Result<(), TenancyError>;
 
-    /// Writes name, slug, metadata and `updated_at` and bumps the version, only while the
-    /// stored version is `expected`. `Stale` when it is not; `TenantNotFound` when not
-    /// active; `Conflict` when the slug is taken. Returns the new version.
-    async fn update(
-        &self,
-        tenant: Tenant,
-        expected: i64,
-        journal: Journal,
-    ) -> Result<i64, TenancyError>;
+    /// Locks the active tenant `id` and hands its committed state to `change`, inside one
+    /// transaction; when `change` returns a new state, writes its name, slug, metadata and
+    /// `updated_at` (bumping the version) and its journal in that transaction. Returns the
+    /// tenant as committed (the current one when `change` returned `None`).
+    /// `TenantNotFound` when not active; `Conflict` when the slug is taken; whatever
+    /// `change` fails with (nothing is written then).
+    async fn modify(&self, id: Uuid, change: TenantChange) -> Result<Tenant, TenancyError>;
 
     /// Archives `id` while its version is `expected`. `Stale` when it is not;
     /// `HasChildren` when it has active children; `TenantNotFound` when not active.

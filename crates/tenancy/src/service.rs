@@ -165,46 +165,41 @@ impl TenantService {
             Some(m) => Some(validate_metadata("metadata", Some(m))?),
             None => None,
         };
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let before = self.visible_active(caller, id).await?;
+        let caller = caller.clone();
+        let now = self.clock.now();
+        // Computed under the row lock from the committed state: a hot tenant's writers
+        // queue on the lock once instead of retrying, and the journal's before-state is
+        // exactly what the change replaces.
+        let change: TenantChange = Box::new(move |before: &Tenant| {
+            if !caller.actor.can_see(&before.ancestry_path) {
+                return Err(TenancyError::TenantNotFound);
+            }
             check_precondition(precondition, before.version)?;
             let mut after = before.clone();
-            if let Some(n) = &name {
-                after.name.clone_from(n);
+            if let Some(n) = name {
+                after.name = n;
             }
-            if let Some(s) = &slug {
-                after.slug.clone_from(s);
+            if let Some(s) = slug {
+                after.slug = s;
             }
-            if let Some(m) = &metadata {
-                after.metadata.clone_from(m);
+            if let Some(m) = metadata {
+                after.metadata = m;
             }
-            if after == before {
-                return Ok(before);
+            if after == *before {
+                return Ok(None);
             }
-            after.updated_at = self.clock.now();
+            after.updated_at = now;
             let state = to_json(&after);
             let journal = caller
                 .journal("tenant.updated", "tenant")
                 .resource(id)
                 .tenant(Some(id))
-                .before(Some(to_json(&before)))
+                .before(Some(to_json(before)))
                 .after(Some(state.clone()))
                 .emit(state);
-            match self
-                .store
-                .update(after.clone(), before.version, journal)
-                .await
-            {
-                Ok(version) => {
-                    after.version = version;
-                    return Ok(after);
-                }
-                Err(TenancyError::Stale) => after_stale(precondition, attempt)?,
-                Err(e) => return Err(e),
-            }
-        }
+            Ok(Some((after, journal)))
+        });
+        self.store.modify(id, change).await
     }
 
     /// Archives a tenant without active children.
