@@ -138,6 +138,46 @@ fn tenant_service(store: MockTenantStore) -> TenantService {
     TenantService::new(Arc::new(store), clock())
 }
 
+/// Expects `times` calls of `modify` on `current.id` and emulates the adapter: an archived
+/// tenant is `TenantNotFound` without calling the change; otherwise the change sees
+/// `current` (the locked row), and `Some((next, journal))` is recorded in `sink` and
+/// answered as `next` with the version bumped, `None` answers `current`, and an error is
+/// returned with nothing written.
+fn modify_applies_to(
+    store: &mut MockTenantStore,
+    current: Tenant,
+    sink: Option<Slot<(Tenant, Journal)>>,
+    times: usize,
+) {
+    store
+        .expect_modify()
+        .times(times)
+        .returning(move |id, change: TenantChange| {
+            assert_eq!(id, current.id, "modifies the tenant asked for");
+            if current.status != TenantStatus::Active {
+                return Err(TenancyError::TenantNotFound);
+            }
+            match change(&current)? {
+                None => Ok(current.clone()),
+                Some((next, journal)) => {
+                    let written = Tenant {
+                        version: current.version + 1,
+                        ..next.clone()
+                    };
+                    if let Some(sink) = &sink {
+                        put_in(sink, (next, journal));
+                    }
+                    Ok(written)
+                }
+            }
+        });
+}
+
+/// True when nothing was written through [`modify_applies_to`]'s sink.
+fn nothing_written(sink: &Slot<(Tenant, Journal)>) -> bool {
+    sink.lock().unwrap().is_none()
+}
+
 fn keyring() -> SharedKeyring {
     SharedKeyring::new(Keyring::from_env_values(&"x".repeat(32), None).unwrap())
 }
@@ -399,13 +439,15 @@ async fn update_with_no_effective_change_never_writes() {
         },
     ];
     for patch in patches {
-        let mut store = tenant_store(&[&t]);
-        store.expect_update().times(0);
+        let seen: Slot<(Tenant, Journal)> = slot();
+        let mut store = MockTenantStore::new();
+        modify_applies_to(&mut store, t.clone(), Some(Arc::clone(&seen)), 1);
         let got = tenant_service(store)
             .update(&admin(), t.id, patch, Precondition::Any)
             .await
             .unwrap();
         assert_eq!(got, t);
+        assert!(nothing_written(&seen), "no change, no write");
     }
 }
 
@@ -414,13 +456,9 @@ async fn update_slug_journals_before_and_after() {
     let mut t = child(&root());
     t.slug = "acme".into();
     let (caller, key_id) = global_caller(Scope::Write);
-    let seen: Slot<(Tenant, i64, Journal)> = slot();
-    let mut store = tenant_store(&[&t]);
-    let sink = Arc::clone(&seen);
-    store.expect_update().times(1).returning(move |t, e, j| {
-        put_in(&sink, (t, e, j));
-        Ok(e + 1)
-    });
+    let seen: Slot<(Tenant, Journal)> = slot();
+    let mut store = MockTenantStore::new();
+    modify_applies_to(&mut store, t.clone(), Some(Arc::clone(&seen)), 1);
 
     let updated = tenant_service(store)
         .update(
@@ -435,8 +473,7 @@ async fn update_slug_journals_before_and_after() {
         .await
         .unwrap();
 
-    let (stored, expected, journal) = taken(&seen);
-    assert_eq!(expected, t.version, "the write expects the version it read");
+    let (stored, journal) = taken(&seen);
     assert_eq!(
         updated.version,
         t.version + 1,
@@ -474,8 +511,9 @@ async fn update_of_an_archived_tenant_is_not_found() {
     let mut t = root();
     t.status = TenantStatus::Archived;
     t.deleted_at = Some(EARLIER);
-    let mut store = tenant_store(&[&t]);
-    store.expect_update().times(0);
+    let seen: Slot<(Tenant, Journal)> = slot();
+    let mut store = MockTenantStore::new();
+    modify_applies_to(&mut store, t.clone(), Some(Arc::clone(&seen)), 1);
 
     let err = tenant_service(store)
         .update(
@@ -491,6 +529,32 @@ async fn update_of_an_archived_tenant_is_not_found() {
         .unwrap_err();
 
     assert!(matches!(err, TenancyError::TenantNotFound), "{err:?}");
+    assert!(nothing_written(&seen));
+}
+
+#[tokio::test]
+async fn update_by_a_caller_who_cannot_see_the_tenant_is_not_found() {
+    let r = root();
+    let (a, b) = (child(&r), child(&r));
+    let seen: Slot<(Tenant, Journal)> = slot();
+    let mut store = MockTenantStore::new();
+    modify_applies_to(&mut store, b.clone(), Some(Arc::clone(&seen)), 1);
+
+    let err = tenant_service(store)
+        .update(
+            &scoped_caller(&a, Scope::Write),
+            b.id,
+            TenantPatch {
+                name: Some("Taken over".into()),
+                ..TenantPatch::default()
+            },
+            Precondition::Any,
+        )
+        .await
+        .unwrap_err();
+
+    assert!(matches!(err, TenancyError::TenantNotFound), "{err:?}");
+    assert!(nothing_written(&seen));
 }
 
 #[tokio::test]
@@ -520,7 +584,7 @@ async fn update_rejects_an_invalid_patch() {
         ),
     ] {
         let mut store = tenant_store(&[&t]);
-        store.expect_update().times(0);
+        store.expect_modify().times(0);
         let err = tenant_service(store)
             .update(&admin(), t.id, patch, Precondition::Any)
             .await
@@ -761,7 +825,7 @@ async fn nul_in_any_stored_string_is_a_validation_error() {
     let r = root();
     let mut store = tenant_store(&[&r]);
     store.expect_create().times(0);
-    store.expect_update().times(0);
+    store.expect_modify().times(0);
     let svc = tenant_service(store);
     let base = NewTenant {
         name: "Acme".into(),
@@ -1888,7 +1952,8 @@ async fn a_stale_if_match_fails_every_tenant_write_without_writing() {
     t.version = 3;
     let new_parent = root();
     let mut store = tenant_store(&[&r, &t, &new_parent]);
-    store.expect_update().times(0);
+    let seen: Slot<(Tenant, Journal)> = slot();
+    modify_applies_to(&mut store, t.clone(), Some(Arc::clone(&seen)), 2);
     store.expect_archive().times(0);
     store.expect_move_subtree().times(0);
     let svc = tenant_service(store);
@@ -1902,31 +1967,7 @@ async fn a_stale_if_match_fails_every_tenant_write_without_writing() {
         assert_precondition_failed(svc.archive(&admin(), t.id, stale).await);
         assert_precondition_failed(svc.move_to(&admin(), t.id, new_parent.id, stale).await);
     }
-}
-
-#[tokio::test]
-async fn a_current_if_match_writes_and_a_stale_write_then_fails_without_retrying() {
-    let t = root();
-    let mut store = tenant_store(&[&t]);
-    store
-        .expect_update()
-        .withf(|_, expected, _| *expected == 1)
-        .times(1)
-        .returning(|_, _, _| Err(TenancyError::Stale));
-
-    let got = tenant_service(store)
-        .update(
-            &admin(),
-            t.id,
-            TenantPatch {
-                name: Some("Renamed".into()),
-                ..TenantPatch::default()
-            },
-            Precondition::Version(t.version),
-        )
-        .await;
-
-    assert_precondition_failed(got);
+    assert!(nothing_written(&seen));
 }
 
 /// A tenant store whose `get` answers `first` once, then `then` for the same id.
@@ -1947,33 +1988,18 @@ fn tenant_store_changing(first: &Tenant, then: &Tenant) -> MockTenantStore {
 }
 
 #[tokio::test]
-async fn update_rereads_after_a_stale_write_and_journals_the_reread_state() {
+async fn update_computes_from_the_locked_state() {
     let t1 = root();
-    // Someone else changed the metadata meanwhile.
+    // Someone else changed the metadata after any earlier read; the lock hands over theirs.
     let t2 = Tenant {
         metadata: json!({"tier": "gold"}),
         updated_at: EARLIER + time::Duration::hours(1),
         version: 2,
         ..t1.clone()
     };
-    let mut store = tenant_store_changing(&t1, &t2);
-    let mut seq = mockall::Sequence::new();
-    store
-        .expect_update()
-        .withf(|_, expected, _| *expected == 1)
-        .times(1)
-        .in_sequence(&mut seq)
-        .returning(|_, _, _| Err(TenancyError::Stale));
-    let seen: Slot<(Tenant, i64, Journal)> = slot();
-    let sink = Arc::clone(&seen);
-    store
-        .expect_update()
-        .times(1)
-        .in_sequence(&mut seq)
-        .returning(move |t, e, j| {
-            put_in(&sink, (t, e, j));
-            Ok(e + 1)
-        });
+    let seen: Slot<(Tenant, Journal)> = slot();
+    let mut store = tenant_store(&[&t1]);
+    modify_applies_to(&mut store, t2.clone(), Some(Arc::clone(&seen)), 1);
 
     let updated = tenant_service(store)
         .update(
@@ -1988,8 +2014,7 @@ async fn update_rereads_after_a_stale_write_and_journals_the_reread_state() {
         .await
         .unwrap();
 
-    let (stored, expected, journal) = taken(&seen);
-    assert_eq!(expected, 2, "the retry expects the re-read version");
+    let (stored, journal) = taken(&seen);
     assert_eq!(
         stored.metadata,
         json!({"tier": "gold"}),
@@ -1998,8 +2023,35 @@ async fn update_rereads_after_a_stale_write_and_journals_the_reread_state() {
     assert_eq!(stored.slug, "renamed");
     assert_eq!(updated.version, 3);
     assert_eq!(updated.metadata, json!({"tier": "gold"}));
+    assert_eq!(updated.slug, "renamed");
     assert_eq!(journal.before, Some(serde_json::to_value(&t2).unwrap()));
     assert_eq!(journal.after, Some(serde_json::to_value(&stored).unwrap()));
+}
+
+#[tokio::test]
+async fn a_stale_if_match_is_refused_under_the_lock() {
+    let t = Tenant {
+        version: 5,
+        ..root()
+    };
+    let seen: Slot<(Tenant, Journal)> = slot();
+    let mut store = MockTenantStore::new();
+    modify_applies_to(&mut store, t.clone(), Some(Arc::clone(&seen)), 1);
+
+    let got = tenant_service(store)
+        .update(
+            &admin(),
+            t.id,
+            TenantPatch {
+                name: Some("Renamed".into()),
+                ..TenantPatch::default()
+            },
+            Precondition::Version(4),
+        )
+        .await;
+
+    assert_precondition_failed(got);
+    assert!(nothing_written(&seen));
 }
 
 #[tokio::test]
