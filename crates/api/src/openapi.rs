@@ -62,6 +62,8 @@ pub const PUBLIC_PATHS: [&str; 4] = ["/health", "/ready", "/metrics", "/api/v1/o
         webhooks::patch,
         webhooks::delete,
         webhooks::test,
+        webhooks::replay,
+        webhooks::get_replay,
         webhooks::deliveries,
         webhooks::stats,
         webhooks::failed,

@@ -107,6 +107,7 @@ diesel::table! {
         lease_expires_at -> Nullable<Timestamptz>,
         created_at -> Timestamptz,
         completed_at -> Nullable<Timestamptz>,
+        replay_id -> Nullable<Uuid>,
     }
 }
 
@@ -134,6 +135,24 @@ diesel::table! {
 }
 
 diesel::table! {
+    webhook_replays (id) {
+        id -> Uuid,
+        webhook_id -> Uuid,
+        since -> Timestamptz,
+        until -> Timestamptz,
+        events -> Nullable<Array<Nullable<Text>>>,
+        event_types -> Array<Nullable<Text>>,
+        status -> Text,
+        cursor_created_at -> Nullable<Timestamptz>,
+        cursor_id -> Nullable<Uuid>,
+        total -> Int8,
+        enqueued -> Int8,
+        created_at -> Timestamptz,
+        completed_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
     webhooks (id) {
         id -> Uuid,
         tenant_id -> Nullable<Uuid>,
@@ -153,8 +172,10 @@ diesel::joinable!(config_entries -> tenants (tenant_id));
 diesel::joinable!(consent_records -> tenants (tenant_id));
 diesel::joinable!(permission_policies -> tenants (tenant_id));
 diesel::joinable!(webhook_deliveries -> webhook_events (event_id));
+diesel::joinable!(webhook_deliveries -> webhook_replays (replay_id));
 diesel::joinable!(webhook_deliveries -> webhooks (webhook_id));
 diesel::joinable!(webhook_delivery_attempts -> webhook_deliveries (delivery_id));
+diesel::joinable!(webhook_replays -> webhooks (webhook_id));
 diesel::joinable!(webhooks -> tenants (tenant_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
@@ -167,5 +188,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     webhook_deliveries,
     webhook_delivery_attempts,
     webhook_events,
+    webhook_replays,
     webhooks,
 );
