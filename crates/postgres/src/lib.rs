@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod consent;
 pub mod error;
+pub mod idempotency;
 pub mod journal;
 pub mod listen;
 pub mod maintenance;

@@ -62,6 +62,17 @@ diesel::table! {
 }
 
 diesel::table! {
+    idempotency_keys (principal, key) {
+        principal -> Text,
+        key -> Text,
+        fingerprint -> Text,
+        status -> Int4,
+        response_body -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     permission_policies (id) {
         id -> Uuid,
         tenant_id -> Uuid,
@@ -183,6 +194,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     audit_logs,
     config_entries,
     consent_records,
+    idempotency_keys,
     permission_policies,
     tenants,
     webhook_deliveries,
