@@ -36,6 +36,8 @@ enum Cmd {
     TenantCreate(fanout::TenantCreateArgs),
     /// One tenant PATCHed at a fixed rate: API latency, statuses, deliveries, lost updates.
     HotTenant(hot_tenant::HotTenantArgs),
+    /// Live delivery latency without and during a 100,000-event replay.
+    Replay(latency::ReplayArgs),
     /// Reads the scenarios' JSON summary lines (files, or stdin) and prints a table.
     Summarize {
         /// Files holding the output of scenarios; stdin when none.
@@ -56,6 +58,7 @@ fn main() -> Result<()> {
             Cmd::Isolation(a) => latency::run_isolation(a).await,
             Cmd::TenantCreate(a) => fanout::run_tenant_create(a).await,
             Cmd::HotTenant(a) => hot_tenant::run_hot_tenant(a).await,
+            Cmd::Replay(a) => latency::run_replay(a).await,
             Cmd::Summarize { files } => summarize::run(&files),
         }
     })
