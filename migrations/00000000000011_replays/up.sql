@@ -26,7 +26,7 @@ CREATE INDEX webhook_events_keyset_idx ON webhook_events (created_at, id);
 
 -- A replayed delivery names its replay. A webhook gets one live delivery per event, and
 -- each replay at most one more: the database itself forbids enqueuing an event twice.
-ALTER TABLE webhook_deliveries ADD COLUMN replay_id uuid REFERENCES webhook_replays (id) ON DELETE SET NULL;
+ALTER TABLE webhook_deliveries ADD COLUMN replay_id uuid REFERENCES webhook_replays (id) ON DELETE CASCADE;
 CREATE UNIQUE INDEX webhook_deliveries_live_key ON webhook_deliveries (webhook_id, event_id) WHERE replay_id IS NULL;
 CREATE UNIQUE INDEX webhook_deliveries_replay_key ON webhook_deliveries (replay_id, event_id) WHERE replay_id IS NOT NULL;
 CREATE INDEX webhook_deliveries_replay_pending_idx ON webhook_deliveries (replay_id) WHERE status = 'pending' AND replay_id IS NOT NULL;
