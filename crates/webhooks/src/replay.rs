@@ -245,10 +245,11 @@ pub struct ReplayerConfig {
 impl Default for ReplayerConfig {
     fn default() -> Self {
         Self {
-            batch: 500,
-            max_backlog: 2_000,
-            pause: Duration::from_millis(50),
-            idle: Duration::from_secs(1),
+            batch: 100,
+            max_backlog: 100,
+            pause: Duration::from_millis(20),
+            // Also the wait while a job's backlog is full: short, so the job refills soon.
+            idle: Duration::from_millis(250),
         }
     }
 }
