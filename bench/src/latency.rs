@@ -498,3 +498,186 @@ pub async fn run_isolation(a: IsolationArgs) -> Result<()> {
     summary("isolation", fields);
     Ok(())
 }
+
+/// Settings of the replay scenario.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReplayArgs {
+    /// Live events per second (open loop).
+    #[arg(long, default_value_t = 200)]
+    pub rate: u32,
+    /// Seconds measured per phase.
+    #[arg(long, default_value_t = 15)]
+    pub duration_secs: u32,
+    /// Seconds sent first in each phase and left out of the figures.
+    #[arg(long, default_value_t = 2)]
+    pub warmup_secs: u32,
+    /// Stored events the replay re-enqueues.
+    #[arg(long, default_value_t = 100_000)]
+    pub events: u64,
+    /// STRATUM_WORKER_CONCURRENCY (the server's default).
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: u32,
+    /// STRATUM_WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT (the server's default).
+    #[arg(long, default_value_t = 8)]
+    pub per_endpoint: u32,
+    /// How long to wait, after the last event of a phase, for its live deliveries.
+    #[arg(long, default_value_t = 60)]
+    pub drain_secs: u64,
+    /// Threads of the in-process receiver's runtime.
+    #[arg(long, default_value_t = 1)]
+    pub receiver_threads: usize,
+}
+
+/// Runs the replay scenario: live latency without (phase A) and during (phase B) a replay
+/// of `events` stored events to another webhook of the same server.
+pub async fn run_replay(a: ReplayArgs) -> Result<()> {
+    let epoch = Instant::now();
+    let warm = u64::from(a.rate) * u64::from(a.warmup_secs);
+    let per_phase = warm + u64::from(a.rate) * u64::from(a.duration_secs);
+    let tracker = Tracker::new(epoch, 2 * per_phase as usize, 1);
+    let t = Arc::clone(&tracker);
+    let replayed = Arc::new(AtomicU64::new(0));
+    let hits = Arc::clone(&replayed);
+    let hook: Hook = Arc::new(move |path: &str, body: &[u8], at: Instant| {
+        match path {
+            "lat" => t.received(0, body, at),
+            "rep" => {
+                hits.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+        None
+    });
+    let opts = ServerOpts {
+        concurrency: a.concurrency,
+        per_endpoint: a.per_endpoint,
+        no_worker: false,
+        extra_env: Vec::new(),
+    };
+    let s = setup(epoch, hook, a.receiver_threads, &opts, "bench_replay").await?;
+    s.api
+        .create_webhook(&format!("{}/lat", s.base), &["config.updated"], None)
+        .await?;
+    let rep = s
+        .api
+        .create_webhook(&format!("{}/rep", s.base), &["permission.deleted"], None)
+        .await?;
+    let sql = connect(&s.db.url).await?;
+    // The stored history: events no live webhook hears, an hour old, 10 ms apart at most.
+    sql.execute(
+        "INSERT INTO webhook_events (id, event_type, tenant_id, payload, created_at)
+         SELECT stratum_uuid_v7(), 'permission.deleted', NULL, jsonb_build_object('seq', g),
+                now() - interval '1 hour' + g * (interval '1 hour' / $1::bigint)
+           FROM generate_series(1, $1::bigint) g",
+        &[&i64::try_from(a.events)?],
+    )
+    .await?;
+    sql.execute("ANALYZE webhook_events", &[]).await?;
+    println!(
+        "== replay: {} live events/s for {} s (+{} s warm-up) per phase to one webhook; phase B runs beside a replay of {} stored events to another webhook",
+        a.rate, a.duration_secs, a.warmup_secs, a.events
+    );
+    println!("  {}", opts.describe());
+
+    let mut results = Vec::new();
+    let mut replay_id = String::new();
+    let mut replay_started = Instant::now();
+    for (phase, with_replay) in [("A without replay", false), ("B during replay", true)] {
+        let offset = if with_replay { per_phase } else { 0 };
+        if with_replay {
+            let since = sql
+                .query_one(
+                    "SELECT to_char((now() - interval '2 hours') AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')",
+                    &[],
+                )
+                .await?
+                .get::<_, String>(0);
+            let r = s
+                .api
+                .post(
+                    &format!("/webhooks/{rep}/replay"),
+                    &json!({"since": since}),
+                    202,
+                )
+                .await?;
+            replay_id = r["id"].as_str().unwrap_or_default().to_owned();
+            replay_started = Instant::now();
+            println!("  replay {replay_id}: total {}", r["total"]);
+        }
+        let range = offset..offset + per_phase;
+        let sent = generate(&s.api, &s.tenants, &tracker, range.clone(), a.rate).await?;
+        drain(&tracker, &range, Duration::from_secs(a.drain_secs)).await;
+        let measured = offset + warm..offset + per_phase;
+        let missing = tracker.missing(&measured);
+        let (_, from_ok, _) = tracker.latencies(&measured);
+        let Some(p) = Percentiles::of(from_ok) else {
+            bail!("phase {phase}: nothing measured");
+        };
+        println!(
+            "  phase {phase}: {} live events ({} errors); {missing} measured deliveries had not arrived {} s after the last event{}",
+            per_phase,
+            sent.errors,
+            a.drain_secs,
+            if with_replay {
+                format!(
+                    "; replayed deliveries received so far: {}",
+                    replayed.load(Ordering::Relaxed)
+                )
+            } else {
+                String::new()
+            }
+        );
+        println!("{}", p.line("  live: receipt - API returned"));
+        results.push((p, missing));
+    }
+    // How long the whole replay takes to be delivered (bounded wait).
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while replayed.load(Ordering::Relaxed) < a.events && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let replay_secs = replay_started.elapsed().as_secs_f64();
+    let got = replayed.load(Ordering::Relaxed);
+    let (_, job) = s
+        .api
+        .call(
+            reqwest::Method::GET,
+            &format!("/webhooks/{rep}/replays/{replay_id}"),
+            None,
+        )
+        .await?;
+    println!(
+        "  replay: {got} of {} delivered in {replay_secs:.1} s ({:.0}/s); job status {}, enqueued {}",
+        a.events,
+        got as f64 / replay_secs,
+        job["status"],
+        job["enqueued"]
+    );
+    let (a_p, a_missing) = results[0];
+    let (b_p, b_missing) = results[1];
+    let ratio = b_p.p99 / a_p.p99;
+    println!(
+        "  live p99 without replay {}, during replay {} -> ratio {}",
+        ms(a_p.p99),
+        ms(b_p.p99),
+        if ratio.is_finite() {
+            format!("{ratio:.2}x")
+        } else {
+            "unbounded (some never arrived)".to_owned()
+        }
+    );
+    let fields = json!({
+        "rate": a.rate,
+        "duration_s": a.duration_secs,
+        "replay_events": a.events,
+        "without_replay": a_p.json(),
+        "during_replay": b_p.json(),
+        "missing_without": a_missing,
+        "missing_during": b_missing,
+        "p99_ratio": if ratio.is_finite() { json!(round3(ratio)) } else { Value::Null },
+        "replay_delivered": got,
+        "replay_secs": round1(replay_secs),
+    });
+    drop(s);
+    summary("replay", fields);
+    Ok(())
+}

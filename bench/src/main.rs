@@ -39,6 +39,8 @@ enum Cmd {
     HotTenant(hot_tenant::HotTenantArgs),
     /// API write rate with audit sealing on vs off, and the sealing lag.
     AuditChain(audit_chain::AuditChainArgs),
+    /// Live delivery latency without and during a 100,000-event replay.
+    Replay(latency::ReplayArgs),
     /// Reads the scenarios' JSON summary lines (files, or stdin) and prints a table.
     Summarize {
         /// Files holding the output of scenarios; stdin when none.
@@ -60,6 +62,7 @@ fn main() -> Result<()> {
             Cmd::TenantCreate(a) => fanout::run_tenant_create(a).await,
             Cmd::HotTenant(a) => hot_tenant::run_hot_tenant(a).await,
             Cmd::AuditChain(a) => audit_chain::run(a).await,
+            Cmd::Replay(a) => latency::run_replay(a).await,
             Cmd::Summarize { files } => summarize::run(&files),
         }
     })

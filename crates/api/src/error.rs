@@ -275,6 +275,7 @@ impl From<stratum_webhooks::WebhookError> for ApiError {
             },
             E::NotFound => Self::not_found("WEBHOOK_NOT_FOUND", "webhook"),
             E::DeliveryNotFound => Self::not_found("DELIVERY_NOT_FOUND", "delivery"),
+            E::ReplayNotFound => Self::not_found("NOT_FOUND", "replay"),
             E::DeliveryNotFailed => Self::conflict(
                 "DELIVERY_NOT_FAILED",
                 "only a failed delivery can be retried",

@@ -9,6 +9,7 @@ pub mod console;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod idempotency;
 pub mod maintenance;
 pub mod metrics;
 pub mod middleware;
@@ -51,6 +52,8 @@ pub fn app(
         .route("/api/v1/openapi.json", web::get().to(openapi::serve))
         .service(
             web::scope("/api/v1")
+                // Registered first, so it runs inside authentication: it needs the caller.
+                .wrap(actix_web::middleware::from_fn(idempotency::idempotency))
                 .wrap(actix_web::middleware::from_fn(auth::authenticate))
                 .configure(routes),
         )

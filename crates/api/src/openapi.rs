@@ -70,6 +70,8 @@ pub const PUBLIC_PATHS: [&str; 7] = [
         webhooks::patch,
         webhooks::delete,
         webhooks::test,
+        webhooks::replay,
+        webhooks::get_replay,
         webhooks::deliveries,
         webhooks::health,
         webhooks::attempts,
@@ -101,6 +103,7 @@ pub const PUBLIC_PATHS: [&str; 7] = [
             Forbidden,
             NotFound,
             Conflict,
+            IdempotencyKeyReused,
             PayloadTooLarge,
             PreconditionFailed,
             RequestTimeout,
@@ -194,6 +197,24 @@ impl Modify for Security {
                         });
                 }
             }
+            // Every POST takes an `Idempotency-Key` (API.md "Idempotency keys").
+            if let Some(op) = item.post.as_mut() {
+                op.parameters
+                    .get_or_insert_with(Vec::new)
+                    .push(idempotency_key_parameter());
+                for (status, name) in [
+                    ("400", "ValidationError"),
+                    ("409", "Conflict"),
+                    ("422", "IdempotencyKeyReused"),
+                ] {
+                    op.responses
+                        .responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| {
+                            Ref::new(format!("#/components/responses/{name}")).into()
+                        });
+                }
+            }
         }
         for path in PUBLIC_PATHS {
             if let Some(item) = openapi.paths.paths.get_mut(path) {
@@ -216,6 +237,34 @@ impl Modify for Security {
             }
         }
     }
+}
+
+/// The optional `Idempotency-Key` header of every POST.
+fn idempotency_key_parameter() -> utoipa::openapi::path::Parameter {
+    use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+    use utoipa::openapi::Required;
+    ParameterBuilder::new()
+        .name("Idempotency-Key")
+        .parameter_in(ParameterIn::Header)
+        .required(Required::False)
+        .description(Some(
+            "1-255 visible ASCII characters, scoped to the API key, kept 24 h. The first \
+             request's 2xx status and body are stored in the transaction of its change; a \
+             repeat with the same method, path and body gets them back with \
+             `Idempotent-Replayed: true` and changes nothing; another body is 422 \
+             `IDEMPOTENCY_KEY_REUSED`; a repeat while the first runs is 409 \
+             `IDEMPOTENCY_KEY_IN_PROGRESS`. Refused (400) by `POST /api-keys`, \
+             `POST /maintenance/rotate-encryption-key`, and `POST /webhooks` without a \
+             `secret`, whose responses would hold a secret in clear.",
+        ))
+        .schema(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(255))
+                .pattern(Some("^[\\x21-\\x7E]{1,255}$")),
+        ))
+        .build()
 }
 
 /// The document, pretty-printed (what `stratum openapi` prints).
@@ -385,7 +434,11 @@ error_responses! {
     NotFound => "`NOT_FOUND`, `TENANT_NOT_FOUND`, `WEBHOOK_NOT_FOUND`, `DELIVERY_NOT_FOUND`, \
         `AUDIT_ENTRY_NOT_FOUND` or `CONSENT_NOT_FOUND`: no such thing, or not visible to this key",
     Conflict => "`CONFLICT`, `DELIVERY_NOT_FAILED`, `CONFIG_LOCKED`, `HAS_CHILDREN`, \
-        `CYCLE_DETECTED` or `ROTATION_IN_PROGRESS` (another key rotation is running)",
+        `CYCLE_DETECTED`, `ROTATION_IN_PROGRESS` (another key rotation is running) or \
+        `IDEMPOTENCY_KEY_IN_PROGRESS` (a request with the same `Idempotency-Key` is still \
+        running)",
+    IdempotencyKeyReused => "`IDEMPOTENCY_KEY_REUSED`: the `Idempotency-Key` was used \
+        with another method, path or body",
     PayloadTooLarge => "`PAYLOAD_TOO_LARGE`: the body is over the limit (256 KiB)",
     PreconditionFailed => "`PRECONDITION_FAILED`: `If-Match` names a version that is no longer \
         current; nothing changed",

@@ -28,6 +28,8 @@ pub struct AppState {
     pub api_keys: Arc<ApiKeyService>,
     /// Webhooks and deliveries.
     pub webhooks: Arc<stratum_webhooks::WebhookService>,
+    /// Webhook replays.
+    pub replays: Arc<stratum_webhooks::ReplayService>,
     /// The audit log.
     pub audit: Arc<AuditService>,
     /// Consent records.

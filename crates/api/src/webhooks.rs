@@ -278,6 +278,95 @@ async fn test(state: web::Data<AppState>, Authed(caller): Authed, id: web::Path<
     Ok(HttpResponse::Ok().json(state.webhooks.test(&caller, *id).await?))
 }
 
+impl crate::extract::Body for StartReplay {
+    const NOT_NULL: &'static [&'static str] = &["since", "events"];
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct StartReplay {
+    /// Start of the window (inclusive), RFC 3339.
+    #[schema(format = DateTime)]
+    since: String,
+    /// End of the window (exclusive), RFC 3339; now when absent or null. At most 90 days after `since`.
+    #[serde(default)]
+    #[schema(format = DateTime)]
+    until: Option<String>,
+    /// Only these events; each must be one the webhook subscribes to. Absent: all of them.
+    #[serde(default)]
+    #[schema(value_type = Option<std::collections::BTreeSet<crate::openapi::SubscribableEvent>>, nullable = false, min_items = 1)]
+    events: Option<Vec<String>>,
+}
+
+fn timestamp(field: &str, raw: &str) -> Result<time::OffsetDateTime, ApiError> {
+    stratum_core::timefmt::parse(raw)
+        .map_err(|_| ApiError::field(field, "must be an RFC 3339 timestamp"))
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/webhooks/{id}/replay",
+    tag = "webhooks",
+    operation_id = "replayWebhook",
+    description = "Re-enqueues, oldest first, one new delivery (new delivery id, the original body byte for byte) for every stored event of `[since, until)` that the webhook would receive today. A durable job: a restart resumes it. Audited as `webhook.replayed`.",
+    params(("id" = Uuid, Path, description = "Webhook id")),
+    request_body = StartReplay,
+    responses(
+        (status = 202, description = "The replay job, running", body = stratum_webhooks::Replay),
+        (status = 400, response = crate::openapi::ValidationError),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+    )
+)]
+async fn replay(
+    state: web::Data<AppState>,
+    Authed(caller): Authed,
+    id: web::Path<Uuid>,
+    body: crate::extract::Json<StartReplay>,
+) -> Res {
+    let b = body.into_inner();
+    let since = timestamp("since", &b.since)?;
+    let until = b
+        .until
+        .as_deref()
+        .map(|u| timestamp("until", u))
+        .transpose()?;
+    let r = state
+        .replays
+        .start(
+            &caller,
+            *id,
+            stratum_webhooks::NewReplay {
+                since,
+                until,
+                events: b.events,
+            },
+        )
+        .await?;
+    Ok(HttpResponse::Accepted().json(r))
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/webhooks/{id}/replays/{replay_id}",
+    tag = "webhooks",
+    operation_id = "getWebhookReplay",
+    params(("id" = Uuid, Path, description = "Webhook id"), ("replay_id" = Uuid, Path, description = "Replay id")),
+    responses(
+        (status = 200, description = "The replay and its progress", body = stratum_webhooks::Replay),
+        (status = 400, response = crate::openapi::ValidationError),
+        (status = 404, response = crate::openapi::NotFound),
+    )
+)]
+async fn get_replay(
+    state: web::Data<AppState>,
+    Authed(caller): Authed,
+    path: web::Path<(Uuid, Uuid)>,
+) -> Res {
+    let (id, replay_id) = path.into_inner();
+    Ok(HttpResponse::Ok().json(state.replays.get(&caller, id, replay_id).await?))
+}
+
 #[utoipa::path(
     get,
     path = "/api/v1/webhooks/{id}/deliveries",
@@ -444,6 +533,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route(web::delete().to(delete)),
         )
         .service(web::resource("/webhooks/{id}/test").route(web::post().to(test)))
+        .service(web::resource("/webhooks/{id}/replay").route(web::post().to(replay)))
+        .service(
+            web::resource("/webhooks/{id}/replays/{replay_id}").route(web::get().to(get_replay)),
+        )
         .service(web::resource("/webhooks/{id}/deliveries").route(web::get().to(deliveries)))
         .service(web::resource("/webhooks/{id}/health").route(web::get().to(health)))
         .service(

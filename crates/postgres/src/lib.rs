@@ -6,12 +6,14 @@ pub mod audit;
 pub mod chain;
 pub mod consent;
 pub mod error;
+pub mod idempotency;
 pub mod journal;
 pub mod keys;
 pub mod listen;
 pub mod maintenance;
 pub mod migrate;
 pub mod pool;
+pub mod replays;
 pub mod schema;
 pub mod tenancy;
 pub mod tx;
@@ -26,6 +28,7 @@ pub use listen::listen_for_deliveries;
 pub use maintenance::PgMaintenanceStore;
 pub use migrate::{migrations_current, run_migrations, MigrateError};
 pub use pool::{connect, Pool, PoolConfig, PooledConn};
+pub use replays::PgReplayStore;
 pub use tenancy::{PgApiKeyStore, PgConfigStore, PgPermissionStore, PgTenantStore};
 pub use webhooks::{
     queue_snapshot, PgDeliveryQueue, PgDeliveryStore, PgWebhookStore, QueueSnapshot,

@@ -282,6 +282,14 @@ impl MaintenanceStore for PgMaintenanceStore {
                 purge_in_batches(conn, &EVENTS, cutoffs.deliveries_and_events_before).await?;
             let (audit_logs, checkpoint) = purge_audit(conn, cutoffs.audit_before).await?;
             let consent_records = purge_in_batches(conn, &CONSENT, cutoffs.consent_before).await?;
+            // Idempotency keys live 24 h whatever the retention window; they are not counted
+            // in the response, whose shape API.md fixes.
+            diesel::sql_query(format!(
+                "DELETE FROM idempotency_keys WHERE created_at < now() - interval '{} hours'",
+                crate::idempotency::KEY_TTL_HOURS
+            ))
+            .execute(conn)
+            .await?;
             let counts = PurgeCounts {
                 deliveries,
                 events,

@@ -100,6 +100,17 @@ diesel::table! {
 }
 
 diesel::table! {
+    idempotency_keys (principal, key) {
+        principal -> Text,
+        key -> Text,
+        fingerprint -> Text,
+        status -> Int4,
+        response_body -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     permission_policies (id) {
         id -> Uuid,
         tenant_id -> Uuid,
@@ -145,6 +156,7 @@ diesel::table! {
         lease_expires_at -> Nullable<Timestamptz>,
         created_at -> Timestamptz,
         completed_at -> Nullable<Timestamptz>,
+        replay_id -> Nullable<Uuid>,
     }
 }
 
@@ -172,6 +184,24 @@ diesel::table! {
 }
 
 diesel::table! {
+    webhook_replays (id) {
+        id -> Uuid,
+        webhook_id -> Uuid,
+        since -> Timestamptz,
+        until -> Timestamptz,
+        events -> Nullable<Array<Nullable<Text>>>,
+        event_types -> Array<Nullable<Text>>,
+        status -> Text,
+        cursor_created_at -> Nullable<Timestamptz>,
+        cursor_id -> Nullable<Uuid>,
+        total -> Int8,
+        enqueued -> Int8,
+        created_at -> Timestamptz,
+        completed_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
     webhooks (id) {
         id -> Uuid,
         tenant_id -> Nullable<Uuid>,
@@ -191,8 +221,10 @@ diesel::joinable!(config_entries -> tenants (tenant_id));
 diesel::joinable!(consent_records -> tenants (tenant_id));
 diesel::joinable!(permission_policies -> tenants (tenant_id));
 diesel::joinable!(webhook_deliveries -> webhook_events (event_id));
+diesel::joinable!(webhook_deliveries -> webhook_replays (replay_id));
 diesel::joinable!(webhook_deliveries -> webhooks (webhook_id));
 diesel::joinable!(webhook_delivery_attempts -> webhook_deliveries (delivery_id));
+diesel::joinable!(webhook_replays -> webhooks (webhook_id));
 diesel::joinable!(webhooks -> tenants (tenant_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
@@ -203,10 +235,12 @@ diesel::allow_tables_to_appear_in_same_query!(
     config_entries,
     consent_records,
     encryption_keys_state,
+    idempotency_keys,
     permission_policies,
     tenants,
     webhook_deliveries,
     webhook_delivery_attempts,
     webhook_events,
+    webhook_replays,
     webhooks,
 );

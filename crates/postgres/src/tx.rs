@@ -32,22 +32,54 @@ impl<E: From<StoreError>> TxError<E> {
     }
 }
 
+tokio::task_local! {
+    /// The connection of a request-wide transaction (an `Idempotency-Key` request): while
+    /// set, every `in_tx!` block of the task runs on it as a savepoint, so the change, its
+    /// audit entry, its event and the stored response commit together or not at all.
+    static AMBIENT: std::sync::Arc<tokio::sync::Mutex<crate::PooledConn>>;
+}
+
+/// Runs `f` with every `in_tx!` of its task inside the transaction open on `conn`.
+pub async fn with_ambient<F: std::future::Future>(
+    conn: std::sync::Arc<tokio::sync::Mutex<crate::PooledConn>>,
+    f: F,
+) -> F::Output {
+    AMBIENT.scope(conn, f).await
+}
+
+/// The request-wide transaction's connection, when the task runs inside one.
+pub fn ambient() -> Option<std::sync::Arc<tokio::sync::Mutex<crate::PooledConn>>> {
+    AMBIENT.try_with(Clone::clone).ok()
+}
+
 /// Runs a block in one transaction on a pooled connection:
 /// `in_tx!(pool, DomainError, |conn| { ...; Ok(value) })` evaluates to
-/// `Result<T, DomainError>`.
+/// `Result<T, DomainError>`. Inside a request-wide transaction ([`with_ambient`]) the
+/// block runs as a savepoint of it instead, and commits only with it.
 #[macro_export]
 macro_rules! in_tx {
     ($pool:expr, $err:ty, |$conn:ident| $body:block) => {{
-        match $pool.get().await {
-            Err(e) => Err(<$err>::from($crate::error::map_pool_error(e))),
-            Ok(mut pooled) => {
-                let c: &mut ::diesel_async::AsyncPgConnection = &mut pooled;
-                ::diesel_async::AsyncConnection::transaction::<_, $crate::tx::TxError<$err>, _>(
-                    c,
-                    async move |$conn: &mut ::diesel_async::AsyncPgConnection| $body,
-                )
-                .await
-                .map_err($crate::tx::TxError::into_domain)
+        if let Some(shared) = $crate::tx::ambient() {
+            let mut guard = shared.lock().await;
+            let c: &mut ::diesel_async::AsyncPgConnection = &mut guard;
+            ::diesel_async::AsyncConnection::transaction::<_, $crate::tx::TxError<$err>, _>(
+                c,
+                async move |$conn: &mut ::diesel_async::AsyncPgConnection| $body,
+            )
+            .await
+            .map_err($crate::tx::TxError::into_domain)
+        } else {
+            match $pool.get().await {
+                Err(e) => Err(<$err>::from($crate::error::map_pool_error(e))),
+                Ok(mut pooled) => {
+                    let c: &mut ::diesel_async::AsyncPgConnection = &mut pooled;
+                    ::diesel_async::AsyncConnection::transaction::<_, $crate::tx::TxError<$err>, _>(
+                        c,
+                        async move |$conn: &mut ::diesel_async::AsyncPgConnection| $body,
+                    )
+                    .await
+                    .map_err($crate::tx::TxError::into_domain)
+                }
             }
         }
     }};

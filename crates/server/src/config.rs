@@ -78,6 +78,15 @@ pub struct WebhookArgs {
     /// Deliveries in flight to one webhook.
     #[arg(long, env = "STRATUM_WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub max_in_flight_per_endpoint: u64,
+    /// Events a replay enqueues per step (one short transaction each).
+    #[arg(long, env = "STRATUM_REPLAY_BATCH_SIZE", default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..=10_000))]
+    pub replay_batch_size: i64,
+    /// A replay waits while this many of its deliveries are still pending.
+    #[arg(long, env = "STRATUM_REPLAY_MAX_BACKLOG", default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
+    pub replay_max_backlog: i64,
+    /// Pause between two replay steps, in ms.
+    #[arg(long, env = "STRATUM_REPLAY_PAUSE_MS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub replay_pause_ms: u64,
 }
 
 impl WebhookArgs {

@@ -220,9 +220,15 @@ fn spawn_worker(
         wake.clone(),
         stopped.clone(),
     ));
+    let replayer = wiring::replayer(pool.clone(), cfg);
+    let replay_stop = stopped.clone();
+    let replaying = tokio::spawn(async move { replayer.run(replay_stop).await });
     let dispatcher = wiring::dispatcher(pool, keyring, cfg, out);
     let stats = dispatcher.stats();
-    let handle = tokio::spawn(async move { dispatcher.run(stopped, wake).await });
+    let handle = tokio::spawn(async move {
+        dispatcher.run(stopped, wake).await;
+        let _ = replaying.await;
+    });
     (stop, handle, stats)
 }
 

@@ -12,12 +12,12 @@ use stratum_http_delivery::{ClientConfig, ReqwestDeliveryClient, SsrfGuard};
 use stratum_maintenance::{MaintenanceService, RetentionConfig};
 use stratum_postgres::{
     PgApiKeyStore, PgAuditLog, PgConfigStore, PgDeliveryQueue, PgDeliveryStore, PgMaintenanceStore,
-    PgPermissionStore, PgTenantStore, PgWebhookStore, Pool,
+    PgPermissionStore, PgReplayStore, PgTenantStore, PgWebhookStore, Pool,
 };
 use stratum_tenancy::{ApiKeyService, ConfigService, PermissionService, TenantService};
 use stratum_webhooks::{
-    DeliveryClient, Dispatcher, DispatcherConfig, RegistryConfig, RetryPolicy, UrlGuard,
-    WebhookService,
+    DeliveryClient, Dispatcher, DispatcherConfig, RegistryConfig, ReplayService, Replayer,
+    ReplayerConfig, RetryPolicy, UrlGuard, WebhookService,
 };
 
 use crate::config::WebhookArgs;
@@ -87,9 +87,16 @@ pub fn app_state(
         Arc::new(stratum_postgres::PgConsentStore::new(pool.clone())),
         clock.clone(),
     ));
+    let webhook_store: Arc<PgWebhookStore> =
+        Arc::new(PgWebhookStore::new(pool.clone()).with_max_per_tenant(out.max_per_tenant));
+    let replays = Arc::new(ReplayService::new(
+        webhook_store.clone(),
+        Arc::new(PgReplayStore::new(pool.clone())),
+        clock.clone(),
+    ));
     let webhooks = Arc::new(WebhookService::new(
         tenants.clone(),
-        Arc::new(PgWebhookStore::new(pool.clone()).with_max_per_tenant(out.max_per_tenant)),
+        webhook_store,
         Arc::new(PgDeliveryStore::new(pool.clone())),
         out.guard,
         out.client,
@@ -112,6 +119,7 @@ pub fn app_state(
         permissions,
         api_keys,
         webhooks,
+        replays,
         audit,
         consent,
         maintenance,
@@ -172,5 +180,18 @@ pub fn dispatcher(
         Arc::new(SystemClock),
         policy,
         config,
+    )
+}
+
+/// Builds the replay worker.
+pub fn replayer(pool: Pool, cfg: &WebhookArgs) -> Replayer {
+    Replayer::new(
+        Arc::new(PgReplayStore::new(pool)),
+        ReplayerConfig {
+            batch: cfg.replay_batch_size,
+            max_backlog: cfg.replay_max_backlog,
+            pause: Duration::from_millis(cfg.replay_pause_ms),
+            ..ReplayerConfig::default()
+        },
     )
 }

@@ -23,6 +23,9 @@ pub enum WebhookError {
     /// No such delivery, or not visible to the caller.
     #[error("delivery not found")]
     DeliveryNotFound,
+    /// No such replay of this webhook.
+    #[error("replay not found")]
+    ReplayNotFound,
     /// The delivery is not in the failed state.
     #[error("delivery is not failed")]
     DeliveryNotFailed,

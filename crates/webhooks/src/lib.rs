@@ -11,6 +11,7 @@ pub mod ports;
 pub mod registry;
 #[cfg(test)]
 mod registry_tests;
+pub mod replay;
 
 pub use dispatcher::{
     build_request, random_jitter, BuildError, Dispatcher, DispatcherConfig, DispatcherStats,
@@ -22,3 +23,4 @@ pub use model::*;
 pub use policy::{RetryPolicy, MAX_RETRY_AFTER};
 pub use ports::*;
 pub use registry::*;
+pub use replay::*;

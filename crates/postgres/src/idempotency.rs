@@ -1,0 +1,188 @@
+//! Idempotency keys on PostgreSQL. A request with a key runs inside one transaction that
+//! first takes a transaction-scoped advisory lock on (principal, key) — a second request
+//! with the same key while the first runs cannot take it: 409 — then looks the key up, and,
+//! when it is new, runs the whole request on that transaction (see [`crate::tx::with_ambient`])
+//! and inserts the key with its response just before the commit. The change and its key
+//! commit together or not at all.
+
+use std::sync::Arc;
+
+use diesel::prelude::*;
+use diesel::sql_types::{Bool, Integer, Text};
+use diesel_async::{AnsiTransactionManager, AsyncPgConnection, RunQueryDsl, TransactionManager};
+use stratum_core::StoreError;
+use tokio::sync::Mutex;
+
+use crate::error::{map_pool_error, map_query_error};
+use crate::{Pool, PooledConn};
+
+/// How long a key is kept (and honoured).
+pub const KEY_TTL_HOURS: i64 = 24;
+
+/// A response stored under a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResponse {
+    /// hex SHA-256 of method, path and body of the first request.
+    pub fingerprint: String,
+    /// Its status.
+    pub status: u16,
+    /// Its body.
+    pub body: String,
+}
+
+/// What a key lookup found.
+pub enum Lookup {
+    /// Another request with this key holds it now.
+    InProgress,
+    /// The key was used before (within 24 h).
+    Stored(StoredResponse),
+    /// A new key: the request runs on this transaction.
+    New(KeyTx),
+}
+
+/// The open transaction of a request with a new key; holds the key's lock.
+pub struct KeyTx {
+    conn: Option<Arc<Mutex<PooledConn>>>,
+}
+
+#[derive(QueryableByName)]
+struct Locked {
+    #[diesel(sql_type = Bool)]
+    locked: bool,
+}
+
+#[derive(QueryableByName)]
+struct Row {
+    #[diesel(sql_type = Text)]
+    fingerprint: String,
+    #[diesel(sql_type = Integer)]
+    status: i32,
+    #[diesel(sql_type = Text)]
+    response_body: String,
+}
+
+async fn rollback(conn: &mut AsyncPgConnection) {
+    if let Err(e) = AnsiTransactionManager::rollback_transaction(conn).await {
+        tracing::warn!(error = %e, "rolling back an idempotency-key transaction failed");
+    }
+}
+
+/// Opens the transaction for `(principal, key)` and looks the key up.
+pub async fn begin(pool: &Pool, principal: &str, key: &str) -> Result<Lookup, StoreError> {
+    let mut pooled = pool.get().await.map_err(map_pool_error)?;
+    let conn: &mut AsyncPgConnection = &mut pooled;
+    AnsiTransactionManager::begin_transaction(conn)
+        .await
+        .map_err(map_query_error)?;
+    let found = async {
+        let l: Locked = diesel::sql_query(
+            "SELECT pg_try_advisory_xact_lock(hashtextextended('stratum.idempotency.' || $1 || '.' || $2, 0)) AS locked",
+        )
+        .bind::<Text, _>(principal)
+        .bind::<Text, _>(key)
+        .get_result(conn)
+        .await?;
+        if !l.locked {
+            return Ok(None);
+        }
+        let row: Option<Row> = diesel::sql_query(format!(
+            "SELECT fingerprint, status, response_body FROM idempotency_keys
+              WHERE principal = $1 AND key = $2
+                AND created_at > now() - interval '{KEY_TTL_HOURS} hours'"
+        ))
+        .bind::<Text, _>(principal)
+        .bind::<Text, _>(key)
+        .get_result(conn)
+        .await
+        .optional()?;
+        Ok::<_, diesel::result::Error>(Some(row))
+    }
+    .await;
+    match found {
+        Err(e) => {
+            rollback(conn).await;
+            Err(map_query_error(e))
+        }
+        Ok(None) => {
+            rollback(conn).await;
+            Ok(Lookup::InProgress)
+        }
+        Ok(Some(Some(r))) => {
+            rollback(conn).await;
+            Ok(Lookup::Stored(StoredResponse {
+                fingerprint: r.fingerprint,
+                status: u16::try_from(r.status).unwrap_or(500),
+                body: r.response_body,
+            }))
+        }
+        Ok(Some(None)) => Ok(Lookup::New(KeyTx {
+            conn: Some(Arc::new(Mutex::new(pooled))),
+        })),
+    }
+}
+
+impl KeyTx {
+    /// The connection the request's `in_tx!` blocks share.
+    pub fn shared(&self) -> Option<Arc<Mutex<PooledConn>>> {
+        self.conn.clone()
+    }
+
+    /// Stores the key with its response and commits everything the request did.
+    pub async fn commit(
+        mut self,
+        principal: &str,
+        key: &str,
+        response: &StoredResponse,
+    ) -> Result<(), StoreError> {
+        let Some(shared) = self.conn.take() else {
+            return Err(StoreError::Internal(
+                "idempotency transaction already finished".into(),
+            ));
+        };
+        let mut guard = shared.lock().await;
+        let conn: &mut AsyncPgConnection = &mut guard;
+        // An expired key that purge has not removed yet is replaced.
+        let stored = diesel::sql_query(
+            "INSERT INTO idempotency_keys (principal, key, fingerprint, status, response_body)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (principal, key) DO UPDATE
+                SET fingerprint = EXCLUDED.fingerprint, status = EXCLUDED.status,
+                    response_body = EXCLUDED.response_body, created_at = now()",
+        )
+        .bind::<Text, _>(principal)
+        .bind::<Text, _>(key)
+        .bind::<Text, _>(&response.fingerprint)
+        .bind::<Integer, _>(i32::from(response.status))
+        .bind::<Text, _>(&response.body)
+        .execute(conn)
+        .await;
+        if let Err(e) = stored {
+            rollback(conn).await;
+            return Err(map_query_error(e));
+        }
+        AnsiTransactionManager::commit_transaction(conn)
+            .await
+            .map_err(map_query_error)
+    }
+
+    /// Rolls back everything the request did; the key stays unused.
+    pub async fn rollback(mut self) {
+        if let Some(shared) = self.conn.take() {
+            let mut guard = shared.lock().await;
+            rollback(&mut guard).await;
+        }
+    }
+}
+
+impl Drop for KeyTx {
+    fn drop(&mut self) {
+        // Neither committed nor rolled back (a panic or a dropped future): the connection
+        // must not go back to the pool inside an open transaction. Detach it; closing it
+        // rolls the transaction back on the server.
+        if let Some(shared) = self.conn.take() {
+            if let Ok(m) = Arc::try_unwrap(shared) {
+                let _ = deadpool::managed::Object::take(m.into_inner());
+            }
+        }
+    }
+}
