@@ -166,7 +166,7 @@ impl TenantService {
             None => None,
         };
         let caller = caller.clone();
-        let now = self.clock.now();
+        let clock = Arc::clone(&self.clock);
         // Computed under the row lock from the committed state: a hot tenant's writers
         // queue on the lock once instead of retrying, and the journal's before-state is
         // exactly what the change replaces.
@@ -188,7 +188,10 @@ impl TenantService {
             if after == *before {
                 return Ok(None);
             }
-            after.updated_at = now;
+            // Read under the lock, so a change never looks older than the one it replaces,
+            // and at least a millisecond later (the precision the API shows).
+            let floor = before.updated_at + time::Duration::milliseconds(1);
+            after.updated_at = clock.now().max(floor);
             let state = to_json(&after);
             let journal = caller
                 .journal("tenant.updated", "tenant")
