@@ -551,8 +551,9 @@ impl WebhookService {
         patch: WebhookPatch,
         precondition: Precondition,
     ) -> Result<Webhook> {
-        // Validate (and resolve the URL) once; the loop only re-reads the stored state.
-        self.get(caller, id).await?;
+        // A webhook the caller cannot see is 404 before any validation; validate (and
+        // resolve the URL) once; only a retry re-reads the stored state.
+        let mut before = self.get(caller, id).await?;
         let url = match &patch.url {
             Some(u) => Some(self.checked_url(u).await?.as_str().to_owned()),
             None => None,
@@ -570,7 +571,9 @@ impl WebhookService {
         let mut key_tries = 0;
         loop {
             attempt += 1;
-            let before = self.get(caller, id).await?;
+            if attempt > 1 {
+                before = self.get(caller, id).await?;
+            }
             check_precondition(precondition, before.version)?;
             let mut after = before.clone();
             if let Some(u) = &url {
