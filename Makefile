@@ -2,30 +2,45 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
+# Two PostgreSQL clusters of this checkout's own (scripts/pg.sh), kept apart: the durable dev
+# cluster (`make run`, `make bench`; 127.0.0.1:25432) and the fsync=off test cluster (`make
+# test`, `make lint`; 127.0.0.1:25433). STRATUM_PG_PORT=<port> moves the one a target starts.
 PG          := scripts/pg.sh
+TEST_PG     := STRATUM_PG_CLUSTER=test scripts/pg.sh
 DEV_DIR     := .stratum
 DB_URL      := $(shell $(PG) url stratum)
+DEV_SERVER_URL := $(shell $(PG) server-url)
+# Tests clone their databases on this server, named "<prefix><uuid>"; the prefix is derived
+# from this checkout's path, so `make test` drops this checkout's leftovers and nobody else's.
+STRATUM_TEST_DATABASE_URL ?= $(shell $(TEST_PG) server-url)
+STRATUM_TEST_DB_PREFIX    ?= $(shell $(PG) prefix)
+TEST_ENV    := STRATUM_TEST_DATABASE_URL=$(STRATUM_TEST_DATABASE_URL) STRATUM_TEST_DB_PREFIX=$(STRATUM_TEST_DB_PREFIX)
+TEST_PSQL   := psql -X -q -v ON_ERROR_STOP=1 -d $(STRATUM_TEST_DATABASE_URL)/postgres
 CARGO       ?= cargo
 DOMAIN_CRATES := stratum-core stratum-crypto stratum-audit stratum-consent stratum-webhooks stratum-tenancy stratum-maintenance
 
-.PHONY: browser-deps conformance openapi-check deploy-check fmt-check clippy help db-up db-down db-test-up run build test test-unit lint fmt schema-check boundary-check bench tools clean
+.PHONY: browser-deps conformance openapi-check deploy-check fmt-check clippy doc help db-up db-down db-test-up run build test test-unit lint fmt schema-check boundary-check bench tools clean
 
 help:
 	@echo "make run     build, start PostgreSQL, migrate and serve on http://127.0.0.1:3001"
 	@echo "make test    start PostgreSQL and run every test of the workspace against it"
-	@echo "make lint    fmt, clippy -D warnings, domain boundary check, diesel schema check"
+	@echo "make lint    fmt, clippy -D warnings, rustdoc -D warnings, domain boundary check, diesel schema check"
 	@echo "make conformance   Schemathesis and Standard Webhooks against the release binary"
 	@echo "make bench   benchmarks under bench/ (print figures)"
-	@echo "make db-up / db-down   the project's own PostgreSQL on 127.0.0.1:55432"
+	@echo "make db-up / db-down            this checkout's dev PostgreSQL on 127.0.0.1:25432"
+	@echo "make db-test-up / db-test-down  this checkout's test PostgreSQL (fsync=off) on 127.0.0.1:25433"
 
 db-up:
 	@$(PG) up stratum
 
 db-test-up:
-	@STRATUM_PG_FAST=1 $(PG) up stratum
+	@$(TEST_PG) up
 
 db-down:
 	@$(PG) down
+
+db-test-down:
+	@$(TEST_PG) down
 
 # Development secrets, generated once and kept out of git.
 $(DEV_DIR)/dev.env:
@@ -49,17 +64,18 @@ run: db-up build $(DEV_DIR)/dev.env
 	 exec ./target/release/stratum serve
 
 # Tests run against the real PostgreSQL started above; each test clones its own database.
+# Leftovers of an interrupted run of THIS checkout (its prefix) are dropped first.
 test: db-test-up browser-deps deploy-check openapi-check
-	@psql -h 127.0.0.1 -p 55432 -U postgres -d postgres -tAc \
-	  "SELECT 'DROP DATABASE IF EXISTS ' || datname || ' WITH (FORCE);' FROM pg_database WHERE datname LIKE 'stratum\_t\_%'" \
-	  | psql -q -h 127.0.0.1 -p 55432 -U postgres -d postgres >/dev/null
+	@$(TEST_PSQL) -tAc \
+	  "SELECT format('DROP DATABASE IF EXISTS %I WITH (FORCE);', datname) FROM pg_database WHERE datname LIKE '$(subst _,\_,$(STRATUM_TEST_DB_PREFIX))%'" \
+	  | $(TEST_PSQL) >/dev/null
 	$(CARGO) build -p stratum-server
 	@if command -v cargo-nextest >/dev/null 2>&1; then \
-	  $(CARGO) nextest run --workspace --no-fail-fast; \
+	  $(TEST_ENV) $(CARGO) nextest run --workspace --no-fail-fast; \
 	else \
-	  $(CARGO) test --workspace --no-fail-fast; \
+	  $(TEST_ENV) $(CARGO) test --workspace --no-fail-fast; \
 	fi
-	$(CARGO) test --workspace --doc
+	$(TEST_ENV) $(CARGO) test --workspace --doc
 
 # Headless Chromium and its WebDriver for the console's browser test (tests/e2e/console.rs).
 browser-deps:
@@ -68,7 +84,7 @@ browser-deps:
 	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
 	fi
 
-lint: db-test-up fmt-check clippy boundary-check schema-check
+lint: db-test-up fmt-check clippy doc boundary-check schema-check
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
@@ -79,23 +95,32 @@ fmt:
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-# No domain crate may depend on infrastructure.
+# The API documentation builds without a warning (broken links, missing docs, bad examples).
+doc:
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --workspace
+
+# No domain crate may depend on infrastructure. A failing `cargo tree` fails the check.
 boundary-check:
 	@bad=0; for c in $(DOMAIN_CRATES); do \
-	  deps=$$($(CARGO) tree -p $$c -e normal --prefix none 2>/dev/null | grep -E '^(diesel|diesel-async|reqwest|actix-web|tokio-postgres|deadpool) ' | sort -u); \
+	  tree=$$($(CARGO) tree -p $$c -e normal --prefix none) \
+	    || { echo "boundary check: \`cargo tree -p $$c\` failed" >&2; exit 1; }; \
+	  deps=$$(printf '%s\n' "$$tree" | grep -E '^(diesel|diesel-async|reqwest|actix-web|tokio-postgres|deadpool) ' | sort -u); \
 	  if [ -n "$$deps" ]; then echo "boundary violated: $$c depends on: $$deps"; bad=1; fi; \
 	done; [ $$bad -eq 0 ] && echo "boundary check: domain crates are free of diesel/reqwest/actix/tokio-postgres"
 
-# schema.rs must be what diesel generates from the migrations.
+# schema.rs must be what diesel generates from the migrations (on a scratch database of this
+# checkout's prefix on the test cluster).
+SCHEMA_DB := $(STRATUM_TEST_DB_PREFIX)schema_check
 schema-check:
 	@command -v diesel >/dev/null 2>&1 || { \
 	  command -v pg_config >/dev/null 2>&1 || { sudo=""; [ "$$(id -u)" -ne 0 ] && sudo=sudo; \
 	    $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libpq-dev; }; \
 	  $(CARGO) install diesel_cli --locked --no-default-features --features postgres; }
-	@psql -q -h 127.0.0.1 -p 55432 -U postgres -d postgres -c 'DROP DATABASE IF EXISTS stratum_schema_check WITH (FORCE)' -c 'CREATE DATABASE stratum_schema_check'
-	@diesel migration run --migration-dir migrations --database-url $$($(PG) url stratum_schema_check) >/dev/null
-	@diesel print-schema --database-url $$($(PG) url stratum_schema_check) | diff -u crates/postgres/src/schema.rs - \
-	  && echo "schema check: crates/postgres/src/schema.rs matches the migrations"
+	@$(TEST_PSQL) -c 'DROP DATABASE IF EXISTS $(SCHEMA_DB) WITH (FORCE)' -c 'CREATE DATABASE $(SCHEMA_DB)'
+	@diesel migration run --migration-dir migrations --database-url $(STRATUM_TEST_DATABASE_URL)/$(SCHEMA_DB) >/dev/null
+	@diesel print-schema --database-url $(STRATUM_TEST_DATABASE_URL)/$(SCHEMA_DB) | diff -u crates/postgres/src/schema.rs - \
+	  && echo "schema check: crates/postgres/src/schema.rs matches the migrations"; \
+	  rc=$$?; $(TEST_PSQL) -c 'DROP DATABASE IF EXISTS $(SCHEMA_DB) WITH (FORCE)'; exit $$rc
 
 # Python tools for the checks (installed from PyPI into .venv on first use).
 VENV := .venv
@@ -126,8 +151,9 @@ $(VENV)/.conformance-tools: Makefile
 conformance: db-test-up build $(VENV)/.conformance-tools
 	@scripts/conformance/run.sh
 
+# Benchmarks run on the durable dev cluster.
 bench: db-up
-	@bench/run.sh
+	@STRATUM_TEST_DATABASE_URL="$(DEV_SERVER_URL)" bench/run.sh
 
 clean:
 	$(CARGO) clean

@@ -1,18 +1,36 @@
 #!/usr/bin/env bash
-# Brings up (or down) the project's own PostgreSQL cluster: no Docker, nothing assumed running.
-# Usage: scripts/pg.sh up|down|status|url [dbname]
+# Brings up (or down) one of this checkout's own PostgreSQL clusters: no Docker, nothing
+# assumed running.
+# Usage: scripts/pg.sh up [db...] | down | status | url [db] | server-url | port | prefix
+#
+# Two clusters per checkout, kept apart (own data directory, own port):
+#   STRATUM_PG_CLUSTER=dev  (default)  127.0.0.1:25432, durable: `make run`, `make bench`
+#   STRATUM_PG_CLUSTER=test            127.0.0.1:25433, fsync=off: `make test`, `make lint`
+# Both ports lie below the ephemeral range (32768-60999), so no outgoing connection of the
+# machine can hold them. STRATUM_PG_PORT overrides the port (e.g. for a second checkout:
+# `up` refuses a PostgreSQL on its port that is not this checkout's cluster).
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-PORT=${STRATUM_PG_PORT:-55432}
+ROOT=$(cd "$(dirname "$0")/.." && pwd -P)
+CLUSTER=${STRATUM_PG_CLUSTER:-dev}
+case "$CLUSTER" in
+  dev) DEFAULT_PORT=25432 ;;
+  test) DEFAULT_PORT=25433 ;;
+  *) echo "pg: STRATUM_PG_CLUSTER must be dev or test, not '$CLUSTER'" >&2; exit 2 ;;
+esac
+PORT=${STRATUM_PG_PORT:-$DEFAULT_PORT}
 PG_USER=${STRATUM_PG_OS_USER:-stratum-pg}
-# The cluster lives under /tmp keyed by the checkout path: a checkout under /root is not
+# The clusters live under /tmp keyed by the checkout path: a checkout under /root is not
 # reachable by the unprivileged user that must own the cluster.
 HASH=$(printf '%s' "$ROOT" | sha256sum | cut -c1-12)
-PGDATA_DIR=${STRATUM_PGDATA:-/tmp/stratum-pg-$HASH}
+PGDATA_DIR=${STRATUM_PGDATA:-/tmp/stratum-pg-$HASH-$CLUSTER}
 DATA="$PGDATA_DIR/data"
 SOCK="$PGDATA_DIR/sock"
 LOG="$PGDATA_DIR/postgres.log"
+# Test databases of this checkout are named "<prefix><uuid>": `make test` drops only those,
+# so checkouts sharing a server never drop each other's (stratum-testkit derives the same
+# default from the same path).
+DB_PREFIX=${STRATUM_TEST_DB_PREFIX:-stratum_t_$(printf '%s' "$ROOT" | sha256sum | cut -c1-8)_}
 
 find_bindir() {
   if command -v pg_config >/dev/null 2>&1 && [ -x "$(pg_config --bindir 2>/dev/null)/initdb" ]; then
@@ -52,15 +70,30 @@ running() {
   [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && "$BIN/pg_isready" -q -h 127.0.0.1 -p "$PORT" -U postgres
 }
 
+# Fails unless the PostgreSQL answering on $PORT is this checkout's cluster ($DATA).
+ensure_ours() {
+  local theirs ours
+  theirs=$("$BIN/psql" -X -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -tAc "SHOW data_directory" 2>/dev/null) \
+    || theirs="(unknown: it does not let this script in as postgres without a password)"
+  ours=$(readlink -f "$DATA" 2>/dev/null || echo "$DATA")
+  if [ "$theirs" != "$ours" ] && [ "$theirs" != "$DATA" ]; then
+    cat >&2 <<MSG
+pg: 127.0.0.1:$PORT is already served by a PostgreSQL that is not this checkout's $CLUSTER cluster:
+pg:   its data directory:  $theirs
+pg:   this checkout's:     $DATA
+pg: stop that server, or give this checkout another port (STRATUM_PG_PORT=<port> make ...).
+MSG
+    exit 1
+  fi
+}
+
 up() {
   BIN=$(find_bindir) || { install_pg; BIN=$(find_bindir); }
-  if ! running && "$BIN/pg_isready" -q -h 127.0.0.1 -p "$PORT" -U postgres 2>/dev/null; then
-    # Another checkout's cluster already serves this port: use it rather than fail.
-    echo "pg: reusing the PostgreSQL already listening on 127.0.0.1:$PORT" >&2
+  if running || "$BIN/pg_isready" -q -h 127.0.0.1 -p "$PORT" -U postgres 2>/dev/null; then
+    ensure_ours
     create_dbs "$@"
     return 0
   fi
-  if running; then create_dbs "$@"; return 0; fi
   ensure_owner
   mkdir -p "$PGDATA_DIR" "$SOCK"
   [ "$(id -u)" -eq 0 ] && chown -R "$PG_USER" "$PGDATA_DIR"
@@ -79,8 +112,8 @@ up() {
     fi
   fi
   local extra=()
-  if [ "${STRATUM_PG_FAST:-0}" = "1" ]; then
-    # Test clusters only: durability is not what tests measure.
+  if [ "$CLUSTER" = test ]; then
+    # The test cluster only: durability is not what tests measure.
     extra=(-c fsync=off -c synchronous_commit=off -c full_page_writes=off)
   fi
   as_owner "$BIN/pg_ctl" -D "$DATA" -l "$LOG" -w -t 60 start -o \
@@ -90,14 +123,15 @@ up() {
     "$BIN/pg_isready" -q -h 127.0.0.1 -p "$PORT" -U postgres && break
     sleep 0.1
   done
+  ensure_ours
   create_dbs "$@"
-  echo "pg: running on 127.0.0.1:$PORT (data $DATA)" >&2
+  echo "pg: $CLUSTER cluster running on 127.0.0.1:$PORT (data $DATA)" >&2
 }
 
 create_dbs() {
   for db in "$@"; do
-    "$BIN/psql" -h 127.0.0.1 -p "$PORT" -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname='$db'" | grep -q 1 \
-      || "$BIN/psql" -q -h 127.0.0.1 -p "$PORT" -U postgres -c "CREATE DATABASE \"$db\""
+    "$BIN/psql" -X -h 127.0.0.1 -p "$PORT" -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname='$db'" | grep -q 1 \
+      || "$BIN/psql" -X -q -h 127.0.0.1 -p "$PORT" -U postgres -c "CREATE DATABASE \"$db\""
   done
 }
 
@@ -114,5 +148,8 @@ case "$cmd" in
   down) down ;;
   status) BIN=$(find_bindir) && running && echo running || { echo stopped; exit 1; } ;;
   url) echo "postgres://postgres@127.0.0.1:$PORT/${1:-stratum}" ;;
-  *) echo "usage: $0 up|down|status|url [db...]" >&2; exit 2 ;;
+  server-url) echo "postgres://postgres@127.0.0.1:$PORT" ;;
+  port) echo "$PORT" ;;
+  prefix) echo "$DB_PREFIX" ;;
+  *) echo "usage: $0 up|down|status|url [db]|server-url|port|prefix" >&2; exit 2 ;;
 esac

@@ -13,7 +13,8 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
 VENV=${VENV:-.venv}
 DB=${STRATUM_CONFORMANCE_DB:-stratum_conformance}
-PG_PORT=${STRATUM_PG_PORT:-55432}
+# The test cluster of this checkout (`make conformance` starts it); STRATUM_PG_PORT overrides.
+PG_PORT=$(STRATUM_PG_CLUSTER=test scripts/pg.sh port)
 SEED=${CONFORMANCE_SEED:-20261130}
 EXAMPLES=${CONFORMANCE_MAX_EXAMPLES:-30}
 OUT=${CONFORMANCE_OUT:-target/conformance}

@@ -42,7 +42,7 @@ impl PrivatePg {
         let env = vec![
             ("STRATUM_PG_PORT".to_owned(), port.to_string()),
             ("STRATUM_PGDATA".to_owned(), dir),
-            ("STRATUM_PG_FAST".to_owned(), "1".to_owned()),
+            ("STRATUM_PG_CLUSTER".to_owned(), "test".to_owned()),
         ];
         let pg = Self { env, port };
         assert!(

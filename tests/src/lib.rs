@@ -3,9 +3,9 @@
 
 use std::collections::HashMap;
 use std::net::TcpListener as StdListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -18,15 +18,61 @@ pub const ADMIN: &str = "sk_e2e_bootstrap_admin_key_0123456789abcdef";
 /// The encryption key of every process the harness starts.
 pub const ENCRYPTION_KEY: &str = "e2e-encryption-key-0123456789abcdefgh";
 
-/// The `stratum` binary built by `cargo build -p stratum-server`.
+/// The `stratum` binary under test: `STRATUM_BIN` if set, otherwise the one
+/// `cargo build -p stratum-server --bin stratum` produces from the sources as they are now.
+///
+/// The harness runs that build itself (once per test process; a no-op when nothing changed),
+/// so a test never runs a binary older than the code it tests.
 pub fn binary() -> PathBuf {
-    if let Ok(p) = std::env::var("STRATUM_BIN") {
-        return PathBuf::from(p);
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| match std::env::var_os("STRATUM_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => build_binary().unwrap_or_else(|e| panic!("{e:#}")),
+    })
+    .clone()
+}
+
+/// Builds the `stratum` binary with the cargo that runs the tests and returns the path cargo
+/// reports for it (so `CARGO_TARGET_DIR` and the profile are cargo's business, not ours).
+fn build_binary() -> Result<PathBuf> {
+    let cargo = std::env::var_os("CARGO")
+        .or_else(|| option_env!("CARGO").map(Into::into))
+        .unwrap_or_else(|| "cargo".into());
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = Command::new(&cargo)
+        .current_dir(&workspace)
+        .args([
+            "build",
+            "--quiet",
+            "--package",
+            "stratum-server",
+            "--bin",
+            "stratum",
+            "--message-format=json-render-diagnostics",
+        ])
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {} build -p stratum-server", cargo.to_string_lossy()))?;
+    if !out.status.success() {
+        bail!("`cargo build -p stratum-server --bin stratum` failed ({})", out.status);
     }
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    target.join("debug/stratum")
+    stratum_executable(&String::from_utf8_lossy(&out.stdout))
+        .context("`cargo build -p stratum-server` reported no `stratum` executable")
+}
+
+/// The `executable` of the `stratum` binary target in cargo's JSON build messages.
+fn stratum_executable(messages: &str) -> Option<PathBuf> {
+    messages
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "stratum")
+        .filter(|m| {
+            m["target"]["kind"]
+                .as_array()
+                .is_some_and(|kinds| kinds.iter().any(|k| k == "bin"))
+        })
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
 }
 
 /// A free loopback port.
@@ -104,7 +150,7 @@ impl Stratum {
         }
         let child = cmd.spawn().with_context(|| {
             format!(
-                "starting {} (build it with `cargo build -p stratum-server`)",
+                "starting {}",
                 binary().display()
             )
         })?;
@@ -455,5 +501,47 @@ where
             return false;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_stratum_executable_among_cargo_messages() {
+        let messages = [
+            r#"{"reason":"compiler-artifact","target":{"name":"stratum_server","kind":["lib"]},"executable":null}"#,
+            r#"{"reason":"compiler-artifact","target":{"name":"stratum","kind":["lib"]},"executable":null}"#,
+            r#"{"reason":"compiler-artifact","target":{"name":"stratum","kind":["bin"]},"executable":"/t/debug/stratum"}"#,
+            r#"{"reason":"build-finished","success":true}"#,
+        ]
+        .join("\n");
+        assert_eq!(
+            stratum_executable(&messages),
+            Some(PathBuf::from("/t/debug/stratum"))
+        );
+        assert_eq!(stratum_executable(&messages[..messages.len() / 2]), None);
+    }
+
+    #[test]
+    fn the_binary_is_built_from_the_current_sources() {
+        if std::env::var_os("STRATUM_BIN").is_some() {
+            return;
+        }
+        let bin = binary();
+        let built = std::fs::metadata(&bin)
+            .and_then(|m| m.modified())
+            .expect("the binary exists");
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/server/src/main.rs");
+        let edited = std::fs::metadata(&source)
+            .and_then(|m| m.modified())
+            .expect("main.rs exists");
+        assert!(
+            built >= edited,
+            "{} is older than {}",
+            bin.display(),
+            source.display()
+        );
     }
 }

@@ -7,10 +7,33 @@ use anyhow::{Context, Result};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-/// The server the tests use: the project's own cluster started by `make db-up`.
+/// The server the tests use: `STRATUM_TEST_DATABASE_URL`, by default this checkout's test
+/// cluster (`make db-test-up`, 127.0.0.1:25433).
 pub fn server_url() -> String {
     std::env::var("STRATUM_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:55432".to_owned())
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:25433".to_owned())
+}
+
+/// The workspace root, with symlinks resolved (as `scripts/pg.sh` sees it with `pwd -P`).
+fn workspace_root() -> std::path::PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    std::fs::canonicalize(&root).unwrap_or(root)
+}
+
+/// The name prefix of this checkout's test databases: `STRATUM_TEST_DB_PREFIX`, by default
+/// `stratum_t_<first 8 hex digits of SHA-256(checkout path)>_`, the same that
+/// `scripts/pg.sh prefix` prints. `make test` drops leftovers with this prefix only, so two
+/// checkouts sharing a server never drop each other's databases.
+pub fn db_prefix() -> String {
+    if let Ok(prefix) = std::env::var("STRATUM_TEST_DB_PREFIX") {
+        return prefix;
+    }
+    default_db_prefix(&workspace_root())
+}
+
+fn default_db_prefix(root: &Path) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, root.as_os_str().as_encoded_bytes());
+    format!("stratum_t_{}_", &hex::encode(digest.as_ref())[..8])
 }
 
 fn db_url(name: &str) -> String {
@@ -54,7 +77,12 @@ fn template_name() -> Result<String> {
 async fn admin() -> Result<AsyncPgConnection> {
     AsyncPgConnection::establish(&db_url("postgres"))
         .await
-        .context("connecting to the test PostgreSQL (run `make db-up`)")
+        .with_context(|| {
+            format!(
+                "connecting to the test PostgreSQL at {} (run `make db-test-up`)",
+                server_url()
+            )
+        })
 }
 
 async fn ensure_template(admin: &mut AsyncPgConnection, name: &str) -> Result<()> {
@@ -104,7 +132,13 @@ impl TestDb {
         let template = template_name()?;
         let mut admin = admin().await?;
         ensure_template(&mut admin, &template).await?;
-        let name = format!("stratum_t_{}", Uuid::new_v4().simple());
+        let name = format!("{}{}", db_prefix(), Uuid::new_v4().simple());
+        if !valid_db_name(&name) {
+            anyhow::bail!(
+                "test database name {name:?} is not a plain PostgreSQL identifier of at most 63 \
+                 bytes (check STRATUM_TEST_DB_PREFIX)"
+            );
+        }
         diesel::sql_query(format!("CREATE DATABASE {name} TEMPLATE {template}"))
             .execute(&mut admin)
             .await?;
@@ -141,5 +175,61 @@ impl Drop for TestDb {
             });
         });
         let _joined = handle.join();
+    }
+}
+
+/// Lower-case letters, digits and `_`, starting with a letter, at most 63 bytes: a name that
+/// needs no quoting in the statements above.
+fn valid_db_name(name: &str) -> bool {
+    name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_prefix_is_the_one_pg_sh_prints() {
+        // `printf '%s' /work/checkout | sha256sum | cut -c1-8`
+        assert_eq!(
+            default_db_prefix(Path::new("/work/checkout")),
+            "stratum_t_b0413587_"
+        );
+    }
+
+    #[test]
+    fn default_prefix_matches_scripts_pg_sh() {
+        let script = workspace_root().join("scripts/pg.sh");
+        let out = std::process::Command::new("bash")
+            .arg(&script)
+            .arg("prefix")
+            .env_remove("STRATUM_TEST_DB_PREFIX")
+            .output()
+            .expect("running scripts/pg.sh prefix");
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            default_db_prefix(&workspace_root())
+        );
+    }
+
+    #[test]
+    fn checkouts_get_different_prefixes() {
+        assert_ne!(
+            default_db_prefix(Path::new("/work/a")),
+            default_db_prefix(Path::new("/work/b"))
+        );
+    }
+
+    #[test]
+    fn database_names_are_plain_identifiers() {
+        assert!(valid_db_name("stratum_t_813cf0e7_0123456789abcdef0123456789abcdef"));
+        assert!(!valid_db_name("stratum-t"));
+        assert!(!valid_db_name("Stratum"));
+        assert!(!valid_db_name(&"a".repeat(64)));
     }
 }
