@@ -297,70 +297,8 @@ fn parse_retry_after(value: &str, now: SystemTime) -> Option<u64> {
 /// `Sun, 06 Nov 1994 08:49:37 GMT`, `Sunday, 06-Nov-94 08:49:37 GMT`,
 /// `Sun Nov  6 08:49:37 1994`.
 fn parse_http_date(value: &str) -> Option<u64> {
-    let normalized = value.replace([',', '-'], " ");
-    let tokens: Vec<&str> = normalized.split_whitespace().collect();
-    let (day, month, year, clock) = match tokens.as_slice() {
-        [_, day, month, year, clock, "GMT"] => (*day, *month, *year, *clock),
-        [_, month, day, clock, year] if month_number(month).is_some() => {
-            (*day, *month, *year, *clock)
-        }
-        _ => return None,
-    };
-    let day: u64 = parse_digits(day, 1, 2)?;
-    let month = month_number(month)?;
-    let year: u64 = match year.len() {
-        4 => parse_digits(year, 4, 4)?,
-        // RFC 850 two-digit years; the POSIX pivot keeps 1994 examples meaning 1994.
-        2 => match parse_digits(year, 2, 2)? {
-            yy @ 70.. => 1900 + yy,
-            yy => 2000 + yy,
-        },
-        _ => return None,
-    };
-    let mut hms = clock.split(':');
-    let (h, m, s) = (hms.next()?, hms.next()?, hms.next()?);
-    if hms.next().is_some() {
-        return None;
-    }
-    let (h, m, s) = (
-        parse_digits(h, 2, 2)?,
-        parse_digits(m, 2, 2)?,
-        parse_digits(s, 2, 2)?,
-    );
-    if !(1..=31).contains(&day) || h > 23 || m > 59 || s > 60 || year < 1970 {
-        return None;
-    }
-    let days = days_from_civil(year, month, day);
-    Some(days * 86_400 + h * 3600 + m * 60 + s)
-}
-
-fn parse_digits(text: &str, min: usize, max: usize) -> Option<u64> {
-    if text.len() < min || text.len() > max || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    text.parse().ok()
-}
-
-fn month_number(name: &str) -> Option<u64> {
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    MONTHS
-        .iter()
-        .position(|m| m.eq_ignore_ascii_case(name))
-        .map(|i| i as u64 + 1)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm), for
-/// years from 1970 on.
-fn days_from_civil(year: u64, month: u64, day: u64) -> u64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y / 400;
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(UNIX_EPOCH).ok()?.as_secs())
 }
 
 #[cfg(test)]
