@@ -58,7 +58,13 @@ pub fn app(
                 .configure(routes),
         )
         .default_service(web::to(unknown_route))
+        // The last one wrapped runs first: request_id is outermost.
         .wrap(actix_web::middleware::from_fn(middleware::body_deadline))
+        .wrap(actix_web::middleware::from_fn(
+            middleware::method_not_allowed_body,
+        ))
+        .wrap(actix_web::middleware::from_fn(middleware::http_metrics))
+        .wrap(actix_web::middleware::from_fn(middleware::access_log))
         .wrap(actix_web::middleware::from_fn(middleware::request_id))
 }
 

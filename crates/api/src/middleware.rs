@@ -1,4 +1,6 @@
-//! Request ids and access logs.
+//! The middleware around every request, one job each (outermost first, as `crate::app`
+//! wraps them): [`request_id`], [`access_log`], [`http_metrics`], [`method_not_allowed_body`],
+//! [`body_deadline`].
 
 use std::future::Future as _;
 use std::time::Instant;
@@ -109,31 +111,43 @@ fn acceptable(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
 }
 
-/// Gives every request an id (the caller's `X-Request-Id` when sane), echoes it on the
-/// response, and logs one line per request.
-pub async fn request_id(
-    req: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-    let started = Instant::now();
-    let id = req
-        .headers()
+/// The id of `req`: the caller's `X-Request-Id` when sane, else a fresh UUIDv7.
+fn incoming_id(req: &ServiceRequest) -> String {
+    req.headers()
         .get(&X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| acceptable(v))
         .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
+}
+
+/// Gives every request an id (the caller's `X-Request-Id` when sane), makes it available to
+/// handlers ([`RequestId`] in the extensions) and to error bodies (the task-local
+/// [`REQUEST_ID`]), and echoes it on the response.
+pub async fn request_id(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let id = incoming_id(&req);
     req.extensions_mut().insert(RequestId(id.clone()));
-    let method = req.method().clone();
-    let mut res = REQUEST_ID
-        .scope(id.clone(), next.call(req))
-        .await?
-        .map_into_boxed_body();
+    let mut res = REQUEST_ID.scope(id.clone(), next.call(req)).await?;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        res.headers_mut().insert(X_REQUEST_ID.clone(), v);
+    }
+    Ok(res)
+}
+
+/// Gives the empty 405 actix answers for an unregistered method the API's error body
+/// (`METHOD_NOT_ALLOWED`), keeping its `Allow` header.
+pub async fn method_not_allowed_body(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let mut res = next.call(req).await?.map_into_boxed_body();
     if res.status() == actix_web::http::StatusCode::METHOD_NOT_ALLOWED {
-        // actix answers an unregistered method with an empty body; give it the error body.
         let allow = res.headers().get(actix_web::http::header::ALLOW).cloned();
         res = res.map_body(|_, _| {
-            actix_web::body::BoxBody::new(
+            BoxBody::new(
                 serde_json::json!({"error": {"code": "METHOD_NOT_ALLOWED", "message": "method not allowed on this route"}})
                     .to_string(),
             )
@@ -146,36 +160,64 @@ pub async fn request_id(
             res.headers_mut().insert(actix_web::http::header::ALLOW, a);
         }
     }
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        res.headers_mut().insert(X_REQUEST_ID.clone(), v);
-    }
-    // Labels come from fixed sets only (route templates, standard methods), so no request
-    // can add a time series.
-    let route = res
-        .request()
-        .match_pattern()
-        .unwrap_or_else(|| OTHER.to_owned());
-    let status = res.status().as_u16();
-    let (key_id, tenant_id) = res
-        .request()
-        .extensions()
-        .get::<crate::auth::AuthInfo>()
-        .map(|a| (Some(a.key_id.clone()), a.tenant_id.clone()))
-        .unwrap_or_default();
+    Ok(res)
+}
+
+/// The route label of a request: its route template, or `other`. Labels come from fixed sets
+/// only (route templates, standard methods), so no request can add a time series.
+fn route_label(req: &actix_web::HttpRequest) -> String {
+    req.match_pattern().unwrap_or_else(|| OTHER.to_owned())
+}
+
+/// Counts every request and observes its latency in the HTTP metrics, by route template,
+/// method and status.
+pub async fn http_metrics(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let res = next.call(req).await?;
     let latency = started.elapsed().as_secs_f64();
     if let Some(state) = res
         .request()
         .app_data::<actix_web::web::Data<crate::AppState>>()
     {
-        state
-            .metrics
-            .observe_http(&route, method_label(&method), status, latency);
+        state.metrics.observe_http(
+            &route_label(res.request()),
+            method_label(&method),
+            res.status().as_u16(),
+            latency,
+        );
     }
+    Ok(res)
+}
+
+/// Logs one line per request: its id, method, route, status, latency and caller.
+pub async fn access_log(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let res = next.call(req).await?;
+    let latency = started.elapsed().as_secs_f64();
+    let request = res.request();
+    let id = request
+        .extensions()
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default();
+    let (key_id, tenant_id) = request
+        .extensions()
+        .get::<crate::auth::AuthInfo>()
+        .map(|a| (Some(a.key_id.clone()), a.tenant_id.clone()))
+        .unwrap_or_default();
     tracing::info!(
         request_id = %id,
         method = %method,
-        route = %route,
-        status,
+        route = %route_label(request),
+        status = res.status().as_u16(),
         latency_ms = latency * 1000.0,
         key_id = key_id.as_deref().unwrap_or("-"),
         tenant_id = tenant_id.as_deref().unwrap_or("-"),
