@@ -4,6 +4,8 @@
 //! what a mutation records alongside itself ([`Journal`]), the [`Clock`] port, pagination
 //! and the wire format of timestamps.
 
+#![warn(missing_docs)]
+
 pub mod actor;
 pub mod clock;
 pub mod ids;

@@ -29,6 +29,30 @@ const KEY_ID_LEN: usize = KEY_ID_BYTES * 2;
 const TAG_LEN: usize = 16;
 
 /// An AES-256-GCM key derived from `STRATUM_ENCRYPTION_KEY`, with its public key id.
+///
+/// ```
+/// use stratum_crypto::{envelope_key_id, CryptoError, EncryptionKey};
+///
+/// let key = EncryptionKey::derive("a-master-key-of-at-least-32-bytes!")?;
+/// let stored = key.encrypt_str("whsec_secret")?;
+/// // `v1:<key id>:<base64url(nonce || ciphertext || tag)>`; never the plaintext.
+/// assert!(stored.starts_with(&format!("v1:{}:", key.key_id())));
+/// assert!(!stored.contains("whsec_secret"));
+/// assert_eq!(envelope_key_id(&stored), Some(key.key_id()));
+/// assert_eq!(key.decrypt_str(&stored)?, "whsec_secret");
+///
+/// // Another key recognises the envelope is not its own ...
+/// let other = EncryptionKey::derive("another-master-key-of-32-bytes-or-more")?;
+/// assert!(matches!(other.decrypt_str(&stored), Err(CryptoError::KeyMismatch { .. })));
+/// // ... and an altered envelope fails authentication.
+/// let (head, payload) = stored.rsplit_once(':').unwrap();
+/// let flipped = if payload.starts_with('A') { 'B' } else { 'A' };
+/// let tampered = format!("{head}:{flipped}{}", &payload[1..]);
+/// assert_eq!(key.decrypt_str(&tampered), Err(CryptoError::Decrypt));
+/// // Short master keys are refused.
+/// assert!(matches!(EncryptionKey::derive("short"), Err(CryptoError::KeyTooShort { .. })));
+/// # Ok::<(), CryptoError>(())
+/// ```
 #[derive(Clone)]
 pub struct EncryptionKey {
     key: LessSafeKey,

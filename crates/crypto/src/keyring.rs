@@ -149,6 +149,26 @@ impl Keyring {
 }
 
 /// Re-encrypts a value stored under `old` with `new`; `KeyMismatch` if `old` did not make it.
+///
+/// A key rotation, value by value: a keyring holding the new key as current and the old one
+/// as previous reads both while the rotation runs, and writes under the new key only.
+///
+/// ```
+/// use stratum_crypto::{reencrypt, EncryptionKey, Keyring};
+///
+/// let old = EncryptionKey::derive("old-master-key-0123456789abcdefgh")?;
+/// let new = EncryptionKey::derive("new-master-key-0123456789abcdefgh")?;
+/// let stored = old.encrypt_str("secret")?;
+///
+/// let during = Keyring::new(new.clone(), Some(old.clone()));
+/// assert_eq!(during.decrypt_str(&stored)?, "secret");
+///
+/// let rotated = reencrypt(&old, &new, &stored)?;
+/// assert_eq!(new.decrypt_str(&rotated)?, "secret");
+/// assert!(old.decrypt_str(&rotated).is_err());
+/// assert!(reencrypt(&old, &new, &rotated).is_err());
+/// # Ok::<(), stratum_crypto::CryptoError>(())
+/// ```
 pub fn reencrypt(
     old: &EncryptionKey,
     new: &EncryptionKey,

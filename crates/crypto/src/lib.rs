@@ -3,6 +3,8 @@
 //!
 //! The crate performs no I/O; callers hand it keys and bytes and store what it returns.
 
+#![warn(missing_docs)]
+
 pub mod envelope;
 pub mod error;
 pub mod keyring;

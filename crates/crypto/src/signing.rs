@@ -79,6 +79,27 @@ pub fn sign_standard(key: &[u8], msg_id: &str, timestamp: i64, body: &[u8]) -> S
 /// `stratum` is keyed with the whole secret string's UTF-8 bytes, `whsec_` prefix included;
 /// `standard` with [`signing_key_bytes`] of the secret. `InvalidSecret` for a malformed
 /// `whsec_` secret.
+///
+/// A sender signs once per attempt; a receiver holding the same secret verifies either header:
+///
+/// ```
+/// use stratum_crypto::{generate_whsec, sign_delivery, verify_standard, verify_stratum};
+///
+/// let secret = generate_whsec();
+/// let body = br#"{"event":"tenant.created","data":{"id":"t_1"}}"#;
+/// let now = 1_700_000_000;
+/// let sigs = sign_delivery(&secret, "dlv_1", now, body)?;
+/// assert!(sigs.stratum.starts_with("sha256="));
+/// assert!(sigs.standard.starts_with("v1,"));
+///
+/// let timestamp = sigs.timestamp.to_string();
+/// verify_stratum(secret.as_bytes(), &timestamp, &sigs.stratum, body, now, 300)?;
+/// verify_standard(&secret, "dlv_1", &timestamp, &sigs.standard, body, now, 300)?;
+/// // Another secret does not verify.
+/// let other = generate_whsec();
+/// assert!(verify_standard(&other, "dlv_1", &timestamp, &sigs.standard, body, now, 300).is_err());
+/// # Ok::<(), stratum_crypto::CryptoError>(())
+/// ```
 pub fn sign_delivery(
     secret: &str,
     delivery_id: &str,
@@ -103,6 +124,24 @@ pub fn generate_whsec() -> String {
 /// The timestamp is checked first: unparseable or further than `tolerance_secs` from
 /// `now_unix` gives `TimestampOutOfTolerance`. A header without `sha256=` gives
 /// `MissingSignature`; a signature that does not match gives `SignatureMismatch`.
+///
+/// ```
+/// use stratum_crypto::{sign_stratum, verify_stratum, CryptoError, DEFAULT_TOLERANCE_SECS};
+///
+/// let secret = b"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+/// let body = br#"{"id":"evt_1"}"#;
+/// let sent_at = 1_700_000_000;
+/// let header = sign_stratum(secret, sent_at, body);
+/// let check = |body: &[u8], now: i64| {
+///     verify_stratum(secret, "1700000000", &header, body, now, DEFAULT_TOLERANCE_SECS)
+/// };
+///
+/// assert_eq!(check(body, sent_at + 10), Ok(()));
+/// // One altered byte of the body fails.
+/// assert_eq!(check(br#"{"id":"evt_2"}"#, sent_at + 10), Err(CryptoError::SignatureMismatch));
+/// // So does a replay ten minutes later (the timestamp is checked first).
+/// assert_eq!(check(body, sent_at + 600), Err(CryptoError::TimestampOutOfTolerance));
+/// ```
 pub fn verify_stratum(
     secret: &[u8],
     timestamp_header: &str,
@@ -131,6 +170,26 @@ pub fn verify_stratum(
 /// secret rotation); any match passes and other versions are ignored. `InvalidSecret` for a
 /// malformed `whsec_` secret; timestamp errors as in [`verify_stratum`]; `MissingSignature`
 /// when no `v1` entry is present, else `SignatureMismatch`.
+///
+/// The reference vector of the Standard Webhooks specification verifies, alone or next to a
+/// signature made with a retired secret:
+///
+/// ```
+/// use stratum_crypto::{verify_standard, CryptoError};
+///
+/// let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+/// let (id, ts, body) = ("msg_p5jXN8AQM9LWM0D4loKWxJek", "1614265330", br#"{"test": 2432232314}"#);
+/// let signature = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
+/// let now = 1_614_265_330;
+///
+/// assert_eq!(verify_standard(secret, id, ts, signature, body, now, 300), Ok(()));
+/// let rotating = format!("v1,bm90IHRoaXMgb25l {signature}");
+/// assert_eq!(verify_standard(secret, id, ts, &rotating, body, now, 300), Ok(()));
+/// assert_eq!(
+///     verify_standard(secret, id, ts, "v2,whatever", body, now, 300),
+///     Err(CryptoError::MissingSignature)
+/// );
+/// ```
 pub fn verify_standard(
     secret: &str,
     msg_id: &str,

@@ -2,6 +2,8 @@
 //! rest, and the start-up check that the configured key can read the stored data. The
 //! rules live here; the Postgres adapter owns the transactions.
 
+#![warn(missing_docs)]
+
 pub mod error;
 pub mod model;
 pub mod ports;
