@@ -53,9 +53,17 @@ fn build_binary() -> Result<PathBuf> {
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
         .output()
-        .with_context(|| format!("running {} build -p stratum-server", cargo.to_string_lossy()))?;
+        .with_context(|| {
+            format!(
+                "running {} build -p stratum-server",
+                cargo.to_string_lossy()
+            )
+        })?;
     if !out.status.success() {
-        bail!("`cargo build -p stratum-server --bin stratum` failed ({})", out.status);
+        bail!(
+            "`cargo build -p stratum-server --bin stratum` failed ({})",
+            out.status
+        );
     }
     stratum_executable(&String::from_utf8_lossy(&out.stdout))
         .context("`cargo build -p stratum-server` reported no `stratum` executable")
@@ -148,12 +156,9 @@ impl Stratum {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().with_context(|| {
-            format!(
-                "starting {}",
-                binary().display()
-            )
-        })?;
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", binary().display()))?;
         let mut me = Self { child, base };
         if args.first() == Some(&"serve") {
             me.wait_healthy().await?;

@@ -227,7 +227,9 @@ mod tests {
 
     #[test]
     fn database_names_are_plain_identifiers() {
-        assert!(valid_db_name("stratum_t_813cf0e7_0123456789abcdef0123456789abcdef"));
+        assert!(valid_db_name(
+            "stratum_t_813cf0e7_0123456789abcdef0123456789abcdef"
+        ));
         assert!(!valid_db_name("stratum-t"));
         assert!(!valid_db_name("Stratum"));
         assert!(!valid_db_name(&"a".repeat(64)));
