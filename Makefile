@@ -19,7 +19,7 @@ TEST_PSQL   := psql -X -q -v ON_ERROR_STOP=1 -d $(STRATUM_TEST_DATABASE_URL)/pos
 CARGO       ?= cargo
 DOMAIN_CRATES := stratum-core stratum-crypto stratum-audit stratum-consent stratum-webhooks stratum-tenancy stratum-maintenance
 
-.PHONY: browser-deps conformance openapi-check deploy-check fmt-check clippy doc help db-up db-down db-test-up run build test test-unit lint fmt schema-check boundary-check bench tools clean
+.PHONY: db-test-clean db-test-down browser-deps conformance openapi-check deploy-check fmt-check clippy doc help db-up db-down db-test-up run build test test-unit lint fmt schema-check boundary-check bench tools clean
 
 help:
 	@echo "make run     build, start PostgreSQL, migrate and serve on http://127.0.0.1:3001"
@@ -63,12 +63,14 @@ run: db-up build $(DEV_DIR)/dev.env
 	 echo "  curl -s -H 'X-API-Key: $$STRATUM_ADMIN_API_KEY' http://$$STRATUM_BIND/api/v1/audit-logs"; echo; \
 	 exec ./target/release/stratum serve
 
-# Tests run against the real PostgreSQL started above; each test clones its own database.
-# Leftovers of an interrupted run of THIS checkout (its prefix) are dropped first.
-test: db-test-up browser-deps deploy-check openapi-check
+# Drops the leftovers of interrupted test runs of THIS checkout (its prefix) only.
+db-test-clean: db-test-up
 	@$(TEST_PSQL) -tAc \
 	  "SELECT format('DROP DATABASE IF EXISTS %I WITH (FORCE);', datname) FROM pg_database WHERE datname LIKE '$(subst _,\_,$(STRATUM_TEST_DB_PREFIX))%'" \
 	  | $(TEST_PSQL) >/dev/null
+
+# Tests run against the real PostgreSQL started above; each test clones its own database.
+test: db-test-clean browser-deps deploy-check openapi-check
 	$(CARGO) build -p stratum-server
 	@if command -v cargo-nextest >/dev/null 2>&1; then \
 	  $(TEST_ENV) $(CARGO) nextest run --workspace --no-fail-fast; \
