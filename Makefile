@@ -61,7 +61,7 @@ run: db-up build $(DEV_DIR)/dev.env
 	 echo "  curl -s -H 'X-API-Key: $$STRATUM_ADMIN_API_KEY' -H 'Content-Type: application/json' \\"; \
 	 echo "       -d '{\"name\":\"Acme\",\"slug\":\"acme\"}' http://$$STRATUM_BIND/api/v1/tenants"; \
 	 echo "  curl -s -H 'X-API-Key: $$STRATUM_ADMIN_API_KEY' http://$$STRATUM_BIND/api/v1/audit-logs"; echo; \
-	 exec ./target/release/stratum serve
+	 exec $${CARGO_TARGET_DIR:-target}/release/stratum serve
 
 # Drops the leftovers of interrupted test runs of THIS checkout (its prefix) only.
 db-test-clean: db-test-up
