@@ -29,6 +29,7 @@ help:
 	@echo "make bench   benchmarks under bench/ (print figures)"
 	@echo "make db-up / db-down            this checkout's dev PostgreSQL on 127.0.0.1:25432"
 	@echo "make db-test-up / db-test-down  this checkout's test PostgreSQL (fsync=off) on 127.0.0.1:25433"
+	@echo "make db-test-clean              drop this checkout's leftover test databases (stratum_t_<checkout hash>_*)"
 
 db-up:
 	@$(PG) up stratum
