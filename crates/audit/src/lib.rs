@@ -1,8 +1,10 @@
-//! Stratum audit: the audit entry, its filters, redaction, and the read side of the log
-//! (entries are written by the storage adapter together with each change), and the
-//! tamper-evident chain the entries are sealed into ([`chain`]).
+//! Stratum audit: the audit entry, its filters and the read side of the log; the write
+//! side ([`trail`]: the [`AuditSink`] port a change's transaction appends through, the
+//! [`Redaction`] rules, the fan-out [`Audience`]); and the tamper-evident chain the entries
+//! are sealed into ([`chain`]).
 
 pub mod chain;
+pub mod trail;
 
 use std::sync::Arc;
 
@@ -16,6 +18,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 pub use chain::VerifyReport;
+pub use trail::{Audience, AuditRecord, AuditSink, AuditTrail, EventRecord, Redaction};
 
 /// One audit entry.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -265,21 +268,10 @@ impl AuditService {
     }
 }
 
-/// Replaces the values of `keys` (at any depth) with `"[REDACTED]"`.
+/// Replaces the values of `keys` (at any depth) with `"[REDACTED]"`: the
+/// [`Redaction`] rule for these keys, applied once.
 pub fn redact_keys(value: &mut Value, keys: &[&str]) {
-    match value {
-        Value::Object(map) => {
-            for (k, v) in map.iter_mut() {
-                if keys.contains(&k.as_str()) {
-                    *v = Value::String(stratum_core::REDACTED.to_owned());
-                } else {
-                    redact_keys(v, keys);
-                }
-            }
-        }
-        Value::Array(items) => items.iter_mut().for_each(|v| redact_keys(v, keys)),
-        _ => {}
-    }
+    Redaction::keys(keys.iter().copied()).apply(value);
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ pub use audit::PgAuditLog;
 pub use chain::{run_sealer, seal_pass};
 pub use consent::PgConsentStore;
 pub use error::{map_pool_error, map_query_error};
-pub use journal::{record, DELIVERY_CHANNEL};
+pub use journal::{append, record, stratum_trail, PgAuditSink, DELIVERY_CHANNEL};
 pub use listen::listen_for_deliveries;
 pub use maintenance::PgMaintenanceStore;
 pub use migrate::{migrations_current, run_migrations, MigrateError};
