@@ -13,6 +13,7 @@ pub mod listen;
 pub mod maintenance;
 pub mod migrate;
 pub mod pool;
+pub mod probe;
 pub mod replays;
 pub mod schema;
 pub mod tenancy;
@@ -28,6 +29,7 @@ pub use listen::listen_for_deliveries;
 pub use maintenance::PgMaintenanceStore;
 pub use migrate::{migrations_current, run_migrations, MigrateError};
 pub use pool::{connect, Pool, PoolConfig, PooledConn};
+pub use probe::PgStorageProbe;
 pub use replays::PgReplayStore;
 pub use tenancy::{PgApiKeyStore, PgConfigStore, PgPermissionStore, PgTenantStore};
 pub use webhooks::{
