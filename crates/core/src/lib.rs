@@ -26,7 +26,7 @@ pub use precondition::{
     WRITE_ATTEMPTS,
 };
 pub use probe::{NotReady, PoolStats, StorageProbe};
-pub use store_error::{StoreError, KEY_RETRIES};
+pub use store_error::{BoxError, StoreError, KEY_RETRIES};
 pub use tenant_path::TenantPath;
 pub use text::TextError;
 
