@@ -3,6 +3,8 @@
 //! [`Redaction`] rules, the fan-out [`Audience`]); and the tamper-evident chain the entries
 //! are sealed into ([`chain`]).
 
+#![warn(missing_docs)]
+
 pub mod chain;
 pub mod trail;
 
@@ -169,6 +171,30 @@ impl AuditService {
     }
 
     /// A page of entries and the cursor of the next page, if more remain.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use std::sync::Arc;
+    /// use stratum_audit::{AuditFilter, AuditService, MockAuditLog};
+    /// use stratum_core::{Caller, Limit};
+    ///
+    /// let mut log = MockAuditLog::new();
+    /// // The service asks for one entry more than the page to learn whether more remain.
+    /// log.expect_list()
+    ///     .withf(|filter, subtree, cursor, limit| {
+    ///         filter.action.as_deref() == Some("tenant.created")
+    ///             && subtree.is_none() // a global caller sees every tenant
+    ///             && cursor.is_none()
+    ///             && *limit == 11
+    ///     })
+    ///     .returning(|_, _, _, _| Ok(Some(Vec::new())));
+    /// let audit = AuditService::new(Arc::new(log));
+    /// let filter = AuditFilter { action: Some("tenant.created".into()), ..Default::default() };
+    /// let limit = Limit::new(Some(10), 50, 100).unwrap();
+    /// let (page, next) = audit.list(&Caller::system(), filter, None, limit).await.unwrap();
+    /// assert!(page.is_empty() && next.is_none());
+    /// # });
+    /// ```
     pub async fn list(
         &self,
         caller: &Caller,
