@@ -71,7 +71,7 @@ impl ConsentService {
             Ok(_) => Ok(()),
             Err(TenancyError::TenantNotFound) => Err(ConsentError::TenantNotFound),
             Err(TenancyError::Store(e)) => Err(e.into()),
-            Err(other) => Err(StoreError::Internal(other.to_string()).into()),
+            Err(other) => Err(StoreError::internal(other).into()),
         }
     }
 
