@@ -3,8 +3,7 @@
 use std::sync::Arc;
 
 use serde_json::Value;
-use stratum_core::{new_id, Caller, Clock, StoreError};
-use stratum_tenancy::{TenancyError, TenantService};
+use stratum_core::{new_id, Caller, Clock, TenantDirectory, TenantDirectoryExt};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -47,7 +46,7 @@ const GRANT_ATTEMPTS: u32 = stratum_core::WRITE_ATTEMPTS;
 
 /// Consent: grant, list, revoke, and the check other services ask.
 pub struct ConsentService {
-    tenants: Arc<TenantService>,
+    tenants: Arc<dyn TenantDirectory>,
     store: Arc<dyn ConsentStore>,
     clock: Arc<dyn Clock>,
 }
@@ -55,7 +54,7 @@ pub struct ConsentService {
 impl ConsentService {
     /// Wires the service.
     pub fn new(
-        tenants: Arc<TenantService>,
+        tenants: Arc<dyn TenantDirectory>,
         store: Arc<dyn ConsentStore>,
         clock: Arc<dyn Clock>,
     ) -> Self {
@@ -67,11 +66,9 @@ impl ConsentService {
     }
 
     async fn visible_tenant(&self, caller: &Caller, tenant_id: Uuid) -> Result<()> {
-        match self.tenants.visible_active(caller, tenant_id).await {
-            Ok(_) => Ok(()),
-            Err(TenancyError::TenantNotFound) => Err(ConsentError::TenantNotFound),
-            Err(TenancyError::Store(e)) => Err(e.into()),
-            Err(other) => Err(StoreError::Internal(other.to_string()).into()),
+        match self.tenants.visible_active(caller, tenant_id).await? {
+            Some(_) => Ok(()),
+            None => Err(ConsentError::TenantNotFound),
         }
     }
 
@@ -230,8 +227,11 @@ mod tests {
     use mockall::predicate::eq;
     use serde_json::json;
     use stratum_core::clock::MockClock;
-    use stratum_core::{Actor, ActorKind, Journal, RequestMeta, Scope, TenantPath, TenantScope};
-    use stratum_tenancy::{MockTenantStore, Tenant, TenantStatus};
+    use stratum_core::directory::MockTenantDirectory;
+    use stratum_core::TenantEntry;
+    use stratum_core::{
+        Actor, ActorKind, Journal, RequestMeta, Scope, StoreError, TenantPath, TenantScope,
+    };
     use time::macros::datetime;
     use time::Duration;
 
@@ -240,29 +240,26 @@ mod tests {
     const NOW: OffsetDateTime = datetime!(2026-01-31 09:15:00 UTC);
     const EARLIER: OffsetDateTime = datetime!(2025-06-01 12:00:00 UTC);
 
-    fn tenant(id: Uuid, status: TenantStatus) -> Tenant {
-        Tenant {
+    /// How tenants are in the directory.
+    #[derive(Clone, Copy, PartialEq)]
+    enum TenantStatus {
+        Active,
+        Archived,
+    }
+
+    fn tenant(id: Uuid, status: TenantStatus) -> TenantEntry {
+        TenantEntry {
             id,
-            parent_id: None,
-            name: "Acme".into(),
-            slug: "acme".into(),
-            ancestry_path: TenantPath::root(id),
-            depth: 0,
-            metadata: json!({}),
-            status,
-            deleted_at: None,
-            created_at: EARLIER,
-            updated_at: EARLIER,
-            version: 1,
+            path: TenantPath::root(id),
+            active: status == TenantStatus::Active,
         }
     }
 
-    fn tenants_with(t: Option<Tenant>) -> Arc<TenantService> {
-        let mut store = MockTenantStore::new();
-        store
-            .expect_get()
+    fn tenants_with(t: Option<TenantEntry>) -> Arc<dyn TenantDirectory> {
+        let mut dir = MockTenantDirectory::new();
+        dir.expect_find()
             .returning(move |id| Ok(t.clone().filter(|t| t.id == id)));
-        Arc::new(TenantService::new(Arc::new(store), clock()))
+        Arc::new(dir)
     }
 
     fn clock() -> Arc<dyn Clock> {
@@ -575,10 +572,7 @@ mod tests {
         for (input, expected) in cases {
             // No expectations: any call to the tenant or consent store would panic.
             let svc = ConsentService::new(
-                Arc::new(TenantService::new(
-                    Arc::new(MockTenantStore::new()),
-                    clock(),
-                )),
+                Arc::new(MockTenantDirectory::new()),
                 Arc::new(MockConsentStore::new()),
                 clock(),
             );

@@ -6,6 +6,7 @@
 
 pub mod actor;
 pub mod clock;
+pub mod directory;
 pub mod ids;
 pub mod journal;
 pub mod page;
@@ -17,6 +18,7 @@ pub mod timefmt;
 
 pub use actor::{Actor, ActorKind, Scope, TenantScope};
 pub use clock::{Clock, SystemClock};
+pub use directory::{TenantDirectory, TenantDirectoryExt, TenantEntry};
 pub use ids::new_id;
 pub use journal::{Caller, EventDraft, Journal, RequestMeta};
 pub use page::{next_page, Limit, LimitError};

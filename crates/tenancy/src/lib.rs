@@ -3,6 +3,7 @@
 //! build the [`Journal`](stratum_core::Journal) each mutation commits with; the ports'
 //! adapters make it atomic.
 
+pub mod directory;
 pub mod error;
 pub mod model;
 pub mod ports;
@@ -10,6 +11,7 @@ pub mod service;
 #[cfg(test)]
 mod service_tests;
 
+pub use directory::StoreDirectory;
 pub use error::TenancyError;
 pub use model::*;
 pub use ports::*;

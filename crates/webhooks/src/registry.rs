@@ -8,10 +8,10 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use stratum_core::timefmt::rfc3339;
 use stratum_core::{
-    new_id, Caller, Clock, Limit, Precondition, StoreError, TenantPath, KEY_RETRIES, REDACTED,
+    new_id, Caller, Clock, Limit, Precondition, StoreError, TenantDirectory, TenantDirectoryExt,
+    TenantPath, KEY_RETRIES, REDACTED,
 };
 use stratum_crypto::{generate_whsec, SharedKeyring};
-use stratum_tenancy::TenantService;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -309,7 +309,7 @@ pub struct RegistryConfig {
 
 /// Webhooks and their deliveries.
 pub struct WebhookService {
-    tenants: Arc<TenantService>,
+    tenants: Arc<dyn TenantDirectory>,
     webhooks: Arc<dyn WebhookStore>,
     deliveries: Arc<dyn DeliveryStore>,
     guard: Arc<dyn UrlGuard>,
@@ -323,15 +323,6 @@ fn state_of(w: &Webhook) -> Value {
     let mut v = serde_json::to_value(w).unwrap_or(Value::Null);
     v["secret"] = Value::String(REDACTED.to_owned());
     v
-}
-
-/// A tenant lookup's failure: storage trouble stays storage trouble (503), anything else
-/// means the tenant is not there for this caller.
-fn tenant_error(e: stratum_tenancy::TenancyError) -> WebhookError {
-    match e {
-        stratum_tenancy::TenancyError::Store(s) => WebhookError::Store(s),
-        _ => WebhookError::TenantNotFound,
-    }
 }
 
 fn check_precondition(precondition: Precondition, current: i64) -> Result<()> {
@@ -403,7 +394,7 @@ impl WebhookService {
         reason = "a composition-root constructor: one argument per port"
     )]
     pub fn new(
-        tenants: Arc<TenantService>,
+        tenants: Arc<dyn TenantDirectory>,
         webhooks: Arc<dyn WebhookStore>,
         deliveries: Arc<dyn DeliveryStore>,
         guard: Arc<dyn UrlGuard>,
@@ -439,12 +430,10 @@ impl WebhookService {
             None => Err(WebhookError::Forbidden(
                 "a global webhook (no tenant_id) needs a key that is not tenant-scoped".into(),
             )),
-            Some(t) => self
-                .tenants
-                .visible_active(caller, t)
-                .await
-                .map(|_| ())
-                .map_err(tenant_error),
+            Some(t) => match self.tenants.visible_active(caller, t).await? {
+                Some(_) => Ok(()),
+                None => Err(WebhookError::TenantNotFound),
+            },
         }
     }
 
@@ -535,7 +524,10 @@ impl WebhookService {
     /// Webhooks the caller can see, optionally of one tenant.
     pub async fn list(&self, caller: &Caller, tenant_id: Option<Uuid>) -> Result<Vec<Webhook>> {
         if let Some(t) = tenant_id {
-            self.tenants.get(caller, t).await.map_err(tenant_error)?;
+            self.tenants
+                .visible(caller, t)
+                .await?
+                .ok_or(WebhookError::TenantNotFound)?;
         }
         Ok(self
             .webhooks

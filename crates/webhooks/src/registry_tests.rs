@@ -8,12 +8,13 @@ use std::sync::{Arc, Mutex};
 use mockall::predicate::eq;
 use serde_json::{json, Value};
 use stratum_core::clock::MockClock;
+use stratum_core::directory::MockTenantDirectory;
+use stratum_core::TenantEntry;
 use stratum_core::{
     Actor, ActorKind, Caller, Clock, Journal, Limit, Precondition, RequestMeta, Scope, StoreError,
     TenantPath, TenantScope, REDACTED,
 };
 use stratum_crypto::{signing_key_bytes, verify_standard, verify_stratum, Keyring, SharedKeyring};
-use stratum_tenancy::{MockTenantStore, Tenant, TenantService, TenantStatus};
 use time::macros::datetime;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -101,21 +102,19 @@ fn scoped_caller(t: &Tenant) -> Caller {
     }
 }
 
-fn tenant_at(path: TenantPath, parent_id: Option<Uuid>) -> Tenant {
-    let id = path.leaf().unwrap();
+/// A tenant as the directory knows it.
+#[derive(Debug, Clone)]
+struct Tenant {
+    id: Uuid,
+    ancestry_path: TenantPath,
+    active: bool,
+}
+
+fn tenant_at(path: TenantPath, _parent_id: Option<Uuid>) -> Tenant {
     Tenant {
-        id,
-        parent_id,
-        name: format!("Tenant {id}"),
-        slug: format!("t_{}", id.simple()),
-        depth: path.depth() as i32,
+        id: path.leaf().unwrap(),
         ancestry_path: path,
-        metadata: json!({}),
-        status: TenantStatus::Active,
-        deleted_at: None,
-        created_at: EARLIER,
-        updated_at: EARLIER,
-        version: 1,
+        active: true,
     }
 }
 
@@ -127,14 +126,23 @@ fn child(parent: &Tenant) -> Tenant {
     tenant_at(parent.ancestry_path.child(Uuid::now_v7()), Some(parent.id))
 }
 
-/// A tenant store whose `get` knows exactly these tenants.
-fn tenant_store(known: &[&Tenant]) -> MockTenantStore {
-    let map: HashMap<Uuid, Tenant> = known.iter().map(|t| (t.id, (*t).clone())).collect();
-    let mut store = MockTenantStore::new();
-    store
-        .expect_get()
+/// A tenant directory that knows exactly these tenants.
+fn tenant_store(known: &[&Tenant]) -> MockTenantDirectory {
+    let map: HashMap<Uuid, TenantEntry> = known
+        .iter()
+        .map(|t| {
+            let entry = TenantEntry {
+                id: t.id,
+                path: t.ancestry_path.clone(),
+                active: t.active,
+            };
+            (t.id, entry)
+        })
+        .collect();
+    let mut dir = MockTenantDirectory::new();
+    dir.expect_find()
         .returning(move |id| Ok(map.get(&id).cloned()));
-    store
+    dir
 }
 
 fn webhook_of(tenant_id: Option<Uuid>) -> Webhook {
@@ -196,7 +204,7 @@ fn guard_allows() -> MockUrlGuard {
 
 /// The service's ports, each a mock that fails the test on any call not expected.
 struct Ports {
-    tenants: MockTenantStore,
+    tenants: MockTenantDirectory,
     webhooks: MockWebhookStore,
     deliveries: MockDeliveryStore,
     guard: MockUrlGuard,
@@ -237,7 +245,7 @@ impl Ports {
 
     fn service(self) -> WebhookService {
         WebhookService::new(
-            Arc::new(TenantService::new(Arc::new(self.tenants), clock())),
+            Arc::new(self.tenants),
             Arc::new(self.webhooks),
             Arc::new(self.deliveries),
             Arc::new(self.guard),
@@ -649,8 +657,7 @@ async fn create_for_a_tenant_the_caller_cannot_use_is_tenant_not_found() {
     let r = root();
     let outsider = root();
     let mut archived = child(&r);
-    archived.status = TenantStatus::Archived;
-    archived.deleted_at = Some(EARLIER);
+    archived.active = false;
     let cases = [
         (scoped_caller(&r), outsider.id, "another subtree"),
         (scoped_caller(&r), Uuid::now_v7(), "unknown"),
@@ -675,9 +682,9 @@ async fn create_for_a_tenant_the_caller_cannot_use_is_tenant_not_found() {
 #[tokio::test]
 async fn a_storage_failure_looking_up_the_tenant_is_not_tenant_not_found() {
     let mut ports = Ports::new(&[]).no_webhook_writes();
-    let mut tenants = MockTenantStore::new();
+    let mut tenants = MockTenantDirectory::new();
     tenants
-        .expect_get()
+        .expect_find()
         .returning(|_| Err(StoreError::Unavailable));
     ports.tenants = tenants;
     ports.guard = guard_allows();
