@@ -4,7 +4,7 @@ use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::Actor;
+use crate::{Actor, EventType};
 
 /// Request facts kept in the audit entry's `metadata`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -20,8 +20,8 @@ pub struct RequestMeta {
 /// An event to put in the outbox and fan out to subscribed webhooks.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventDraft {
-    /// One of the supported event names, e.g. `tenant.created`.
-    pub event_type: String,
+    /// The event's name, e.g. `tenant.created`.
+    pub event_type: EventType,
     /// The tenant the event is about (`None`: global).
     pub tenant_id: Option<Uuid>,
     /// The resource after the change, secrets redacted.
@@ -98,10 +98,10 @@ impl Journal {
         self
     }
 
-    /// Emits an event named like the action, for the journal's tenant, with `payload`.
-    pub fn emit(mut self, payload: Value) -> Self {
+    /// Emits `event` for the journal's tenant, with `payload`.
+    pub fn emit(mut self, event: EventType, payload: Value) -> Self {
         self.event = Some(EventDraft {
-            event_type: self.action.clone(),
+            event_type: event,
             tenant_id: self.tenant_id,
             payload,
             extra_audience: Vec::new(),
@@ -139,5 +139,24 @@ impl Caller {
     /// Starts a journal entry for `action` on `resource_type`.
     pub fn journal(&self, action: &str, resource_type: &str) -> Journal {
         Journal::new(&self.actor, &self.meta, action, resource_type)
+    }
+
+    /// Starts a journal entry whose action is the name of `event`, on `resource_type`;
+    /// [`Journal::emit`] then emits that event.
+    ///
+    /// ```
+    /// use serde_json::json;
+    /// use stratum_core::{Caller, EventType};
+    ///
+    /// const SHIPPED: EventType = EventType::from_static("order.shipped");
+    /// let journal = Caller::system()
+    ///     .journal_of(&SHIPPED, "order")
+    ///     .resource("o-1")
+    ///     .emit(SHIPPED, json!({"id": "o-1"}));
+    /// assert_eq!(journal.action, "order.shipped");
+    /// assert_eq!(journal.event.unwrap().event_type, SHIPPED);
+    /// ```
+    pub fn journal_of(&self, event: &EventType, resource_type: &str) -> Journal {
+        Journal::new(&self.actor, &self.meta, event.as_str(), resource_type)
     }
 }

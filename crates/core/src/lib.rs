@@ -7,6 +7,7 @@
 pub mod actor;
 pub mod clock;
 pub mod directory;
+pub mod event;
 pub mod ids;
 pub mod journal;
 pub mod page;
@@ -19,6 +20,7 @@ pub mod timefmt;
 pub use actor::{Actor, ActorKind, Scope, TenantScope};
 pub use clock::{Clock, SystemClock};
 pub use directory::{TenantDirectory, TenantDirectoryExt, TenantEntry};
+pub use event::{EventCatalogue, EventSpec, EventType, EventTypeError};
 pub use ids::new_id;
 pub use journal::{Caller, EventDraft, Journal, RequestMeta};
 pub use page::{next_page, Limit, LimitError};

@@ -105,6 +105,7 @@ pub fn app_state(
         clock,
         RegistryConfig {
             allow_http: out.allow_private,
+            events: stratum_tenancy::events::catalogue(),
         },
     ));
     let audit = Arc::new(AuditService::new(Arc::new(PgAuditLog::new(pool.clone()))));

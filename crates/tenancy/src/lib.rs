@@ -5,6 +5,7 @@
 
 pub mod directory;
 pub mod error;
+pub mod events;
 pub mod model;
 pub mod ports;
 pub mod service;

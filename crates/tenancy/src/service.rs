@@ -1,5 +1,9 @@
 //! The tenancy use cases.
 
+use crate::events::{
+    CONFIG_DELETED, CONFIG_UPDATED, PERMISSION_CREATED, PERMISSION_DELETED, PERMISSION_UPDATED,
+    TENANT_CREATED, TENANT_DELETED, TENANT_MOVED, TENANT_UPDATED,
+};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -142,11 +146,11 @@ impl TenantService {
         };
         let state = to_json(&tenant);
         let journal = caller
-            .journal("tenant.created", "tenant")
+            .journal_of(&TENANT_CREATED, "tenant")
             .resource(id)
             .tenant(Some(id))
             .after(Some(state.clone()))
-            .emit(state);
+            .emit(TENANT_CREATED, state);
         self.store.create(tenant.clone(), journal).await?;
         Ok(tenant)
     }
@@ -194,12 +198,12 @@ impl TenantService {
             after.updated_at = clock.now().max(floor);
             let state = to_json(&after);
             let journal = caller
-                .journal("tenant.updated", "tenant")
+                .journal_of(&TENANT_UPDATED, "tenant")
                 .resource(id)
                 .tenant(Some(id))
                 .before(Some(to_json(before)))
                 .after(Some(state.clone()))
-                .emit(state);
+                .emit(TENANT_UPDATED, state);
             Ok(Some((after, journal)))
         });
         self.store.modify(id, change).await
@@ -224,12 +228,12 @@ impl TenantService {
             after.updated_at = now;
             let state = to_json(&after);
             let journal = caller
-                .journal("tenant.deleted", "tenant")
+                .journal_of(&TENANT_DELETED, "tenant")
                 .resource(id)
                 .tenant(Some(id))
                 .before(Some(to_json(&before)))
                 .after(Some(state.clone()))
-                .emit(state);
+                .emit(TENANT_DELETED, state);
             match self.store.archive(id, before.version, now, journal).await {
                 Err(TenancyError::Stale) => after_stale(precondition, attempt)?,
                 other => return other,
@@ -268,12 +272,12 @@ impl TenantService {
             let state = to_json(&after);
             let old_ancestors: Vec<Uuid> = before.ancestry_path.ids();
             let journal = caller
-                .journal("tenant.moved", "tenant")
+                .journal_of(&TENANT_MOVED, "tenant")
                 .resource(id)
                 .tenant(Some(id))
                 .before(Some(to_json(&before)))
                 .after(Some(state.clone()))
-                .emit(moved_payload(&state, before.parent_id))
+                .emit(TENANT_MOVED, moved_payload(&state, before.parent_id))
                 .also_to(old_ancestors);
             let moved = self
                 .store
@@ -562,12 +566,12 @@ impl ConfigService {
         };
         let after = entry.redacted();
         let journal = caller
-            .journal("config.updated", "config")
+            .journal_of(&CONFIG_UPDATED, "config")
             .resource(format!("{tenant_id}/{key}"))
             .tenant(Some(tenant_id))
             .before(own.map(ConfigEntry::redacted))
             .after(Some(after.clone()))
-            .emit(after);
+            .emit(CONFIG_UPDATED, after);
         let ancestors: Vec<Uuid> = tenant
             .ancestry_path
             .ids()
@@ -666,11 +670,14 @@ impl ConfigService {
         }
         .redacted();
         let journal = caller
-            .journal("config.deleted", "config")
+            .journal_of(&CONFIG_DELETED, "config")
             .resource(format!("{tenant_id}/{key}"))
             .tenant(Some(tenant_id))
             .before(Some(before.clone()))
-            .emit(json!({"tenant_id": tenant_id, "key": key, "previous": before}));
+            .emit(
+                CONFIG_DELETED,
+                json!({"tenant_id": tenant_id, "key": key, "previous": before}),
+            );
         self.store.delete(tenant_id, key, expected, journal).await
     }
 }
@@ -755,11 +762,11 @@ impl PermissionService {
         };
         let state = to_json(&policy);
         let journal = caller
-            .journal("permission.created", "permission")
+            .journal_of(&PERMISSION_CREATED, "permission")
             .resource(policy.id)
             .tenant(Some(tenant_id))
             .after(Some(state.clone()))
-            .emit(state);
+            .emit(PERMISSION_CREATED, state);
         self.store.create(policy.clone(), journal).await?;
         Ok(policy)
     }
@@ -796,12 +803,12 @@ impl PermissionService {
             after.updated_at = self.clock.now();
             let state = to_json(&after);
             let journal = caller
-                .journal("permission.updated", "permission")
+                .journal_of(&PERMISSION_UPDATED, "permission")
                 .resource(id)
                 .tenant(Some(tenant_id))
                 .before(Some(to_json(&before)))
                 .after(Some(state.clone()))
-                .emit(state);
+                .emit(PERMISSION_UPDATED, state);
             match self
                 .store
                 .update(after.clone(), before.version, journal)
@@ -832,11 +839,11 @@ impl PermissionService {
             check_precondition(precondition, before.version)?;
             let state = to_json(&before);
             let journal = caller
-                .journal("permission.deleted", "permission")
+                .journal_of(&PERMISSION_DELETED, "permission")
                 .resource(id)
                 .tenant(Some(tenant_id))
                 .before(Some(state.clone()))
-                .emit(state);
+                .emit(PERMISSION_DELETED, state);
             match self.store.delete(id, before.version, journal).await {
                 Err(TenancyError::Stale) => after_stale(precondition, attempt)?,
                 other => return other,

@@ -8,8 +8,8 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use stratum_core::timefmt::rfc3339;
 use stratum_core::{
-    new_id, Caller, Clock, Limit, Precondition, StoreError, TenantDirectory, TenantDirectoryExt,
-    TenantPath, KEY_RETRIES, REDACTED,
+    new_id, Caller, Clock, EventCatalogue, Limit, Precondition, StoreError, TenantDirectory,
+    TenantDirectoryExt, TenantPath, KEY_RETRIES, REDACTED,
 };
 use stratum_crypto::{generate_whsec, SharedKeyring};
 use time::OffsetDateTime;
@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use crate::{
     build_request, BuildError, ClaimedDelivery, Delivery, DeliveryClient, DeliveryStatus,
-    EventType, Subscriptions, UrlGuard, Webhook, WebhookError, WebhookUrl,
+    Subscriptions, UrlGuard, Webhook, WebhookError, WebhookUrl, WEBHOOK_TEST,
 };
 
 type Result<T> = std::result::Result<T, WebhookError>;
@@ -301,10 +301,12 @@ pub struct TestResult {
 }
 
 /// The registry's settings.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct RegistryConfig {
     /// `STRATUM_WEBHOOK_ALLOW_PRIVATE_TARGETS`: allow `http://` (the guard allows the rest).
     pub allow_http: bool,
+    /// The events a webhook may subscribe to: those the embedding application emits.
+    pub events: EventCatalogue,
 }
 
 /// Webhooks and their deliveries.
@@ -473,7 +475,7 @@ impl WebhookService {
         input: NewWebhook,
     ) -> Result<(Webhook, Option<String>)> {
         let url = self.checked_url(&input.url).await?;
-        let events = Subscriptions::parse(&input.events)?;
+        let events = Subscriptions::parse(&input.events, &self.config.events)?;
         let description = validate_description(input.description)?;
         if let Some(s) = &input.secret {
             validate_secret(s)?;
@@ -488,8 +490,8 @@ impl WebhookService {
         let webhook = Webhook {
             id: new_id(),
             tenant_id: input.tenant_id,
-            url: url.as_str().to_owned(),
-            events: events.names(),
+            url,
+            events: events.into_vec(),
             active: true,
             description,
             created_at: now,
@@ -547,13 +549,13 @@ impl WebhookService {
         // resolve the URL) once; only a retry re-reads the stored state.
         let mut before = self.get(caller, id).await?;
         let url = match &patch.url {
-            Some(u) => Some(self.checked_url(u).await?.as_str().to_owned()),
+            Some(u) => Some(self.checked_url(u).await?),
             None => None,
         };
         let events = patch
             .events
             .as_ref()
-            .map(|e| Subscriptions::parse(e).map(|s| s.names()))
+            .map(|e| Subscriptions::parse(e, &self.config.events).map(Subscriptions::into_vec))
             .transpose()?;
         let description = patch.description.map(validate_description).transpose()?;
         if let Some(s) = &patch.secret {
@@ -650,7 +652,7 @@ impl WebhookService {
             .await?
             .ok_or(WebhookError::NotFound)?;
         let now = self.clock.now();
-        let result = match self.checked_url(&webhook.url).await {
+        let result = match self.checked_url(webhook.url.as_str()).await {
             Err(WebhookError::UrlInvalid(reason)) => TestResult {
                 success: false,
                 response_code: None,
@@ -663,10 +665,10 @@ impl WebhookService {
                     lease_id: Uuid::nil(),
                     attempts: 0,
                     webhook_id: webhook.id,
-                    url: webhook.url.clone(),
+                    url: webhook.url.as_str().to_owned(),
                     secret_encrypted: secret,
                     event_id: new_id(),
-                    event_type: EventType::WebhookTest.as_str().to_owned(),
+                    event_type: WEBHOOK_TEST.as_str().to_owned(),
                     tenant_id: webhook.tenant_id,
                     payload: json!({"webhook_id": webhook.id, "message": "This is a test event from Stratum."}),
                     event_created_at: now,

@@ -11,8 +11,8 @@ use stratum_core::clock::MockClock;
 use stratum_core::directory::MockTenantDirectory;
 use stratum_core::TenantEntry;
 use stratum_core::{
-    Actor, ActorKind, Caller, Clock, Journal, Limit, Precondition, RequestMeta, Scope, StoreError,
-    TenantPath, TenantScope, REDACTED,
+    Actor, ActorKind, Caller, Clock, EventCatalogue, EventType, Journal, Limit, Precondition,
+    RequestMeta, Scope, StoreError, TenantPath, TenantScope, REDACTED,
 };
 use stratum_crypto::{signing_key_bytes, verify_standard, verify_stratum, Keyring, SharedKeyring};
 use time::macros::datetime;
@@ -102,6 +102,35 @@ fn scoped_caller(t: &Tenant) -> Caller {
     }
 }
 
+/// The events the embedding application registers in these tests.
+const SUBSCRIBABLE: [&str; 9] = [
+    "tenant.created",
+    "tenant.updated",
+    "tenant.deleted",
+    "tenant.moved",
+    "config.updated",
+    "config.deleted",
+    "permission.created",
+    "permission.updated",
+    "permission.deleted",
+];
+
+fn catalogue() -> EventCatalogue {
+    let mut c = EventCatalogue::new();
+    for name in SUBSCRIBABLE {
+        c.register(EventType::parse(name).unwrap(), "an event of the tests");
+    }
+    c
+}
+
+fn webhook_url(raw: &str) -> WebhookUrl {
+    WebhookUrl::parse(raw, true).unwrap()
+}
+
+fn event_types(names: &[&str]) -> Vec<EventType> {
+    names.iter().map(|n| EventType::parse(n).unwrap()).collect()
+}
+
 /// A tenant as the directory knows it.
 #[derive(Debug, Clone)]
 struct Tenant {
@@ -149,8 +178,8 @@ fn webhook_of(tenant_id: Option<Uuid>) -> Webhook {
     Webhook {
         id: Uuid::now_v7(),
         tenant_id,
-        url: URL.to_owned(),
-        events: vec!["tenant.created".to_owned(), "config.updated".to_owned()],
+        url: webhook_url(URL),
+        events: event_types(&["tenant.created", "config.updated"]),
         active: true,
         description: Some("orders sync".to_owned()),
         created_at: EARLIER,
@@ -220,7 +249,10 @@ impl Ports {
             deliveries: MockDeliveryStore::new(),
             guard: MockUrlGuard::new(),
             client: MockDeliveryClient::new(),
-            config: RegistryConfig::default(),
+            config: RegistryConfig {
+                allow_http: false,
+                events: catalogue(),
+            },
         }
     }
 
@@ -474,7 +506,10 @@ async fn create_rejects_malformed_urls_without_asking_the_guard() {
 #[tokio::test]
 async fn http_is_accepted_only_with_allow_http_and_still_goes_through_the_guard() {
     let mut ports = Ports::new(&[]);
-    ports.config = RegistryConfig { allow_http: true };
+    ports.config = RegistryConfig {
+        allow_http: true,
+        events: catalogue(),
+    };
     ports
         .guard
         .expect_check()
@@ -531,10 +566,7 @@ async fn all_nine_events_can_be_subscribed_in_the_given_order() {
             put_in(&sink, w);
             Ok(())
         });
-    let mut names: Vec<String> = EventType::SUBSCRIBABLE
-        .iter()
-        .map(|e| e.as_str().to_owned())
-        .collect();
+    let mut names: Vec<String> = SUBSCRIBABLE.iter().map(|e| (*e).to_owned()).collect();
     names.reverse();
     let input = NewWebhook {
         events: names.clone(),
@@ -980,7 +1012,7 @@ async fn update_of_fields_goes_through_the_guard_and_keeps_the_secret() {
 async fn a_patch_that_changes_nothing_writes_nothing() {
     let (before, path) = owned_by(&root());
     let same = WebhookPatch {
-        events: Some(before.events.clone()),
+        events: Some(before.events.iter().map(|e| e.to_string()).collect()),
         active: Some(before.active),
         description: Some(before.description.clone()),
         ..WebhookPatch::default()
@@ -1255,7 +1287,7 @@ async fn delete_rereads_after_a_stale_write_and_journals_the_reread_state() {
     let r = root();
     let (v1, path) = owned_by(&r);
     let v2 = Webhook {
-        url: OTHER_URL.to_owned(),
+        url: webhook_url(OTHER_URL),
         version: 7,
         ..v1.clone()
     };
@@ -1320,7 +1352,7 @@ fn test_ports(
     ports
         .guard
         .expect_check()
-        .withf(move |u| u.as_str() == url)
+        .withf(move |u| u.as_str() == url.as_str())
         .times(1)
         .return_const(guard);
     let sink = Arc::clone(journal);
@@ -1377,7 +1409,7 @@ async fn test_sends_a_signed_webhook_test_event_and_reports_success() {
         }
     );
     let request = taken(&sent);
-    assert_eq!(request.url, w.url);
+    assert_eq!(request.url, w.url.as_str());
     assert_eq!(header(&request, "X-Stratum-Event"), "webhook.test");
     let delivery_id = header(&request, "X-Stratum-Delivery");
     assert_eq!(header(&request, "webhook-id"), delivery_id);

@@ -187,17 +187,12 @@ impl ReplayService {
             });
         }
         let event_types = match &input.events {
-            None => webhook.events.clone(),
-            Some(names) => {
-                let wanted = Subscriptions::parse(names)?.names();
-                if let Some(n) = wanted.iter().find(|n| !webhook.events.contains(n)) {
-                    return Err(WebhookError::Validation {
-                        field: "events",
-                        message: format!("the webhook does not subscribe to '{n}'"),
-                    });
-                }
-                wanted
-            }
+            None => webhook
+                .events
+                .iter()
+                .map(|e| e.as_str().to_owned())
+                .collect(),
+            Some(names) => Subscriptions::parse_among(names, &webhook.events)?.names(),
         };
         let replay = Replay {
             id: new_id(),
