@@ -54,6 +54,8 @@ test: db-test-up browser-deps deploy-check openapi-check
 	  "SELECT 'DROP DATABASE IF EXISTS ' || datname || ' WITH (FORCE);' FROM pg_database WHERE datname LIKE 'stratum\_t\_%'" \
 	  | psql -q -h 127.0.0.1 -p 55432 -U postgres -d postgres >/dev/null
 	$(CARGO) build -p stratum-server
+	# The examples run as tests (examples/tests/run_examples.rs) from their built binaries.
+	$(CARGO) build --workspace --examples
 	@if command -v cargo-nextest >/dev/null 2>&1; then \
 	  $(CARGO) nextest run --workspace --no-fail-fast; \
 	else \
