@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use serde_json::Value;
-use stratum_core::{new_id, Caller, Clock, TenantDirectory, TenantDirectoryExt};
+use stratum_core::{new_id, Caller, Clock, Scope, TenantDirectory, TenantDirectoryExt};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -80,6 +80,7 @@ impl ConsentService {
         tenant_id: Uuid,
         input: NewConsent,
     ) -> Result<(ConsentRecord, bool)> {
+        caller.require(Scope::Write)?;
         let subject_id = SubjectId::parse(&input.subject_id)?;
         let purpose = Purpose::parse(&input.purpose)?;
         let now = self.clock.now();
@@ -135,6 +136,7 @@ impl ConsentService {
         tenant_id: Uuid,
         query: ConsentQuery,
     ) -> Result<Vec<ConsentRecord>> {
+        caller.require(Scope::Read)?;
         let subject_id = query
             .subject_id
             .as_deref()
@@ -160,6 +162,7 @@ impl ConsentService {
         purpose: &str,
         subject_id: Option<&str>,
     ) -> Result<ConsentRecord> {
+        caller.require(Scope::Write)?;
         let subject_id = SubjectId::parse(
             subject_id.ok_or_else(|| ConsentError::invalid("subject_id", "is required"))?,
         )?;
@@ -928,5 +931,28 @@ mod tests {
             .is_granted(t, &subject(), &purpose(), NOW)
             .await
             .unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_read_scoped_caller_cannot_grant_or_revoke() {
+        let t = Uuid::now_v7();
+        let mut reader = key_caller();
+        reader.actor.scope = Scope::Read;
+        // No expectations: reaching the directory or the store panics the test.
+        let svc = ConsentService::new(
+            Arc::new(MockTenantDirectory::new()),
+            Arc::new(MockConsentStore::new()),
+            clock(),
+        );
+        let grant = svc.grant(&reader, t, new_consent()).await;
+        assert!(
+            matches!(&grant, Err(ConsentError::Forbidden(m)) if m == "this key lacks the 'write' scope"),
+            "{grant:?}"
+        );
+        let revoke = svc.revoke(&reader, t, "marketing", Some("user-1")).await;
+        assert!(
+            matches!(revoke, Err(ConsentError::Forbidden(_))),
+            "{revoke:?}"
+        );
     }
 }

@@ -4,7 +4,9 @@ use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::{Actor, EventType};
+use thiserror::Error;
+
+use crate::{Actor, EventType, Scope};
 
 /// Request facts kept in the audit entry's `metadata`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -127,7 +129,59 @@ pub struct Caller {
     pub meta: RequestMeta,
 }
 
+/// The caller may not do this: it lacks the scope, or the operation is for global keys
+/// only. The message says which.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct Forbidden(pub String);
+
 impl Caller {
+    /// The highest scope the caller holds (`read` < `write` < `admin`).
+    pub fn scope(&self) -> Scope {
+        self.actor.scope
+    }
+
+    /// `Forbidden` unless the caller holds at least `needed`: the first thing every use
+    /// case checks.
+    ///
+    /// ```
+    /// use stratum_core::{Actor, ActorKind, Caller, RequestMeta, Scope};
+    /// use uuid::Uuid;
+    ///
+    /// let reader = Caller {
+    ///     actor: Actor { kind: ActorKind::ApiKey(Uuid::now_v7()), scope: Scope::Read, tenant: None },
+    ///     meta: RequestMeta::default(),
+    /// };
+    /// assert!(reader.require(Scope::Read).is_ok());
+    /// let refused = reader.require(Scope::Write).unwrap_err();
+    /// assert_eq!(refused.to_string(), "this key lacks the 'write' scope");
+    /// assert!(Caller::system().require_global_admin().is_ok());
+    /// ```
+    pub fn require(&self, needed: Scope) -> Result<(), Forbidden> {
+        if self.actor.has_scope(needed) {
+            Ok(())
+        } else {
+            Err(Forbidden(format!(
+                "this key lacks the '{}' scope",
+                needed.as_str()
+            )))
+        }
+    }
+
+    /// `Forbidden` unless the caller holds `admin` on a key bound to no tenant: what
+    /// managing API keys and maintenance need.
+    pub fn require_global_admin(&self) -> Result<(), Forbidden> {
+        if !self.actor.has_scope(Scope::Admin) {
+            return Err(Forbidden("this route needs the 'admin' scope".into()));
+        }
+        if !self.actor.is_global() {
+            return Err(Forbidden(
+                "this route needs a key that is not tenant-scoped".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Stratum itself, outside any request.
     pub fn system() -> Self {
         Self {

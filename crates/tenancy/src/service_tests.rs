@@ -2353,3 +2353,52 @@ async fn reading_a_secret_under_a_key_not_held_is_key_unavailable_not_crypto() {
         "{e:?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Scopes
+// ---------------------------------------------------------------------------------------
+
+fn is_missing_write<T: std::fmt::Debug>(r: &Result<T, TenancyError>) -> bool {
+    matches!(r, Err(TenancyError::Forbidden(m)) if m == "this key lacks the 'write' scope")
+}
+
+#[tokio::test]
+async fn a_read_scoped_caller_reads_tenants_but_changes_nothing() {
+    let r = root();
+    let (reader, _) = global_caller(Scope::Read);
+    // Only `get` is expected: any write panics the test.
+    let tenants = tenant_service(tenant_store(&[&r]));
+    assert_eq!(tenants.get(&reader, r.id).await.unwrap().id, r.id);
+    let created = tenants
+        .create(
+            &reader,
+            NewTenant {
+                name: "Acme".into(),
+                slug: "acme".into(),
+                parent_id: None,
+                metadata: None,
+            },
+        )
+        .await;
+    assert!(is_missing_write(&created), "{created:?}");
+    let archived = tenants.archive(&reader, r.id, Precondition::Any).await;
+    assert!(is_missing_write(&archived), "{archived:?}");
+    let moved = tenants
+        .move_to(&reader, r.id, Uuid::now_v7(), Precondition::Any)
+        .await;
+    assert!(is_missing_write(&moved), "{moved:?}");
+
+    let permissions = permission_service(&[&r], MockPermissionStore::new());
+    let policy = permissions
+        .create(
+            &reader,
+            r.id,
+            NewPermission {
+                key: "billing.read".into(),
+                value: json!(true),
+                mode: "INHERITED".into(),
+            },
+        )
+        .await;
+    assert!(is_missing_write(&policy), "{policy:?}");
+}

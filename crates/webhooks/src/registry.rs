@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use stratum_core::timefmt::rfc3339;
 use stratum_core::{
-    new_id, Caller, Clock, EventCatalogue, Limit, Precondition, StoreError, TenantDirectory,
+    new_id, Caller, Clock, EventCatalogue, Limit, Precondition, Scope, StoreError, TenantDirectory,
     TenantDirectoryExt, TenantPath, KEY_RETRIES, REDACTED,
 };
 use stratum_crypto::{generate_whsec, SharedKeyring};
@@ -462,6 +462,7 @@ impl WebhookService {
 
     /// A webhook the caller can see.
     pub async fn get(&self, caller: &Caller, id: Uuid) -> Result<Webhook> {
+        caller.require(Scope::Read)?;
         match self.webhooks.get(id).await? {
             Some((w, path)) if caller.actor.can_see_owned_by(path.as_ref()) => Ok(w),
             _ => Err(WebhookError::NotFound),
@@ -474,6 +475,7 @@ impl WebhookService {
         caller: &Caller,
         input: NewWebhook,
     ) -> Result<(Webhook, Option<String>)> {
+        caller.require(Scope::Write)?;
         let url = self.checked_url(&input.url).await?;
         let events = Subscriptions::parse(&input.events, &self.config.events)?;
         let description = validate_description(input.description)?;
@@ -525,6 +527,7 @@ impl WebhookService {
 
     /// Webhooks the caller can see, optionally of one tenant.
     pub async fn list(&self, caller: &Caller, tenant_id: Option<Uuid>) -> Result<Vec<Webhook>> {
+        caller.require(Scope::Read)?;
         if let Some(t) = tenant_id {
             self.tenants
                 .visible(caller, t)
@@ -545,6 +548,7 @@ impl WebhookService {
         patch: WebhookPatch,
         precondition: Precondition,
     ) -> Result<Webhook> {
+        caller.require(Scope::Write)?;
         // A webhook the caller cannot see is 404 before any validation; validate (and
         // resolve the URL) once; only a retry re-reads the stored state.
         let mut before = self.get(caller, id).await?;
@@ -625,6 +629,7 @@ impl WebhookService {
         id: Uuid,
         precondition: Precondition,
     ) -> Result<()> {
+        caller.require(Scope::Write)?;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -645,6 +650,7 @@ impl WebhookService {
     /// Sends a synthetic `webhook.test` event now, through the same SSRF guard and signing
     /// as real deliveries, and reports what the receiver said.
     pub async fn test(&self, caller: &Caller, id: Uuid) -> Result<TestResult> {
+        caller.require(Scope::Write)?;
         let webhook = self.get(caller, id).await?;
         let secret = self
             .webhooks
@@ -718,6 +724,7 @@ impl WebhookService {
         cursor: Option<Uuid>,
         limit: Limit,
     ) -> Result<(Vec<Delivery>, Option<Uuid>)> {
+        caller.require(Scope::Read)?;
         self.get(caller, webhook_id).await?;
         let mut rows = self
             .deliveries
@@ -733,6 +740,7 @@ impl WebhookService {
 
     /// Success rate, median latency and queue depth of a webhook the caller can see.
     pub async fn health(&self, caller: &Caller, webhook_id: Uuid) -> Result<WebhookHealth> {
+        caller.require(Scope::Read)?;
         self.get(caller, webhook_id).await?;
         let since = self.clock.now() - time::Duration::seconds(HEALTH_WINDOW_SECONDS);
         let f = self.deliveries.health(webhook_id, since).await?;
@@ -765,6 +773,7 @@ impl WebhookService {
         webhook_id: Uuid,
         delivery_id: Uuid,
     ) -> Result<Vec<DeliveryAttempt>> {
+        caller.require(Scope::Read)?;
         self.get(caller, webhook_id).await?;
         self.deliveries
             .attempts(webhook_id, delivery_id)
@@ -774,6 +783,7 @@ impl WebhookService {
 
     /// Delivery counts the caller can see.
     pub async fn stats(&self, caller: &Caller) -> Result<DeliveryStats> {
+        caller.require(Scope::Read)?;
         Ok(self
             .deliveries
             .stats(caller.actor.subtree().cloned())
@@ -782,6 +792,7 @@ impl WebhookService {
 
     /// The dead-letter queue.
     pub async fn failed(&self, caller: &Caller, limit: Limit) -> Result<Vec<FailedDelivery>> {
+        caller.require(Scope::Read)?;
         Ok(self
             .deliveries
             .failed(caller.actor.subtree().cloned(), limit.as_i64())
@@ -790,6 +801,7 @@ impl WebhookService {
 
     /// Re-queues one failed delivery.
     pub async fn retry(&self, caller: &Caller, delivery_id: Uuid) -> Result<()> {
+        caller.require(Scope::Write)?;
         let (delivery, path) = self
             .deliveries
             .get(delivery_id)
@@ -811,6 +823,7 @@ impl WebhookService {
 
     /// Re-queues every failed delivery the caller can see.
     pub async fn retry_all(&self, caller: &Caller) -> Result<u64> {
+        caller.require(Scope::Write)?;
         let journal = caller.journal("delivery.retried_all", "delivery");
         self.deliveries
             .retry_all(caller.actor.subtree().cloned(), journal)

@@ -2068,3 +2068,42 @@ async fn attempts_of_a_delivery_the_webhook_does_not_have_are_delivery_not_found
         Err(WebhookError::DeliveryNotFound)
     ));
 }
+
+fn reader() -> Caller {
+    let mut caller = admin();
+    caller.actor.scope = Scope::Read;
+    caller
+}
+
+fn is_missing_write(r: &std::result::Result<impl std::fmt::Debug, WebhookError>) -> bool {
+    matches!(r, Err(WebhookError::Forbidden(m)) if m == "this key lacks the 'write' scope")
+}
+
+#[tokio::test]
+async fn a_read_scoped_caller_reads_but_changes_nothing() {
+    let w = webhook_of(None);
+    // No expectations besides the read: any write, guard check or send panics the test.
+    let svc = Ports::new(&[])
+        .with_webhook(&w, None)
+        .no_webhook_writes()
+        .service();
+    let caller = reader();
+
+    assert_eq!(svc.get(&caller, w.id).await.unwrap(), w);
+    let created = svc.create(&caller, new_webhook(None)).await;
+    assert!(is_missing_write(&created), "{created:?}");
+    let patch = WebhookPatch {
+        active: Some(false),
+        ..WebhookPatch::default()
+    };
+    let updated = svc.update(&caller, w.id, patch, Precondition::Any).await;
+    assert!(is_missing_write(&updated), "{updated:?}");
+    let deleted = svc.delete(&caller, w.id, Precondition::Any).await;
+    assert!(is_missing_write(&deleted), "{deleted:?}");
+    let tested = svc.test(&caller, w.id).await;
+    assert!(is_missing_write(&tested), "{tested:?}");
+    let retried = svc.retry(&caller, Uuid::now_v7()).await;
+    assert!(is_missing_write(&retried), "{retried:?}");
+    let all = svc.retry_all(&caller).await;
+    assert!(is_missing_write(&all), "{all:?}");
+}

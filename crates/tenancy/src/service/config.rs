@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde_json::{json, Value};
-use stratum_core::{Caller, Clock, Precondition, StoreError, KEY_RETRIES};
+use stratum_core::{Caller, Clock, Precondition, Scope, StoreError, KEY_RETRIES};
 use stratum_crypto::{CryptoError, SharedKeyring};
 use uuid::Uuid;
 
@@ -96,6 +96,7 @@ impl ConfigService {
         caller: &Caller,
         tenant_id: Uuid,
     ) -> Result<BTreeMap<String, ConfigEntry>> {
+        caller.require(Scope::Read)?;
         let tenant = self.tenants.visible_active(caller, tenant_id).await?;
         self.resolve(&tenant).await
     }
@@ -108,6 +109,7 @@ impl ConfigService {
         tenant_id: Uuid,
         key: &str,
     ) -> Result<(ConfigEntry, i64)> {
+        caller.require(Scope::Read)?;
         let key = validate_config_key(key).map_err(|_| TenancyError::ConfigNotFound)?;
         self.tenants.visible_active(caller, tenant_id).await?;
         let stored = self.store.entries_for(vec![tenant_id]).await?;
@@ -145,6 +147,7 @@ impl ConfigService {
         sensitive: Option<bool>,
         precondition: Precondition,
     ) -> Result<(ConfigEntry, i64)> {
+        caller.require(Scope::Write)?;
         let key = validate_config_key(key)?;
         validate_json("value", &value)?;
         let mut attempt = 0;
@@ -298,6 +301,7 @@ impl ConfigService {
         key: &str,
         precondition: Precondition,
     ) -> Result<()> {
+        caller.require(Scope::Write)?;
         let key = validate_config_key(key).map_err(|_| TenancyError::ConfigNotFound)?;
         let mut attempt = 0;
         loop {

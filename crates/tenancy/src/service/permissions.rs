@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use serde_json::Value;
-use stratum_core::{new_id, Caller, Clock, Precondition};
+use stratum_core::{new_id, Caller, Clock, Precondition, Scope};
 use uuid::Uuid;
 
 use super::{after_stale, check_precondition, to_json, Result, TenantService};
@@ -46,6 +46,7 @@ impl PermissionService {
 
     /// The tenant's policies.
     pub async fn list(&self, caller: &Caller, tenant_id: Uuid) -> Result<Vec<PermissionPolicy>> {
+        caller.require(Scope::Read)?;
         self.tenants.visible_active(caller, tenant_id).await?;
         Ok(self.store.list(tenant_id).await?)
     }
@@ -57,6 +58,7 @@ impl PermissionService {
         tenant_id: Uuid,
         id: Uuid,
     ) -> Result<PermissionPolicy> {
+        caller.require(Scope::Read)?;
         self.owned(caller, tenant_id, id).await
     }
 
@@ -75,6 +77,7 @@ impl PermissionService {
         tenant_id: Uuid,
         input: NewPermission,
     ) -> Result<PermissionPolicy> {
+        caller.require(Scope::Write)?;
         let key = validate_permission_key(&input.key)?;
         validate_json("value", &input.value)?;
         let mode = PermissionMode::parse(&input.mode)?;
@@ -111,6 +114,7 @@ impl PermissionService {
         mode: Option<String>,
         precondition: Precondition,
     ) -> Result<PermissionPolicy> {
+        caller.require(Scope::Write)?;
         let mode = mode.map(|m| PermissionMode::parse(&m)).transpose()?;
         if let Some(v) = &value {
             validate_json("value", v)?;
@@ -162,6 +166,7 @@ impl PermissionService {
         id: Uuid,
         precondition: Precondition,
     ) -> Result<()> {
+        caller.require(Scope::Write)?;
         let mut attempt = 0;
         loop {
             attempt += 1;

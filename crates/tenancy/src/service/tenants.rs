@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use serde_json::{json, Value};
-use stratum_core::{new_id, Caller, Clock, Limit, Precondition, TenantPath};
+use stratum_core::{new_id, Caller, Clock, Limit, Precondition, Scope, TenantPath};
 use uuid::Uuid;
 
 use super::{after_stale, check_precondition, to_json, Result};
@@ -59,6 +59,7 @@ impl TenantService {
 
     /// A tenant the caller can see, archived or not.
     pub async fn get(&self, caller: &Caller, id: Uuid) -> Result<Tenant> {
+        caller.require(Scope::Read)?;
         match self.store.get(id).await? {
             Some(t) if caller.actor.can_see(&t.ancestry_path) => Ok(t),
             _ => Err(TenancyError::TenantNotFound),
@@ -67,6 +68,7 @@ impl TenantService {
 
     /// An active tenant the caller can see: what every tenant-bound route needs.
     pub async fn visible_active(&self, caller: &Caller, id: Uuid) -> Result<Tenant> {
+        caller.require(Scope::Read)?;
         let t = self.get(caller, id).await?;
         if t.status != TenantStatus::Active {
             return Err(TenancyError::TenantNotFound);
@@ -81,6 +83,7 @@ impl TenantService {
         cursor: Option<Uuid>,
         limit: Limit,
     ) -> Result<(Vec<Tenant>, Option<Uuid>)> {
+        caller.require(Scope::Read)?;
         let mut rows = self
             .store
             .list(caller.actor.subtree().cloned(), cursor, limit.as_i64() + 1)
@@ -91,6 +94,7 @@ impl TenantService {
 
     /// Creates a tenant (root, or under a visible parent).
     pub async fn create(&self, caller: &Caller, input: NewTenant) -> Result<Tenant> {
+        caller.require(Scope::Write)?;
         let name = validate_name(&input.name)?;
         let slug = validate_slug(&input.slug)?;
         let metadata = validate_metadata("metadata", input.metadata)?;
@@ -142,6 +146,7 @@ impl TenantService {
         patch: TenantPatch,
         precondition: Precondition,
     ) -> Result<Tenant> {
+        caller.require(Scope::Write)?;
         let name = patch.name.as_deref().map(validate_name).transpose()?;
         let slug = patch.slug.as_deref().map(validate_slug).transpose()?;
         let metadata = match patch.metadata {
@@ -195,6 +200,7 @@ impl TenantService {
         id: Uuid,
         precondition: Precondition,
     ) -> Result<()> {
+        caller.require(Scope::Write)?;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -228,6 +234,7 @@ impl TenantService {
         new_parent_id: Uuid,
         precondition: Precondition,
     ) -> Result<Tenant> {
+        caller.require(Scope::Write)?;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -297,12 +304,14 @@ impl TenantService {
 
     /// Active children of a visible tenant.
     pub async fn children(&self, caller: &Caller, id: Uuid) -> Result<Vec<Tenant>> {
+        caller.require(Scope::Read)?;
         let t = self.get(caller, id).await?;
         Ok(self.store.children(t.id).await?)
     }
 
     /// Ancestors of a visible tenant, root first, limited to what the caller can see.
     pub async fn ancestors(&self, caller: &Caller, id: Uuid) -> Result<Vec<Tenant>> {
+        caller.require(Scope::Read)?;
         let t = self.get(caller, id).await?;
         let ids: Vec<Uuid> = t
             .ancestry_path
@@ -318,6 +327,7 @@ impl TenantService {
 
     /// Every active descendant of a visible tenant, shallowest first.
     pub async fn descendants(&self, caller: &Caller, id: Uuid) -> Result<Vec<Tenant>> {
+        caller.require(Scope::Read)?;
         let t = self.get(caller, id).await?;
         Ok(self.store.descendants(t.ancestry_path).await?)
     }
