@@ -13,8 +13,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{json, Value};
 use stratum_core::{
-    Caller, Clock, EventCatalogue, EventType, Journal, StoreError, SystemClock, TenantDirectory,
-    TenantEntry, TenantPath,
+    Caller, Clock, EventCatalogue, EventType, Journal, Limit, PageError, StoreError, SystemClock,
+    TenantDirectory, TenantEntry, TenantPath,
 };
 use stratum_crypto::{generate_whsec, Keyring, SharedKeyring};
 use stratum_http_delivery::{ClientConfig, ReqwestDeliveryClient, SsrfGuard};
@@ -173,9 +173,9 @@ impl DeliveryStore for InMemory {
         _: Uuid,
         _: Option<DeliveryStatus>,
         _: Option<Uuid>,
-        _: i64,
-    ) -> Result<Option<Vec<Delivery>>, StoreError> {
-        Ok(Some(Vec::new()))
+        _: Limit,
+    ) -> Result<Vec<Delivery>, PageError> {
+        Ok(Vec::new())
     }
 
     async fn stats(&self, _: Option<TenantPath>) -> Result<DeliveryStats, StoreError> {
@@ -185,7 +185,7 @@ impl DeliveryStore for InMemory {
     async fn failed(
         &self,
         _: Option<TenantPath>,
-        _: i64,
+        _: Limit,
     ) -> Result<Vec<FailedDelivery>, StoreError> {
         Ok(Vec::new())
     }

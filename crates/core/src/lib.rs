@@ -23,7 +23,7 @@ pub use directory::{TenantDirectory, TenantDirectoryExt, TenantEntry};
 pub use event::{EventCatalogue, EventSpec, EventType, EventTypeError};
 pub use ids::new_id;
 pub use journal::{Caller, EventDraft, Forbidden, Journal, RequestMeta};
-pub use page::{next_page, Limit, LimitError};
+pub use page::{next_page, Limit, LimitError, PageError};
 pub use precondition::{
     after_stale, check_precondition, etag, on_stale, OnStale, Precondition, WriteRefused,
     WRITE_ATTEMPTS,

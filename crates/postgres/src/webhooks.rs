@@ -9,7 +9,7 @@ use diesel::sql_types::{
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde_json::{json, Value};
-use stratum_core::{EventType, Journal, StoreError, TenantPath};
+use stratum_core::{EventType, Journal, Limit, PageError, StoreError, TenantPath};
 use stratum_webhooks::{
     gone_journal, ClaimedDelivery, Completion, Delivery, DeliveryAttempt, DeliveryQueue,
     DeliveryStats, DeliveryStatus, DeliveryStore, EventRef, FailedDelivery, HealthFigures, Verdict,
@@ -519,8 +519,8 @@ impl DeliveryStore for PgDeliveryStore {
         webhook_id: Uuid,
         status: Option<DeliveryStatus>,
         cursor: Option<Uuid>,
-        limit: i64,
-    ) -> Result<Option<Vec<Delivery>>, StoreError> {
+        limit: Limit,
+    ) -> Result<Vec<Delivery>, PageError> {
         let mut conn = read_conn(&self.pool).await?;
         let mut q = webhook_deliveries::table
             .filter(webhook_deliveries::webhook_id.eq(webhook_id))
@@ -534,7 +534,9 @@ impl DeliveryStore for PgDeliveryStore {
                 .await
                 .optional()
                 .map_err(map_query_error)?;
-            let Some((at, id)) = at else { return Ok(None) };
+            let Some((at, id)) = at else {
+                return Err(PageError::BadCursor);
+            };
             q = q.filter(
                 webhook_deliveries::created_at
                     .lt(at)
@@ -551,12 +553,12 @@ impl DeliveryStore for PgDeliveryStore {
                 webhook_deliveries::created_at.desc(),
                 webhook_deliveries::id.desc(),
             ))
-            .limit(limit)
+            .limit(limit.fetch())
             .select(DeliveryRow::as_select())
             .load(&mut conn)
             .await
             .map_err(map_query_error)?;
-        Ok(Some(rows.into_iter().map(Delivery::from).collect()))
+        Ok(rows.into_iter().map(Delivery::from).collect())
     }
 
     async fn stats(&self, subtree: Option<TenantPath>) -> Result<DeliveryStats, StoreError> {
@@ -587,7 +589,7 @@ impl DeliveryStore for PgDeliveryStore {
     async fn failed(
         &self,
         subtree: Option<TenantPath>,
-        limit: i64,
+        limit: Limit,
     ) -> Result<Vec<FailedDelivery>, StoreError> {
         let mut conn = read_conn(&self.pool).await?;
         let visible = match &subtree {
@@ -605,7 +607,7 @@ impl DeliveryStore for PgDeliveryStore {
               ORDER BY d.created_at DESC, d.id DESC
               LIMIT $1"
         );
-        let query = diesel::sql_query(q).bind::<BigInt, _>(limit);
+        let query = diesel::sql_query(q).bind::<BigInt, _>(limit.as_i64());
         let rows: Vec<FailedRow> = match subtree {
             None => query.load(&mut conn).await,
             Some(p) => {

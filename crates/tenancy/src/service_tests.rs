@@ -962,7 +962,7 @@ async fn list_returns_a_cursor_only_when_the_store_had_more_than_the_limit() {
         store
             .expect_list()
             .withf(move |s, after, lim| {
-                s.as_ref() == Some(&subtree) && *after == Some(cursor) && *lim == 3
+                s.as_ref() == Some(&subtree) && *after == Some(cursor) && lim.fetch() == 3
             })
             .times(1)
             .returning(move |_, _, _| Ok(page.clone()));
@@ -982,7 +982,7 @@ async fn list_by_a_global_actor_is_not_restricted_to_a_subtree() {
     let mut store = MockTenantStore::new();
     store
         .expect_list()
-        .withf(|s, after, lim| s.is_none() && after.is_none() && *lim == 51)
+        .withf(|s, after, lim| s.is_none() && after.is_none() && lim.fetch() == 51)
         .times(1)
         .returning(|_, _, _| Ok(Vec::new()));
 

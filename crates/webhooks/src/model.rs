@@ -105,6 +105,16 @@ pub const MAX_URL_LEN: usize = 2048;
 impl WebhookUrl {
     /// Checks the shape: absolute, `https` (or `http` when `allow_http`), a host, no
     /// credentials, no fragment, at most 2048 characters.
+    ///
+    /// ```
+    /// use stratum_webhooks::WebhookUrl;
+    ///
+    /// let url = WebhookUrl::parse("https://hooks.example.com:8443/in?x=1", false).unwrap();
+    /// assert_eq!(url.host(), "hooks.example.com");
+    /// assert!(WebhookUrl::parse("http://hooks.example.com/in", false).is_err());
+    /// assert!(WebhookUrl::parse("http://127.0.0.1:9000/in", true).is_ok());
+    /// assert!(WebhookUrl::parse("https://user:pw@example.com/", false).is_err());
+    /// ```
     pub fn parse(raw: &str, allow_http: bool) -> Result<Self, WebhookError> {
         let bad = |m: &str| WebhookError::UrlInvalid(m.to_owned());
         if raw.len() > MAX_URL_LEN {

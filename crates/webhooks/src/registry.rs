@@ -8,8 +8,8 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use stratum_core::timefmt::rfc3339;
 use stratum_core::{
-    new_id, Caller, Clock, EventCatalogue, Limit, Precondition, Scope, StoreError, TenantDirectory,
-    TenantDirectoryExt, TenantPath, KEY_RETRIES, REDACTED,
+    new_id, Caller, Clock, EventCatalogue, Limit, PageError, Precondition, Scope, StoreError,
+    TenantDirectory, TenantDirectoryExt, TenantPath, KEY_RETRIES, REDACTED,
 };
 use stratum_crypto::{generate_whsec, SharedKeyring};
 use time::OffsetDateTime;
@@ -198,15 +198,16 @@ pub trait WebhookStore: Send + Sync {
 #[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
 #[async_trait]
 pub trait DeliveryStore: Send + Sync {
-    /// A webhook's deliveries newest first, strictly after `cursor`; `None` when the
-    /// cursor names no delivery of this webhook.
+    /// A webhook's deliveries newest first, strictly after `cursor`, at most
+    /// [`limit.fetch()`](Limit::fetch) of them; `BadCursor` when the cursor names no
+    /// delivery of this webhook.
     async fn list_for_webhook(
         &self,
         webhook_id: Uuid,
         status: Option<DeliveryStatus>,
         cursor: Option<Uuid>,
-        limit: i64,
-    ) -> std::result::Result<Option<Vec<Delivery>>, StoreError>;
+        limit: Limit,
+    ) -> std::result::Result<Vec<Delivery>, PageError>;
 
     /// Counts over deliveries of webhooks under `subtree` (all when `None`).
     async fn stats(
@@ -214,11 +215,11 @@ pub trait DeliveryStore: Send + Sync {
         subtree: Option<TenantPath>,
     ) -> std::result::Result<DeliveryStats, StoreError>;
 
-    /// Failed deliveries newest first, joined with webhook and event.
+    /// At most `limit` failed deliveries newest first, joined with webhook and event.
     async fn failed(
         &self,
         subtree: Option<TenantPath>,
-        limit: i64,
+        limit: Limit,
     ) -> std::result::Result<Vec<FailedDelivery>, StoreError>;
 
     /// One delivery with the path of its webhook's tenant; `None` when unknown.
@@ -728,11 +729,14 @@ impl WebhookService {
         self.get(caller, webhook_id).await?;
         let mut rows = self
             .deliveries
-            .list_for_webhook(webhook_id, status, cursor, limit.as_i64() + 1)
-            .await?
-            .ok_or(WebhookError::Validation {
-                field: "cursor",
-                message: "does not name a delivery of this webhook".into(),
+            .list_for_webhook(webhook_id, status, cursor, limit)
+            .await
+            .map_err(|e| match e {
+                PageError::BadCursor => WebhookError::Validation {
+                    field: "cursor",
+                    message: "does not name a delivery of this webhook".into(),
+                },
+                PageError::Store(s) => WebhookError::Store(s),
             })?;
         let next = stratum_core::next_page(&mut rows, limit, |d| d.id);
         Ok((rows, next))
@@ -795,7 +799,7 @@ impl WebhookService {
         caller.require(Scope::Read)?;
         Ok(self
             .deliveries
-            .failed(caller.actor.subtree().cloned(), limit.as_i64())
+            .failed(caller.actor.subtree().cloned(), limit)
             .await?)
     }
 

@@ -1640,10 +1640,10 @@ async fn deliveries_ask_for_one_more_and_return_a_cursor_only_when_there_is_more
             eq(w.id),
             eq(Some(DeliveryStatus::Failed)),
             eq(Some(cursor)),
-            eq(4),
+            eq(limit),
         )
         .times(1)
-        .returning(move |_, _, _, _| Ok(Some(answer.clone())));
+        .returning(move |_, _, _, _| Ok(answer.clone()));
     let (page, next) = ports
         .service()
         .deliveries(
@@ -1664,9 +1664,9 @@ async fn deliveries_ask_for_one_more_and_return_a_cursor_only_when_there_is_more
     ports
         .deliveries
         .expect_list_for_webhook()
-        .with(eq(w.id), eq(None), eq(None), eq(4))
+        .with(eq(w.id), eq(None), eq(None), eq(limit))
         .times(1)
-        .returning(move |_, _, _, _| Ok(Some(answer.clone())));
+        .returning(move |_, _, _, _| Ok(answer.clone()));
     let (page, next) = ports
         .service()
         .deliveries(&admin(), w.id, None, None, limit)
@@ -1684,7 +1684,7 @@ async fn a_cursor_the_store_does_not_know_is_a_validation_error() {
         .deliveries
         .expect_list_for_webhook()
         .times(1)
-        .returning(|_, _, _, _| Ok(None));
+        .returning(|_, _, _, _| Err(stratum_core::PageError::BadCursor));
 
     let result = ports
         .service()
@@ -1746,7 +1746,10 @@ async fn stats_and_failed_are_confined_to_the_callers_subtree() {
     ports
         .deliveries
         .expect_failed()
-        .with(eq(Some(r.ancestry_path.clone())), eq(7))
+        .with(
+            eq(Some(r.ancestry_path.clone())),
+            eq(Limit::new(Some(7), 100, 500).unwrap()),
+        )
         .times(1)
         .returning(|_, _| Ok(Vec::new()));
     let svc = ports.service();

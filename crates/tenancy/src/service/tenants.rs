@@ -86,7 +86,7 @@ impl TenantService {
         caller.require(Scope::Read)?;
         let mut rows = self
             .store
-            .list(caller.actor.subtree().cloned(), cursor, limit.as_i64() + 1)
+            .list(caller.actor.subtree().cloned(), cursor, limit)
             .await?;
         let next = stratum_core::next_page(&mut rows, limit, |t| t.id);
         Ok((rows, next))
