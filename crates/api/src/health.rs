@@ -2,6 +2,7 @@
 
 use actix_web::{web, HttpResponse};
 use serde_json::json;
+use stratum_core::NotReady;
 
 use crate::error::ApiError;
 use crate::AppState;
@@ -39,19 +40,14 @@ async fn health() -> HttpResponse {
     )
 )]
 async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let mut conn = state
-        .pool
-        .get()
-        .await
-        .map_err(|_| ApiError::unavailable())?;
-    match stratum_postgres::migrations_current(&mut conn).await {
-        Ok(true) => Ok(HttpResponse::Ok().json(json!({"status": "ready"}))),
-        Ok(false) => Err(ApiError::new(
+    match state.storage.ready().await {
+        Ok(()) => Ok(HttpResponse::Ok().json(json!({"status": "ready"}))),
+        Err(NotReady::MigrationsPending) => Err(ApiError::new(
             actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
             "SERVICE_UNAVAILABLE",
             "database migrations are not current",
         )),
-        Err(_) => Err(ApiError::unavailable()),
+        Err(NotReady::Unavailable) => Err(ApiError::unavailable()),
     }
 }
 

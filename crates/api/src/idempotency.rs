@@ -19,8 +19,9 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage, HttpResponse};
-use stratum_core::Caller;
-use stratum_postgres::idempotency::{begin, Lookup, StoredResponse};
+use async_trait::async_trait;
+use futures_util::future::LocalBoxFuture;
+use stratum_core::{Caller, StoreError};
 
 use crate::error::ApiError;
 use crate::AppState;
@@ -29,6 +30,59 @@ use crate::AppState;
 pub const HEADER: &str = "idempotency-key";
 /// The header on a replayed response.
 pub const REPLAYED: &str = "Idempotent-Replayed";
+
+/// A response stored under a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResponse {
+    /// hex SHA-256 of method, path and body of the first request.
+    pub fingerprint: String,
+    /// Its status.
+    pub status: u16,
+    /// Its body.
+    pub body: String,
+}
+
+/// What a key lookup found.
+pub enum KeyLookup {
+    /// Another request with this key holds it now.
+    InProgress,
+    /// The key was used before (within its time to live).
+    Stored(StoredResponse),
+    /// A new key: the request runs on this transaction.
+    New(Box<dyn KeyTransaction>),
+}
+
+/// What the request's handlers answer.
+pub type Handled = Result<ServiceResponse<BoxBody>, actix_web::Error>;
+
+/// The storage port of idempotency keys: a request with a new key runs inside one storage
+/// transaction that holds the key's lock, and the key with its response is written into
+/// that transaction just before it commits.
+#[async_trait]
+pub trait IdempotencyStore: Send + Sync {
+    /// Opens the transaction for `(principal, key)` and looks the key up.
+    async fn begin(&self, principal: &str, key: &str) -> Result<KeyLookup, StoreError>;
+}
+
+/// The open transaction of a request with a new key; holds the key's lock. Dropped without
+/// `commit` or `rollback`, it must roll back.
+#[async_trait]
+pub trait KeyTransaction: Send {
+    /// Runs `work` (the request's handlers) with every storage write it makes inside this
+    /// transaction.
+    fn run<'a>(&'a self, work: LocalBoxFuture<'a, Handled>) -> LocalBoxFuture<'a, Handled>;
+
+    /// Stores the key with its response and commits everything the request did.
+    async fn commit(
+        self: Box<Self>,
+        principal: &str,
+        key: &str,
+        response: &StoredResponse,
+    ) -> Result<(), StoreError>;
+
+    /// Rolls back everything the request did; the key stays unused.
+    async fn rollback(self: Box<Self>);
+}
 
 /// 1–255 visible ASCII characters.
 pub fn valid_key(key: &[u8]) -> bool {
@@ -120,9 +174,9 @@ pub async fn idempotency(
         .unwrap_or_else(|| path.clone());
     let print = fingerprint(req.method(), &path_and_query, &body);
 
-    let tx = match begin(&state.pool, &principal, &key).await {
+    let tx = match state.idempotency.begin(&principal, &key).await {
         Err(e) => return Ok(answer(req, e.into())),
-        Ok(Lookup::InProgress) => {
+        Ok(KeyLookup::InProgress) => {
             return Ok(answer(
                 req,
                 ApiError::conflict(
@@ -131,7 +185,7 @@ pub async fn idempotency(
                 ),
             ))
         }
-        Ok(Lookup::Stored(stored)) => {
+        Ok(KeyLookup::Stored(stored)) => {
             if stored.fingerprint != print {
                 return Ok(answer(
                     req,
@@ -149,14 +203,15 @@ pub async fn idempotency(
                 .body(stored.body);
             return Ok(req.into_response(res));
         }
-        Ok(Lookup::New(tx)) => tx,
+        Ok(KeyLookup::New(tx)) => tx,
     };
 
-    let res = match tx.shared() {
-        Some(conn) if !outside_tx(&path) => {
-            stratum_postgres::tx::with_ambient(conn, next.call(req)).await
-        }
-        _ => next.call(req).await,
+    let work: LocalBoxFuture<'_, Handled> =
+        Box::pin(async move { Ok(next.call(req).await?.map_into_boxed_body()) });
+    let res = if outside_tx(&path) {
+        work.await
+    } else {
+        tx.run(work).await
     };
     let res = match res {
         Ok(r) => r,

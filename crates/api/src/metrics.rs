@@ -82,7 +82,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition.
-    pub fn render(&self, pool: &stratum_postgres::Pool) -> String {
+    pub fn render(&self, pool: stratum_core::PoolStats) -> String {
         let mut out = String::with_capacity(8192);
         header(
             &mut out,
@@ -177,27 +177,18 @@ impl Metrics {
             let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
         }
 
-        let status = pool.status();
         for (name, help, v) in [
-            (
-                "stratum_db_pool_size",
-                "Connections open.",
-                status.size as u64,
-            ),
-            (
-                "stratum_db_pool_idle",
-                "Connections idle.",
-                status.available as u64,
-            ),
+            ("stratum_db_pool_size", "Connections open.", pool.size),
+            ("stratum_db_pool_idle", "Connections idle.", pool.idle),
             (
                 "stratum_db_pool_waiting",
                 "Callers waiting for a connection.",
-                status.waiting as u64,
+                pool.waiting,
             ),
             (
                 "stratum_db_pool_max_size",
                 "Connections allowed.",
-                status.max_size as u64,
+                pool.max_size,
             ),
         ] {
             header(&mut out, name, "gauge", help);
@@ -327,7 +318,7 @@ fn histogram(out: &mut String, name: &str, labels: &str, s: &HistogramSnapshot) 
 async fn scrape(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(state.metrics.render(&state.pool))
+        .body(state.metrics.render(state.storage.pool_stats()))
 }
 
 /// `GET /metrics`.

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use stratum_audit::AuditService;
-use stratum_postgres::Pool;
+use stratum_core::StorageProbe;
 use stratum_tenancy::{ApiKeyService, ConfigService, PermissionService, TenantService};
 
 /// Shared application state, built once by the composition root.
@@ -16,8 +16,10 @@ pub struct AppState {
     pub body_timeout: std::time::Duration,
     /// Failed authentications per client address (`None`: unlimited).
     pub auth_failures: Option<Arc<crate::ratelimit::RateLimiter>>,
-    /// The database pool (readiness).
-    pub pool: Pool,
+    /// Storage readiness and pool figures (`/ready`, `/metrics`).
+    pub storage: Arc<dyn StorageProbe>,
+    /// Where idempotency keys and their request-wide transactions live.
+    pub idempotency: Arc<dyn crate::idempotency::IdempotencyStore>,
     /// Tenants.
     pub tenants: Arc<TenantService>,
     /// Config.

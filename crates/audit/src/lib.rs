@@ -1,8 +1,12 @@
-//! Stratum audit: the audit entry, its filters, redaction, and the read side of the log
-//! (entries are written by the storage adapter together with each change), and the
-//! tamper-evident chain the entries are sealed into ([`chain`]).
+//! Stratum audit: the audit entry, its filters and the read side of the log; the write
+//! side ([`trail`]: the [`AuditSink`] port a change's transaction appends through, the
+//! [`Redaction`] rules, the fan-out [`Audience`]); and the tamper-evident chain the entries
+//! are sealed into ([`chain`]).
+
+#![warn(missing_docs)]
 
 pub mod chain;
+pub mod trail;
 
 use std::sync::Arc;
 
@@ -16,6 +20,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 pub use chain::VerifyReport;
+pub use trail::{Audience, AuditRecord, AuditSink, AuditTrail, EventRecord, Redaction};
 
 /// One audit entry.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -166,6 +171,30 @@ impl AuditService {
     }
 
     /// A page of entries and the cursor of the next page, if more remain.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use std::sync::Arc;
+    /// use stratum_audit::{AuditFilter, AuditService, MockAuditLog};
+    /// use stratum_core::{Caller, Limit};
+    ///
+    /// let mut log = MockAuditLog::new();
+    /// // The service asks for one entry more than the page to learn whether more remain.
+    /// log.expect_list()
+    ///     .withf(|filter, subtree, cursor, limit| {
+    ///         filter.action.as_deref() == Some("tenant.created")
+    ///             && subtree.is_none() // a global caller sees every tenant
+    ///             && cursor.is_none()
+    ///             && *limit == 11
+    ///     })
+    ///     .returning(|_, _, _, _| Ok(Some(Vec::new())));
+    /// let audit = AuditService::new(Arc::new(log));
+    /// let filter = AuditFilter { action: Some("tenant.created".into()), ..Default::default() };
+    /// let limit = Limit::new(Some(10), 50, 100).unwrap();
+    /// let (page, next) = audit.list(&Caller::system(), filter, None, limit).await.unwrap();
+    /// assert!(page.is_empty() && next.is_none());
+    /// # });
+    /// ```
     pub async fn list(
         &self,
         caller: &Caller,
@@ -265,21 +294,10 @@ impl AuditService {
     }
 }
 
-/// Replaces the values of `keys` (at any depth) with `"[REDACTED]"`.
+/// Replaces the values of `keys` (at any depth) with `"[REDACTED]"`: the
+/// [`Redaction`] rule for these keys, applied once.
 pub fn redact_keys(value: &mut Value, keys: &[&str]) {
-    match value {
-        Value::Object(map) => {
-            for (k, v) in map.iter_mut() {
-                if keys.contains(&k.as_str()) {
-                    *v = Value::String(stratum_core::REDACTED.to_owned());
-                } else {
-                    redact_keys(v, keys);
-                }
-            }
-        }
-        Value::Array(items) => items.iter_mut().for_each(|v| redact_keys(v, keys)),
-        _ => {}
-    }
+    Redaction::keys(keys.iter().copied()).apply(value);
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ pub mod ids;
 pub mod journal;
 pub mod page;
 pub mod precondition;
+pub mod probe;
 pub mod store_error;
 pub mod tenant_path;
 pub mod text;
@@ -28,7 +29,8 @@ pub use precondition::{
     after_stale, check_precondition, etag, on_stale, OnStale, Precondition, WriteRefused,
     WRITE_ATTEMPTS,
 };
-pub use store_error::{StoreError, KEY_RETRIES};
+pub use probe::{NotReady, PoolStats, StorageProbe};
+pub use store_error::{BoxError, StoreError, KEY_RETRIES};
 pub use tenant_path::TenantPath;
 pub use text::TextError;
 

@@ -64,6 +64,39 @@ impl MaintenanceService {
     /// Deletes what is older than the windows: finished deliveries, unreferenced events
     /// and ended consent records older than `retention_days` (default from the
     /// configuration), audit entries older than the audit window. Journaled.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use std::sync::Arc;
+    /// use stratum_core::{Caller, SystemClock};
+    /// use stratum_crypto::{Keyring, SharedKeyring};
+    /// use stratum_maintenance::{
+    ///     MaintenanceError, MaintenanceService, MockMaintenanceStore, PurgeCounts, RetentionConfig,
+    /// };
+    ///
+    /// let mut store = MockMaintenanceStore::new();
+    /// store.expect_purge().times(1).returning(|cutoffs, journal| {
+    ///     // The audit window (365 days by default) reaches further back than 30 days.
+    ///     assert!(cutoffs.audit_before < cutoffs.deliveries_and_events_before);
+    ///     assert_eq!(journal.action, "maintenance.purge_expired");
+    ///     Ok(PurgeCounts { deliveries: 12, events: 3, audit_logs: 0, consent_records: 1 })
+    /// });
+    /// let keyring = SharedKeyring::new(
+    ///     Keyring::from_env_values("an-example-master-key-of-some-length", None).unwrap(),
+    /// );
+    /// let service = MaintenanceService::new(
+    ///     Arc::new(store),
+    ///     keyring,
+    ///     Arc::new(SystemClock),
+    ///     RetentionConfig::default(),
+    /// );
+    /// let counts = service.purge_expired(&Caller::system(), Some(30)).await.unwrap();
+    /// assert_eq!(counts.deleted_count(), 16);
+    /// // A window outside 1..=3650 days is refused before the store is asked.
+    /// let refused = service.purge_expired(&Caller::system(), Some(0)).await;
+    /// assert!(matches!(refused, Err(MaintenanceError::Validation { .. })));
+    /// # });
+    /// ```
     pub async fn purge_expired(
         &self,
         caller: &Caller,

@@ -48,7 +48,7 @@ struct ConsentRow {
 impl ConsentRow {
     fn into_domain(self) -> Result<ConsentRecord, StoreError> {
         let bad = |what: &str| {
-            StoreError::Internal(format!("consent record {} has a malformed {what}", self.id))
+            StoreError::internal(format!("consent record {} has a malformed {what}", self.id))
         };
         let subject_id = SubjectId::parse(&self.subject_id).map_err(|_| bad("subject_id"))?;
         let purpose = Purpose::parse(&self.purpose).map_err(|_| bad("purpose"))?;

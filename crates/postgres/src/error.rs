@@ -19,7 +19,7 @@ pub fn map_query_error(e: DieselError) -> StoreError {
             tracing::warn!(error = %e, "database connection lost");
             StoreError::Unavailable
         }
-        other => StoreError::Internal(other.to_string()),
+        other => StoreError::internal(other),
     }
 }
 
@@ -78,6 +78,16 @@ mod tests {
             DatabaseErrorKind::Unknown,
             Box::new("syntax error at or near \"SELEC\"".to_owned()),
         );
-        assert!(matches!(map_query_error(e), StoreError::Internal(_)));
+        match map_query_error(e) {
+            // The driver's error is kept as the source, not flattened into text.
+            StoreError::Internal(source) => assert!(
+                matches!(
+                    source.downcast_ref::<DieselError>(),
+                    Some(DieselError::DatabaseError(DatabaseErrorKind::Unknown, _))
+                ),
+                "{source:?}"
+            ),
+            other => panic!("{other:?}"),
+        }
     }
 }

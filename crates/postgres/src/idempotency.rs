@@ -135,8 +135,8 @@ impl KeyTx {
         response: &StoredResponse,
     ) -> Result<(), StoreError> {
         let Some(shared) = self.conn.take() else {
-            return Err(StoreError::Internal(
-                "idempotency transaction already finished".into(),
+            return Err(StoreError::internal(
+                "idempotency transaction already finished",
             ));
         };
         let mut guard = shared.lock().await;

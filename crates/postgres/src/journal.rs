@@ -1,49 +1,84 @@
-//! The one write path every mutation shares: audit entry + outbox event + fan-out, inside
-//! the mutation's own transaction.
+//! The one write path every mutation shares: the audit domain's [`AuditSink`] port on
+//! PostgreSQL — audit entry + outbox event + fan-out, inside the mutation's own transaction.
 
+use std::sync::{Arc, LazyLock};
+
+use async_trait::async_trait;
 use diesel::prelude::*;
 use diesel::sql_types::{Array, Jsonb, Nullable, Text, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use serde_json::json;
-use stratum_core::{new_id, Journal};
+use stratum_audit::{AuditRecord, AuditSink, AuditTrail, Redaction};
+use stratum_core::{Journal, StoreError};
+
+use crate::error::map_query_error;
 
 /// The channel workers `LISTEN` on; a notification means new deliveries are due. The SQL
 /// function `stratum_record` (migration 6) notifies the same channel by name.
 pub const DELIVERY_CHANNEL: &str = "stratum_deliveries";
 
-/// Appends the audit entry and, when the journal carries an event, inserts it and one
-/// pending delivery per active webhook subscribed to it whose tenant is the event's
-/// tenant, one of its ancestors (or of `extra_audience`), or global, then notifies the
-/// workers. Must be called on the connection of the mutation's open transaction; returns
-/// the number of deliveries. One round trip: the work is the `stratum_record` function.
-pub async fn record(conn: &mut AsyncPgConnection, journal: &Journal) -> QueryResult<usize> {
-    let meta = json!({
-        "request_id": journal.meta.request_id,
-        "ip": journal.meta.ip,
-        "user_agent": journal.meta.user_agent,
-    });
-    let event = journal.event.as_ref();
+/// The audit domain's write port on PostgreSQL: `tx` is a connection with the change's
+/// transaction open on it.
+///
+/// Appends the audit entry and, when the record carries an event, inserts it and one
+/// pending delivery per active webhook subscribed to it that the event's
+/// [`Audience`](stratum_audit::Audience) hears — global webhooks, webhooks of the event's
+/// tenant or one of its ancestors (the tenant's path as the transaction sees it) or of the
+/// extra audience — then notifies the workers (delivered by PostgreSQL only if the
+/// transaction commits). One round trip: the set operation is the `stratum_record` function.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PgAuditSink;
+
+#[async_trait]
+impl AuditSink<AsyncPgConnection> for PgAuditSink {
+    async fn append(
+        &self,
+        tx: &mut AsyncPgConnection,
+        record: &AuditRecord,
+    ) -> Result<u64, StoreError> {
+        append(tx, record).await.map_err(map_query_error)
+    }
+}
+
+/// Stratum's redaction rules, built once.
+static RULES: LazyLock<Redaction> = LazyLock::new(Redaction::stratum);
+
+/// Stratum's audit trail: [`PgAuditSink`] with [`Redaction::stratum`].
+pub fn stratum_trail() -> AuditTrail<AsyncPgConnection> {
+    AuditTrail::new(Arc::new(PgAuditSink), RULES.clone())
+}
+
+/// Appends `record` on `conn`, keeping the driver's error (for adapters that handle it
+/// inside their own transaction blocks).
+pub async fn append(conn: &mut AsyncPgConnection, record: &AuditRecord) -> QueryResult<u64> {
+    let event = record.event.as_ref();
     let fanned: Fanned = diesel::sql_query(
         "SELECT stratum_record($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) AS n",
     )
-    .bind::<SqlUuid, _>(new_id())
-    .bind::<Nullable<SqlUuid>, _>(journal.tenant_id)
-    .bind::<Text, _>(&journal.actor_id)
-    .bind::<Text, _>(&journal.actor_type)
-    .bind::<Text, _>(&journal.action)
-    .bind::<Text, _>(&journal.resource_type)
-    .bind::<Nullable<Text>, _>(&journal.resource_id)
-    .bind::<Nullable<Jsonb>, _>(&journal.before)
-    .bind::<Nullable<Jsonb>, _>(&journal.after)
-    .bind::<Jsonb, _>(&meta)
-    .bind::<SqlUuid, _>(new_id())
+    .bind::<SqlUuid, _>(record.id)
+    .bind::<Nullable<SqlUuid>, _>(record.tenant_id)
+    .bind::<Text, _>(&record.actor_id)
+    .bind::<Text, _>(&record.actor_type)
+    .bind::<Text, _>(&record.action)
+    .bind::<Text, _>(&record.resource_type)
+    .bind::<Nullable<Text>, _>(&record.resource_id)
+    .bind::<Nullable<Jsonb>, _>(&record.before_state)
+    .bind::<Nullable<Jsonb>, _>(&record.after_state)
+    .bind::<Jsonb, _>(&record.metadata)
+    .bind::<SqlUuid, _>(event.map_or_else(stratum_core::new_id, |e| e.id))
     .bind::<Nullable<Text>, _>(event.map(|e| e.event_type.as_str()))
     .bind::<Nullable<SqlUuid>, _>(event.and_then(|e| e.tenant_id))
     .bind::<Nullable<Jsonb>, _>(event.map(|e| &e.payload))
     .bind::<Array<SqlUuid>, _>(event.map(|e| e.extra_audience.as_slice()).unwrap_or_default())
     .get_result(conn)
     .await?;
-    Ok(fanned.n as usize)
+    Ok(fanned.n as u64)
+}
+
+/// Records `journal` through Stratum's audit trail (redaction rules applied) on the
+/// connection of the mutation's open transaction; returns the number of deliveries.
+pub async fn record(conn: &mut AsyncPgConnection, journal: &Journal) -> QueryResult<usize> {
+    let record = AuditRecord::from_journal(journal, &RULES);
+    Ok(append(conn, &record).await? as usize)
 }
 
 #[derive(QueryableByName)]

@@ -69,8 +69,8 @@ pub(crate) async fn ensure_active_key<E: From<StoreError>>(
         .execute(conn)
         .await?;
     let Some(key_id) = stratum_crypto::envelope_key_id(stored) else {
-        return Err(TxError::Domain(E::from(StoreError::Internal(
-            "refusing to store a secret that is not an encrypted envelope".into(),
+        return Err(TxError::Domain(E::from(StoreError::internal(
+            "refusing to store a secret that is not an encrypted envelope",
         ))));
     };
     let active = active_key_id(conn, key_id).await?;

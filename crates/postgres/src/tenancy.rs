@@ -50,7 +50,7 @@ struct TenantRow {
 impl TenantRow {
     fn into_domain(self) -> Result<Tenant, StoreError> {
         let ancestry_path = TenantPath::parse(&self.ancestry_path).ok_or_else(|| {
-            StoreError::Internal(format!("tenant {} has a malformed path", self.id))
+            StoreError::internal(format!("tenant {} has a malformed path", self.id))
         })?;
         Ok(Tenant {
             id: self.id,

@@ -12,7 +12,7 @@ use stratum_http_delivery::{ClientConfig, ReqwestDeliveryClient, SsrfGuard};
 use stratum_maintenance::{MaintenanceService, RetentionConfig};
 use stratum_postgres::{
     PgApiKeyStore, PgAuditLog, PgConfigStore, PgDeliveryQueue, PgDeliveryStore, PgMaintenanceStore,
-    PgPermissionStore, PgReplayStore, PgTenantStore, PgWebhookStore, Pool,
+    PgPermissionStore, PgReplayStore, PgStorageProbe, PgTenantStore, PgWebhookStore, Pool,
 };
 use stratum_tenancy::{
     ApiKeyService, ConfigService, PermissionService, StoreDirectory, TenantService,
@@ -115,7 +115,8 @@ pub fn app_state(
         rate_limiter: None,
         body_timeout: stratum_api::middleware::DEFAULT_BODY_TIMEOUT,
         auth_failures: None,
-        pool,
+        storage: Arc::new(PgStorageProbe::new(pool.clone())),
+        idempotency: Arc::new(crate::idempotency::PgIdempotency::new(pool)),
         tenants,
         config,
         permissions,

@@ -70,7 +70,7 @@ async fn entries_are_sealed_verified_and_exported() {
         (status, ctype.as_str(), lines.len()),
         (StatusCode::OK, "application/x-ndjson", 0)
     );
-    assert_eq!(stratum_postgres::seal_pass(&h.state.pool).await.unwrap(), 2);
+    assert_eq!(stratum_postgres::seal_pass(&h.pool).await.unwrap(), 2);
     let listed = call(&app, Method::GET, "/api/v1/audit-logs", Some(ADMIN), None).await;
     assert_eq!(listed.body[0]["seq"], 2);
     assert_eq!(listed.body[0]["hash"].as_str().unwrap().len(), 64);
@@ -84,7 +84,7 @@ async fn entries_are_sealed_verified_and_exported() {
            FROM generate_series(1, 2100) g",
     )
     .await;
-    stratum_postgres::seal_pass(&h.state.pool).await.unwrap();
+    stratum_postgres::seal_pass(&h.pool).await.unwrap();
 
     let v = call(
         &app,
@@ -122,7 +122,7 @@ async fn entries_are_sealed_verified_and_exported() {
     )
     .await;
     let scoped_key = scoped.body["plaintext_key"].as_str().unwrap().to_owned();
-    stratum_postgres::seal_pass(&h.state.pool).await.unwrap();
+    stratum_postgres::seal_pass(&h.pool).await.unwrap();
     let (status, _, mine) = export(&app, "", &scoped_key).await;
     assert_eq!(status, StatusCode::OK);
     assert!(mine.iter().all(|l| l["tenant_id"] == tenants[1].as_str()));

@@ -3,6 +3,8 @@
 //! build the [`Journal`](stratum_core::Journal) each mutation commits with; the ports'
 //! adapters make it atomic.
 
+#![warn(missing_docs)]
+
 pub mod directory;
 pub mod error;
 pub mod events;

@@ -446,7 +446,7 @@ impl WebhookService {
             .keyring
             .get()
             .encrypt_str(secret)
-            .map_err(|e| StoreError::Internal(e.to_string()))?)
+            .map_err(StoreError::internal)?)
     }
 
     /// Writes with the database's active key from now on (a rotation committed after we

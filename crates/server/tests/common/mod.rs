@@ -25,6 +25,8 @@ pub const ENCRYPTION_KEY: &str = "test-encryption-key-0123456789abcdef";
 pub struct Harness {
     pub db: TestDb,
     pub state: web::Data<AppState>,
+    /// The pool the state's adapters use.
+    pub pool: stratum_postgres::Pool,
 }
 
 pub async fn harness() -> Harness {
@@ -49,11 +51,12 @@ pub async fn harness_with_args(
     webhook.timeout_ms = 3000;
     args(&mut webhook);
     let out = stratum_server::wiring::outbound(&webhook).unwrap();
-    let mut state = stratum_server::wiring::app_state(pool, keyring, Some(ADMIN), out);
+    let mut state = stratum_server::wiring::app_state(pool.clone(), keyring, Some(ADMIN), out);
     adjust(&mut state);
     Harness {
         db,
         state: web::Data::new(state),
+        pool,
     }
 }
 

@@ -60,6 +60,31 @@ impl ApiKeyService {
     }
 
     /// The actor a presented key stands for; `None` when unknown or revoked.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use std::sync::Arc;
+    /// use stratum_core::{ActorKind, Scope, SystemClock};
+    /// use stratum_tenancy::{ApiKeyService, MockApiKeyStore, MockTenantStore, TenantService};
+    ///
+    /// let bootstrap = "an-admin-key-of-at-least-32-characters";
+    /// let mut keys = MockApiKeyStore::new();
+    /// // A presented key is looked up by its SHA-256 digest only.
+    /// keys.expect_find_by_hash().returning(|_| Ok(None));
+    /// let tenants = Arc::new(TenantService::new(
+    ///     Arc::new(MockTenantStore::new()),
+    ///     Arc::new(SystemClock),
+    /// ));
+    /// let service = ApiKeyService::new(Arc::new(keys), tenants, Arc::new(SystemClock), Some(bootstrap));
+    ///
+    /// let admin = service.authenticate(bootstrap).await.unwrap().unwrap();
+    /// assert_eq!(admin.kind, ActorKind::Bootstrap);
+    /// assert_eq!(admin.scope, Scope::Admin);
+    /// let minted_shape = format!("sk_{}", "a".repeat(43));
+    /// assert!(service.authenticate(&minted_shape).await.unwrap().is_none());
+    /// assert!(service.authenticate("guess").await.unwrap().is_none());
+    /// # });
+    /// ```
     pub async fn authenticate(
         &self,
         presented: &str,

@@ -92,7 +92,42 @@ impl TenantService {
         Ok((rows, next))
     }
 
-    /// Creates a tenant (root, or under a visible parent).
+    /// Creates a tenant (root, or under a visible parent). The store writes the tenant and
+    /// the journal (audit entry and `tenant.created` event) in one transaction.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use std::sync::Arc;
+    /// use stratum_core::{Caller, SystemClock};
+    /// use stratum_tenancy::{MockTenantStore, NewTenant, TenantService};
+    ///
+    /// let mut store = MockTenantStore::new();
+    /// store
+    ///     .expect_create()
+    ///     .withf(|tenant, journal| {
+    ///         journal.action == "tenant.created"
+    ///             && journal.tenant_id == Some(tenant.id)
+    ///             && journal.event.is_some()
+    ///     })
+    ///     .times(1)
+    ///     .returning(|_, _| Ok(()));
+    /// let tenants = TenantService::new(Arc::new(store), Arc::new(SystemClock));
+    /// let acme = tenants
+    ///     .create(
+    ///         &Caller::system(),
+    ///         NewTenant {
+    ///             name: "Acme".into(),
+    ///             slug: "acme".into(),
+    ///             parent_id: None,
+    ///             metadata: None,
+    ///         },
+    ///     )
+    ///     .await
+    ///     .unwrap();
+    /// assert_eq!(acme.ancestry_path.ids(), vec![acme.id]);
+    /// assert_eq!(acme.version, 1);
+    /// # });
+    /// ```
     pub async fn create(&self, caller: &Caller, input: NewTenant) -> Result<Tenant> {
         caller.require(Scope::Write)?;
         let name = validate_name(&input.name)?;
