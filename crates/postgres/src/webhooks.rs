@@ -9,11 +9,11 @@ use diesel::sql_types::{
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde_json::{json, Value};
-use stratum_core::{Journal, StoreError, TenantPath};
+use stratum_core::{EventType, Journal, Limit, PageError, StoreError, TenantPath};
 use stratum_webhooks::{
     gone_journal, ClaimedDelivery, Completion, Delivery, DeliveryAttempt, DeliveryQueue,
     DeliveryStats, DeliveryStatus, DeliveryStore, EventRef, FailedDelivery, HealthFigures, Verdict,
-    Webhook, WebhookError, WebhookRef, WebhookStore,
+    Webhook, WebhookError, WebhookRef, WebhookStore, WebhookUrl,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -45,8 +45,8 @@ impl From<WebhookRow> for Webhook {
         Self {
             id: r.id,
             tenant_id: r.tenant_id,
-            url: r.url,
-            events: r.events.into_iter().flatten().collect(),
+            url: WebhookUrl::from_stored(r.url),
+            events: stored_events(r.id, r.events),
             active: r.active,
             description: r.description,
             created_at: r.created_at,
@@ -56,8 +56,24 @@ impl From<WebhookRow> for Webhook {
     }
 }
 
+/// The stored event names as event types; a name that is not one (only a hand-edited row
+/// could hold it) is left out with a warning, since nothing can be delivered for it.
+fn stored_events(webhook_id: Uuid, names: Vec<Option<String>>) -> Vec<EventType> {
+    names
+        .into_iter()
+        .flatten()
+        .filter_map(|n| match EventType::parse(&n) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                tracing::warn!(%webhook_id, error = %e, "ignoring a malformed stored event name");
+                None
+            }
+        })
+        .collect()
+}
+
 fn events_col(w: &Webhook) -> Vec<Option<String>> {
-    w.events.iter().cloned().map(Some).collect()
+    w.events.iter().map(|e| Some(e.to_string())).collect()
 }
 
 /// Webhooks on PostgreSQL.
@@ -143,7 +159,7 @@ impl WebhookStore for PgWebhookStore {
                 .values((
                     webhooks::id.eq(w.id),
                     webhooks::tenant_id.eq(w.tenant_id),
-                    webhooks::url.eq(&w.url),
+                    webhooks::url.eq(w.url.as_str()),
                     webhooks::events.eq(events_col(&w)),
                     webhooks::secret_encrypted.eq(&secret_encrypted),
                     webhooks::active.eq(w.active),
@@ -228,7 +244,7 @@ impl WebhookStore for PgWebhookStore {
                     .filter(webhooks::version.eq(expected)),
             )
             .set((
-                webhooks::url.eq(&w.url),
+                webhooks::url.eq(w.url.as_str()),
                 webhooks::events.eq(events_col(&w)),
                 webhooks::active.eq(w.active),
                 webhooks::description.eq(&w.description),
@@ -503,8 +519,8 @@ impl DeliveryStore for PgDeliveryStore {
         webhook_id: Uuid,
         status: Option<DeliveryStatus>,
         cursor: Option<Uuid>,
-        limit: i64,
-    ) -> Result<Option<Vec<Delivery>>, StoreError> {
+        limit: Limit,
+    ) -> Result<Vec<Delivery>, PageError> {
         let mut conn = read_conn(&self.pool).await?;
         let mut q = webhook_deliveries::table
             .filter(webhook_deliveries::webhook_id.eq(webhook_id))
@@ -518,7 +534,9 @@ impl DeliveryStore for PgDeliveryStore {
                 .await
                 .optional()
                 .map_err(map_query_error)?;
-            let Some((at, id)) = at else { return Ok(None) };
+            let Some((at, id)) = at else {
+                return Err(PageError::BadCursor);
+            };
             q = q.filter(
                 webhook_deliveries::created_at
                     .lt(at)
@@ -535,12 +553,12 @@ impl DeliveryStore for PgDeliveryStore {
                 webhook_deliveries::created_at.desc(),
                 webhook_deliveries::id.desc(),
             ))
-            .limit(limit)
+            .limit(limit.fetch())
             .select(DeliveryRow::as_select())
             .load(&mut conn)
             .await
             .map_err(map_query_error)?;
-        Ok(Some(rows.into_iter().map(Delivery::from).collect()))
+        Ok(rows.into_iter().map(Delivery::from).collect())
     }
 
     async fn stats(&self, subtree: Option<TenantPath>) -> Result<DeliveryStats, StoreError> {
@@ -571,7 +589,7 @@ impl DeliveryStore for PgDeliveryStore {
     async fn failed(
         &self,
         subtree: Option<TenantPath>,
-        limit: i64,
+        limit: Limit,
     ) -> Result<Vec<FailedDelivery>, StoreError> {
         let mut conn = read_conn(&self.pool).await?;
         let visible = match &subtree {
@@ -589,7 +607,7 @@ impl DeliveryStore for PgDeliveryStore {
               ORDER BY d.created_at DESC, d.id DESC
               LIMIT $1"
         );
-        let query = diesel::sql_query(q).bind::<BigInt, _>(limit);
+        let query = diesel::sql_query(q).bind::<BigInt, _>(limit.as_i64());
         let rows: Vec<FailedRow> = match subtree {
             None => query.load(&mut conn).await,
             Some(p) => {
