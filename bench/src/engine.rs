@@ -408,8 +408,12 @@ enum Load {
 /// PATCHes `metadata = {"seq": <seq>}` on the rig's tenants in turn over `conns`
 /// connections; returns every outcome.
 async fn drive(rig: &mut Rig, load: Load, conns: usize) -> Result<Vec<Outcome>> {
-    let paths: Arc<Vec<String>> =
-        Arc::new(rig.tenants.iter().map(|t| format!("/tenants/{t}")).collect());
+    let paths: Arc<Vec<String>> = Arc::new(
+        rig.tenants
+            .iter()
+            .map(|t| format!("/tenants/{t}"))
+            .collect(),
+    );
     let first = rig.next_seq;
     // Closed loop for a while: each connection takes the next number until time is up.
     let counter = Arc::new(AtomicU64::new(first));
@@ -423,7 +427,8 @@ async fn drive(rig: &mut Rig, load: Load, conns: usize) -> Result<Vec<Outcome>> 
     for _ in 0..conns.max(1) {
         // One client each, one request at a time on it: one keep-alive connection each.
         let api = rig.server.api()?;
-        let (paths, queue, counter) = (Arc::clone(&paths), Arc::clone(&queue), Arc::clone(&counter));
+        let (paths, queue, counter) =
+            (Arc::clone(&paths), Arc::clone(&queue), Arc::clone(&counter));
         set.spawn(async move {
             let mut out = Vec::new();
             loop {
@@ -685,10 +690,7 @@ async fn throughput_row(a: &EngineArgs, key: char, spread: usize) -> Result<Row>
 }
 
 /// One open-loop phase at `--rate` on a rig: event -> receipt over the normal webhooks.
-async fn latency_phase(
-    a: &EngineArgs,
-    rig: &mut Rig,
-) -> Result<(Delivered, CpuSplit, f64, f64, usize)> {
+async fn latency_phase(a: &EngineArgs, rig: &mut Rig) -> Result<Phase> {
     let cpu0 = Cpu::take(&[rig.server.pid()], rig.db.name());
     rig.rss.take_max_mib();
     let t0 = Instant::now();
@@ -702,51 +704,83 @@ async fn latency_phase(
     )
     .await?;
     let achieved = api_rate(&outcomes);
-    if let Some(p) = Percentiles::of(
+    // From the scheduled send: a PATCH that waited for a free connection counts that wait.
+    let api = Percentiles::of(
         outcomes
             .iter()
             .map(|o| diff_ms(o.done, o.scheduled))
             .collect(),
-    ) {
-        println!("{}", p.line("  API latency (from scheduled send)"));
-    }
+    );
     let d = settle(rig, &outcomes, rig.hooks, Duration::from_secs(a.drain_secs)).await;
     let wall = t0.elapsed().as_secs_f64();
     let cpu = Cpu::take(&[rig.server.pid()], rig.db.name()).since(&cpu0);
-    Ok((d, cpu, wall, achieved, failed(&outcomes)))
+    Ok(Phase {
+        failed: failed(&outcomes),
+        d,
+        cpu,
+        wall,
+        achieved,
+        api,
+    })
 }
 
-fn latency_text(d: &Delivered, achieved: f64, failed: usize) -> String {
-    match d.latency {
-        Some(p) => format!(
-            "event -> receipt p50 {} p99 {} (max {}); {achieved:.0} PATCH/s achieved, {failed} failed; {}",
-            ms(p.p50),
-            ms(p.p99),
-            ms(p.max),
-            d.line()
-        ),
-        None => format!("no deliveries; {failed} failed"),
+/// What one open-loop phase measured.
+struct Phase {
+    d: Delivered,
+    cpu: CpuSplit,
+    wall: f64,
+    achieved: f64,
+    failed: usize,
+    api: Option<Percentiles>,
+}
+
+impl Phase {
+    fn text(&self) -> String {
+        let api = self.api.map_or("-".to_owned(), |p| {
+            format!(
+                "API p50 {} p99 {} from the scheduled send",
+                ms(p.p50),
+                ms(p.p99)
+            )
+        });
+        match self.d.latency {
+            Some(p) => format!(
+                "event -> receipt p50 {} p99 {} (max {}); {:.0} PATCH/s achieved, {} failed, {api}; {}",
+                ms(p.p50),
+                ms(p.p99),
+                ms(p.max),
+                self.achieved,
+                self.failed,
+                self.d.line()
+            ),
+            None => format!("no deliveries; {} failed; {api}", self.failed),
+        }
+    }
+
+    fn json(&self) -> Value {
+        merge(
+            json!({"event_receipt": self.d.latency.map(|p| p.json()), "achieved_rate": round1(self.achieved),
+                   "api": self.api.map(|p| p.json()), "api_failed": self.failed}),
+            &[self.d.json(), self.cpu.json(self.wall)],
+        )
     }
 }
 
 /// Row c: 500 PATCH/s on one tenant, one webhook.
 async fn hot_row(a: &EngineArgs) -> Result<Row> {
     let mut rig = Rig::new(a, 0, 1, false).await?;
-    let (d, cpu, wall, achieved, failed) = latency_phase(a, &mut rig).await?;
+    let p = latency_phase(a, &mut rig).await?;
     Ok(Row {
         key: 'c',
         shape: format!(
             "event -> receipt at {} PATCH/s (open loop, {} s) on one tenant, one webhook",
             a.rate, a.latency_secs
         ),
-        result: latency_text(&d, achieved, failed),
-        cpu,
-        wall,
+        result: p.text(),
+        cpu: p.cpu,
+        wall: p.wall,
         rss_mib: rig.rss.take_max_mib(),
-        json: merge(
-            json!({"event_receipt": d.latency.map(|p| p.json()), "achieved_rate": round1(achieved)}),
-            &[d.json(), cpu.json(wall)],
-        ),
+        json: p.json(),
     })
 }
 
@@ -760,20 +794,21 @@ async fn isolation_rows(a: &EngineArgs) -> Result<(Row, Row)> {
     let (mut lost_e, mut dup_e) = (0usize, 0usize);
     for run in 1..=a.isolation_runs.max(1) {
         let mut rig = Rig::new(a, a.tenants, 1, false).await?;
-        let (da, cpu_a, wall_a, ach_a, failed_a) = latency_phase(a, &mut rig).await?;
+        let pa = latency_phase(a, &mut rig).await?;
         let rss_a = rig.rss.take_max_mib();
         rig.add_slow().await?;
-        let (db, cpu_b, wall_b, ach_b, failed_b) = latency_phase(a, &mut rig).await?;
+        let pb = latency_phase(a, &mut rig).await?;
         let rss_b = rig.rss.take_max_mib();
-        let (pa, pb) = (
+        let (da, db) = (&pa.d, &pb.d);
+        let (p99a, p99b) = (
             da.latency.map_or(f64::INFINITY, |p| p.p99),
             db.latency.map_or(f64::INFINITY, |p| p.p99),
         );
-        let ratio = pb / pa;
+        let ratio = p99b / p99a;
         println!(
             "  isolation run {run}: without the slow receiver {}; with it {}; p99 ratio {ratio:.2}x; slow receiver got {} requests",
-            latency_text(&da, ach_a, failed_a),
-            latency_text(&db, ach_b, failed_b),
+            pa.text(),
+            pb.text(),
             rig.receipts.slow.load(Ordering::Relaxed)
         );
         ratios.push(ratio);
@@ -781,8 +816,11 @@ async fn isolation_rows(a: &EngineArgs) -> Result<(Row, Row)> {
                               "ratio": round2(ratio), "lost": db.lost, "duplicated": db.duplicated}));
         lost_e += db.lost;
         dup_e += db.duplicated;
-        cpu_e = add_cpu(cpu_e, cpu_b);
-        wall_e += wall_b;
+        // The busy share of the row is weighted by each phase's wall time.
+        let mut weighted = pb.cpu;
+        weighted.busy_pct *= pb.wall;
+        cpu_e = add_cpu(cpu_e, weighted);
+        wall_e += pb.wall;
         rss_e = rss_e.max(rss_b);
         if row_d.is_none() {
             row_d = Some(Row {
@@ -791,14 +829,11 @@ async fn isolation_rows(a: &EngineArgs) -> Result<(Row, Row)> {
                     "event -> receipt at {} PATCH/s (open loop, {} s) over {} tenants, one webhook on the parent (isolation run 1 without the slow receiver)",
                     a.rate, a.latency_secs, a.tenants
                 ),
-                result: latency_text(&da, ach_a, failed_a),
-                cpu: cpu_a,
-                wall: wall_a,
+                result: pa.text(),
+                cpu: pa.cpu,
+                wall: pa.wall,
                 rss_mib: rss_a,
-                json: merge(
-                    json!({"event_receipt": da.latency.map(|p| p.json()), "achieved_rate": round1(ach_a)}),
-                    &[da.json(), cpu_a.json(wall_a)],
-                ),
+                json: pa.json(),
             });
         }
     }
@@ -808,7 +843,7 @@ async fn isolation_rows(a: &EngineArgs) -> Result<(Row, Row)> {
         .map(|r| format!("{r:.2}x"))
         .collect::<Vec<_>>()
         .join(", ");
-    busy_avg(&mut cpu_e, ratios.len());
+    cpu_e.busy_pct /= wall_e.max(1e-9);
     let row_e = Row {
         key: 'e',
         shape: format!(
@@ -842,10 +877,6 @@ fn add_cpu(a: CpuSplit, b: CpuSplit) -> CpuSplit {
         bench: a.bench + b.bench,
         busy_pct: a.busy_pct + b.busy_pct,
     }
-}
-
-fn busy_avg(c: &mut CpuSplit, n: usize) {
-    c.busy_pct /= n.max(1) as f64;
 }
 
 /// Row f: closed-loop PATCHes over the spread tenants, one webhook, 16 connections.
@@ -910,7 +941,13 @@ async fn drain_row(a: &EngineArgs) -> Result<Row> {
     let t0 = Instant::now();
     let worker = Server::spawn_worker(&rig.db, &defaults(false))?;
     rig.rss.add(worker.pid());
-    let d = settle(&rig, &outcomes, hooks, Duration::from_secs(a.drain_secs.max(120))).await;
+    let d = settle(
+        &rig,
+        &outcomes,
+        hooks,
+        Duration::from_secs(a.drain_secs.max(120)),
+    )
+    .await;
     let wall = t0.elapsed().as_secs_f64();
     let cpu = Cpu::take(&[rig.server.pid(), worker.pid()], rig.db.name()).since(&cpu0);
     let startup = d.first.map_or(f64::NAN, |f| diff_ms(f, t0) / 1e3);
@@ -967,9 +1004,11 @@ async fn purge_row(a: &EngineArgs) -> Result<Row> {
     .await
     .context("loading the expired rows")?;
     // VACUUM cannot run in the implicit transaction of a multi-statement batch.
-    sql.batch_execute("VACUUM ANALYZE webhook_events, webhook_deliveries, webhook_delivery_attempts")
-        .await
-        .context("vacuuming the loaded rows")?;
+    sql.batch_execute(
+        "VACUUM ANALYZE webhook_events, webhook_deliveries, webhook_delivery_attempts",
+    )
+    .await
+    .context("vacuuming the loaded rows")?;
     println!(
         "  (h) loaded {} expired events + deliveries + attempts in {:.1} s",
         a.purge,
