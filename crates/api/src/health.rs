@@ -23,7 +23,7 @@ pub struct HealthStatus {
     operation_id = "getHealth",
     responses((status = 200, description = "The process is alive", body = HealthStatus))
 )]
-async fn health() -> HttpResponse {
+pub async fn health() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
@@ -39,11 +39,13 @@ async fn health() -> HttpResponse {
     )
 )]
 async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let mut conn = state
-        .pool
-        .get()
-        .await
-        .map_err(|_| ApiError::unavailable())?;
+    readiness(&state.pool).await
+}
+
+/// The readiness answer for `pool`: 200 when the database is reachable and its
+/// migrations are current, 503 otherwise (shared by `serve` and `worker`).
+pub async fn readiness(pool: &stratum_postgres::Pool) -> Result<HttpResponse, ApiError> {
+    let mut conn = pool.get().await.map_err(|_| ApiError::unavailable())?;
     match stratum_postgres::migrations_current(&mut conn).await {
         Ok(true) => Ok(HttpResponse::Ok().json(json!({"status": "ready"}))),
         Ok(false) => Err(ApiError::new(

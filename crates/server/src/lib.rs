@@ -2,5 +2,6 @@
 //! with the in-process API tests.
 
 pub mod config;
+pub mod ops;
 pub mod telemetry;
 pub mod wiring;
