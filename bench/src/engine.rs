@@ -73,15 +73,41 @@ pub struct EngineArgs {
 // ---------------------------------------------------------------------------------------
 // CPU, busy share and memory
 
+/// One `postgres` process: CPU seconds so far, whether it serves the row's database, and
+/// (for the postmaster) the CPU seconds of its children that have exited.
+#[derive(Debug, Clone, Copy)]
+struct PgProc {
+    secs: f64,
+    own: bool,
+    reaped: f64,
+}
+
 /// CPU seconds so far of the processes a row involves, and of the machine.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct Cpu {
     stratum: f64,
-    postgres: f64,
-    postgres_own: f64,
+    postgres: HashMap<u32, PgProc>,
     bench: f64,
     busy: f64,
     total: f64,
+}
+
+/// `(comm, utime + stime, cutime + cstime, ppid)` of one process, in seconds.
+fn proc_stat(pid: &str) -> Option<(String, f64, f64, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?.to_owned();
+    // `rest` starts at field 3 of stat(5): ppid is field 4, utime..cstime fields 14..17.
+    let rest: Vec<&str> = stat.get(close + 2..)?.split_whitespace().collect();
+    let f = |i: usize| rest.get(i).and_then(|v| v.parse::<f64>().ok());
+    let ppid = rest.get(1)?.parse().ok()?;
+    Some((
+        comm,
+        (f(11)? + f(12)?) / 100.0,
+        (f(13)? + f(14)?) / 100.0,
+        ppid,
+    ))
 }
 
 impl Cpu {
@@ -97,24 +123,33 @@ impl Cpu {
             bench: proc_cpu_secs("self").map(|(_, c)| c).unwrap_or(0.0),
             ..Self::default()
         };
+        let mut procs: Vec<(u32, String, f64, f64, u32)> = Vec::new();
         if let Ok(dir) = std::fs::read_dir("/proc") {
             for e in dir.flatten() {
                 let name = e.file_name();
                 let Some(pid) = name.to_str() else { continue };
-                if !pid.bytes().all(|b| b.is_ascii_digit()) {
-                    continue;
-                }
-                if let Some((comm, secs)) = proc_cpu_secs(pid) {
+                let Ok(n) = pid.parse::<u32>() else { continue };
+                if let Some((comm, secs, children, ppid)) = proc_stat(pid) {
                     if comm == "postgres" {
-                        s.postgres += secs;
-                        let cmdline =
-                            std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                        if String::from_utf8_lossy(&cmdline).contains(&needle) {
-                            s.postgres_own += secs;
-                        }
+                        procs.push((n, comm, secs, children, ppid));
                     }
                 }
             }
+        }
+        let pg_pids: HashSet<u32> = procs.iter().map(|p| p.0).collect();
+        for (pid, _, secs, children, ppid) in procs {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            // The postmaster is the one postgres process whose parent is not postgres; it
+            // reaps the backends, so their CPU lives on in its cutime + cstime.
+            let postmaster = !pg_pids.contains(&ppid);
+            s.postgres.insert(
+                pid,
+                PgProc {
+                    secs,
+                    own: String::from_utf8_lossy(&cmdline).contains(&needle),
+                    reaped: if postmaster { children } else { 0.0 },
+                },
+            );
         }
         if let Ok(stat) = std::fs::read_to_string("/proc/stat") {
             if let Some(cpu) = stat.lines().next() {
@@ -133,11 +168,32 @@ impl Cpu {
         s
     }
 
+    /// What was spent between `earlier` and `self`. PostgreSQL: per process, the CPU since
+    /// `earlier` (all of it for a process started since); a process that exited in between
+    /// is counted through the postmaster's reaped-children time, less what it had already
+    /// spent at `earlier`. Its own database's backends: the live ones' deltas (a backend
+    /// that exited in between is missing there).
     fn since(&self, earlier: &Self) -> CpuSplit {
+        let mut postgres = 0.0;
+        let mut own = 0.0;
+        for (pid, now) in &self.postgres {
+            let before = earlier.postgres.get(pid);
+            let d = now.secs - before.map_or(0.0, |b| b.secs);
+            postgres += d;
+            if now.own {
+                own += d;
+            }
+            postgres += now.reaped - before.map_or(now.reaped, |b| b.reaped);
+        }
+        for (pid, gone) in &earlier.postgres {
+            if !self.postgres.contains_key(pid) {
+                postgres -= gone.secs;
+            }
+        }
         CpuSplit {
             stratum: self.stratum - earlier.stratum,
-            postgres: self.postgres - earlier.postgres,
-            postgres_own: self.postgres_own - earlier.postgres_own,
+            postgres: postgres.max(0.0),
+            postgres_own: own,
             bench: self.bench - earlier.bench,
             busy_pct: 100.0 * (self.busy - earlier.busy) / (self.total - earlier.total).max(1e-9),
         }
