@@ -167,6 +167,9 @@ pub struct WorkerArgs {
     pub webhook: WebhookArgs,
     #[command(flatten)]
     pub seal: SealArgs,
+    /// Listen address of the worker's operations port (`/health`, `/ready`, `/metrics`).
+    #[arg(long, env = "STRATUM_WORKER_BIND", default_value = "127.0.0.1:3002")]
+    pub worker_bind: SocketAddr,
 }
 
 #[derive(clap::Parser)]
