@@ -768,22 +768,23 @@ struct ClaimRow {
     event_created_at: OffsetDateTime,
 }
 
-/// How many due rows one claim looks at to pick a fair batch from.
-const CLAIM_SCAN_FACTOR: i64 = 4;
-
 #[async_trait]
 impl DeliveryQueue for PgDeliveryQueue {
     async fn claim(
         &self,
         limit: usize,
         per_webhook: usize,
-        skip_webhooks: Vec<Uuid>,
+        rooms: Vec<(Uuid, usize)>,
         lease: Duration,
     ) -> Result<Vec<ClaimedDelivery>, StoreError> {
         let lease_id = Uuid::now_v7();
         let limit = limit.max(1) as i64;
         let lease_interval =
             diesel::data_types::PgInterval::from_microseconds(lease.as_micros() as i64);
+        let (webhooks, rooms): (Vec<Uuid>, Vec<i64>) = rooms
+            .into_iter()
+            .map(|(id, room)| (id, i64::try_from(room).unwrap_or(i64::MAX)))
+            .unzip();
         // One statement, hence its own transaction: the lease is committed before any send.
         // It lives in a PL/pgSQL function so its plan is kept per connection.
         let mut conn = read_conn(&self.pool).await?;
@@ -791,13 +792,13 @@ impl DeliveryQueue for PgDeliveryQueue {
             diesel::sql_query(
                 "SELECT id, attempts, webhook_id, url, secret_encrypted, event_id, event_type, tenant_id,
                         payload, event_created_at
-                   FROM stratum_claim_deliveries($1, $2, $3, $4, $1 * $5, $6)",
+                   FROM stratum_claim_per_webhook($1, $2, $3, $4, $5, $6)",
             )
             .bind::<BigInt, _>(limit)
-            .bind::<Array<SqlUuid>, _>(&skip_webhooks)
-            .bind::<BigInt, _>(per_webhook.max(1) as i64)
+            .bind::<BigInt, _>(i64::try_from(per_webhook).unwrap_or(i64::MAX))
+            .bind::<Array<SqlUuid>, _>(&webhooks)
+            .bind::<Array<BigInt>, _>(&rooms)
             .bind::<SqlUuid, _>(lease_id)
-            .bind::<BigInt, _>(CLAIM_SCAN_FACTOR)
             .bind::<Interval, _>(lease_interval)
             .load(&mut conn)
             .await

@@ -6,7 +6,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error};
 
-use super::{DispatcherStats, stopping, wait_for_shutdown, STORAGE_BACKOFF_MAX, STORAGE_BACKOFF_MIN};
+use super::{
+    stopping, wait_for_shutdown, DispatcherStats, STORAGE_BACKOFF_MAX, STORAGE_BACKOFF_MIN,
+};
 use crate::{Completion, DeliveryQueue};
 
 /// Writes completions in batches; retries failed writes until shutdown.

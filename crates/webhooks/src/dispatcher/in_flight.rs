@@ -80,7 +80,10 @@ impl WebhookGate {
     /// sending and the next one waiting, so the receiver stays busy between claims.
     pub(super) fn room(&self) -> usize {
         let s = lock(&self.state);
-        s.controller.limit().saturating_mul(2).saturating_sub(s.claimed)
+        s.controller
+            .limit()
+            .saturating_mul(2)
+            .saturating_sub(s.claimed)
     }
 
     pub(super) fn snapshot(&self, webhook_id: Uuid) -> WebhookConcurrency {
@@ -114,7 +117,13 @@ impl WebhookGate {
             let before = s.controller.limit();
             let limit = s.controller.record(signal, latency, in_flight);
             if limit != before {
-                debug!(limit, before, ?signal, latency_ms = latency.as_millis() as u64, "webhook concurrency limit changed");
+                debug!(
+                    limit,
+                    before,
+                    ?signal,
+                    latency_ms = latency.as_millis() as u64,
+                    "webhook concurrency limit changed"
+                );
             }
             let target = s.issued.saturating_sub(s.debt);
             if limit > target {
@@ -282,6 +291,7 @@ impl InFlight {
 
     /// The current limit of `webhook`.
     pub(super) fn limit(&self, webhook: Uuid) -> usize {
-        self.gate(webhook).map_or(self.config.initial, |g| g.limit())
+        self.gate(webhook)
+            .map_or(self.config.initial, |g| g.limit())
     }
 }

@@ -409,7 +409,6 @@ impl Inner {
     }
 }
 
-
 fn log_verdict(d: &ClaimedDelivery, attempt: i32, outcome: &AttemptOutcome, verdict: &Verdict) {
     let (id, webhook, status) = (d.id, d.webhook_id, outcome.status);
     let ms = outcome.duration_ms;
@@ -441,7 +440,6 @@ fn log_verdict(d: &ClaimedDelivery, attempt: i32, outcome: &AttemptOutcome, verd
         Verdict::Release { .. } => {}
     }
 }
-
 
 /// Waits for `wait` to pass, a wake-up, shutdown or (when `return_on_slot`) a finished send,
 /// accounting for finished sends meanwhile; `false` means shut down.

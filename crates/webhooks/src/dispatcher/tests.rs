@@ -9,10 +9,10 @@ use stratum_crypto::{generate_whsec, verify_standard, verify_stratum};
 use time::macros::datetime;
 
 use super::*;
+use crate::{MockDeliveryClient, MockDeliveryQueue};
 use serde_json::Value;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use stratum_crypto::Keyring;
-use crate::{MockDeliveryClient, MockDeliveryQueue};
 
 const NOW: OffsetDateTime = datetime!(2026-01-31 09:15:00 UTC);
 const EVENT_AT: OffsetDateTime = datetime!(2026-01-31 09:14:59.123456 UTC);
@@ -475,8 +475,7 @@ fn run_config() -> DispatcherConfig {
 async fn run_until_written(dispatcher: &Dispatcher, written: &Written) {
     let (stop, stop_rx) = watch::channel(false);
     let worker = dispatcher.clone();
-    let handle =
-        tokio::spawn(async move { worker.run(stop_rx, Arc::new(Notify::new())).await });
+    let handle = tokio::spawn(async move { worker.run(stop_rx, Arc::new(Notify::new())).await });
     tokio::time::timeout(Duration::from_secs(3600), written.all_in.notified())
         .await
         .expect("every delivery should be completed");
@@ -843,8 +842,14 @@ async fn limits_adapt_fast_receiver_to_hundreds_timing_out_one_to_a_few() {
     let state = client.state.lock().unwrap();
     let fast_max = state.max[&fast_url];
     let slow_max = state.max[&slow_url];
-    assert!(fast_max >= 200, "fast receiver reached {fast_max} in flight");
-    assert!(slow_max <= 8, "timing-out receiver reached {slow_max} in flight");
+    assert!(
+        fast_max >= 200,
+        "fast receiver reached {fast_max} in flight"
+    );
+    assert!(
+        slow_max <= 8,
+        "timing-out receiver reached {slow_max} in flight"
+    );
     let snapshot = dispatcher.snapshot();
     let limit_of = |id: Uuid| {
         snapshot
@@ -929,8 +934,7 @@ async fn completions_failing_at_shutdown_are_given_up() {
     let dispatcher = dispatcher_with(queue, client, run_config());
     let (stop, stop_rx) = watch::channel(false);
     let worker = dispatcher.clone();
-    let handle =
-        tokio::spawn(async move { worker.run(stop_rx, Arc::new(Notify::new())).await });
+    let handle = tokio::spawn(async move { worker.run(stop_rx, Arc::new(Notify::new())).await });
     // Let storage fail a few times (virtual time), then shut down.
     while attempts.load(Ordering::SeqCst) < 3 {
         tokio::time::sleep(Duration::from_millis(100)).await;
