@@ -3,6 +3,11 @@
 -- however old) costs the others nothing, and a webhook at its limit costs no scan at all.
 CREATE INDEX webhook_deliveries_webhook_due_idx
     ON webhook_deliveries (webhook_id, next_retry_at) WHERE status = 'pending';
+-- The global due index goes: with every row due, the planner would scan it for one
+-- webhook's rows and filter out everyone else's (measured: 14 ms per webhook at 20,000 due
+-- rows, against 0.1 ms through the index above); and every insert, claim and completion
+-- paid for maintaining it.
+DROP INDEX webhook_deliveries_due_idx;
 
 -- Claim and completion rewrite a row twice in its life; room on the page lets those new
 -- versions stay on it (and be HOT when no indexed column changes).
@@ -45,7 +50,7 @@ BEGIN
           FROM rooms
          CROSS JOIN LATERAL (
                SELECT d.id AS cid, d.next_retry_at AS cdue,
-                      row_number() OVER (ORDER BY d.next_retry_at) AS rn
+                      row_number() OVER (ORDER BY d.next_retry_at ROWS UNBOUNDED PRECEDING) AS rn
                  FROM webhook_deliveries d
                 WHERE d.webhook_id = rooms.wid AND d.status = 'pending' AND d.next_retry_at <= now()
                 ORDER BY d.next_retry_at
