@@ -231,9 +231,15 @@ impl InFlight {
             s.idle_since = None;
         }
         self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        let claimed_at = tokio::time::Instant::now();
         let handle = self.tasks.spawn(async move {
             let permit = gate.acquire().await;
-            let (completion, sent) = inner.attempt_measured(d).await;
+            let waited = claimed_at.elapsed();
+            let (completion, sent) = if waited > inner.config.lease / 2 {
+                (inner.give_back(&d, waited), false)
+            } else {
+                inner.attempt_measured(d).await
+            };
             let sample = sent.then(|| {
                 (
                     Signal::from_status(completion.outcome.status),

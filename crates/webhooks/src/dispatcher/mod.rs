@@ -11,7 +11,8 @@
 //! - `Release` means the delivery was **not** attempted (its secret is encrypted under a key
 //!   this process does not hold): the queue must give it back, due at `at`, without
 //!   counting an attempt. Its `Completion::attempt` is the unchanged count of attempts
-//!   already made, and its outcome carries only an explanatory `error`.
+//!   already made, and its outcome carries only an explanatory `error` (or none when the
+//!   delivery waited past half its lease for its webhook's slot and was given back).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -331,6 +332,30 @@ impl Dispatcher {
 impl Inner {
     async fn attempt(&self, d: ClaimedDelivery) -> Completion {
         self.attempt_measured(d).await.0
+    }
+
+    /// Gives `d` back unattempted, due at once: it waited for its webhook's slot for so
+    /// long (the webhook's limit was cut meanwhile) that its lease might run out while it
+    /// is being sent, and another worker would then send it too.
+    fn give_back(&self, d: &ClaimedDelivery, waited: Duration) -> Completion {
+        debug!(
+            delivery_id = %d.id,
+            webhook_id = %d.webhook_id,
+            waited_ms = millis(waited),
+            "delivery waited too long for its webhook's slot; giving it back"
+        );
+        let verdict = Verdict::Release {
+            at: self.clock.now(),
+        };
+        self.stats.record(&verdict);
+        Completion {
+            delivery_id: d.id,
+            lease_id: d.lease_id,
+            webhook_id: d.webhook_id,
+            attempt: d.attempts,
+            outcome: AttemptOutcome::default(),
+            verdict,
+        }
     }
 
     /// The attempt and whether a request was sent (its outcome says something about the

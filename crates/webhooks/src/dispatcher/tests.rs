@@ -865,6 +865,66 @@ async fn limits_adapt_fast_receiver_to_hundreds_timing_out_one_to_a_few() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn deliveries_waiting_past_half_their_lease_are_given_back_unsent() {
+    /// Every request times out after 10 s; remembers which deliveries were sent.
+    #[derive(Default)]
+    struct TimesOut(Mutex<HashSet<String>>);
+    #[async_trait]
+    impl DeliveryClient for TimesOut {
+        async fn send(&self, request: OutgoingRequest) -> AttemptOutcome {
+            let id = header(&request, "X-Stratum-Delivery").to_owned();
+            self.0.lock().unwrap().insert(id);
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            AttemptOutcome {
+                error: Some("timed out".to_owned()),
+                duration_ms: 10_000,
+                ..AttemptOutcome::default()
+            }
+        }
+    }
+    let webhook = Uuid::new_v4();
+    let due = deliveries_for(webhook, 8);
+    let written = Written::default();
+    let queue = Arc::new(MemoryQueue::new(due.clone(), true, written.clone()));
+    let client = Arc::new(TimesOut::default());
+    // Four sending and four waiting; the first four take 10 s, past half the 15 s lease.
+    let config = DispatcherConfig {
+        concurrency: 64,
+        per_webhook: 4,
+        initial_per_webhook: 4,
+        batch_size: 64,
+        lease: Duration::from_secs(15),
+        ..DispatcherConfig::default()
+    };
+    let dispatcher = Dispatcher::new(
+        queue,
+        client.clone(),
+        SharedKeyring::new(keyring()),
+        fixed_clock(),
+        RetryPolicy::default(),
+        config,
+    );
+
+    run_until_written(&dispatcher, &written).await;
+
+    let completions = written.take();
+    assert_each_once(&completions, &due);
+    let sent = client.0.lock().unwrap();
+    let (given_back, attempted): (Vec<_>, Vec<_>) = completions
+        .iter()
+        .partition(|c| matches!(c.verdict, Verdict::Release { .. }));
+    assert_eq!((given_back.len(), attempted.len()), (4, 4));
+    for c in given_back {
+        assert!(!sent.contains(&c.delivery_id.to_string()), "given back unsent");
+        assert_eq!(c.attempt, 0, "not counted as an attempt");
+    }
+    for c in attempted {
+        assert!(sent.contains(&c.delivery_id.to_string()));
+        assert!(matches!(c.verdict, Verdict::Retry { .. }));
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn shutdown_lets_in_flight_sends_finish_and_flushes() {
     let deliveries: Vec<_> = (0..4).map(|_| good_delivery(0)).collect();
     let n = deliveries.len();
