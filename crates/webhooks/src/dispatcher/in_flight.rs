@@ -97,19 +97,16 @@ impl WebhookGate {
         }
     }
 
-    async fn acquire(&self) -> OwnedSemaphorePermit {
-        // The semaphore is never closed.
-        let permit = Arc::clone(&self.permits)
-            .acquire_owned()
-            .await
-            .expect("webhook gate semaphore is never closed");
+    async fn acquire(&self) -> Option<OwnedSemaphorePermit> {
+        // The semaphore is never closed, so this only ever waits.
+        let permit = Arc::clone(&self.permits).acquire_owned().await.ok();
         lock(&self.state).sending += 1;
         permit
     }
 
     /// Feeds the controller with one attempt (none when nothing was sent) and gives the
     /// permit back, or withdraws it if a cut left more permits out than the limit.
-    fn release(&self, permit: OwnedSemaphorePermit, sample: Option<(Signal, Duration)>) {
+    fn release(&self, permit: Option<OwnedSemaphorePermit>, sample: Option<(Signal, Duration)>) {
         let mut s = lock(&self.state);
         let in_flight = s.sending;
         s.sending = s.sending.saturating_sub(1);
@@ -138,7 +135,7 @@ impl WebhookGate {
                 s.debt += target - limit;
             }
         }
-        if s.debt > 0 {
+        if let (true, Some(permit)) = (s.debt > 0, permit) {
             permit.forget();
             s.debt -= 1;
             s.issued -= 1;
@@ -146,8 +143,6 @@ impl WebhookGate {
             let idle = self.permits.forget_permits(s.debt);
             s.debt -= idle;
             s.issued -= idle;
-        } else {
-            drop(permit);
         }
     }
 }

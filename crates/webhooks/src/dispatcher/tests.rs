@@ -915,7 +915,10 @@ async fn deliveries_waiting_past_half_their_lease_are_given_back_unsent() {
         .partition(|c| matches!(c.verdict, Verdict::Release { .. }));
     assert_eq!((given_back.len(), attempted.len()), (4, 4));
     for c in given_back {
-        assert!(!sent.contains(&c.delivery_id.to_string()), "given back unsent");
+        assert!(
+            !sent.contains(&c.delivery_id.to_string()),
+            "given back unsent"
+        );
         assert_eq!(c.attempt, 0, "not counted as an attempt");
     }
     for c in attempted {
