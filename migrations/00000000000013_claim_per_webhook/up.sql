@@ -13,7 +13,8 @@ DROP INDEX webhook_deliveries_due_idx;
 -- versions stay on it (and be HOT when no indexed column changes).
 ALTER TABLE webhook_deliveries SET (fillfactor = 80);
 
-DROP FUNCTION stratum_claim_deliveries(bigint, uuid[], bigint, uuid, bigint, interval);
+-- stratum_claim_deliveries stays for now: workers of the previous release keep calling it
+-- during a rolling upgrade (it still works, only slower without the index dropped above).
 
 -- p_webhooks/p_rooms: how many more of those webhooks' deliveries the caller takes (0: none);
 -- any other active webhook may bring p_default. Round-robin across webhooks: every webhook's
