@@ -786,22 +786,23 @@ struct ClaimRow {
     event_created_at: OffsetDateTime,
 }
 
-/// How many due rows one claim looks at to pick a fair batch from.
-const CLAIM_SCAN_FACTOR: i64 = 4;
-
 #[async_trait]
 impl DeliveryQueue for PgDeliveryQueue {
     async fn claim(
         &self,
         limit: usize,
         per_webhook: usize,
-        skip_webhooks: Vec<Uuid>,
+        rooms: Vec<(Uuid, usize)>,
         lease: Duration,
     ) -> Result<Vec<ClaimedDelivery>, StoreError> {
         let lease_id = Uuid::now_v7();
         let limit = limit.max(1) as i64;
         let lease_interval =
             diesel::data_types::PgInterval::from_microseconds(lease.as_micros() as i64);
+        let (webhooks, rooms): (Vec<Uuid>, Vec<i64>) = rooms
+            .into_iter()
+            .map(|(id, room)| (id, i64::try_from(room).unwrap_or(i64::MAX)))
+            .unzip();
         // One statement, hence its own transaction: the lease is committed before any send.
         // It lives in a PL/pgSQL function so its plan is kept per connection.
         let mut conn = read_conn(&self.pool).await?;
@@ -809,13 +810,13 @@ impl DeliveryQueue for PgDeliveryQueue {
             diesel::sql_query(
                 "SELECT id, attempts, webhook_id, url, secret_encrypted, event_id, event_type, tenant_id,
                         payload, event_created_at
-                   FROM stratum_claim_deliveries($1, $2, $3, $4, $1 * $5, $6)",
+                   FROM stratum_claim_per_webhook($1, $2, $3, $4, $5, $6)",
             )
             .bind::<BigInt, _>(limit)
-            .bind::<Array<SqlUuid>, _>(&skip_webhooks)
-            .bind::<BigInt, _>(per_webhook.max(1) as i64)
+            .bind::<BigInt, _>(i64::try_from(per_webhook).unwrap_or(i64::MAX))
+            .bind::<Array<SqlUuid>, _>(&webhooks)
+            .bind::<Array<BigInt>, _>(&rooms)
             .bind::<SqlUuid, _>(lease_id)
-            .bind::<BigInt, _>(CLAIM_SCAN_FACTOR)
             .bind::<Interval, _>(lease_interval)
             .load(&mut conn)
             .await
@@ -887,22 +888,10 @@ impl DeliveryQueue for PgDeliveryQueue {
             bodies.push(c.outcome.body_excerpt.clone());
         }
         in_tx!(self.pool, StoreError, |conn| {
-            // Compare-and-set on the lease: a worker whose lease ran out writes nothing.
-            let applied: Vec<AppliedRow> = diesel::sql_query(
-                "UPDATE webhook_deliveries d
-                    SET status = u.status,
-                        attempts = u.attempts,
-                        next_retry_at = u.next_retry_at,
-                        last_error = CASE WHEN u.counted THEN u.last_error ELSE coalesce(u.last_error, d.last_error) END,
-                        response_code = CASE WHEN u.counted THEN u.response_code ELSE d.response_code END,
-                        completed_at = u.completed_at,
-                        lease_id = NULL,
-                        lease_expires_at = NULL
-                   FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int[], $5::timestamptz[], $6::text[],
-                               $7::int[], $8::timestamptz[], $9::bool[])
-                        AS u(id, lease_id, status, attempts, next_retry_at, last_error, response_code, completed_at, counted)
-                  WHERE d.id = u.id AND d.lease_id = u.lease_id
-              RETURNING d.id",
+            // The compare-and-set on the lease and the attempts, in one statement whose
+            // plan the function keeps (see the migration).
+            let applied: AppliedCount = diesel::sql_query(
+                "SELECT count(*) AS n FROM stratum_complete_deliveries($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             )
             .bind::<Array<SqlUuid>, _>(&ids)
             .bind::<Array<SqlUuid>, _>(&leases)
@@ -913,27 +902,10 @@ impl DeliveryQueue for PgDeliveryQueue {
             .bind::<Array<Nullable<Integer>>, _>(&codes)
             .bind::<Array<Nullable<Timestamptz>>, _>(&completed)
             .bind::<Array<diesel::sql_types::Bool>, _>(&counted)
-            .load(conn)
+            .bind::<Array<Integer>, _>(&durations)
+            .bind::<Array<Nullable<Text>>, _>(&bodies)
+            .get_result(conn)
             .await?;
-            if !applied.is_empty() {
-                diesel::sql_query(
-                    "INSERT INTO webhook_delivery_attempts (id, delivery_id, attempt, status_code, duration_ms, error, response_body)
-                     SELECT stratum_uuid_v7(), u.id, u.attempt, u.code, u.duration, u.error, u.body
-                       FROM unnest($1::uuid[], $2::int[], $3::int[], $4::int[], $5::text[], $6::text[], $7::bool[])
-                            AS u(id, attempt, code, duration, error, body, counted)
-                      WHERE u.counted AND u.id = ANY($8)",
-                )
-                .bind::<Array<SqlUuid>, _>(&ids)
-                .bind::<Array<Integer>, _>(&attempts)
-                .bind::<Array<Nullable<Integer>>, _>(&codes)
-                .bind::<Array<Integer>, _>(&durations)
-                .bind::<Array<Nullable<Text>>, _>(&errors)
-                .bind::<Array<Nullable<Text>>, _>(&bodies)
-                .bind::<Array<diesel::sql_types::Bool>, _>(&counted)
-                .bind::<Array<SqlUuid>, _>(applied.iter().map(|a| a.id).collect::<Vec<_>>())
-                .execute(conn)
-                .await?;
-            }
             if !gone.is_empty() {
                 // 410 Gone: the receiver asked us to stop. Read what is replaced under the
                 // row lock, so the system's audit entry is one more link of the chain.
@@ -959,15 +931,15 @@ impl DeliveryQueue for PgDeliveryQueue {
                     }
                 }
             }
-            Ok(applied.len())
+            Ok(usize::try_from(applied.n).unwrap_or(0))
         })
     }
 }
 
 #[derive(QueryableByName)]
-struct AppliedRow {
-    #[diesel(sql_type = SqlUuid)]
-    id: Uuid,
+struct AppliedCount {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
 }
 
 /// Queue figures for the metrics gauges.

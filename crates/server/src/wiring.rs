@@ -170,6 +170,7 @@ pub fn dispatcher(
     let config = DispatcherConfig {
         concurrency,
         per_webhook: cfg.max_in_flight_per_endpoint as usize,
+        initial_per_webhook: cfg.initial_in_flight_per_endpoint as usize,
         batch_size: concurrency.clamp(16, 512),
         // Long enough for a claimed delivery to wait for its webhook's slot and then be
         // sent; short enough that a crashed worker's deliveries come back soon.
