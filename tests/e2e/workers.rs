@@ -363,7 +363,18 @@ async fn a_worker_answers_health_ready_and_metrics_on_its_own_port() {
         "stratum_deliveries_pending ",
         "stratum_deliveries_oldest_due_age_seconds ",
         "stratum_db_pool_max_size 16\n",
+        "stratum_dispatcher_last_claim_size ",
+        "stratum_dispatcher_last_completion_batch_size ",
     ] {
         assert!(text.contains(series), "no {series:?} in {text}");
     }
+    // The webhook it delivered to has an adaptive limit, at least the initial 8.
+    let limit = format!("stratum_webhook_concurrency_limit{{webhook_id=\"{id}\"}} ");
+    let value: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix(limit.as_str()))
+        .unwrap_or_else(|| panic!("no {limit:?} in {text}"))
+        .parse()
+        .unwrap();
+    assert!(value >= 8, "{value}");
 }

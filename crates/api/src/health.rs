@@ -45,9 +45,7 @@ async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
 
 /// The readiness answer of `storage`: 200 when the database is reachable and its
 /// migrations are current, 503 otherwise (shared by `serve` and `worker`).
-pub async fn readiness(
-    storage: &dyn stratum_core::StorageProbe,
-) -> Result<HttpResponse, ApiError> {
+pub async fn readiness(storage: &dyn stratum_core::StorageProbe) -> Result<HttpResponse, ApiError> {
     match storage.ready().await {
         Ok(()) => Ok(HttpResponse::Ok().json(json!({"status": "ready"}))),
         Err(NotReady::MigrationsPending) => Err(ApiError::new(

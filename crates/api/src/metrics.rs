@@ -23,7 +23,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use stratum_webhooks::histogram::LATENCY_BUCKETS;
-use stratum_webhooks::{DispatcherStats, HistogramSnapshot};
+use stratum_webhooks::{DispatcherSnapshot, DispatcherStats, HistogramSnapshot};
 
 use crate::AppState;
 
@@ -77,6 +77,7 @@ pub struct Metrics {
     /// Queue gauges.
     pub queue: Arc<QueueGauges>,
     dispatcher: OnceLock<()>,
+    dispatcher_snapshot: OnceLock<()>,
 }
 
 impl Default for Metrics {
@@ -123,6 +124,7 @@ impl Metrics {
             rate_limited,
             queue,
             dispatcher: OnceLock::new(),
+            dispatcher_snapshot: OnceLock::new(),
         }
     }
 
@@ -140,6 +142,16 @@ impl Metrics {
     pub fn attach_dispatcher(&self, stats: Arc<DispatcherStats>) {
         if self.dispatcher.set(()).is_ok() {
             self.register_collector(Box::new(DispatcherCollector(stats)));
+        }
+    }
+
+    /// Exposes what a running dispatcher is doing now, read at each scrape: deliveries in
+    /// flight, the last claim and completion batch sizes, the age of the oldest event it
+    /// last claimed and, per webhook it sent to recently, in flight, waiting and its
+    /// adaptive concurrency limit (once; later calls are ignored).
+    pub fn attach_dispatcher_snapshot(&self, snapshot: SnapshotSource) {
+        if self.dispatcher_snapshot.set(()).is_ok() {
+            self.register_collector(Box::new(SnapshotCollector(snapshot)));
         }
     }
 
@@ -308,6 +320,76 @@ impl Collector for PoolCollector {
             ),
         ] {
             gauge(&mut encoder, name, help, v)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads a running dispatcher's [`DispatcherSnapshot`].
+pub type SnapshotSource = Arc<dyn Fn() -> DispatcherSnapshot + Send + Sync>;
+
+/// A dispatcher's current state (its total in flight is `stratum_deliveries_in_flight`),
+/// per process and per webhook. The webhook label's values
+/// are the webhooks this process delivered to in the last minutes (the dispatcher forgets
+/// a webhook idle for 5 minutes), not anything a request can choose.
+struct SnapshotCollector(SnapshotSource);
+
+impl std::fmt::Debug for SnapshotCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SnapshotCollector")
+    }
+}
+
+impl Collector for SnapshotCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let s = (self.0)();
+        gauge(
+            &mut encoder,
+            "stratum_dispatcher_last_claim_size",
+            "Deliveries the last claim brought.",
+            s.last_claim_size as i64,
+        )?;
+        gauge(
+            &mut encoder,
+            "stratum_dispatcher_last_completion_batch_size",
+            "Completions the last completion batch wrote.",
+            s.last_completion_batch_size as i64,
+        )?;
+        gauge(
+            &mut encoder,
+            "stratum_dispatcher_oldest_claimed_age_seconds",
+            "Age of the oldest event the last non-empty claim brought (how far delivery lags).",
+            s.oldest_claimed_age.map_or(0.0, |d| d.as_secs_f64()),
+        )?;
+        let ids: Vec<String> = s
+            .webhooks
+            .iter()
+            .map(|w| w.webhook_id.to_string())
+            .collect();
+        type Figure = fn(&stratum_webhooks::WebhookConcurrency) -> i64;
+        let families: [(&str, &str, Figure); 3] = [
+            (
+                "stratum_webhook_in_flight",
+                "Attempts being sent to the webhook by this process.",
+                |w| w.in_flight as i64,
+            ),
+            (
+                "stratum_webhook_waiting",
+                "Deliveries claimed for the webhook, waiting for one of its slots.",
+                |w| w.waiting as i64,
+            ),
+            (
+                "stratum_webhook_concurrency_limit",
+                "The webhook's adaptive in-flight limit in this process.",
+                |w| w.limit as i64,
+            ),
+        ];
+        for (name, help, figure) in families {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (w, id) in s.webhooks.iter().zip(&ids) {
+                let labels = [("webhook_id", id.as_str())];
+                ConstGauge::new(figure(w)).encode(family.encode_family(&labels)?)?;
+            }
         }
         Ok(())
     }
@@ -483,6 +565,50 @@ mod tests {
         assert!(
             !out.contains("stratum_delivery_attempts"),
             "no dispatcher attached"
+        );
+    }
+
+    #[test]
+    fn dispatcher_snapshot_renders_per_webhook_limits() {
+        let id = uuid::Uuid::from_u128(7);
+        let source: SnapshotSource = Arc::new(move || DispatcherSnapshot {
+            in_flight: 5,
+            last_claim_size: 12,
+            last_completion_batch_size: 3,
+            oldest_claimed_age: Some(std::time::Duration::from_millis(1500)),
+            webhooks: vec![stratum_webhooks::WebhookConcurrency {
+                webhook_id: id,
+                in_flight: 5,
+                waiting: 2,
+                limit: 40,
+                baseline_latency: None,
+            }],
+        });
+        let out = encode(SnapshotCollector(source));
+        assert!(
+            out.contains("stratum_dispatcher_last_claim_size 12\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("stratum_dispatcher_last_completion_batch_size 3\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("stratum_dispatcher_oldest_claimed_age_seconds 1.5\n"),
+            "{out}"
+        );
+        let label = format!("{{webhook_id=\"{id}\"}}");
+        assert!(
+            out.contains(&format!("stratum_webhook_in_flight{label} 5\n")),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("stratum_webhook_waiting{label} 2\n")),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("stratum_webhook_concurrency_limit{label} 40\n")),
+            "{out}"
         );
     }
 }

@@ -211,7 +211,7 @@ fn spawn_worker(
 ) -> (
     tokio::sync::watch::Sender<bool>,
     tokio::task::JoinHandle<()>,
-    std::sync::Arc<stratum_webhooks::DispatcherStats>,
+    stratum_webhooks::Dispatcher,
 ) {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let wake = std::sync::Arc::new(tokio::sync::Notify::new());
@@ -224,12 +224,12 @@ fn spawn_worker(
     let replay_stop = stopped.clone();
     let replaying = tokio::spawn(async move { replayer.run(replay_stop).await });
     let dispatcher = wiring::dispatcher(pool, keyring, cfg, out);
-    let stats = dispatcher.stats();
+    let running = dispatcher.clone();
     let handle = tokio::spawn(async move {
-        dispatcher.run(stopped, wake).await;
+        running.run(stopped, wake).await;
         let _ = replaying.await;
     });
-    (stop, handle, stats)
+    (stop, handle, dispatcher)
 }
 
 /// Refreshes the queue gauges every few seconds, so scrapes stay cheap.
@@ -287,9 +287,11 @@ async fn check_keys(pool: &stratum_postgres::Pool, keyring: &SharedKeyring) -> R
 /// `metrics.register_collector(...)` line.
 fn expose_dispatcher(
     metrics: &stratum_api::metrics::Metrics,
-    stats: std::sync::Arc<stratum_webhooks::DispatcherStats>,
+    dispatcher: &stratum_webhooks::Dispatcher,
 ) {
-    metrics.attach_dispatcher(stats);
+    metrics.attach_dispatcher(dispatcher.stats());
+    let d = dispatcher.clone();
+    metrics.attach_dispatcher_snapshot(std::sync::Arc::new(move || d.snapshot()));
 }
 
 async fn worker(args: WorkerArgs) -> Result<()> {
@@ -315,14 +317,14 @@ async fn worker(args: WorkerArgs) -> Result<()> {
     let ops_handle = ops.handle();
     let ops_task = tokio::spawn(ops);
     let sealer = spawn_sealer(&args.db, &args.seal)?;
-    let (stop, handle, stats) = spawn_worker(
+    let (stop, handle, dispatcher) = spawn_worker(
         &args.db.database_url,
         pool.clone(),
         keyring,
         &args.webhook,
         &out,
     );
-    expose_dispatcher(&metrics, stats);
+    expose_dispatcher(&metrics, &dispatcher);
     spawn_queue_gauges(pool, metrics);
     tracing::info!(
         sealing = sealer.is_some(),
@@ -386,8 +388,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
         })
         .flatten()
         .map(std::sync::Arc::new);
-    if let Some((_, _, stats)) = &worker {
-        expose_dispatcher(&state.metrics, stats.clone());
+    if let Some((_, _, dispatcher)) = &worker {
+        expose_dispatcher(&state.metrics, dispatcher);
     }
     let sealer = spawn_sealer(&args.db, &args.seal)?;
     spawn_queue_gauges(pool, state.metrics.clone());
