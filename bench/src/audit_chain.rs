@@ -39,8 +39,8 @@ pub struct AuditChainArgs {
 
 fn opts(seal_interval_ms: u64) -> ServerOpts {
     ServerOpts {
-        concurrency: Some(64),
-        per_endpoint: Some(8),
+        concurrency: None,
+        per_endpoint: None,
         no_worker: true,
         extra_env: vec![
             (

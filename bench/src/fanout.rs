@@ -21,12 +21,12 @@ pub struct FanoutArgs {
     /// Tenants created one after another; the first is the cold one.
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
-    /// STRATUM_WORKER_CONCURRENCY (the server's default).
-    #[arg(long, default_value_t = 64)]
-    pub concurrency: u32,
-    /// STRATUM_WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT (the server's default).
-    #[arg(long, default_value_t = 8)]
-    pub per_endpoint: u32,
+    /// STRATUM_WORKER_CONCURRENCY (unset: the server's default).
+    #[arg(long)]
+    pub concurrency: Option<u32>,
+    /// STRATUM_WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT (unset: the server's default).
+    #[arg(long)]
+    pub per_endpoint: Option<u32>,
     /// Webhook creations in flight at once during set-up.
     #[arg(long, default_value_t = 8)]
     pub setup_parallel: usize,
@@ -41,8 +41,8 @@ pub async fn run_fanout(a: FanoutArgs) -> Result<()> {
     let rx = Receiver::start(a.receiver_threads, epoch, None)?;
     let db = BenchDb::create().await?;
     let opts = ServerOpts {
-        concurrency: Some(a.concurrency),
-        per_endpoint: Some(a.per_endpoint),
+        concurrency: a.concurrency,
+        per_endpoint: a.per_endpoint,
         no_worker: false,
         extra_env: Vec::new(),
     };
@@ -141,8 +141,8 @@ pub async fn run_tenant_create(a: TenantCreateArgs) -> Result<()> {
     let rx = Receiver::start(1, epoch, None)?;
     let db = BenchDb::create().await?;
     let opts = ServerOpts {
-        concurrency: Some(64),
-        per_endpoint: Some(8),
+        concurrency: None,
+        per_endpoint: None,
         no_worker: true,
         extra_env: Vec::new(),
     };

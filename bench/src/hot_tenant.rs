@@ -32,12 +32,12 @@ pub struct HotTenantArgs {
     /// Client keep-alive connections; each carries one request at a time.
     #[arg(long, default_value_t = 16)]
     pub connections: usize,
-    /// STRATUM_WORKER_CONCURRENCY (the server's default).
-    #[arg(long, default_value_t = 64)]
-    pub concurrency: u32,
-    /// STRATUM_WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT (the server's default).
-    #[arg(long, default_value_t = 8)]
-    pub per_endpoint: u32,
+    /// STRATUM_WORKER_CONCURRENCY (unset: the server's default).
+    #[arg(long)]
+    pub concurrency: Option<u32>,
+    /// STRATUM_WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT (unset: the server's default).
+    #[arg(long)]
+    pub per_endpoint: Option<u32>,
     /// How long to wait, after the last answer, for the deliveries still on their way.
     #[arg(long, default_value_t = 30)]
     pub drain_secs: u64,
@@ -177,8 +177,8 @@ pub async fn run_hot_tenant(a: HotTenantArgs) -> Result<()> {
     });
     let rx = Receiver::start(a.receiver_threads, epoch, Some(hook))?;
     let opts = ServerOpts {
-        concurrency: Some(a.concurrency),
-        per_endpoint: Some(a.per_endpoint),
+        concurrency: a.concurrency,
+        per_endpoint: a.per_endpoint,
         no_worker: false,
         extra_env: Vec::new(),
     };

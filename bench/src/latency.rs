@@ -222,12 +222,12 @@ pub struct LatencyArgs {
     /// Seconds sent first at the same rate and left out of the figures.
     #[arg(long, default_value_t = 2)]
     pub warmup_secs: u32,
-    /// STRATUM_WORKER_CONCURRENCY (the server's default).
-    #[arg(long, default_value_t = 64)]
-    pub concurrency: u32,
-    /// STRATUM_WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT (the server's default).
-    #[arg(long, default_value_t = 8)]
-    pub per_endpoint: u32,
+    /// STRATUM_WORKER_CONCURRENCY (unset: the server's default).
+    #[arg(long)]
+    pub concurrency: Option<u32>,
+    /// STRATUM_WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT (unset: the server's default).
+    #[arg(long)]
+    pub per_endpoint: Option<u32>,
     /// Threads of the in-process receiver's runtime.
     #[arg(long, default_value_t = 1)]
     pub receiver_threads: usize,
@@ -282,8 +282,8 @@ pub async fn run_latency(a: LatencyArgs) -> Result<()> {
         None
     });
     let opts = ServerOpts {
-        concurrency: Some(a.concurrency),
-        per_endpoint: Some(a.per_endpoint),
+        concurrency: a.concurrency,
+        per_endpoint: a.per_endpoint,
         no_worker: false,
         extra_env: Vec::new(),
     };
@@ -382,12 +382,12 @@ pub struct IsolationArgs {
     /// How long the slow receiver takes per request, in seconds.
     #[arg(long, default_value_t = 10)]
     pub slow_secs: u64,
-    /// STRATUM_WORKER_CONCURRENCY (the server's default).
-    #[arg(long, default_value_t = 64)]
-    pub concurrency: u32,
-    /// STRATUM_WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT (the server's default).
-    #[arg(long, default_value_t = 8)]
-    pub per_endpoint: u32,
+    /// STRATUM_WORKER_CONCURRENCY (unset: the server's default).
+    #[arg(long)]
+    pub concurrency: Option<u32>,
+    /// STRATUM_WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT (unset: the server's default).
+    #[arg(long)]
+    pub per_endpoint: Option<u32>,
     /// How long to wait, after the last event of a phase, for its normal deliveries.
     #[arg(long, default_value_t = 60)]
     pub drain_secs: u64,
@@ -418,8 +418,8 @@ pub async fn run_isolation(a: IsolationArgs) -> Result<()> {
         None
     });
     let opts = ServerOpts {
-        concurrency: Some(a.concurrency),
-        per_endpoint: Some(a.per_endpoint),
+        concurrency: a.concurrency,
+        per_endpoint: a.per_endpoint,
         no_worker: false,
         extra_env: Vec::new(),
     };
@@ -514,12 +514,12 @@ pub struct ReplayArgs {
     /// Stored events the replay re-enqueues.
     #[arg(long, default_value_t = 100_000)]
     pub events: u64,
-    /// STRATUM_WORKER_CONCURRENCY (the server's default).
-    #[arg(long, default_value_t = 64)]
-    pub concurrency: u32,
-    /// STRATUM_WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT (the server's default).
-    #[arg(long, default_value_t = 8)]
-    pub per_endpoint: u32,
+    /// STRATUM_WORKER_CONCURRENCY (unset: the server's default).
+    #[arg(long)]
+    pub concurrency: Option<u32>,
+    /// STRATUM_WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT (unset: the server's default).
+    #[arg(long)]
+    pub per_endpoint: Option<u32>,
     /// How long to wait, after the last event of a phase, for its live deliveries.
     #[arg(long, default_value_t = 60)]
     pub drain_secs: u64,
@@ -549,8 +549,8 @@ pub async fn run_replay(a: ReplayArgs) -> Result<()> {
         None
     });
     let opts = ServerOpts {
-        concurrency: Some(a.concurrency),
-        per_endpoint: Some(a.per_endpoint),
+        concurrency: a.concurrency,
+        per_endpoint: a.per_endpoint,
         no_worker: false,
         extra_env: Vec::new(),
     };
