@@ -73,6 +73,8 @@ db-test-clean: db-test-up
 # Tests run against the real PostgreSQL started above; each test clones its own database.
 test: db-test-clean browser-deps deploy-check openapi-check
 	$(CARGO) build -p stratum-server
+	# The examples run as tests (examples/tests/run_examples.rs) from their built binaries.
+	$(CARGO) build --workspace --examples
 	@if command -v cargo-nextest >/dev/null 2>&1; then \
 	  $(TEST_ENV) $(CARGO) nextest run --workspace --no-fail-fast; \
 	else \

@@ -1,21 +1,21 @@
 #!/usr/bin/env bash
 # Builds release binaries, makes sure PostgreSQL is up, runs the benchmark scenarios and
 # prints a summary table. Usage: bench/run.sh [scenario ...] [-- extra flags for each]
-#   scenarios: throughput latency fanout isolation tenant-create hot-tenant audit-chain replay (default: all, in that order)
+#   scenarios: engine throughput latency fanout isolation tenant-create hot-tenant audit-chain replay (default: all, in that order)
 # Figures are measurements, not pass/fail: nothing here fails on a slow result.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 CARGO=${CARGO:-cargo}
-ALL=(throughput latency fanout isolation tenant-create hot-tenant audit-chain replay)
+ALL=(engine throughput latency fanout isolation tenant-create hot-tenant audit-chain replay)
 
 scenarios=()
 extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --) shift; extra=("$@"); break ;;
-    throughput|latency|fanout|isolation|tenant-create|hot-tenant|audit-chain|replay) scenarios+=("$1"); shift ;;
+    engine|throughput|latency|fanout|isolation|tenant-create|hot-tenant|audit-chain|replay) scenarios+=("$1"); shift ;;
     -h|--help) sed -n '2,5p' "$0"; exit 0 ;;
     *) echo "unknown scenario: $1 (one of: ${ALL[*]})" >&2; exit 2 ;;
   esac

@@ -63,12 +63,14 @@ def check_k8s():
                     fail(f"{name}: {var} missing")
             if "DATABASE_URL" not in env:
                 fail(f"{name}: DATABASE_URL missing")
-            bind = env.get("STRATUM_BIND", {}).get("value")
+            # A worker's port is its operations port (/health, /ready, /metrics).
+            bind_var = "STRATUM_WORKER_BIND" if args and args[0] == "worker" else "STRATUM_BIND"
+            bind = env.get(bind_var, {}).get("value")
             if ports and (not bind or int(bind.rsplit(":", 1)[1]) not in ports.values()):
-                fail(f"{name}: STRATUM_BIND {bind} does not match containerPort {ports}")
+                fail(f"{name}: {bind_var} {bind} does not match containerPort {ports}")
             for probe, want in (("readinessProbe", "/ready"), ("livenessProbe", "/health")):
                 p = c.get(probe)
-                if args and args[0] == "serve":
+                if args and args[0] in ("serve", "worker"):
                     if not p:
                         fail(f"{name}: {probe} missing")
                         continue

@@ -39,8 +39,8 @@ pub struct AuditChainArgs {
 
 fn opts(seal_interval_ms: u64) -> ServerOpts {
     ServerOpts {
-        concurrency: 64,
-        per_endpoint: 8,
+        concurrency: Some(64),
+        per_endpoint: Some(8),
         no_worker: true,
         extra_env: vec![
             (

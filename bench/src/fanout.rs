@@ -41,8 +41,8 @@ pub async fn run_fanout(a: FanoutArgs) -> Result<()> {
     let rx = Receiver::start(a.receiver_threads, epoch, None)?;
     let db = BenchDb::create().await?;
     let opts = ServerOpts {
-        concurrency: a.concurrency,
-        per_endpoint: a.per_endpoint,
+        concurrency: Some(a.concurrency),
+        per_endpoint: Some(a.per_endpoint),
         no_worker: false,
         extra_env: Vec::new(),
     };
@@ -141,8 +141,8 @@ pub async fn run_tenant_create(a: TenantCreateArgs) -> Result<()> {
     let rx = Receiver::start(1, epoch, None)?;
     let db = BenchDb::create().await?;
     let opts = ServerOpts {
-        concurrency: 64,
-        per_endpoint: 8,
+        concurrency: Some(64),
+        per_endpoint: Some(8),
         no_worker: true,
         extra_env: Vec::new(),
     };

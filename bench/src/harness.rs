@@ -100,10 +100,10 @@ impl Drop for BenchDb {
 /// How the process under test is configured.
 #[derive(Debug, Clone)]
 pub struct ServerOpts {
-    /// `STRATUM_WORKER_CONCURRENCY`.
-    pub concurrency: u32,
-    /// `STRATUM_WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT`.
-    pub per_endpoint: u32,
+    /// `STRATUM_WORKER_CONCURRENCY` (`None`: unset, the binary's default).
+    pub concurrency: Option<u32>,
+    /// `STRATUM_WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT` (`None`: unset, the binary's default).
+    pub per_endpoint: Option<u32>,
     /// `serve --no-worker`.
     pub no_worker: bool,
     /// Anything else.
@@ -113,11 +113,12 @@ pub struct ServerOpts {
 impl ServerOpts {
     /// One line for the report.
     pub fn describe(&self) -> String {
+        let setting = |v: Option<u32>| v.map_or("(default)".to_owned(), |v| v.to_string());
         let mut s = format!(
             "stratum serve{}  STRATUM_WORKER_CONCURRENCY={} STRATUM_WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT={}",
             if self.no_worker { " --no-worker" } else { "" },
-            self.concurrency,
-            self.per_endpoint
+            setting(self.concurrency),
+            setting(self.per_endpoint)
         );
         for (k, v) in &self.extra_env {
             s.push_str(&format!(" {k}={v}"));
@@ -140,29 +141,42 @@ fn free_port() -> Result<u16> {
 impl Server {
     /// Starts `stratum serve` on `db` and waits for `/health`.
     pub async fn start(db: &BenchDb, opts: &ServerOpts) -> Result<Self> {
+        let mut me = Self::spawn(db, opts, "serve")?;
+        me.wait_healthy().await?;
+        Ok(me)
+    }
+
+    /// Starts `stratum worker` on `db` (its HTTP port on a free port) without waiting.
+    pub fn spawn_worker(db: &BenchDb, opts: &ServerOpts) -> Result<Self> {
+        Self::spawn(db, opts, "worker")
+    }
+
+    fn spawn(db: &BenchDb, opts: &ServerOpts, subcommand: &str) -> Result<Self> {
         let port = free_port()?;
         let base = format!("http://127.0.0.1:{port}");
         let mut cmd = Command::new(binary());
-        cmd.arg("serve");
-        if opts.no_worker {
+        cmd.arg(subcommand);
+        if opts.no_worker && subcommand == "serve" {
             cmd.arg("--no-worker");
         }
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("DATABASE_URL", &db.url)
             .env("STRATUM_BIND", format!("127.0.0.1:{port}"))
+            .env("STRATUM_WORKER_BIND", format!("127.0.0.1:{port}"))
             .env("STRATUM_ENCRYPTION_KEY", ENCRYPTION_KEY)
             .env("STRATUM_ADMIN_API_KEY", ADMIN)
             .env("STRATUM_WEBHOOK_ALLOW_PRIVATE_TARGETS", "true")
-            .env("STRATUM_WORKER_CONCURRENCY", opts.concurrency.to_string())
-            .env(
-                "STRATUM_WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT",
-                opts.per_endpoint.to_string(),
-            )
             .env("STRATUM_LOG_FORMAT", "json")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
+        if let Some(c) = opts.concurrency {
+            cmd.env("STRATUM_WORKER_CONCURRENCY", c.to_string());
+        }
+        if let Some(p) = opts.per_endpoint {
+            cmd.env("STRATUM_WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT", p.to_string());
+        }
         for (k, v) in &opts.extra_env {
             cmd.env(k, v);
         }
@@ -172,9 +186,7 @@ impl Server {
                 binary().display()
             )
         })?;
-        let mut me = Self { child, base };
-        me.wait_healthy().await?;
-        Ok(me)
+        Ok(Self { child, base })
     }
 
     async fn wait_healthy(&mut self) -> Result<()> {
@@ -388,7 +400,7 @@ pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
 const CLK_TCK: f64 = 100.0;
 
 /// user + system CPU seconds of one process (all its threads).
-fn proc_cpu_secs(pid: &str) -> Option<(String, f64)> {
+pub fn proc_cpu_secs(pid: &str) -> Option<(String, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let open = stat.find('(')?;
     let close = stat.rfind(')')?;

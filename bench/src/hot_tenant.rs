@@ -177,8 +177,8 @@ pub async fn run_hot_tenant(a: HotTenantArgs) -> Result<()> {
     });
     let rx = Receiver::start(a.receiver_threads, epoch, Some(hook))?;
     let opts = ServerOpts {
-        concurrency: a.concurrency,
-        per_endpoint: a.per_endpoint,
+        concurrency: Some(a.concurrency),
+        per_endpoint: Some(a.per_endpoint),
         no_worker: false,
         extra_env: Vec::new(),
     };

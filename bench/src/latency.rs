@@ -282,8 +282,8 @@ pub async fn run_latency(a: LatencyArgs) -> Result<()> {
         None
     });
     let opts = ServerOpts {
-        concurrency: a.concurrency,
-        per_endpoint: a.per_endpoint,
+        concurrency: Some(a.concurrency),
+        per_endpoint: Some(a.per_endpoint),
         no_worker: false,
         extra_env: Vec::new(),
     };
@@ -418,8 +418,8 @@ pub async fn run_isolation(a: IsolationArgs) -> Result<()> {
         None
     });
     let opts = ServerOpts {
-        concurrency: a.concurrency,
-        per_endpoint: a.per_endpoint,
+        concurrency: Some(a.concurrency),
+        per_endpoint: Some(a.per_endpoint),
         no_worker: false,
         extra_env: Vec::new(),
     };
@@ -549,8 +549,8 @@ pub async fn run_replay(a: ReplayArgs) -> Result<()> {
         None
     });
     let opts = ServerOpts {
-        concurrency: a.concurrency,
-        per_endpoint: a.per_endpoint,
+        concurrency: Some(a.concurrency),
+        per_endpoint: Some(a.per_endpoint),
         no_worker: false,
         extra_env: Vec::new(),
     };

@@ -5,6 +5,7 @@
 //! These are measurements, not tests: nothing here asserts a speed.
 
 mod audit_chain;
+mod engine;
 mod fanout;
 mod harness;
 mod hot_tenant;
@@ -41,6 +42,9 @@ enum Cmd {
     AuditChain(audit_chain::AuditChainArgs),
     /// Live delivery latency without and during a 100,000-event replay.
     Replay(latency::ReplayArgs),
+    /// Issue 11's table at the binary's default delivery settings: every row with the
+    /// machine's busy share, the CPU split, and lost/duplicated deliveries.
+    Engine(engine::EngineArgs),
     /// Reads the scenarios' JSON summary lines (files, or stdin) and prints a table.
     Summarize {
         /// Files holding the output of scenarios; stdin when none.
@@ -63,6 +67,7 @@ fn main() -> Result<()> {
             Cmd::HotTenant(a) => hot_tenant::run_hot_tenant(a).await,
             Cmd::AuditChain(a) => audit_chain::run(a).await,
             Cmd::Replay(a) => latency::run_replay(a).await,
+            Cmd::Engine(a) => engine::run(a).await,
             Cmd::Summarize { files } => summarize::run(&files),
         }
     })

@@ -132,6 +132,23 @@ fn headline(v: &Value) -> String {
             num(v, &["export_rss_before_mib"]),
             num(v, &["export_rss_peak_mib"]),
         ),
+        "engine" => format!(
+            "defaults: (a) {}/s spread, lost {} / (b) {}/s one tenant, lost {} / (c) p50 {} p99 {} / (d) p50 {} p99 {} / (e) {} of 5 within 1.5x / (f) {} req/s p99 {} / (g) drain {}/s / (h) purge {} s / (i) RSS {} MiB (busy share per row in the scenario's table)",
+            num(v, &["a", "deliveries_per_s"]),
+            num(v, &["a", "lost"]),
+            num(v, &["b", "deliveries_per_s"]),
+            num(v, &["b", "lost"]),
+            msv(v, &["c", "event_receipt", "p50_ms"]),
+            msv(v, &["c", "event_receipt", "p99_ms"]),
+            msv(v, &["d", "event_receipt", "p50_ms"]),
+            msv(v, &["d", "event_receipt", "p99_ms"]),
+            num(v, &["e", "within_1_5"]),
+            num(v, &["f", "api_per_s"]),
+            msv(v, &["f", "api", "p99_ms"]),
+            num(v, &["g", "deliveries_per_s"]),
+            num(v, &["h", "seconds"]),
+            num(v, &["i_rss_max_mib"]),
+        ),
         _ => v.to_string(),
     }
 }

@@ -50,8 +50,8 @@ pub async fn run(a: Args) -> Result<()> {
         extra_env.push(("STRATUM_DB_POOL_SIZE".to_owned(), p.to_string()));
     }
     let opts = ServerOpts {
-        concurrency: a.concurrency,
-        per_endpoint: a.per_endpoint,
+        concurrency: Some(a.concurrency),
+        per_endpoint: Some(a.per_endpoint),
         no_worker: false,
         extra_env,
     };

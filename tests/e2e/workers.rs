@@ -296,3 +296,74 @@ async fn sigterm_drains_gracefully() {
         "a delivery went out twice: {seen:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_answers_health_ready_and_metrics_on_its_own_port() {
+    let db = TestDb::new().await;
+    let rx = Receiver::start();
+    let env = default_env(&db);
+    let api = Stratum::start(&["serve", "--no-worker"], &env)
+        .await
+        .unwrap();
+    let (_, hook) = api
+        .api(
+            "POST",
+            "/webhooks",
+            Some(json!({"url": format!("{}/ops", rx.base), "events": ["tenant.updated"]})),
+        )
+        .await
+        .unwrap();
+    let id = hook["id"].as_str().unwrap().to_owned();
+    // `start` waits for the worker's /health on the port it gave it (STRATUM_WORKER_BIND).
+    let w = Stratum::start(&["worker"], &env).await.unwrap();
+    assert_ne!(w.base, api.base);
+    let client = stratum_e2e::client();
+    let get = |path: &str| {
+        let req = client.get(format!("{}{path}", w.base));
+        async move {
+            let res = req.send().await.unwrap();
+            let status = res.status().as_u16();
+            let ctype = res
+                .headers()
+                .get("content-type")
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default();
+            (status, ctype, res.text().await.unwrap())
+        }
+    };
+    let (status, _, body) = get("/health").await;
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
+    let (status, _, body) = get("/ready").await;
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"ready"}"#));
+    let (status, _, body) = get("/api/v1/tenants").await;
+    assert_eq!(status, 404, "the worker serves no API: {body}");
+    assert!(body.contains("NOT_FOUND"), "{body}");
+
+    // One delivery through this worker shows up in its counters.
+    enqueue(&db, &id, 1).await;
+    assert!(
+        rx.wait_for(Duration::from_secs(30), |r| r.len() == 1).await,
+        "the worker never delivered"
+    );
+    let counted = eventually(Duration::from_secs(10), || async {
+        get("/metrics")
+            .await
+            .2
+            .contains("stratum_delivery_attempts_total{outcome=\"success\"} 1\n")
+    })
+    .await;
+    let (status, ctype, text) = get("/metrics").await;
+    assert!(counted, "{text}");
+    assert_eq!(status, 200);
+    assert!(ctype.starts_with("text/plain; version=0.0.4"), "{ctype}");
+    for series in [
+        "stratum_deliveries_finished_total{outcome=\"success\"} 1\n",
+        "stratum_deliveries_in_flight ",
+        "stratum_delivery_latency_seconds_count 1\n",
+        "stratum_deliveries_pending ",
+        "stratum_deliveries_oldest_due_age_seconds ",
+        "stratum_db_pool_max_size 16\n",
+    ] {
+        assert!(text.contains(series), "no {series:?} in {text}");
+    }
+}

@@ -94,7 +94,7 @@ pub fn free_port() -> u16 {
 /// A running `stratum` process, killed on drop.
 pub struct Stratum {
     child: Child,
-    /// `http://127.0.0.1:<port>` (serve only).
+    /// `http://127.0.0.1:<port>`: the API of `serve`, the operations port of `worker`.
     pub base: String,
 }
 
@@ -123,7 +123,8 @@ pub fn env_for_url(url: &str) -> Vec<(String, String)> {
 }
 
 impl Stratum {
-    /// Starts `stratum <args>` with `env`; for `serve`, waits until `/health` answers.
+    /// Starts `stratum <args>` with `env`; for `serve` and `worker`, waits until `/health`
+    /// answers (a worker's operations port is `STRATUM_WORKER_BIND`, a free port here).
     pub async fn start(args: &[&str], env: &[(String, String)]) -> Result<Self> {
         Self::start_with_stderr(args, env, Stdio::inherit()).await
     }
@@ -151,6 +152,7 @@ impl Stratum {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("STRATUM_BIND", format!("127.0.0.1:{port}"))
+            .env("STRATUM_WORKER_BIND", format!("127.0.0.1:{port}"))
             .stdout(Stdio::null())
             .stderr(stderr);
         for (k, v) in env {
@@ -160,7 +162,7 @@ impl Stratum {
             .spawn()
             .with_context(|| format!("starting {}", binary().display()))?;
         let mut me = Self { child, base };
-        if args.first() == Some(&"serve") {
+        if matches!(args.first(), Some(&"serve") | Some(&"worker")) {
             me.wait_healthy().await?;
         }
         Ok(me)

@@ -298,6 +298,7 @@ impl From<stratum_consent::ConsentError> for ApiError {
             E::Validation { field, message } => Self::field(field, message),
             E::TenantNotFound => Self::not_found("TENANT_NOT_FOUND", "tenant"),
             E::NotFound => Self::not_found("CONSENT_NOT_FOUND", "active consent"),
+            E::Forbidden(m) => Self::forbidden(m),
             E::Conflict(m) => Self::conflict("CONFLICT", m),
             E::Store(s) => s.into(),
         }

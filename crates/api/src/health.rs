@@ -24,7 +24,7 @@ pub struct HealthStatus {
     operation_id = "getHealth",
     responses((status = 200, description = "The process is alive", body = HealthStatus))
 )]
-async fn health() -> HttpResponse {
+pub async fn health() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
@@ -40,7 +40,15 @@ async fn health() -> HttpResponse {
     )
 )]
 async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    match state.storage.ready().await {
+    readiness(state.storage.as_ref()).await
+}
+
+/// The readiness answer of `storage`: 200 when the database is reachable and its
+/// migrations are current, 503 otherwise (shared by `serve` and `worker`).
+pub async fn readiness(
+    storage: &dyn stratum_core::StorageProbe,
+) -> Result<HttpResponse, ApiError> {
+    match storage.ready().await {
         Ok(()) => Ok(HttpResponse::Ok().json(json!({"status": "ready"}))),
         Err(NotReady::MigrationsPending) => Err(ApiError::new(
             actix_web::http::StatusCode::SERVICE_UNAVAILABLE,

@@ -1,17 +1,34 @@
-//! Prometheus metrics: HTTP traffic, the delivery engine, the queue and the pool.
+//! Prometheus metrics: HTTP traffic, the delivery engine, the queue and the pool, exposed
+//! in the Prometheus text format (0.0.4) by `prometheus-client`.
+//!
 //! Scrapes only read atomics and a few locks; queue gauges are refreshed on an interval by
-//! the server, never per scrape.
+//! the server, never per scrape. Label values come from fixed sets only (route templates,
+//! standard methods or `other`, status codes, outcomes), so no request can add a series.
+//!
+//! The same registry serves `stratum serve` and `stratum worker`; more figures are added
+//! with [`Metrics::register_collector`] (e.g. a dispatcher's per-webhook gauges).
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 
 use actix_web::{web, HttpResponse};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::exemplar::Exemplar;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 use stratum_webhooks::histogram::LATENCY_BUCKETS;
-use stratum_webhooks::{AtomicHistogram, DispatcherStats, HistogramSnapshot};
+use stratum_webhooks::{DispatcherStats, HistogramSnapshot};
 
 use crate::AppState;
+
+/// The `Content-Type` of a scrape.
+pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 /// Queue figures, refreshed by a background task.
 #[derive(Debug, Default)]
@@ -30,117 +47,203 @@ pub struct QueueGauges {
     pub refreshed_at: AtomicI64,
 }
 
-type HttpKey = (String, String, u16);
+/// Labels of `stratum_http_requests_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    method: String,
+    status: u16,
+}
+
+/// Labels of `stratum_http_request_duration_seconds`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+    method: String,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS.iter().copied())
+}
+
+type LatencyFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
 
 /// Every metric the process exposes.
-#[derive(Default)]
 pub struct Metrics {
-    http_requests: Mutex<HashMap<HttpKey, u64>>,
-    http_latency: Mutex<HashMap<(String, String), Arc<AtomicHistogram>>>,
-    rate_limited: AtomicU64,
+    registry: RwLock<Registry>,
+    http_requests: Family<RequestLabels, Counter>,
+    http_latency: LatencyFamily,
+    rate_limited: Counter,
     /// Queue gauges.
-    pub queue: QueueGauges,
-    dispatcher: OnceLock<Arc<DispatcherStats>>,
+    pub queue: Arc<QueueGauges>,
+    dispatcher: OnceLock<()>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
 }
 
 impl Metrics {
-    /// A fresh registry.
+    /// A fresh registry with the HTTP, rate-limit and queue metrics.
     pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Exposes a running dispatcher's counters.
-    pub fn attach_dispatcher(&self, stats: Arc<DispatcherStats>) {
-        let _already = self.dispatcher.set(stats);
-    }
-
-    /// Records one HTTP request.
-    pub fn observe_http(&self, route: &str, method: &str, status: u16, seconds: f64) {
-        {
-            let mut m = self
-                .http_requests
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            *m.entry((route.to_owned(), method.to_owned(), status))
-                .or_insert(0) += 1;
+        let http_requests = Family::<RequestLabels, Counter>::default();
+        let http_latency: LatencyFamily = Family::new_with_constructor(latency_histogram);
+        let rate_limited = Counter::default();
+        let queue = Arc::new(QueueGauges::default());
+        let mut registry = Registry::default();
+        // Counters get their `_total` suffix from the encoder; HELP texts get a final `.`.
+        registry.register(
+            "stratum_http_requests",
+            "HTTP requests by route template, method and status",
+            http_requests.clone(),
+        );
+        registry.register(
+            "stratum_http_request_duration_seconds",
+            "HTTP request latency",
+            http_latency.clone(),
+        );
+        registry.register(
+            "stratum_rate_limited",
+            "Requests refused with 429",
+            rate_limited.clone(),
+        );
+        registry.register_collector(Box::new(QueueCollector(Arc::clone(&queue))));
+        Self {
+            registry: RwLock::new(registry),
+            http_requests,
+            http_latency,
+            rate_limited,
+            queue,
+            dispatcher: OnceLock::new(),
         }
-        let h = {
-            let mut m = self
-                .http_latency
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            m.entry((route.to_owned(), method.to_owned()))
-                .or_insert_with(|| Arc::new(AtomicHistogram::new(LATENCY_BUCKETS)))
-                .clone()
+    }
+
+    /// Adds a collector whose figures every later scrape includes: the place to expose
+    /// more of a component's state (a dispatcher's per-webhook gauges, say) without
+    /// touching the rest of the exposition.
+    pub fn register_collector(&self, collector: Box<dyn Collector>) {
+        self.registry
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .register_collector(collector);
+    }
+
+    /// Exposes a running dispatcher's counters (once; later calls are ignored).
+    pub fn attach_dispatcher(&self, stats: Arc<DispatcherStats>) {
+        if self.dispatcher.set(()).is_ok() {
+            self.register_collector(Box::new(DispatcherCollector(stats)));
+        }
+    }
+
+    /// Records one HTTP request; `route` and `method` must come from bounded sets.
+    pub fn observe_http(&self, route: &str, method: &str, status: u16, seconds: f64) {
+        let labels = RouteLabels {
+            route: route.to_owned(),
+            method: method.to_owned(),
         };
-        h.observe(seconds);
+        self.http_latency.get_or_create(&labels).observe(seconds);
+        self.http_requests
+            .get_or_create(&RequestLabels {
+                route: labels.route,
+                method: labels.method,
+                status,
+            })
+            .inc();
     }
 
     /// Counts a request refused by the rate limiter.
     pub fn observe_rate_limited(&self) {
-        self.rate_limited.fetch_add(1, Ordering::Relaxed);
+        self.rate_limited.inc();
     }
 
-    /// The Prometheus text exposition.
+    /// The Prometheus text exposition, with the connection pool's current figures.
     pub fn render(&self, pool: stratum_core::PoolStats) -> String {
         let mut out = String::with_capacity(8192);
-        header(
-            &mut out,
-            "stratum_http_requests_total",
-            "counter",
-            "HTTP requests by route template, method and status.",
-        );
         {
-            let m = self
-                .http_requests
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let mut rows: Vec<_> = m.iter().collect();
-            rows.sort();
-            for ((route, method, status), n) in rows {
-                let _ = writeln!(
-                    out,
-                    "stratum_http_requests_total{{route=\"{}\",method=\"{method}\",status=\"{status}\"}} {n}",
-                    escape(route)
-                );
-            }
+            let registry = self.registry.read().unwrap_or_else(PoisonError::into_inner);
+            // Writing into a String cannot fail.
+            let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry);
         }
-        header(
-            &mut out,
-            "stratum_http_request_duration_seconds",
-            "histogram",
-            "HTTP request latency.",
-        );
-        {
-            let m = self
-                .http_latency
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let mut rows: Vec<_> = m.iter().collect();
-            rows.sort_by(|a, b| a.0.cmp(b.0));
-            for ((route, method), h) in rows {
-                let labels = format!("route=\"{}\",method=\"{method}\"", escape(route));
-                histogram(
-                    &mut out,
-                    "stratum_http_request_duration_seconds",
-                    &labels,
-                    &h.snapshot(),
-                );
-            }
-        }
-        header(
-            &mut out,
-            "stratum_rate_limited_total",
-            "counter",
-            "Requests refused with 429.",
-        );
-        let _ = writeln!(
-            out,
-            "stratum_rate_limited_total {}",
-            self.rate_limited.load(Ordering::Relaxed)
-        );
+        let mut per_scrape = Registry::default();
+        per_scrape.register_collector(Box::new(PoolCollector {
+            size: pool.size,
+            idle: pool.idle,
+            waiting: pool.waiting,
+            max_size: pool.max_size,
+        }));
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &per_scrape);
+        out
+    }
+}
 
-        let q = &self.queue;
+/// Encodes one gauge without labels.
+fn gauge<N>(encoder: &mut DescriptorEncoder, name: &str, help: &str, v: N) -> std::fmt::Result
+where
+    ConstGauge<N>: EncodeMetric,
+{
+    let g = ConstGauge::new(v);
+    g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+/// Encodes one counter family with a single `label`.
+fn labelled_counters(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &'static str,
+    values: &[(&'static str, u64)],
+) -> std::fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (value, n) in values {
+        let labels = [(label, *value)];
+        ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// Encodes a snapshot of one of the dispatcher's lock-free histograms.
+fn snapshot_histogram(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    s: &HistogramSnapshot,
+) -> std::fmt::Result {
+    let mut m = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    // The encoder takes per-bucket counts and accumulates them itself.
+    let mut previous = 0;
+    let buckets: Vec<(f64, u64)> = s
+        .bounds
+        .iter()
+        .zip(&s.cumulative)
+        .map(|(bound, cumulative)| {
+            let n = cumulative.saturating_sub(previous);
+            previous = *cumulative;
+            (*bound, n)
+        })
+        .collect();
+    m.encode_histogram::<[(&str, &str); 0]>(
+        s.sum,
+        s.count,
+        &buckets,
+        None::<&HashMap<usize, Exemplar<[(&str, &str); 0], f64>>>,
+    )
+}
+
+/// The queue gauges the server refreshes.
+#[derive(Debug)]
+struct QueueCollector(Arc<QueueGauges>);
+
+impl Collector for QueueCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let q = &self.0;
         for (name, help, v) in [
             (
                 "stratum_deliveries_pending",
@@ -173,151 +276,110 @@ impl Metrics {
                 &q.refreshed_at,
             ),
         ] {
-            header(&mut out, name, "gauge", help);
-            let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
+            gauge(&mut encoder, name, help, v.load(Ordering::Relaxed))?;
         }
+        Ok(())
+    }
+}
 
+/// The connection pool's figures at the moment of a scrape.
+#[derive(Debug)]
+struct PoolCollector {
+    size: u64,
+    idle: u64,
+    waiting: u64,
+    max_size: u64,
+}
+
+impl Collector for PoolCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
         for (name, help, v) in [
-            ("stratum_db_pool_size", "Connections open.", pool.size),
-            ("stratum_db_pool_idle", "Connections idle.", pool.idle),
+            ("stratum_db_pool_size", "Connections open.", self.size),
+            ("stratum_db_pool_idle", "Connections idle.", self.idle),
             (
                 "stratum_db_pool_waiting",
                 "Callers waiting for a connection.",
-                pool.waiting,
+                self.waiting,
             ),
             (
                 "stratum_db_pool_max_size",
                 "Connections allowed.",
-                pool.max_size,
+                self.max_size,
             ),
         ] {
-            header(&mut out, name, "gauge", help);
-            let _ = writeln!(out, "{name} {v}");
+            gauge(&mut encoder, name, help, v)?;
         }
-
-        if let Some(d) = self.dispatcher.get() {
-            header(
-                &mut out,
-                "stratum_delivery_attempts_total",
-                "counter",
-                "Delivery attempts by outcome.",
-            );
-            for (outcome, v) in [("success", &d.successes), ("failure", &d.failures)] {
-                let _ = writeln!(
-                    out,
-                    "stratum_delivery_attempts_total{{outcome=\"{outcome}\"}} {}",
-                    v.load(Ordering::Relaxed)
-                );
-            }
-            header(
-                &mut out,
-                "stratum_deliveries_finished_total",
-                "counter",
-                "Deliveries finished by outcome.",
-            );
-            for (outcome, v) in [
-                ("success", &d.successes),
-                ("dead_lettered", &d.dead_lettered),
-                ("gone", &d.gone),
-                ("released", &d.released),
-            ] {
-                let _ = writeln!(
-                    out,
-                    "stratum_deliveries_finished_total{{outcome=\"{outcome}\"}} {}",
-                    v.load(Ordering::Relaxed)
-                );
-            }
-            header(
-                &mut out,
-                "stratum_webhooks_auto_disabled_total",
-                "counter",
-                "Webhooks disabled after a 410 Gone.",
-            );
-            let _ = writeln!(
-                out,
-                "stratum_webhooks_auto_disabled_total {}",
-                d.gone.load(Ordering::Relaxed)
-            );
-            header(
-                &mut out,
-                "stratum_deliveries_in_flight",
-                "gauge",
-                "Deliveries claimed by this process and not finished.",
-            );
-            let _ = writeln!(
-                out,
-                "stratum_deliveries_in_flight {}",
-                d.in_flight.load(Ordering::Relaxed)
-            );
-            header(
-                &mut out,
-                "stratum_delivery_latency_seconds",
-                "histogram",
-                "Event created to 2xx received.",
-            );
-            histogram(
-                &mut out,
-                "stratum_delivery_latency_seconds",
-                "",
-                &d.delivery_latency.snapshot(),
-            );
-            header(
-                &mut out,
-                "stratum_delivery_attempts",
-                "histogram",
-                "Attempts a delivery took until success or dead letter.",
-            );
-            histogram(
-                &mut out,
-                "stratum_delivery_attempts",
-                "",
-                &d.attempts_per_delivery.snapshot(),
-            );
-            header(
-                &mut out,
-                "stratum_delivery_attempt_duration_seconds",
-                "histogram",
-                "Duration of one attempt.",
-            );
-            histogram(
-                &mut out,
-                "stratum_delivery_attempt_duration_seconds",
-                "",
-                &d.attempt_duration.snapshot(),
-            );
-        }
-        out
+        Ok(())
     }
 }
 
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
+/// A running dispatcher's counters and histograms.
+#[derive(Debug)]
+struct DispatcherCollector(Arc<DispatcherStats>);
 
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-fn histogram(out: &mut String, name: &str, labels: &str, s: &HistogramSnapshot) {
-    let sep = if labels.is_empty() { "" } else { "," };
-    for (bound, n) in s.bounds.iter().zip(&s.cumulative) {
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {n}");
+impl Collector for DispatcherCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let d = &self.0;
+        let load = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
+        labelled_counters(
+            &mut encoder,
+            "stratum_delivery_attempts",
+            "Delivery attempts by outcome.",
+            "outcome",
+            &[
+                ("success", load(&d.successes)),
+                ("failure", load(&d.failures)),
+            ],
+        )?;
+        labelled_counters(
+            &mut encoder,
+            "stratum_deliveries_finished",
+            "Deliveries finished by outcome.",
+            "outcome",
+            &[
+                ("success", load(&d.successes)),
+                ("dead_lettered", load(&d.dead_lettered)),
+                ("gone", load(&d.gone)),
+                ("released", load(&d.released)),
+            ],
+        )?;
+        let disabled = ConstCounter::new(load(&d.gone));
+        disabled.encode(encoder.encode_descriptor(
+            "stratum_webhooks_auto_disabled",
+            "Webhooks disabled after a 410 Gone.",
+            None,
+            disabled.metric_type(),
+        )?)?;
+        gauge(
+            &mut encoder,
+            "stratum_deliveries_in_flight",
+            "Deliveries claimed by this process and not finished.",
+            d.in_flight.load(Ordering::Relaxed) as u64,
+        )?;
+        snapshot_histogram(
+            &mut encoder,
+            "stratum_delivery_latency_seconds",
+            "Event created to 2xx received.",
+            &d.delivery_latency.snapshot(),
+        )?;
+        snapshot_histogram(
+            &mut encoder,
+            "stratum_delivery_attempts",
+            "Attempts a delivery took until success or dead letter.",
+            &d.attempts_per_delivery.snapshot(),
+        )?;
+        snapshot_histogram(
+            &mut encoder,
+            "stratum_delivery_attempt_duration_seconds",
+            "Duration of one attempt.",
+            &d.attempt_duration.snapshot(),
+        )
     }
-    let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", s.count);
-    let braces = if labels.is_empty() {
-        String::new()
-    } else {
-        format!("{{{labels}}}")
-    };
-    let _ = writeln!(out, "{name}_sum{braces} {}", s.sum);
-    let _ = writeln!(out, "{name}_count{braces} {}", s.count);
 }
 
 async fn scrape(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .content_type(CONTENT_TYPE)
         .body(state.metrics.render(state.storage.pool_stats()))
 }
 
@@ -329,18 +391,98 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stratum_webhooks::AtomicHistogram;
+
+    fn encode(collector: impl Collector) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(collector));
+        let mut out = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &registry).unwrap_or(());
+        out
+    }
 
     #[test]
-    fn histograms_render_cumulative_buckets() {
+    fn dispatcher_histograms_render_cumulative_buckets() {
+        let stats = DispatcherStats::default();
+        let h = &stats.attempt_duration;
+        h.observe(0.0005);
+        h.observe(0.5);
+        h.observe(5000.0);
+        stats.successes.fetch_add(2, Ordering::Relaxed);
+        let out = encode(DispatcherCollector(Arc::new(stats)));
+        let name = "stratum_delivery_attempt_duration_seconds";
+        assert!(out.contains(&format!("# TYPE {name} histogram\n")), "{out}");
+        assert!(
+            out.contains(&format!("{name}_bucket{{le=\"0.001\"}} 1\n")),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("{name}_bucket{{le=\"1\"}} 2\n")),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("{name}_bucket{{le=\"3600\"}} 2\n")),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("{name}_bucket{{le=\"+Inf\"}} 3\n")),
+            "{out}"
+        );
+        assert!(out.contains(&format!("{name}_count 3\n")), "{out}");
+        assert!(out.contains("stratum_delivery_attempts_total{outcome=\"success\"} 2\n"));
+        assert!(out.contains("stratum_deliveries_finished_total{outcome=\"gone\"} 0\n"));
+        assert!(out.contains("# TYPE stratum_webhooks_auto_disabled_total counter\n"));
+        assert!(out.contains("stratum_deliveries_in_flight 0\n"));
+    }
+
+    #[test]
+    fn snapshot_buckets_match_the_histogram_they_copy() {
         let h = AtomicHistogram::new(&[0.1, 1.0]);
         h.observe(0.05);
         h.observe(0.5);
         h.observe(5.0);
+        let mut registry = Registry::default();
+        #[derive(Debug)]
+        struct One(HistogramSnapshot);
+        impl Collector for One {
+            fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+                snapshot_histogram(&mut encoder, "x", "help", &self.0)
+            }
+        }
+        registry.register_collector(Box::new(One(h.snapshot())));
         let mut out = String::new();
-        histogram(&mut out, "x", "route=\"/a\"", &h.snapshot());
-        assert!(out.contains("x_bucket{route=\"/a\",le=\"0.1\"} 1\n"));
-        assert!(out.contains("x_bucket{route=\"/a\",le=\"1\"} 2\n"));
-        assert!(out.contains("x_bucket{route=\"/a\",le=\"+Inf\"} 3\n"));
-        assert!(out.contains("x_count{route=\"/a\"} 3\n"));
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &registry).unwrap_or(());
+        assert!(out.contains("x_bucket{le=\"0.1\"} 1\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"1\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"+Inf\"} 3\n"), "{out}");
+        assert!(out.contains("x_count 3\n"), "{out}");
+    }
+
+    #[test]
+    fn http_series_keep_their_names_and_labels() {
+        let m = Metrics::new();
+        m.observe_http("/api/v1/tenants/{id}", "GET", 200, 0.003);
+        m.observe_http("/api/v1/tenants/{id}", "GET", 200, 0.2);
+        m.observe_rate_limited();
+        m.queue.pending.store(7, Ordering::Relaxed);
+        let mut out = String::new();
+        let registry = m.registry.read().unwrap_or_else(PoisonError::into_inner);
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &registry).unwrap_or(());
+        assert!(out.contains(
+            "stratum_http_requests_total{route=\"/api/v1/tenants/{id}\",method=\"GET\",status=\"200\"} 2\n"
+        ), "{out}");
+        assert!(out.contains(
+            "stratum_http_request_duration_seconds_bucket{route=\"/api/v1/tenants/{id}\",method=\"GET\",le=\"0.005\"} 1\n"
+        ), "{out}");
+        assert!(out.contains(
+            "stratum_http_request_duration_seconds_count{route=\"/api/v1/tenants/{id}\",method=\"GET\"} 2\n"
+        ), "{out}");
+        assert!(out.contains("# HELP stratum_http_requests_total HTTP requests by route template, method and status.\n"), "{out}");
+        assert!(out.contains("stratum_rate_limited_total 1\n"), "{out}");
+        assert!(out.contains("stratum_deliveries_pending 7\n"), "{out}");
+        assert!(
+            !out.contains("stratum_delivery_attempts"),
+            "no dispatcher attached"
+        );
     }
 }

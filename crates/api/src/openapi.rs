@@ -367,38 +367,30 @@ impl utoipa::PartialSchema for NonNull {
 
 impl ToSchema for NonNull {}
 
-/// An event a webhook may subscribe to.
-#[derive(serde::Serialize, ToSchema)]
-#[allow(dead_code, reason = "documents the accepted event names")]
-pub enum SubscribableEvent {
-    /// A tenant was created.
-    #[serde(rename = "tenant.created")]
-    TenantCreated,
-    /// A tenant changed.
-    #[serde(rename = "tenant.updated")]
-    TenantUpdated,
-    /// A tenant was archived.
-    #[serde(rename = "tenant.deleted")]
-    TenantDeleted,
-    /// A tenant moved.
-    #[serde(rename = "tenant.moved")]
-    TenantMoved,
-    /// A config key was set.
-    #[serde(rename = "config.updated")]
-    ConfigUpdated,
-    /// A config key was removed.
-    #[serde(rename = "config.deleted")]
-    ConfigDeleted,
-    /// A permission policy was created.
-    #[serde(rename = "permission.created")]
-    PermissionCreated,
-    /// A permission policy changed.
-    #[serde(rename = "permission.updated")]
-    PermissionUpdated,
-    /// A permission policy was removed.
-    #[serde(rename = "permission.deleted")]
-    PermissionDeleted,
+/// An event a webhook may subscribe to: the schema's enum is tenancy's event catalogue,
+/// the one the server registers with the webhooks domain.
+pub struct SubscribableEvent;
+
+impl utoipa::PartialSchema for SubscribableEvent {
+    fn schema() -> RefOr<utoipa::openapi::schema::Schema> {
+        let catalogue = stratum_tenancy::events::catalogue();
+        let described: Vec<String> = catalogue
+            .events()
+            .iter()
+            .map(|e| format!("- `{}`: {}", e.event_type, e.description))
+            .collect();
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(catalogue.names()))
+            .description(Some(format!(
+                "An event a webhook may subscribe to.\n\n{}",
+                described.join("\n")
+            )))
+            .into()
+    }
 }
+
+impl ToSchema for SubscribableEvent {}
 
 // ---------------------------------------------------------------------------------------
 // Reusable error responses (`#/components/responses/...`), all with the `ErrorBody` schema.
@@ -609,5 +601,16 @@ mod tests {
             json!([{"api_key": []}, {"bearer": []}]),
             "global requirement"
         );
+    }
+
+    #[test]
+    fn the_subscribable_event_enum_is_the_registered_catalogue() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+        let schema = &doc["components"]["schemas"]["SubscribableEvent"];
+        let catalogue = stratum_tenancy::events::catalogue();
+        let names = catalogue.names();
+        assert_eq!(names.len(), 9);
+        assert_eq!(schema["enum"], json!(names), "{schema}");
+        assert_eq!(schema["type"], "string");
     }
 }

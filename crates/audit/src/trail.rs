@@ -368,7 +368,10 @@ mod tests {
             .tenant(Some(tenant))
             .before(Some(json!({"url": "https://a", "secret": "old-secret"})))
             .after(Some(json!({"url": "https://b", "secret": "new-secret"})))
-            .emit(json!({"url": "https://b", "secret": "new-secret"}))
+            .emit(
+                stratum_core::EventType::from_static("webhook.updated"),
+                json!({"url": "https://b", "secret": "new-secret"}),
+            )
             .also_to(vec![former]);
         let r = AuditRecord::from_journal(&journal, &Redaction::stratum());
         assert_eq!(r.actor_id, key.to_string());
@@ -434,7 +437,10 @@ mod tests {
         let journal = Caller::system()
             .journal("user.created", "user")
             .after(Some(json!({"login": "ada", "password": "pw"})))
-            .emit(json!({"login": "ada", "password": "pw"}));
+            .emit(
+                stratum_core::EventType::from_static("user.created"),
+                json!({"login": "ada", "password": "pw"}),
+            );
         let mut tx = b"tx-7".to_vec();
         assert_eq!(trail.append(&mut tx, &journal).await.unwrap(), 3);
         let r = seen.lock().unwrap().take().unwrap();

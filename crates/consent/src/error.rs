@@ -24,9 +24,18 @@ pub enum ConsentError {
     /// committed since it was read); retrying is safe.
     #[error("{0}")]
     Conflict(String),
+    /// The caller lacks the scope the operation needs.
+    #[error("{0}")]
+    Forbidden(String),
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<stratum_core::Forbidden> for ConsentError {
+    fn from(e: stratum_core::Forbidden) -> Self {
+        Self::Forbidden(e.0)
+    }
 }
 
 impl ConsentError {

@@ -20,7 +20,17 @@ impl Purpose {
     /// Longest accepted purpose.
     pub const MAX_LEN: usize = 64;
 
-    /// Validates a purpose.
+    /// Validates a purpose: `^[a-z0-9][a-z0-9_.-]{0,63}$`.
+    ///
+    /// ```
+    /// use stratum_consent::{ConsentError, Purpose};
+    ///
+    /// assert_eq!(Purpose::parse("marketing.email").unwrap().as_str(), "marketing.email");
+    /// assert!(matches!(
+    ///     Purpose::parse("Marketing"),
+    ///     Err(ConsentError::Validation { field: "purpose", .. })
+    /// ));
+    /// ```
     pub fn parse(raw: &str) -> Result<Self, ConsentError> {
         let mut chars = raw.chars();
         let ok = raw.len() <= Self::MAX_LEN
@@ -60,6 +70,14 @@ impl SubjectId {
     pub const MAX_CHARS: usize = 255;
 
     /// Validates a subject id.
+    ///
+    /// ```
+    /// use stratum_consent::SubjectId;
+    ///
+    /// assert_eq!(SubjectId::parse("user-42").unwrap().to_string(), "user-42");
+    /// assert!(SubjectId::parse("").is_err());
+    /// assert!(SubjectId::parse("line\nbreak").is_err());
+    /// ```
     pub fn parse(raw: &str) -> Result<Self, ConsentError> {
         let n = raw.chars().count();
         if n == 0 || n > Self::MAX_CHARS || raw.chars().any(char::is_control) {
@@ -155,6 +173,18 @@ pub fn validate_metadata(v: Option<Value>) -> Result<Value, ConsentError> {
 }
 
 /// An optional expiry: RFC 3339 and strictly after `now`.
+///
+/// ```
+/// use stratum_consent::validate_expires_at;
+/// use time::macros::datetime;
+///
+/// let now = datetime!(2026-01-01 00:00 UTC);
+/// let later = validate_expires_at(Some("2026-06-30T12:00:00Z"), now).unwrap();
+/// assert_eq!(later, Some(datetime!(2026-06-30 12:00 UTC)));
+/// assert!(validate_expires_at(Some("2025-12-31T23:59:59Z"), now).is_err());
+/// assert!(validate_expires_at(Some("tomorrow"), now).is_err());
+/// assert_eq!(validate_expires_at(None, now).unwrap(), None);
+/// ```
 pub fn validate_expires_at(
     raw: Option<&str>,
     now: OffsetDateTime,

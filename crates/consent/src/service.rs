@@ -3,8 +3,7 @@
 use std::sync::Arc;
 
 use serde_json::Value;
-use stratum_core::{new_id, Caller, Clock, StoreError};
-use stratum_tenancy::{TenancyError, TenantService};
+use stratum_core::{new_id, Caller, Clock, Scope, TenantDirectory, TenantDirectoryExt};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -47,7 +46,7 @@ const GRANT_ATTEMPTS: u32 = stratum_core::WRITE_ATTEMPTS;
 
 /// Consent: grant, list, revoke, and the check other services ask.
 pub struct ConsentService {
-    tenants: Arc<TenantService>,
+    tenants: Arc<dyn TenantDirectory>,
     store: Arc<dyn ConsentStore>,
     clock: Arc<dyn Clock>,
 }
@@ -55,7 +54,7 @@ pub struct ConsentService {
 impl ConsentService {
     /// Wires the service.
     pub fn new(
-        tenants: Arc<TenantService>,
+        tenants: Arc<dyn TenantDirectory>,
         store: Arc<dyn ConsentStore>,
         clock: Arc<dyn Clock>,
     ) -> Self {
@@ -67,11 +66,9 @@ impl ConsentService {
     }
 
     async fn visible_tenant(&self, caller: &Caller, tenant_id: Uuid) -> Result<()> {
-        match self.tenants.visible_active(caller, tenant_id).await {
-            Ok(_) => Ok(()),
-            Err(TenancyError::TenantNotFound) => Err(ConsentError::TenantNotFound),
-            Err(TenancyError::Store(e)) => Err(e.into()),
-            Err(other) => Err(StoreError::internal(other).into()),
+        match self.tenants.visible_active(caller, tenant_id).await? {
+            Some(_) => Ok(()),
+            None => Err(ConsentError::TenantNotFound),
         }
     }
 
@@ -83,6 +80,7 @@ impl ConsentService {
         tenant_id: Uuid,
         input: NewConsent,
     ) -> Result<(ConsentRecord, bool)> {
+        caller.require(Scope::Write)?;
         let subject_id = SubjectId::parse(&input.subject_id)?;
         let purpose = Purpose::parse(&input.purpose)?;
         let now = self.clock.now();
@@ -138,6 +136,7 @@ impl ConsentService {
         tenant_id: Uuid,
         query: ConsentQuery,
     ) -> Result<Vec<ConsentRecord>> {
+        caller.require(Scope::Read)?;
         let subject_id = query
             .subject_id
             .as_deref()
@@ -163,6 +162,7 @@ impl ConsentService {
         purpose: &str,
         subject_id: Option<&str>,
     ) -> Result<ConsentRecord> {
+        caller.require(Scope::Write)?;
         let subject_id = SubjectId::parse(
             subject_id.ok_or_else(|| ConsentError::invalid("subject_id", "is required"))?,
         )?;
@@ -230,8 +230,11 @@ mod tests {
     use mockall::predicate::eq;
     use serde_json::json;
     use stratum_core::clock::MockClock;
-    use stratum_core::{Actor, ActorKind, Journal, RequestMeta, Scope, TenantPath, TenantScope};
-    use stratum_tenancy::{MockTenantStore, Tenant, TenantStatus};
+    use stratum_core::directory::MockTenantDirectory;
+    use stratum_core::TenantEntry;
+    use stratum_core::{
+        Actor, ActorKind, Journal, RequestMeta, Scope, StoreError, TenantPath, TenantScope,
+    };
     use time::macros::datetime;
     use time::Duration;
 
@@ -240,29 +243,26 @@ mod tests {
     const NOW: OffsetDateTime = datetime!(2026-01-31 09:15:00 UTC);
     const EARLIER: OffsetDateTime = datetime!(2025-06-01 12:00:00 UTC);
 
-    fn tenant(id: Uuid, status: TenantStatus) -> Tenant {
-        Tenant {
+    /// How tenants are in the directory.
+    #[derive(Clone, Copy, PartialEq)]
+    enum TenantStatus {
+        Active,
+        Archived,
+    }
+
+    fn tenant(id: Uuid, status: TenantStatus) -> TenantEntry {
+        TenantEntry {
             id,
-            parent_id: None,
-            name: "Acme".into(),
-            slug: "acme".into(),
-            ancestry_path: TenantPath::root(id),
-            depth: 0,
-            metadata: json!({}),
-            status,
-            deleted_at: None,
-            created_at: EARLIER,
-            updated_at: EARLIER,
-            version: 1,
+            path: TenantPath::root(id),
+            active: status == TenantStatus::Active,
         }
     }
 
-    fn tenants_with(t: Option<Tenant>) -> Arc<TenantService> {
-        let mut store = MockTenantStore::new();
-        store
-            .expect_get()
+    fn tenants_with(t: Option<TenantEntry>) -> Arc<dyn TenantDirectory> {
+        let mut dir = MockTenantDirectory::new();
+        dir.expect_find()
             .returning(move |id| Ok(t.clone().filter(|t| t.id == id)));
-        Arc::new(TenantService::new(Arc::new(store), clock()))
+        Arc::new(dir)
     }
 
     fn clock() -> Arc<dyn Clock> {
@@ -575,10 +575,7 @@ mod tests {
         for (input, expected) in cases {
             // No expectations: any call to the tenant or consent store would panic.
             let svc = ConsentService::new(
-                Arc::new(TenantService::new(
-                    Arc::new(MockTenantStore::new()),
-                    clock(),
-                )),
+                Arc::new(MockTenantDirectory::new()),
                 Arc::new(MockConsentStore::new()),
                 clock(),
             );
@@ -934,5 +931,28 @@ mod tests {
             .is_granted(t, &subject(), &purpose(), NOW)
             .await
             .unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_read_scoped_caller_cannot_grant_or_revoke() {
+        let t = Uuid::now_v7();
+        let mut reader = key_caller();
+        reader.actor.scope = Scope::Read;
+        // No expectations: reaching the directory or the store panics the test.
+        let svc = ConsentService::new(
+            Arc::new(MockTenantDirectory::new()),
+            Arc::new(MockConsentStore::new()),
+            clock(),
+        );
+        let grant = svc.grant(&reader, t, new_consent()).await;
+        assert!(
+            matches!(&grant, Err(ConsentError::Forbidden(m)) if m == "this key lacks the 'write' scope"),
+            "{grant:?}"
+        );
+        let revoke = svc.revoke(&reader, t, "marketing", Some("user-1")).await;
+        assert!(
+            matches!(revoke, Err(ConsentError::Forbidden(_))),
+            "{revoke:?}"
+        );
     }
 }

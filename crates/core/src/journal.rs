@@ -4,7 +4,9 @@ use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::Actor;
+use thiserror::Error;
+
+use crate::{Actor, EventType, Scope};
 
 /// Request facts kept in the audit entry's `metadata`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -20,8 +22,8 @@ pub struct RequestMeta {
 /// An event to put in the outbox and fan out to subscribed webhooks.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventDraft {
-    /// One of the supported event names, e.g. `tenant.created`.
-    pub event_type: String,
+    /// The event's name, e.g. `tenant.created`.
+    pub event_type: EventType,
     /// The tenant the event is about (`None`: global).
     pub tenant_id: Option<Uuid>,
     /// The resource after the change, secrets redacted.
@@ -98,10 +100,10 @@ impl Journal {
         self
     }
 
-    /// Emits an event named like the action, for the journal's tenant, with `payload`.
-    pub fn emit(mut self, payload: Value) -> Self {
+    /// Emits `event` for the journal's tenant, with `payload`.
+    pub fn emit(mut self, event: EventType, payload: Value) -> Self {
         self.event = Some(EventDraft {
-            event_type: self.action.clone(),
+            event_type: event,
             tenant_id: self.tenant_id,
             payload,
             extra_audience: Vec::new(),
@@ -127,7 +129,59 @@ pub struct Caller {
     pub meta: RequestMeta,
 }
 
+/// The caller may not do this: it lacks the scope, or the operation is for global keys
+/// only. The message says which.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct Forbidden(pub String);
+
 impl Caller {
+    /// The highest scope the caller holds (`read` < `write` < `admin`).
+    pub fn scope(&self) -> Scope {
+        self.actor.scope
+    }
+
+    /// `Forbidden` unless the caller holds at least `needed`: the first thing every use
+    /// case checks.
+    ///
+    /// ```
+    /// use stratum_core::{Actor, ActorKind, Caller, RequestMeta, Scope};
+    /// use uuid::Uuid;
+    ///
+    /// let reader = Caller {
+    ///     actor: Actor { kind: ActorKind::ApiKey(Uuid::now_v7()), scope: Scope::Read, tenant: None },
+    ///     meta: RequestMeta::default(),
+    /// };
+    /// assert!(reader.require(Scope::Read).is_ok());
+    /// let refused = reader.require(Scope::Write).unwrap_err();
+    /// assert_eq!(refused.to_string(), "this key lacks the 'write' scope");
+    /// assert!(Caller::system().require_global_admin().is_ok());
+    /// ```
+    pub fn require(&self, needed: Scope) -> Result<(), Forbidden> {
+        if self.actor.has_scope(needed) {
+            Ok(())
+        } else {
+            Err(Forbidden(format!(
+                "this key lacks the '{}' scope",
+                needed.as_str()
+            )))
+        }
+    }
+
+    /// `Forbidden` unless the caller holds `admin` on a key bound to no tenant: what
+    /// managing API keys and maintenance need.
+    pub fn require_global_admin(&self) -> Result<(), Forbidden> {
+        if !self.actor.has_scope(Scope::Admin) {
+            return Err(Forbidden("this route needs the 'admin' scope".into()));
+        }
+        if !self.actor.is_global() {
+            return Err(Forbidden(
+                "this route needs a key that is not tenant-scoped".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Stratum itself, outside any request.
     pub fn system() -> Self {
         Self {
@@ -139,5 +193,24 @@ impl Caller {
     /// Starts a journal entry for `action` on `resource_type`.
     pub fn journal(&self, action: &str, resource_type: &str) -> Journal {
         Journal::new(&self.actor, &self.meta, action, resource_type)
+    }
+
+    /// Starts a journal entry whose action is the name of `event`, on `resource_type`;
+    /// [`Journal::emit`] then emits that event.
+    ///
+    /// ```
+    /// use serde_json::json;
+    /// use stratum_core::{Caller, EventType};
+    ///
+    /// const SHIPPED: EventType = EventType::from_static("order.shipped");
+    /// let journal = Caller::system()
+    ///     .journal_of(&SHIPPED, "order")
+    ///     .resource("o-1")
+    ///     .emit(SHIPPED, json!({"id": "o-1"}));
+    /// assert_eq!(journal.action, "order.shipped");
+    /// assert_eq!(journal.event.unwrap().event_type, SHIPPED);
+    /// ```
+    pub fn journal_of(&self, event: &EventType, resource_type: &str) -> Journal {
+        Journal::new(&self.actor, &self.meta, event.as_str(), resource_type)
     }
 }

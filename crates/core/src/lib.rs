@@ -8,6 +8,8 @@
 
 pub mod actor;
 pub mod clock;
+pub mod directory;
+pub mod event;
 pub mod ids;
 pub mod journal;
 pub mod page;
@@ -20,9 +22,11 @@ pub mod timefmt;
 
 pub use actor::{Actor, ActorKind, Scope, TenantScope};
 pub use clock::{Clock, SystemClock};
+pub use directory::{TenantDirectory, TenantDirectoryExt, TenantEntry};
+pub use event::{EventCatalogue, EventSpec, EventType, EventTypeError};
 pub use ids::new_id;
-pub use journal::{Caller, EventDraft, Journal, RequestMeta};
-pub use page::{next_page, Limit, LimitError};
+pub use journal::{Caller, EventDraft, Forbidden, Journal, RequestMeta};
+pub use page::{next_page, Limit, LimitError, PageError};
 pub use precondition::{
     after_stale, check_precondition, etag, on_stale, OnStale, Precondition, WriteRefused,
     WRITE_ATTEMPTS,

@@ -16,6 +16,14 @@ pub struct LimitError {
 
 impl Limit {
     /// Validates `requested` (or takes `default`) against `[1, max]`.
+    ///
+    /// ```
+    /// use stratum_core::{Limit, LimitError};
+    ///
+    /// assert_eq!(Limit::new(None, 50, 100).unwrap().get(), 50);
+    /// assert_eq!(Limit::new(Some(100), 50, 100).unwrap().get(), 100);
+    /// assert_eq!(Limit::new(Some(0), 50, 100), Err(LimitError { max: 100 }));
+    /// ```
     pub fn new(requested: Option<i64>, default: u32, max: u32) -> Result<Self, LimitError> {
         match requested {
             None => Ok(Self(default.min(max))),
@@ -33,6 +41,23 @@ impl Limit {
     pub fn as_i64(self) -> i64 {
         i64::from(self.0)
     }
+
+    /// How many rows a keyset store fetches for a page of this size: one more than the
+    /// page, so that the extra row tells a next page exists (see [`next_page`]).
+    pub fn fetch(self) -> i64 {
+        i64::from(self.0) + 1
+    }
+}
+
+/// Why a store could not list a page.
+#[derive(Debug, Error)]
+pub enum PageError {
+    /// The cursor names no row of this listing (unknown, or of another listing).
+    #[error("the cursor names no row of this listing")]
+    BadCursor,
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] crate::StoreError),
 }
 
 #[cfg(test)]

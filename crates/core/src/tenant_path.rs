@@ -4,6 +4,19 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// Where a tenant sits in the tree; a subtree is every path that starts with this one.
+///
+/// ```
+/// use stratum_core::TenantPath;
+/// use uuid::Uuid;
+///
+/// let (root, child) = (Uuid::now_v7(), Uuid::now_v7());
+/// let parent = TenantPath::root(root);
+/// let path = parent.child(child);
+/// assert!(parent.contains(&path) && !path.contains(&parent));
+/// assert_eq!(path.leaf(), Some(child));
+/// assert_eq!(TenantPath::parse(path.as_str()), Some(path));
+/// assert_eq!(TenantPath::parse("/not-a-uuid/"), None);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[cfg_attr(feature = "openapi", schema(value_type = String, example = "/0190a1b2-0000-7000-8000-000000000001/"))]

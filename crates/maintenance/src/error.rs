@@ -46,3 +46,9 @@ impl MaintenanceError {
         }
     }
 }
+
+impl From<stratum_core::Forbidden> for MaintenanceError {
+    fn from(e: stratum_core::Forbidden) -> Self {
+        Self::Forbidden(e.0)
+    }
+}

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde_json::Value;
-use stratum_core::{Journal, Scope, StoreError, TenantPath};
+use stratum_core::{Journal, Limit, Scope, StoreError, TenantPath};
 use stratum_tenancy::{
     ApiKey, ApiKeyStore, ConfigStore, KeyPrincipal, PermissionMode, PermissionPolicy,
     PermissionStore, StoredConfigEntry, StoredValue, TenancyError, Tenant, TenantChange,
@@ -192,7 +192,7 @@ impl TenantStore for PgTenantStore {
         &self,
         subtree: Option<TenantPath>,
         after: Option<Uuid>,
-        limit: i64,
+        limit: Limit,
     ) -> Result<Vec<Tenant>, StoreError> {
         let mut conn = read_conn(&self.pool).await?;
         let mut q = tenants::table
@@ -206,7 +206,7 @@ impl TenantStore for PgTenantStore {
         }
         let rows = q
             .order(tenants::id.asc())
-            .limit(limit)
+            .limit(limit.fetch())
             .select(TenantRow::as_select())
             .load(&mut conn)
             .await

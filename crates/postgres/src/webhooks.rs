@@ -9,11 +9,11 @@ use diesel::sql_types::{
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde_json::{json, Value};
-use stratum_core::{Journal, StoreError, TenantPath};
+use stratum_core::{EventType, Journal, Limit, PageError, StoreError, TenantPath};
 use stratum_webhooks::{
     gone_journal, ClaimedDelivery, Completion, Delivery, DeliveryAttempt, DeliveryQueue,
     DeliveryStats, DeliveryStatus, DeliveryStore, EventRef, FailedDelivery, HealthFigures, Verdict,
-    Webhook, WebhookError, WebhookRef, WebhookStore,
+    Webhook, WebhookError, WebhookRef, WebhookStore, WebhookUrl,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -45,8 +45,8 @@ impl From<WebhookRow> for Webhook {
         Self {
             id: r.id,
             tenant_id: r.tenant_id,
-            url: r.url,
-            events: r.events.into_iter().flatten().collect(),
+            url: WebhookUrl::from_stored(r.url),
+            events: stored_events(r.id, r.events),
             active: r.active,
             description: r.description,
             created_at: r.created_at,
@@ -56,8 +56,24 @@ impl From<WebhookRow> for Webhook {
     }
 }
 
+/// The stored event names as event types; a name that is not one (only a hand-edited row
+/// could hold it) is left out with a warning, since nothing can be delivered for it.
+fn stored_events(webhook_id: Uuid, names: Vec<Option<String>>) -> Vec<EventType> {
+    names
+        .into_iter()
+        .flatten()
+        .filter_map(|n| match EventType::parse(&n) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                tracing::warn!(%webhook_id, error = %e, "ignoring a malformed stored event name");
+                None
+            }
+        })
+        .collect()
+}
+
 fn events_col(w: &Webhook) -> Vec<Option<String>> {
-    w.events.iter().cloned().map(Some).collect()
+    w.events.iter().map(|e| Some(e.to_string())).collect()
 }
 
 /// Webhooks on PostgreSQL.
@@ -143,7 +159,7 @@ impl WebhookStore for PgWebhookStore {
                 .values((
                     webhooks::id.eq(w.id),
                     webhooks::tenant_id.eq(w.tenant_id),
-                    webhooks::url.eq(&w.url),
+                    webhooks::url.eq(w.url.as_str()),
                     webhooks::events.eq(events_col(&w)),
                     webhooks::secret_encrypted.eq(&secret_encrypted),
                     webhooks::active.eq(w.active),
@@ -228,7 +244,7 @@ impl WebhookStore for PgWebhookStore {
                     .filter(webhooks::version.eq(expected)),
             )
             .set((
-                webhooks::url.eq(&w.url),
+                webhooks::url.eq(w.url.as_str()),
                 webhooks::events.eq(events_col(&w)),
                 webhooks::active.eq(w.active),
                 webhooks::description.eq(&w.description),
@@ -503,8 +519,8 @@ impl DeliveryStore for PgDeliveryStore {
         webhook_id: Uuid,
         status: Option<DeliveryStatus>,
         cursor: Option<Uuid>,
-        limit: i64,
-    ) -> Result<Option<Vec<Delivery>>, StoreError> {
+        limit: Limit,
+    ) -> Result<Vec<Delivery>, PageError> {
         let mut conn = read_conn(&self.pool).await?;
         let mut q = webhook_deliveries::table
             .filter(webhook_deliveries::webhook_id.eq(webhook_id))
@@ -518,7 +534,9 @@ impl DeliveryStore for PgDeliveryStore {
                 .await
                 .optional()
                 .map_err(map_query_error)?;
-            let Some((at, id)) = at else { return Ok(None) };
+            let Some((at, id)) = at else {
+                return Err(PageError::BadCursor);
+            };
             q = q.filter(
                 webhook_deliveries::created_at
                     .lt(at)
@@ -535,12 +553,12 @@ impl DeliveryStore for PgDeliveryStore {
                 webhook_deliveries::created_at.desc(),
                 webhook_deliveries::id.desc(),
             ))
-            .limit(limit)
+            .limit(limit.fetch())
             .select(DeliveryRow::as_select())
             .load(&mut conn)
             .await
             .map_err(map_query_error)?;
-        Ok(Some(rows.into_iter().map(Delivery::from).collect()))
+        Ok(rows.into_iter().map(Delivery::from).collect())
     }
 
     async fn stats(&self, subtree: Option<TenantPath>) -> Result<DeliveryStats, StoreError> {
@@ -571,7 +589,7 @@ impl DeliveryStore for PgDeliveryStore {
     async fn failed(
         &self,
         subtree: Option<TenantPath>,
-        limit: i64,
+        limit: Limit,
     ) -> Result<Vec<FailedDelivery>, StoreError> {
         let mut conn = read_conn(&self.pool).await?;
         let visible = match &subtree {
@@ -589,7 +607,7 @@ impl DeliveryStore for PgDeliveryStore {
               ORDER BY d.created_at DESC, d.id DESC
               LIMIT $1"
         );
-        let query = diesel::sql_query(q).bind::<BigInt, _>(limit);
+        let query = diesel::sql_query(q).bind::<BigInt, _>(limit.as_i64());
         let rows: Vec<FailedRow> = match subtree {
             None => query.load(&mut conn).await,
             Some(p) => {
@@ -768,22 +786,23 @@ struct ClaimRow {
     event_created_at: OffsetDateTime,
 }
 
-/// How many due rows one claim looks at to pick a fair batch from.
-const CLAIM_SCAN_FACTOR: i64 = 4;
-
 #[async_trait]
 impl DeliveryQueue for PgDeliveryQueue {
     async fn claim(
         &self,
         limit: usize,
         per_webhook: usize,
-        skip_webhooks: Vec<Uuid>,
+        rooms: Vec<(Uuid, usize)>,
         lease: Duration,
     ) -> Result<Vec<ClaimedDelivery>, StoreError> {
         let lease_id = Uuid::now_v7();
         let limit = limit.max(1) as i64;
         let lease_interval =
             diesel::data_types::PgInterval::from_microseconds(lease.as_micros() as i64);
+        let (webhooks, rooms): (Vec<Uuid>, Vec<i64>) = rooms
+            .into_iter()
+            .map(|(id, room)| (id, i64::try_from(room).unwrap_or(i64::MAX)))
+            .unzip();
         // One statement, hence its own transaction: the lease is committed before any send.
         // It lives in a PL/pgSQL function so its plan is kept per connection.
         let mut conn = read_conn(&self.pool).await?;
@@ -791,13 +810,13 @@ impl DeliveryQueue for PgDeliveryQueue {
             diesel::sql_query(
                 "SELECT id, attempts, webhook_id, url, secret_encrypted, event_id, event_type, tenant_id,
                         payload, event_created_at
-                   FROM stratum_claim_deliveries($1, $2, $3, $4, $1 * $5, $6)",
+                   FROM stratum_claim_per_webhook($1, $2, $3, $4, $5, $6)",
             )
             .bind::<BigInt, _>(limit)
-            .bind::<Array<SqlUuid>, _>(&skip_webhooks)
-            .bind::<BigInt, _>(per_webhook.max(1) as i64)
+            .bind::<BigInt, _>(i64::try_from(per_webhook).unwrap_or(i64::MAX))
+            .bind::<Array<SqlUuid>, _>(&webhooks)
+            .bind::<Array<BigInt>, _>(&rooms)
             .bind::<SqlUuid, _>(lease_id)
-            .bind::<BigInt, _>(CLAIM_SCAN_FACTOR)
             .bind::<Interval, _>(lease_interval)
             .load(&mut conn)
             .await
@@ -869,22 +888,10 @@ impl DeliveryQueue for PgDeliveryQueue {
             bodies.push(c.outcome.body_excerpt.clone());
         }
         in_tx!(self.pool, StoreError, |conn| {
-            // Compare-and-set on the lease: a worker whose lease ran out writes nothing.
-            let applied: Vec<AppliedRow> = diesel::sql_query(
-                "UPDATE webhook_deliveries d
-                    SET status = u.status,
-                        attempts = u.attempts,
-                        next_retry_at = u.next_retry_at,
-                        last_error = CASE WHEN u.counted THEN u.last_error ELSE coalesce(u.last_error, d.last_error) END,
-                        response_code = CASE WHEN u.counted THEN u.response_code ELSE d.response_code END,
-                        completed_at = u.completed_at,
-                        lease_id = NULL,
-                        lease_expires_at = NULL
-                   FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int[], $5::timestamptz[], $6::text[],
-                               $7::int[], $8::timestamptz[], $9::bool[])
-                        AS u(id, lease_id, status, attempts, next_retry_at, last_error, response_code, completed_at, counted)
-                  WHERE d.id = u.id AND d.lease_id = u.lease_id
-              RETURNING d.id",
+            // The compare-and-set on the lease and the attempts, in one statement whose
+            // plan the function keeps (see the migration).
+            let applied: AppliedCount = diesel::sql_query(
+                "SELECT count(*) AS n FROM stratum_complete_deliveries($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             )
             .bind::<Array<SqlUuid>, _>(&ids)
             .bind::<Array<SqlUuid>, _>(&leases)
@@ -895,27 +902,10 @@ impl DeliveryQueue for PgDeliveryQueue {
             .bind::<Array<Nullable<Integer>>, _>(&codes)
             .bind::<Array<Nullable<Timestamptz>>, _>(&completed)
             .bind::<Array<diesel::sql_types::Bool>, _>(&counted)
-            .load(conn)
+            .bind::<Array<Integer>, _>(&durations)
+            .bind::<Array<Nullable<Text>>, _>(&bodies)
+            .get_result(conn)
             .await?;
-            if !applied.is_empty() {
-                diesel::sql_query(
-                    "INSERT INTO webhook_delivery_attempts (id, delivery_id, attempt, status_code, duration_ms, error, response_body)
-                     SELECT stratum_uuid_v7(), u.id, u.attempt, u.code, u.duration, u.error, u.body
-                       FROM unnest($1::uuid[], $2::int[], $3::int[], $4::int[], $5::text[], $6::text[], $7::bool[])
-                            AS u(id, attempt, code, duration, error, body, counted)
-                      WHERE u.counted AND u.id = ANY($8)",
-                )
-                .bind::<Array<SqlUuid>, _>(&ids)
-                .bind::<Array<Integer>, _>(&attempts)
-                .bind::<Array<Nullable<Integer>>, _>(&codes)
-                .bind::<Array<Integer>, _>(&durations)
-                .bind::<Array<Nullable<Text>>, _>(&errors)
-                .bind::<Array<Nullable<Text>>, _>(&bodies)
-                .bind::<Array<diesel::sql_types::Bool>, _>(&counted)
-                .bind::<Array<SqlUuid>, _>(applied.iter().map(|a| a.id).collect::<Vec<_>>())
-                .execute(conn)
-                .await?;
-            }
             if !gone.is_empty() {
                 // 410 Gone: the receiver asked us to stop. Read what is replaced under the
                 // row lock, so the system's audit entry is one more link of the chain.
@@ -941,15 +931,15 @@ impl DeliveryQueue for PgDeliveryQueue {
                     }
                 }
             }
-            Ok(applied.len())
+            Ok(usize::try_from(applied.n).unwrap_or(0))
         })
     }
 }
 
 #[derive(QueryableByName)]
-struct AppliedRow {
-    #[diesel(sql_type = SqlUuid)]
-    id: Uuid,
+struct AppliedCount {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
 }
 
 /// Queue figures for the metrics gauges.

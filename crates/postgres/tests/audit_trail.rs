@@ -15,7 +15,7 @@ use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde_json::{json, Value};
 use stratum_audit::Audience;
-use stratum_core::{Caller, Journal, TenantPath};
+use stratum_core::{Caller, EventType, Journal, TenantPath};
 use stratum_postgres::stratum_trail;
 use stratum_testkit::TestDb;
 use uuid::Uuid;
@@ -201,7 +201,10 @@ async fn the_sql_fan_out_selects_exactly_the_webhooks_the_audience_rule_names() 
         let journal = Caller::system()
             .journal(event_type, "tenant")
             .tenant(path.and_then(TenantPath::leaf))
-            .emit(json!({"case": event_type}))
+            .emit(
+                EventType::parse(event_type).unwrap(),
+                json!({"case": event_type}),
+            )
             .also_to(extra.clone());
         let n = append_committed(&mut c, &journal).await;
         let want = expected(&hooks, event_type, &Audience::of(path, &extra));
@@ -223,7 +226,7 @@ async fn an_event_of_a_tenant_that_no_longer_exists_reaches_only_global_webhooks
     let journal = Caller::system()
         .journal("tenant.deleted", "tenant")
         .tenant(Some(Uuid::now_v7()))
-        .emit(json!({}));
+        .emit(EventType::from_static("tenant.deleted"), json!({}));
     assert_eq!(append_committed(&mut c, &journal).await, 1);
     assert_eq!(
         delivered_to(&mut c, "tenant.deleted").await,
@@ -239,7 +242,10 @@ async fn an_append_rolls_back_with_its_transaction() {
     let journal = Caller::system()
         .journal("tenant.created", "tenant")
         .after(Some(json!({"name": "gone"})))
-        .emit(json!({"name": "gone"}));
+        .emit(
+            EventType::from_static("tenant.created"),
+            json!({"name": "gone"}),
+        );
     exec(&mut c, "BEGIN").await;
     assert_eq!(stratum_trail().append(&mut c, &journal).await.unwrap(), 1);
     exec(&mut c, "ROLLBACK").await;
@@ -267,7 +273,10 @@ async fn secrets_are_redacted_in_the_entry_and_the_event_and_request_facts_kept(
         .journal("webhook.updated", "webhook")
         .before(Some(json!({"url": "https://a", "secret": "whsec_old"})))
         .after(Some(json!({"url": "https://b", "secret": "whsec_new"})))
-        .emit(json!({"url": "https://b", "nested": [{"secret": "whsec_new"}]}));
+        .emit(
+            EventType::from_static("webhook.updated"),
+            json!({"url": "https://b", "nested": [{"secret": "whsec_new"}]}),
+        );
     append_committed(&mut c, &journal).await;
     let rows = audit_rows(&mut c).await;
     assert_eq!(rows.len(), 1);

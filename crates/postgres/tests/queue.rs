@@ -143,7 +143,7 @@ async fn concurrent_claims_are_disjoint_and_respect_limits() {
         from_w1,
         per.len()
     );
-    let skipped = q.claim(100, 100, vec![w1], lease).await.unwrap();
+    let skipped = q.claim(100, 100, vec![(w1, 0)], lease).await.unwrap();
     assert!(!skipped.is_empty() && skipped.iter().all(|d| d.webhook_id == w2));
     let claimed = &skipped[0];
     assert!(claimed.payload["n"].as_i64().is_some());
@@ -273,9 +273,103 @@ async fn an_older_backlog_of_a_skipped_or_inactive_webhook_starves_no_one() {
     .await;
     enqueue(&db.url, fresh, 10).await;
     let got = q
-        .claim(8, 8, vec![slow], Duration::from_secs(60))
+        .claim(8, 8, vec![(slow, 0)], Duration::from_secs(60))
         .await
         .unwrap();
     assert_eq!(got.len(), 8, "the fresh webhook's deliveries are claimed");
     assert!(got.iter().all(|d| d.webhook_id == fresh));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn claims_go_round_robin_across_webhooks_within_their_rooms() {
+    let db = TestDb::new().await;
+    let q = PgDeliveryQueue::new(pool(&db));
+    let (big, b, c) = (
+        webhook(&db.url, true).await,
+        webhook(&db.url, true).await,
+        webhook(&db.url, true).await,
+    );
+    // The big webhook's backlog is older than everything else.
+    enqueue(&db.url, big, 1000).await;
+    exec(
+        &db.url,
+        "UPDATE webhook_deliveries SET next_retry_at = now() - interval '1 hour'",
+    )
+    .await;
+    enqueue(&db.url, b, 50).await;
+    enqueue(&db.url, c, 50).await;
+    let lease = Duration::from_secs(60);
+    let of = |got: &[stratum_webhooks::ClaimedDelivery], w: Uuid| {
+        got.iter().filter(|d| d.webhook_id == w).count()
+    };
+
+    // Every webhook's first delivery before any webhook's second: 30 are 10 each.
+    let got = q.claim(30, 100, vec![], lease).await.unwrap();
+    assert_eq!((of(&got, big), of(&got, b), of(&got, c)), (10, 10, 10));
+    // A room bounds a listed webhook; the others take the default.
+    let got = q.claim(100, 7, vec![(big, 3)], lease).await.unwrap();
+    assert_eq!((of(&got, big), of(&got, b), of(&got, c)), (3, 7, 7));
+    // A webhook without room costs the others nothing: they get all they have left.
+    let got = q.claim(1000, 1000, vec![(big, 0)], lease).await.unwrap();
+    assert_eq!((of(&got, big), of(&got, b), of(&got, c)), (0, 33, 33));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_claimers_never_lease_a_delivery_twice() {
+    let db = TestDb::new().await;
+    let q = PgDeliveryQueue::new(pool(&db));
+    let mut hooks = Vec::new();
+    for _ in 0..10 {
+        let w = webhook(&db.url, true).await;
+        enqueue(&db.url, w, 200).await;
+        hooks.push(w);
+    }
+    let lease = Duration::from_secs(60);
+    // Eight claimers race until the queue is empty, each with small batches so that
+    // their claims overlap many times.
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let q = q.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            let mut empty = 0;
+            while empty < 3 {
+                let got = q.claim(37, 16, vec![], lease).await.unwrap();
+                if got.is_empty() {
+                    empty += 1;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                } else {
+                    empty = 0;
+                }
+                mine.extend(got.into_iter().map(|d| (d.id, d.lease_id)));
+            }
+            mine
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let n = all.len();
+    let mut ids: Vec<Uuid> = all.iter().map(|(id, _)| *id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "no delivery leased twice");
+    assert_eq!(n, 2000, "every delivery leased once");
+    // The database agrees: every row carries exactly the lease its claimer was given.
+    let leased: std::collections::HashMap<Uuid, Uuid> = all.into_iter().collect();
+    let mut c = AsyncPgConnection::establish(&db.url).await.unwrap();
+    #[derive(QueryableByName)]
+    struct Lease {
+        #[diesel(sql_type = diesel::sql_types::Uuid)]
+        id: Uuid,
+        #[diesel(sql_type = diesel::sql_types::Uuid)]
+        lease_id: Uuid,
+    }
+    let rows: Vec<Lease> = diesel::sql_query("SELECT id, lease_id FROM webhook_deliveries")
+        .load(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2000);
+    assert!(rows.iter().all(|r| leased.get(&r.id) == Some(&r.lease_id)));
 }

@@ -70,14 +70,18 @@ pub struct WebhookArgs {
     #[arg(long, env = "STRATUM_WEBHOOK_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=120_000))]
     pub timeout_ms: u64,
     /// Deliveries in flight per process.
-    #[arg(long, env = "STRATUM_WORKER_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    #[arg(long, env = "STRATUM_WORKER_CONCURRENCY", default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub worker_concurrency: u64,
     /// Webhooks per tenant, and global webhooks, at most (409 beyond).
     #[arg(long, env = "STRATUM_WEBHOOK_MAX_PER_TENANT", default_value_t = 1_000, value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
     pub max_per_tenant: i64,
-    /// Deliveries in flight to one webhook.
-    #[arg(long, env = "STRATUM_WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    /// Most deliveries in flight to one webhook: the cap of its adaptive limit.
+    #[arg(long, env = "STRATUM_WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub max_in_flight_per_endpoint: u64,
+    /// Deliveries in flight to a webhook before its receiver's pace is known: where its
+    /// adaptive limit starts (at most the maximum above).
+    #[arg(long, env = "STRATUM_WEBHOOK_INITIAL_IN_FLIGHT_PER_ENDPOINT", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub initial_in_flight_per_endpoint: u64,
     /// Events a replay enqueues per step (one short transaction each).
     #[arg(long, env = "STRATUM_REPLAY_BATCH_SIZE", default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..=10_000))]
     pub replay_batch_size: i64,
@@ -167,6 +171,9 @@ pub struct WorkerArgs {
     pub webhook: WebhookArgs,
     #[command(flatten)]
     pub seal: SealArgs,
+    /// Listen address of the worker's operations port (`/health`, `/ready`, `/metrics`).
+    #[arg(long, env = "STRATUM_WORKER_BIND", default_value = "127.0.0.1:3002")]
+    pub worker_bind: SocketAddr,
 }
 
 #[derive(clap::Parser)]

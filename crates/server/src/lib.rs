@@ -3,5 +3,6 @@
 
 pub mod config;
 pub mod idempotency;
+pub mod ops;
 pub mod telemetry;
 pub mod wiring;

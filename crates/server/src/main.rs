@@ -281,16 +281,54 @@ async fn check_keys(pool: &stratum_postgres::Pool, keyring: &SharedKeyring) -> R
     Ok(())
 }
 
+/// Exposes a running dispatcher on `metrics`: its counters and histograms today. The one
+/// place, for `serve` and `worker` alike, to register more of the dispatcher's figures
+/// (per-webhook in flight and concurrency limits, batch sizes, queue age) as another
+/// `metrics.register_collector(...)` line.
+fn expose_dispatcher(
+    metrics: &stratum_api::metrics::Metrics,
+    stats: std::sync::Arc<stratum_webhooks::DispatcherStats>,
+) {
+    metrics.attach_dispatcher(stats);
+}
+
 async fn worker(args: WorkerArgs) -> Result<()> {
     let keyring = SharedKeyring::new(keyring(&args.keys)?);
     migrate(&args.db).await?;
     let pool = pool(&args.db)?;
     check_keys(&pool, &keyring).await?;
     let out = wiring::outbound(&args.webhook)?;
+    // The operations port comes up before any delivery, so a port already taken stops
+    // the worker before it claims anything.
+    let metrics = std::sync::Arc::new(stratum_api::metrics::Metrics::new());
+    let ops_state = actix_web::web::Data::new(stratum_server::ops::OpsState {
+        storage: std::sync::Arc::new(stratum_postgres::PgStorageProbe::new(pool.clone())),
+        metrics: metrics.clone(),
+    });
+    let ops = actix_web::HttpServer::new(move || stratum_server::ops::ops_app(ops_state.clone()))
+        .workers(1)
+        .bind(args.worker_bind)
+        .with_context(|| format!("binding STRATUM_WORKER_BIND {}", args.worker_bind))?
+        .shutdown_timeout(5)
+        .disable_signals()
+        .run();
+    let ops_handle = ops.handle();
+    let ops_task = tokio::spawn(ops);
     let sealer = spawn_sealer(&args.db, &args.seal)?;
-    let (stop, handle, _stats) =
-        spawn_worker(&args.db.database_url, pool, keyring, &args.webhook, &out);
-    tracing::info!(sealing = sealer.is_some(), "stratum worker running");
+    let (stop, handle, stats) = spawn_worker(
+        &args.db.database_url,
+        pool.clone(),
+        keyring,
+        &args.webhook,
+        &out,
+    );
+    expose_dispatcher(&metrics, stats);
+    spawn_queue_gauges(pool, metrics);
+    tracing::info!(
+        sealing = sealer.is_some(),
+        bind = %args.worker_bind,
+        "stratum worker running"
+    );
     terminated().await;
     tracing::info!("stopping: no new claims, finishing deliveries in flight");
     let _ = stop.send(true);
@@ -298,6 +336,8 @@ async fn worker(args: WorkerArgs) -> Result<()> {
     if let Some(s) = sealer {
         let _ = s.send(true);
     }
+    ops_handle.stop(true).await;
+    ops_task.await??;
     Ok(())
 }
 
@@ -347,7 +387,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         .flatten()
         .map(std::sync::Arc::new);
     if let Some((_, _, stats)) = &worker {
-        state.metrics.attach_dispatcher(stats.clone());
+        expose_dispatcher(&state.metrics, stats.clone());
     }
     let sealer = spawn_sealer(&args.db, &args.seal)?;
     spawn_queue_gauges(pool, state.metrics.clone());

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use stratum_api::AppState;
 use stratum_audit::AuditService;
-use stratum_core::{Clock, SystemClock};
+use stratum_core::{Clock, SystemClock, TenantDirectory};
 use stratum_crypto::SharedKeyring;
 use stratum_http_delivery::{ClientConfig, ReqwestDeliveryClient, SsrfGuard};
 use stratum_maintenance::{MaintenanceService, RetentionConfig};
@@ -14,7 +14,9 @@ use stratum_postgres::{
     PgApiKeyStore, PgAuditLog, PgConfigStore, PgDeliveryQueue, PgDeliveryStore, PgMaintenanceStore,
     PgPermissionStore, PgReplayStore, PgStorageProbe, PgTenantStore, PgWebhookStore, Pool,
 };
-use stratum_tenancy::{ApiKeyService, ConfigService, PermissionService, TenantService};
+use stratum_tenancy::{
+    ApiKeyService, ConfigService, PermissionService, StoreDirectory, TenantService,
+};
 use stratum_webhooks::{
     DeliveryClient, Dispatcher, DispatcherConfig, RegistryConfig, ReplayService, Replayer,
     ReplayerConfig, RetryPolicy, UrlGuard, WebhookService,
@@ -61,10 +63,9 @@ pub fn app_state(
     out: Outbound,
 ) -> AppState {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let tenants = Arc::new(TenantService::new(
-        Arc::new(PgTenantStore::new(pool.clone())),
-        clock.clone(),
-    ));
+    let tenant_store: Arc<PgTenantStore> = Arc::new(PgTenantStore::new(pool.clone()));
+    let tenants = Arc::new(TenantService::new(tenant_store.clone(), clock.clone()));
+    let directory: Arc<dyn TenantDirectory> = Arc::new(StoreDirectory::new(tenant_store));
     let config = Arc::new(ConfigService::new(
         tenants.clone(),
         Arc::new(PgConfigStore::new(pool.clone())),
@@ -83,7 +84,7 @@ pub fn app_state(
         admin_api_key,
     ));
     let consent = Arc::new(stratum_consent::ConsentService::new(
-        tenants.clone(),
+        directory.clone(),
         Arc::new(stratum_postgres::PgConsentStore::new(pool.clone())),
         clock.clone(),
     ));
@@ -95,7 +96,7 @@ pub fn app_state(
         clock.clone(),
     ));
     let webhooks = Arc::new(WebhookService::new(
-        tenants.clone(),
+        directory,
         webhook_store,
         Arc::new(PgDeliveryStore::new(pool.clone())),
         out.guard,
@@ -104,6 +105,7 @@ pub fn app_state(
         clock,
         RegistryConfig {
             allow_http: out.allow_private,
+            events: stratum_tenancy::events::catalogue(),
         },
     ));
     let audit = Arc::new(AuditService::new(Arc::new(PgAuditLog::new(pool.clone()))));
@@ -168,6 +170,7 @@ pub fn dispatcher(
     let config = DispatcherConfig {
         concurrency,
         per_webhook: cfg.max_in_flight_per_endpoint as usize,
+        initial_per_webhook: cfg.initial_in_flight_per_endpoint as usize,
         batch_size: concurrency.clamp(16, 512),
         // Long enough for a claimed delivery to wait for its webhook's slot and then be
         // sent; short enough that a crashed worker's deliveries come back soon.

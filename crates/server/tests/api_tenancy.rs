@@ -79,6 +79,32 @@ async fn authentication_and_scopes() {
         (denied.status, denied.code()),
         (StatusCode::FORBIDDEN, "FORBIDDEN")
     );
+    assert_eq!(
+        denied.body["error"]["message"], "this key lacks the 'write' scope",
+        "{}",
+        denied.body
+    );
+    // The services decide: every mutation a read key attempts is refused the same way.
+    for (method, path, body) in [
+        (
+            POST,
+            "/api/v1/webhooks".to_owned(),
+            json!({"url": "https://example.com/hook", "events": ["tenant.created"]}),
+        ),
+        (
+            POST,
+            "/api/v1/webhooks/deliveries/retry-all".to_owned(),
+            json!({}),
+        ),
+    ] {
+        let r = call(&app, method.clone(), &path, Some(&read_key), Some(body)).await;
+        assert_eq!(
+            (r.status, r.code()),
+            (StatusCode::FORBIDDEN, "FORBIDDEN"),
+            "{method} {path}: {}",
+            r.body
+        );
+    }
 
     // Bearer works too.
     let req = actix_web::test::TestRequest::get()

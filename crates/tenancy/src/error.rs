@@ -76,3 +76,9 @@ impl TenancyError {
         }
     }
 }
+
+impl From<stratum_core::Forbidden> for TenancyError {
+    fn from(e: stratum_core::Forbidden) -> Self {
+        Self::Forbidden(e.0)
+    }
+}

@@ -5,13 +5,16 @@
 
 #![warn(missing_docs)]
 
+pub mod directory;
 pub mod error;
+pub mod events;
 pub mod model;
 pub mod ports;
 pub mod service;
 #[cfg(test)]
 mod service_tests;
 
+pub use directory::StoreDirectory;
 pub use error::TenancyError;
 pub use model::*;
 pub use ports::*;

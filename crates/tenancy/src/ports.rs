@@ -2,7 +2,7 @@
 //! same transaction as the change.
 
 use async_trait::async_trait;
-use stratum_core::{Journal, StoreError, TenantPath};
+use stratum_core::{Journal, Limit, StoreError, TenantPath};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -23,12 +23,13 @@ pub trait TenantStore: Send + Sync {
     /// Active tenants with these ids.
     async fn get_many(&self, ids: Vec<Uuid>) -> Result<Vec<Tenant>, StoreError>;
 
-    /// Active tenants within `subtree` (all when `None`), by id ascending, after `after`.
+    /// Active tenants within `subtree` (all when `None`), by id ascending, after `after`;
+    /// at most [`limit.fetch()`](Limit::fetch) of them.
     async fn list(
         &self,
         subtree: Option<TenantPath>,
         after: Option<Uuid>,
-        limit: i64,
+        limit: Limit,
     ) -> Result<Vec<Tenant>, StoreError>;
 
     /// Active children of `id`.

@@ -962,7 +962,7 @@ async fn list_returns_a_cursor_only_when_the_store_had_more_than_the_limit() {
         store
             .expect_list()
             .withf(move |s, after, lim| {
-                s.as_ref() == Some(&subtree) && *after == Some(cursor) && *lim == 3
+                s.as_ref() == Some(&subtree) && *after == Some(cursor) && lim.fetch() == 3
             })
             .times(1)
             .returning(move |_, _, _| Ok(page.clone()));
@@ -982,7 +982,7 @@ async fn list_by_a_global_actor_is_not_restricted_to_a_subtree() {
     let mut store = MockTenantStore::new();
     store
         .expect_list()
-        .withf(|s, after, lim| s.is_none() && after.is_none() && *lim == 51)
+        .withf(|s, after, lim| s.is_none() && after.is_none() && lim.fetch() == 51)
         .times(1)
         .returning(|_, _, _| Ok(Vec::new()));
 
@@ -2352,4 +2352,53 @@ async fn reading_a_secret_under_a_key_not_held_is_key_unavailable_not_crypto() {
         matches!(&e, TenancyError::Store(StoreError::KeyUnavailable { key_id }) if *key_id == want),
         "{e:?}"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Scopes
+// ---------------------------------------------------------------------------------------
+
+fn is_missing_write<T: std::fmt::Debug>(r: &Result<T, TenancyError>) -> bool {
+    matches!(r, Err(TenancyError::Forbidden(m)) if m == "this key lacks the 'write' scope")
+}
+
+#[tokio::test]
+async fn a_read_scoped_caller_reads_tenants_but_changes_nothing() {
+    let r = root();
+    let (reader, _) = global_caller(Scope::Read);
+    // Only `get` is expected: any write panics the test.
+    let tenants = tenant_service(tenant_store(&[&r]));
+    assert_eq!(tenants.get(&reader, r.id).await.unwrap().id, r.id);
+    let created = tenants
+        .create(
+            &reader,
+            NewTenant {
+                name: "Acme".into(),
+                slug: "acme".into(),
+                parent_id: None,
+                metadata: None,
+            },
+        )
+        .await;
+    assert!(is_missing_write(&created), "{created:?}");
+    let archived = tenants.archive(&reader, r.id, Precondition::Any).await;
+    assert!(is_missing_write(&archived), "{archived:?}");
+    let moved = tenants
+        .move_to(&reader, r.id, Uuid::now_v7(), Precondition::Any)
+        .await;
+    assert!(is_missing_write(&moved), "{moved:?}");
+
+    let permissions = permission_service(&[&r], MockPermissionStore::new());
+    let policy = permissions
+        .create(
+            &reader,
+            r.id,
+            NewPermission {
+                key: "billing.read".into(),
+                value: json!(true),
+                mode: "INHERITED".into(),
+            },
+        )
+        .await;
+    assert!(is_missing_write(&policy), "{policy:?}");
 }

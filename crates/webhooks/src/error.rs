@@ -63,3 +63,9 @@ impl From<stratum_core::WriteRefused> for WebhookError {
         }
     }
 }
+
+impl From<stratum_core::Forbidden> for WebhookError {
+    fn from(e: stratum_core::Forbidden) -> Self {
+        Self::Forbidden(e.0)
+    }
+}

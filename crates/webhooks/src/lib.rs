@@ -2,6 +2,7 @@
 //! [`Dispatcher`] use case that claims, signs, sends and completes
 //! deliveries through ports.
 
+pub mod concurrency;
 pub mod dispatcher;
 pub mod error;
 pub mod histogram;
@@ -14,8 +15,9 @@ mod registry_tests;
 pub mod replay;
 
 pub use dispatcher::{
-    build_request, random_jitter, BuildError, Dispatcher, DispatcherConfig, DispatcherStats,
-    RELEASE_DELAY,
+    build_request, random_jitter, BuildError, Dispatcher, DispatcherConfig, DispatcherSnapshot,
+    DispatcherStats, WebhookConcurrency, DEFAULT_CONCURRENCY, DEFAULT_INITIAL_PER_WEBHOOK,
+    DEFAULT_MAX_PER_WEBHOOK, RELEASE_DELAY,
 };
 pub use error::WebhookError;
 pub use histogram::{AtomicHistogram, HistogramSnapshot};

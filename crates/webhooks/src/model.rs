@@ -4,98 +4,57 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use stratum_core::{EventCatalogue, EventType};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::WebhookError;
 
-/// Every event a webhook can hear about, plus the synthetic test event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum EventType {
-    /// A tenant was created.
-    #[serde(rename = "tenant.created")]
-    TenantCreated,
-    /// A tenant's name, slug or metadata changed.
-    #[serde(rename = "tenant.updated")]
-    TenantUpdated,
-    /// A tenant was archived.
-    #[serde(rename = "tenant.deleted")]
-    TenantDeleted,
-    /// A tenant moved under another parent.
-    #[serde(rename = "tenant.moved")]
-    TenantMoved,
-    /// A config key was set.
-    #[serde(rename = "config.updated")]
-    ConfigUpdated,
-    /// A config key was removed.
-    #[serde(rename = "config.deleted")]
-    ConfigDeleted,
-    /// A permission policy was created.
-    #[serde(rename = "permission.created")]
-    PermissionCreated,
-    /// A permission policy changed.
-    #[serde(rename = "permission.updated")]
-    PermissionUpdated,
-    /// A permission policy was removed.
-    #[serde(rename = "permission.deleted")]
-    PermissionDeleted,
-    /// The synthetic event of `POST /webhooks/:id/test`; never subscribable.
-    #[serde(rename = "webhook.test")]
-    WebhookTest,
-}
+/// The synthetic event of `POST /webhooks/:id/test`; never subscribable.
+pub const WEBHOOK_TEST: EventType = EventType::from_static("webhook.test");
 
-impl EventType {
-    /// The nine events a webhook may subscribe to.
-    pub const SUBSCRIBABLE: [EventType; 9] = [
-        Self::TenantCreated,
-        Self::TenantUpdated,
-        Self::TenantDeleted,
-        Self::TenantMoved,
-        Self::ConfigUpdated,
-        Self::ConfigDeleted,
-        Self::PermissionCreated,
-        Self::PermissionUpdated,
-        Self::PermissionDeleted,
-    ];
-
-    /// The wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::TenantCreated => "tenant.created",
-            Self::TenantUpdated => "tenant.updated",
-            Self::TenantDeleted => "tenant.deleted",
-            Self::TenantMoved => "tenant.moved",
-            Self::ConfigUpdated => "config.updated",
-            Self::ConfigDeleted => "config.deleted",
-            Self::PermissionCreated => "permission.created",
-            Self::PermissionUpdated => "permission.updated",
-            Self::PermissionDeleted => "permission.deleted",
-            Self::WebhookTest => "webhook.test",
-        }
-    }
-
-    /// Parses a wire name (including `webhook.test`).
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::SUBSCRIBABLE
-            .into_iter()
-            .chain([Self::WebhookTest])
-            .find(|e| e.as_str() == s)
-    }
-}
-
-impl fmt::Display for EventType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A non-empty, duplicate-free list of subscribable events.
+/// A non-empty, duplicate-free list of events, each one of an allowed set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subscriptions(Vec<EventType>);
 
 impl Subscriptions {
-    /// Validates event names.
-    pub fn parse(names: &[String]) -> Result<Self, WebhookError> {
+    /// Validates event names against the registered `catalogue` (`webhook.test` is never
+    /// subscribable).
+    ///
+    /// ```
+    /// use stratum_core::{EventCatalogue, EventType};
+    /// use stratum_webhooks::Subscriptions;
+    ///
+    /// const PAID: EventType = EventType::from_static("invoice.paid");
+    /// let catalogue = EventCatalogue::new().with(PAID, "An invoice was paid.");
+    /// let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    /// let subs = Subscriptions::parse(&names(&["invoice.paid"]), &catalogue).unwrap();
+    /// assert_eq!(subs.as_slice(), &[PAID]);
+    /// assert!(Subscriptions::parse(&names(&["invoice.lost"]), &catalogue).is_err());
+    /// assert!(Subscriptions::parse(&names(&[]), &catalogue).is_err());
+    /// ```
+    pub fn parse(names: &[String], catalogue: &EventCatalogue) -> Result<Self, WebhookError> {
+        Self::parse_where(
+            names,
+            |e| *e != WEBHOOK_TEST && catalogue.contains(e),
+            "unsupported event",
+        )
+    }
+
+    /// Validates event names against the events a webhook subscribes to.
+    pub fn parse_among(names: &[String], subscribed: &[EventType]) -> Result<Self, WebhookError> {
+        Self::parse_where(
+            names,
+            |e| subscribed.contains(e),
+            "the webhook does not subscribe to",
+        )
+    }
+
+    fn parse_where(
+        names: &[String],
+        allowed: impl Fn(&EventType) -> bool,
+        refusal: &str,
+    ) -> Result<Self, WebhookError> {
         let invalid = |message: String| WebhookError::Validation {
             field: "events",
             message,
@@ -106,8 +65,9 @@ impl Subscriptions {
         let mut out = Vec::with_capacity(names.len());
         for n in names {
             let e = EventType::parse(n)
-                .filter(|e| *e != EventType::WebhookTest)
-                .ok_or_else(|| invalid(format!("unsupported event '{n}'")))?;
+                .ok()
+                .filter(|e| allowed(e))
+                .ok_or_else(|| invalid(format!("{refusal} '{n}'")))?;
             if out.contains(&e) {
                 return Err(invalid(format!("duplicate event '{n}'")));
             }
@@ -121,6 +81,11 @@ impl Subscriptions {
         &self.0
     }
 
+    /// The events, owned.
+    pub fn into_vec(self) -> Vec<EventType> {
+        self.0
+    }
+
     /// The wire names.
     pub fn names(&self) -> Vec<String> {
         self.0.iter().map(|e| e.as_str().to_owned()).collect()
@@ -128,8 +93,10 @@ impl Subscriptions {
 }
 
 /// A syntactically acceptable webhook target. Whether its host resolves to an allowed
-/// address is the [`UrlGuard`](crate::UrlGuard) port's question.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// address is the [`UrlGuard`](crate::UrlGuard) port's question. Serializes as the bare
+/// string.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
 pub struct WebhookUrl(String);
 
 /// Longest accepted URL.
@@ -138,6 +105,16 @@ pub const MAX_URL_LEN: usize = 2048;
 impl WebhookUrl {
     /// Checks the shape: absolute, `https` (or `http` when `allow_http`), a host, no
     /// credentials, no fragment, at most 2048 characters.
+    ///
+    /// ```
+    /// use stratum_webhooks::WebhookUrl;
+    ///
+    /// let url = WebhookUrl::parse("https://hooks.example.com:8443/in?x=1", false).unwrap();
+    /// assert_eq!(url.host(), "hooks.example.com");
+    /// assert!(WebhookUrl::parse("http://hooks.example.com/in", false).is_err());
+    /// assert!(WebhookUrl::parse("http://127.0.0.1:9000/in", true).is_ok());
+    /// assert!(WebhookUrl::parse("https://user:pw@example.com/", false).is_err());
+    /// ```
     pub fn parse(raw: &str, allow_http: bool) -> Result<Self, WebhookError> {
         let bad = |m: &str| WebhookError::UrlInvalid(m.to_owned());
         if raw.len() > MAX_URL_LEN {
@@ -169,6 +146,12 @@ impl WebhookUrl {
         Ok(Self(raw.to_owned()))
     }
 
+    /// A URL read back from storage, where only URLs [`parse`](Self::parse) accepted are
+    /// written; for storage adapters, not for input.
+    pub fn from_stored(raw: String) -> Self {
+        Self(raw)
+    }
+
     /// The URL.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -178,6 +161,24 @@ impl WebhookUrl {
     pub fn host(&self) -> &str {
         let rest = self.0.split_once("://").map(|(_, r)| r).unwrap_or_default();
         host_of_authority(rest.split(['/', '?', '#']).next().unwrap_or_default())
+    }
+}
+
+impl PartialEq<str> for WebhookUrl {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for WebhookUrl {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl fmt::Display for WebhookUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -200,9 +201,11 @@ pub struct Webhook {
     /// `None` = global.
     pub tenant_id: Option<Uuid>,
     /// Target URL.
-    pub url: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub url: WebhookUrl,
     /// Subscribed events.
-    pub events: Vec<String>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
+    pub events: Vec<EventType>,
     /// Inactive webhooks receive nothing.
     pub active: bool,
     /// Free text.
@@ -385,26 +388,50 @@ mod tests {
     use super::*;
 
     #[test]
-    fn event_names_round_trip() {
-        for e in EventType::SUBSCRIBABLE {
-            assert_eq!(EventType::parse(e.as_str()), Some(e));
-            assert_eq!(
-                serde_json::to_value(e).unwrap(),
-                serde_json::json!(e.as_str())
-            );
-        }
-        assert_eq!(EventType::parse("tenant.exploded"), None);
-    }
-
-    #[test]
     fn subscriptions_are_validated() {
-        let s =
-            |v: &[&str]| Subscriptions::parse(&v.iter().map(|x| x.to_string()).collect::<Vec<_>>());
-        assert!(s(&["tenant.created", "config.updated"]).is_ok());
+        let catalogue = EventCatalogue::new()
+            .with(EventType::from_static("tenant.created"), "created")
+            .with(EventType::from_static("config.updated"), "updated")
+            .with(
+                WEBHOOK_TEST,
+                "registered by mistake: still not subscribable",
+            );
+        let s = |v: &[&str]| {
+            Subscriptions::parse(
+                &v.iter().map(|x| x.to_string()).collect::<Vec<_>>(),
+                &catalogue,
+            )
+        };
+        assert_eq!(
+            s(&["tenant.created", "config.updated"]).unwrap().names(),
+            vec!["tenant.created", "config.updated"]
+        );
         assert!(s(&[]).is_err());
         assert!(s(&["tenant.created", "tenant.created"]).is_err());
         assert!(s(&["webhook.test"]).is_err());
         assert!(s(&["nope"]).is_err());
+        assert!(
+            s(&["tenant.deleted"]).is_err(),
+            "well formed, not registered"
+        );
+    }
+
+    #[test]
+    fn a_webhook_serializes_url_and_events_as_strings() {
+        let w = Webhook {
+            id: Uuid::nil(),
+            tenant_id: None,
+            url: WebhookUrl::parse("https://example.com/in", false).unwrap(),
+            events: vec![EventType::from_static("tenant.created")],
+            active: true,
+            description: None,
+            created_at: OffsetDateTime::UNIX_EPOCH,
+            updated_at: OffsetDateTime::UNIX_EPOCH,
+            version: 1,
+        };
+        let v = serde_json::to_value(&w).unwrap();
+        assert_eq!(v["url"], "https://example.com/in");
+        assert_eq!(v["events"], serde_json::json!(["tenant.created"]));
     }
 
     #[test]

@@ -45,6 +45,21 @@ impl RetryPolicy {
     /// `base * 2^(attempt - 1)`, capped at `max`, times a jitter factor in `[0.8, 1.2]`
     /// onto which `jitter` (`[0, 1)`, clamped; not-a-number counts as 0.5) maps linearly,
     /// and capped at `max` again. `jitter = 0.5` gives the factor 1 exactly.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use stratum_webhooks::RetryPolicy;
+    ///
+    /// let policy = RetryPolicy {
+    ///     base: Duration::from_secs(5),
+    ///     max: Duration::from_secs(60),
+    ///     max_attempts: 8,
+    /// };
+    /// assert_eq!(policy.delay(1, 0.5), Duration::from_secs(5));
+    /// assert_eq!(policy.delay(3, 0.5), Duration::from_secs(20));
+    /// assert_eq!(policy.delay(3, 0.0), Duration::from_secs(16), "20 s times 0.8");
+    /// assert_eq!(policy.delay(9, 0.99), Duration::from_secs(60), "capped");
+    /// ```
     pub fn delay(&self, attempt: u32, jitter: f64) -> Duration {
         let unjittered = self.unjittered(attempt);
         let jitter = if jitter.is_nan() {

@@ -30,13 +30,14 @@ pub trait UrlGuard: Send + Sync {
 #[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
 #[async_trait]
 pub trait DeliveryQueue: Send + Sync {
-    /// Leases up to `limit` due deliveries for `lease`, at most `per_webhook` of them per
-    /// webhook and none of the webhooks in `skip_webhooks`; commits before returning.
+    /// Leases up to `limit` due deliveries for `lease`, oldest first within each webhook
+    /// and round-robin across webhooks: of a webhook listed in `rooms` at most its room
+    /// (none when it is 0), of any other at most `per_webhook`. Commits before returning.
     async fn claim(
         &self,
         limit: usize,
         per_webhook: usize,
-        skip_webhooks: Vec<Uuid>,
+        rooms: Vec<(Uuid, usize)>,
         lease: Duration,
     ) -> Result<Vec<ClaimedDelivery>, StoreError>;
 

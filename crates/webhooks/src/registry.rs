@@ -8,16 +8,16 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use stratum_core::timefmt::rfc3339;
 use stratum_core::{
-    new_id, Caller, Clock, Limit, Precondition, StoreError, TenantPath, KEY_RETRIES, REDACTED,
+    new_id, Caller, Clock, EventCatalogue, Limit, PageError, Precondition, Scope, StoreError,
+    TenantDirectory, TenantDirectoryExt, TenantPath, KEY_RETRIES, REDACTED,
 };
 use stratum_crypto::{generate_whsec, SharedKeyring};
-use stratum_tenancy::TenantService;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::{
     build_request, BuildError, ClaimedDelivery, Delivery, DeliveryClient, DeliveryStatus,
-    EventType, Subscriptions, UrlGuard, Webhook, WebhookError, WebhookUrl,
+    Subscriptions, UrlGuard, Webhook, WebhookError, WebhookUrl, WEBHOOK_TEST,
 };
 
 type Result<T> = std::result::Result<T, WebhookError>;
@@ -198,15 +198,16 @@ pub trait WebhookStore: Send + Sync {
 #[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
 #[async_trait]
 pub trait DeliveryStore: Send + Sync {
-    /// A webhook's deliveries newest first, strictly after `cursor`; `None` when the
-    /// cursor names no delivery of this webhook.
+    /// A webhook's deliveries newest first, strictly after `cursor`, at most
+    /// [`limit.fetch()`](Limit::fetch) of them; `BadCursor` when the cursor names no
+    /// delivery of this webhook.
     async fn list_for_webhook(
         &self,
         webhook_id: Uuid,
         status: Option<DeliveryStatus>,
         cursor: Option<Uuid>,
-        limit: i64,
-    ) -> std::result::Result<Option<Vec<Delivery>>, StoreError>;
+        limit: Limit,
+    ) -> std::result::Result<Vec<Delivery>, PageError>;
 
     /// Counts over deliveries of webhooks under `subtree` (all when `None`).
     async fn stats(
@@ -214,11 +215,11 @@ pub trait DeliveryStore: Send + Sync {
         subtree: Option<TenantPath>,
     ) -> std::result::Result<DeliveryStats, StoreError>;
 
-    /// Failed deliveries newest first, joined with webhook and event.
+    /// At most `limit` failed deliveries newest first, joined with webhook and event.
     async fn failed(
         &self,
         subtree: Option<TenantPath>,
-        limit: i64,
+        limit: Limit,
     ) -> std::result::Result<Vec<FailedDelivery>, StoreError>;
 
     /// One delivery with the path of its webhook's tenant; `None` when unknown.
@@ -301,15 +302,17 @@ pub struct TestResult {
 }
 
 /// The registry's settings.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct RegistryConfig {
     /// `STRATUM_WEBHOOK_ALLOW_PRIVATE_TARGETS`: allow `http://` (the guard allows the rest).
     pub allow_http: bool,
+    /// The events a webhook may subscribe to: those the embedding application emits.
+    pub events: EventCatalogue,
 }
 
 /// Webhooks and their deliveries.
 pub struct WebhookService {
-    tenants: Arc<TenantService>,
+    tenants: Arc<dyn TenantDirectory>,
     webhooks: Arc<dyn WebhookStore>,
     deliveries: Arc<dyn DeliveryStore>,
     guard: Arc<dyn UrlGuard>,
@@ -323,15 +326,6 @@ fn state_of(w: &Webhook) -> Value {
     let mut v = serde_json::to_value(w).unwrap_or(Value::Null);
     v["secret"] = Value::String(REDACTED.to_owned());
     v
-}
-
-/// A tenant lookup's failure: storage trouble stays storage trouble (503), anything else
-/// means the tenant is not there for this caller.
-fn tenant_error(e: stratum_tenancy::TenancyError) -> WebhookError {
-    match e {
-        stratum_tenancy::TenancyError::Store(s) => WebhookError::Store(s),
-        _ => WebhookError::TenantNotFound,
-    }
 }
 
 fn check_precondition(precondition: Precondition, current: i64) -> Result<()> {
@@ -403,7 +397,7 @@ impl WebhookService {
         reason = "a composition-root constructor: one argument per port"
     )]
     pub fn new(
-        tenants: Arc<TenantService>,
+        tenants: Arc<dyn TenantDirectory>,
         webhooks: Arc<dyn WebhookStore>,
         deliveries: Arc<dyn DeliveryStore>,
         guard: Arc<dyn UrlGuard>,
@@ -439,12 +433,10 @@ impl WebhookService {
             None => Err(WebhookError::Forbidden(
                 "a global webhook (no tenant_id) needs a key that is not tenant-scoped".into(),
             )),
-            Some(t) => self
-                .tenants
-                .visible_active(caller, t)
-                .await
-                .map(|_| ())
-                .map_err(tenant_error),
+            Some(t) => match self.tenants.visible_active(caller, t).await? {
+                Some(_) => Ok(()),
+                None => Err(WebhookError::TenantNotFound),
+            },
         }
     }
 
@@ -471,6 +463,7 @@ impl WebhookService {
 
     /// A webhook the caller can see.
     pub async fn get(&self, caller: &Caller, id: Uuid) -> Result<Webhook> {
+        caller.require(Scope::Read)?;
         match self.webhooks.get(id).await? {
             Some((w, path)) if caller.actor.can_see_owned_by(path.as_ref()) => Ok(w),
             _ => Err(WebhookError::NotFound),
@@ -483,8 +476,9 @@ impl WebhookService {
         caller: &Caller,
         input: NewWebhook,
     ) -> Result<(Webhook, Option<String>)> {
+        caller.require(Scope::Write)?;
         let url = self.checked_url(&input.url).await?;
-        let events = Subscriptions::parse(&input.events)?;
+        let events = Subscriptions::parse(&input.events, &self.config.events)?;
         let description = validate_description(input.description)?;
         if let Some(s) = &input.secret {
             validate_secret(s)?;
@@ -499,8 +493,8 @@ impl WebhookService {
         let webhook = Webhook {
             id: new_id(),
             tenant_id: input.tenant_id,
-            url: url.as_str().to_owned(),
-            events: events.names(),
+            url,
+            events: events.into_vec(),
             active: true,
             description,
             created_at: now,
@@ -534,8 +528,12 @@ impl WebhookService {
 
     /// Webhooks the caller can see, optionally of one tenant.
     pub async fn list(&self, caller: &Caller, tenant_id: Option<Uuid>) -> Result<Vec<Webhook>> {
+        caller.require(Scope::Read)?;
         if let Some(t) = tenant_id {
-            self.tenants.get(caller, t).await.map_err(tenant_error)?;
+            self.tenants
+                .visible(caller, t)
+                .await?
+                .ok_or(WebhookError::TenantNotFound)?;
         }
         Ok(self
             .webhooks
@@ -551,17 +549,18 @@ impl WebhookService {
         patch: WebhookPatch,
         precondition: Precondition,
     ) -> Result<Webhook> {
+        caller.require(Scope::Write)?;
         // A webhook the caller cannot see is 404 before any validation; validate (and
         // resolve the URL) once; only a retry re-reads the stored state.
         let mut before = self.get(caller, id).await?;
         let url = match &patch.url {
-            Some(u) => Some(self.checked_url(u).await?.as_str().to_owned()),
+            Some(u) => Some(self.checked_url(u).await?),
             None => None,
         };
         let events = patch
             .events
             .as_ref()
-            .map(|e| Subscriptions::parse(e).map(|s| s.names()))
+            .map(|e| Subscriptions::parse(e, &self.config.events).map(Subscriptions::into_vec))
             .transpose()?;
         let description = patch.description.map(validate_description).transpose()?;
         if let Some(s) = &patch.secret {
@@ -631,6 +630,7 @@ impl WebhookService {
         id: Uuid,
         precondition: Precondition,
     ) -> Result<()> {
+        caller.require(Scope::Write)?;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -651,6 +651,7 @@ impl WebhookService {
     /// Sends a synthetic `webhook.test` event now, through the same SSRF guard and signing
     /// as real deliveries, and reports what the receiver said.
     pub async fn test(&self, caller: &Caller, id: Uuid) -> Result<TestResult> {
+        caller.require(Scope::Write)?;
         let webhook = self.get(caller, id).await?;
         let secret = self
             .webhooks
@@ -658,7 +659,7 @@ impl WebhookService {
             .await?
             .ok_or(WebhookError::NotFound)?;
         let now = self.clock.now();
-        let result = match self.checked_url(&webhook.url).await {
+        let result = match self.checked_url(webhook.url.as_str()).await {
             Err(WebhookError::UrlInvalid(reason)) => TestResult {
                 success: false,
                 response_code: None,
@@ -671,10 +672,10 @@ impl WebhookService {
                     lease_id: Uuid::nil(),
                     attempts: 0,
                     webhook_id: webhook.id,
-                    url: webhook.url.clone(),
+                    url: webhook.url.as_str().to_owned(),
                     secret_encrypted: secret,
                     event_id: new_id(),
-                    event_type: EventType::WebhookTest.as_str().to_owned(),
+                    event_type: WEBHOOK_TEST.as_str().to_owned(),
                     tenant_id: webhook.tenant_id,
                     payload: json!({"webhook_id": webhook.id, "message": "This is a test event from Stratum."}),
                     event_created_at: now,
@@ -724,14 +725,18 @@ impl WebhookService {
         cursor: Option<Uuid>,
         limit: Limit,
     ) -> Result<(Vec<Delivery>, Option<Uuid>)> {
+        caller.require(Scope::Read)?;
         self.get(caller, webhook_id).await?;
         let mut rows = self
             .deliveries
-            .list_for_webhook(webhook_id, status, cursor, limit.as_i64() + 1)
-            .await?
-            .ok_or(WebhookError::Validation {
-                field: "cursor",
-                message: "does not name a delivery of this webhook".into(),
+            .list_for_webhook(webhook_id, status, cursor, limit)
+            .await
+            .map_err(|e| match e {
+                PageError::BadCursor => WebhookError::Validation {
+                    field: "cursor",
+                    message: "does not name a delivery of this webhook".into(),
+                },
+                PageError::Store(s) => WebhookError::Store(s),
             })?;
         let next = stratum_core::next_page(&mut rows, limit, |d| d.id);
         Ok((rows, next))
@@ -739,6 +744,7 @@ impl WebhookService {
 
     /// Success rate, median latency and queue depth of a webhook the caller can see.
     pub async fn health(&self, caller: &Caller, webhook_id: Uuid) -> Result<WebhookHealth> {
+        caller.require(Scope::Read)?;
         self.get(caller, webhook_id).await?;
         let since = self.clock.now() - time::Duration::seconds(HEALTH_WINDOW_SECONDS);
         let f = self.deliveries.health(webhook_id, since).await?;
@@ -771,6 +777,7 @@ impl WebhookService {
         webhook_id: Uuid,
         delivery_id: Uuid,
     ) -> Result<Vec<DeliveryAttempt>> {
+        caller.require(Scope::Read)?;
         self.get(caller, webhook_id).await?;
         self.deliveries
             .attempts(webhook_id, delivery_id)
@@ -780,6 +787,7 @@ impl WebhookService {
 
     /// Delivery counts the caller can see.
     pub async fn stats(&self, caller: &Caller) -> Result<DeliveryStats> {
+        caller.require(Scope::Read)?;
         Ok(self
             .deliveries
             .stats(caller.actor.subtree().cloned())
@@ -788,14 +796,16 @@ impl WebhookService {
 
     /// The dead-letter queue.
     pub async fn failed(&self, caller: &Caller, limit: Limit) -> Result<Vec<FailedDelivery>> {
+        caller.require(Scope::Read)?;
         Ok(self
             .deliveries
-            .failed(caller.actor.subtree().cloned(), limit.as_i64())
+            .failed(caller.actor.subtree().cloned(), limit)
             .await?)
     }
 
     /// Re-queues one failed delivery.
     pub async fn retry(&self, caller: &Caller, delivery_id: Uuid) -> Result<()> {
+        caller.require(Scope::Write)?;
         let (delivery, path) = self
             .deliveries
             .get(delivery_id)
@@ -817,6 +827,7 @@ impl WebhookService {
 
     /// Re-queues every failed delivery the caller can see.
     pub async fn retry_all(&self, caller: &Caller) -> Result<u64> {
+        caller.require(Scope::Write)?;
         let journal = caller.journal("delivery.retried_all", "delivery");
         self.deliveries
             .retry_all(caller.actor.subtree().cloned(), journal)

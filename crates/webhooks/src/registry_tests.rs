@@ -8,12 +8,13 @@ use std::sync::{Arc, Mutex};
 use mockall::predicate::eq;
 use serde_json::{json, Value};
 use stratum_core::clock::MockClock;
+use stratum_core::directory::MockTenantDirectory;
+use stratum_core::TenantEntry;
 use stratum_core::{
-    Actor, ActorKind, Caller, Clock, Journal, Limit, Precondition, RequestMeta, Scope, StoreError,
-    TenantPath, TenantScope, REDACTED,
+    Actor, ActorKind, Caller, Clock, EventCatalogue, EventType, Journal, Limit, Precondition,
+    RequestMeta, Scope, StoreError, TenantPath, TenantScope, REDACTED,
 };
 use stratum_crypto::{signing_key_bytes, verify_standard, verify_stratum, Keyring, SharedKeyring};
-use stratum_tenancy::{MockTenantStore, Tenant, TenantService, TenantStatus};
 use time::macros::datetime;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -101,21 +102,48 @@ fn scoped_caller(t: &Tenant) -> Caller {
     }
 }
 
-fn tenant_at(path: TenantPath, parent_id: Option<Uuid>) -> Tenant {
-    let id = path.leaf().unwrap();
+/// The events the embedding application registers in these tests.
+const SUBSCRIBABLE: [&str; 9] = [
+    "tenant.created",
+    "tenant.updated",
+    "tenant.deleted",
+    "tenant.moved",
+    "config.updated",
+    "config.deleted",
+    "permission.created",
+    "permission.updated",
+    "permission.deleted",
+];
+
+fn catalogue() -> EventCatalogue {
+    let mut c = EventCatalogue::new();
+    for name in SUBSCRIBABLE {
+        c.register(EventType::parse(name).unwrap(), "an event of the tests");
+    }
+    c
+}
+
+fn webhook_url(raw: &str) -> WebhookUrl {
+    WebhookUrl::parse(raw, true).unwrap()
+}
+
+fn event_types(names: &[&str]) -> Vec<EventType> {
+    names.iter().map(|n| EventType::parse(n).unwrap()).collect()
+}
+
+/// A tenant as the directory knows it.
+#[derive(Debug, Clone)]
+struct Tenant {
+    id: Uuid,
+    ancestry_path: TenantPath,
+    active: bool,
+}
+
+fn tenant_at(path: TenantPath, _parent_id: Option<Uuid>) -> Tenant {
     Tenant {
-        id,
-        parent_id,
-        name: format!("Tenant {id}"),
-        slug: format!("t_{}", id.simple()),
-        depth: path.depth() as i32,
+        id: path.leaf().unwrap(),
         ancestry_path: path,
-        metadata: json!({}),
-        status: TenantStatus::Active,
-        deleted_at: None,
-        created_at: EARLIER,
-        updated_at: EARLIER,
-        version: 1,
+        active: true,
     }
 }
 
@@ -127,22 +155,31 @@ fn child(parent: &Tenant) -> Tenant {
     tenant_at(parent.ancestry_path.child(Uuid::now_v7()), Some(parent.id))
 }
 
-/// A tenant store whose `get` knows exactly these tenants.
-fn tenant_store(known: &[&Tenant]) -> MockTenantStore {
-    let map: HashMap<Uuid, Tenant> = known.iter().map(|t| (t.id, (*t).clone())).collect();
-    let mut store = MockTenantStore::new();
-    store
-        .expect_get()
+/// A tenant directory that knows exactly these tenants.
+fn tenant_store(known: &[&Tenant]) -> MockTenantDirectory {
+    let map: HashMap<Uuid, TenantEntry> = known
+        .iter()
+        .map(|t| {
+            let entry = TenantEntry {
+                id: t.id,
+                path: t.ancestry_path.clone(),
+                active: t.active,
+            };
+            (t.id, entry)
+        })
+        .collect();
+    let mut dir = MockTenantDirectory::new();
+    dir.expect_find()
         .returning(move |id| Ok(map.get(&id).cloned()));
-    store
+    dir
 }
 
 fn webhook_of(tenant_id: Option<Uuid>) -> Webhook {
     Webhook {
         id: Uuid::now_v7(),
         tenant_id,
-        url: URL.to_owned(),
-        events: vec!["tenant.created".to_owned(), "config.updated".to_owned()],
+        url: webhook_url(URL),
+        events: event_types(&["tenant.created", "config.updated"]),
         active: true,
         description: Some("orders sync".to_owned()),
         created_at: EARLIER,
@@ -196,7 +233,7 @@ fn guard_allows() -> MockUrlGuard {
 
 /// The service's ports, each a mock that fails the test on any call not expected.
 struct Ports {
-    tenants: MockTenantStore,
+    tenants: MockTenantDirectory,
     webhooks: MockWebhookStore,
     deliveries: MockDeliveryStore,
     guard: MockUrlGuard,
@@ -212,7 +249,10 @@ impl Ports {
             deliveries: MockDeliveryStore::new(),
             guard: MockUrlGuard::new(),
             client: MockDeliveryClient::new(),
-            config: RegistryConfig::default(),
+            config: RegistryConfig {
+                allow_http: false,
+                events: catalogue(),
+            },
         }
     }
 
@@ -237,7 +277,7 @@ impl Ports {
 
     fn service(self) -> WebhookService {
         WebhookService::new(
-            Arc::new(TenantService::new(Arc::new(self.tenants), clock())),
+            Arc::new(self.tenants),
             Arc::new(self.webhooks),
             Arc::new(self.deliveries),
             Arc::new(self.guard),
@@ -466,7 +506,10 @@ async fn create_rejects_malformed_urls_without_asking_the_guard() {
 #[tokio::test]
 async fn http_is_accepted_only_with_allow_http_and_still_goes_through_the_guard() {
     let mut ports = Ports::new(&[]);
-    ports.config = RegistryConfig { allow_http: true };
+    ports.config = RegistryConfig {
+        allow_http: true,
+        events: catalogue(),
+    };
     ports
         .guard
         .expect_check()
@@ -523,10 +566,7 @@ async fn all_nine_events_can_be_subscribed_in_the_given_order() {
             put_in(&sink, w);
             Ok(())
         });
-    let mut names: Vec<String> = EventType::SUBSCRIBABLE
-        .iter()
-        .map(|e| e.as_str().to_owned())
-        .collect();
+    let mut names: Vec<String> = SUBSCRIBABLE.iter().map(|e| (*e).to_owned()).collect();
     names.reverse();
     let input = NewWebhook {
         events: names.clone(),
@@ -649,8 +689,7 @@ async fn create_for_a_tenant_the_caller_cannot_use_is_tenant_not_found() {
     let r = root();
     let outsider = root();
     let mut archived = child(&r);
-    archived.status = TenantStatus::Archived;
-    archived.deleted_at = Some(EARLIER);
+    archived.active = false;
     let cases = [
         (scoped_caller(&r), outsider.id, "another subtree"),
         (scoped_caller(&r), Uuid::now_v7(), "unknown"),
@@ -675,9 +714,9 @@ async fn create_for_a_tenant_the_caller_cannot_use_is_tenant_not_found() {
 #[tokio::test]
 async fn a_storage_failure_looking_up_the_tenant_is_not_tenant_not_found() {
     let mut ports = Ports::new(&[]).no_webhook_writes();
-    let mut tenants = MockTenantStore::new();
+    let mut tenants = MockTenantDirectory::new();
     tenants
-        .expect_get()
+        .expect_find()
         .returning(|_| Err(StoreError::Unavailable));
     ports.tenants = tenants;
     ports.guard = guard_allows();
@@ -973,7 +1012,7 @@ async fn update_of_fields_goes_through_the_guard_and_keeps_the_secret() {
 async fn a_patch_that_changes_nothing_writes_nothing() {
     let (before, path) = owned_by(&root());
     let same = WebhookPatch {
-        events: Some(before.events.clone()),
+        events: Some(before.events.iter().map(|e| e.to_string()).collect()),
         active: Some(before.active),
         description: Some(before.description.clone()),
         ..WebhookPatch::default()
@@ -1248,7 +1287,7 @@ async fn delete_rereads_after_a_stale_write_and_journals_the_reread_state() {
     let r = root();
     let (v1, path) = owned_by(&r);
     let v2 = Webhook {
-        url: OTHER_URL.to_owned(),
+        url: webhook_url(OTHER_URL),
         version: 7,
         ..v1.clone()
     };
@@ -1313,7 +1352,7 @@ fn test_ports(
     ports
         .guard
         .expect_check()
-        .withf(move |u| u.as_str() == url)
+        .withf(move |u| u.as_str() == url.as_str())
         .times(1)
         .return_const(guard);
     let sink = Arc::clone(journal);
@@ -1370,7 +1409,7 @@ async fn test_sends_a_signed_webhook_test_event_and_reports_success() {
         }
     );
     let request = taken(&sent);
-    assert_eq!(request.url, w.url);
+    assert_eq!(request.url, w.url.as_str());
     assert_eq!(header(&request, "X-Stratum-Event"), "webhook.test");
     let delivery_id = header(&request, "X-Stratum-Delivery");
     assert_eq!(header(&request, "webhook-id"), delivery_id);
@@ -1601,10 +1640,10 @@ async fn deliveries_ask_for_one_more_and_return_a_cursor_only_when_there_is_more
             eq(w.id),
             eq(Some(DeliveryStatus::Failed)),
             eq(Some(cursor)),
-            eq(4),
+            eq(limit),
         )
         .times(1)
-        .returning(move |_, _, _, _| Ok(Some(answer.clone())));
+        .returning(move |_, _, _, _| Ok(answer.clone()));
     let (page, next) = ports
         .service()
         .deliveries(
@@ -1625,9 +1664,9 @@ async fn deliveries_ask_for_one_more_and_return_a_cursor_only_when_there_is_more
     ports
         .deliveries
         .expect_list_for_webhook()
-        .with(eq(w.id), eq(None), eq(None), eq(4))
+        .with(eq(w.id), eq(None), eq(None), eq(limit))
         .times(1)
-        .returning(move |_, _, _, _| Ok(Some(answer.clone())));
+        .returning(move |_, _, _, _| Ok(answer.clone()));
     let (page, next) = ports
         .service()
         .deliveries(&admin(), w.id, None, None, limit)
@@ -1645,7 +1684,7 @@ async fn a_cursor_the_store_does_not_know_is_a_validation_error() {
         .deliveries
         .expect_list_for_webhook()
         .times(1)
-        .returning(|_, _, _, _| Ok(None));
+        .returning(|_, _, _, _| Err(stratum_core::PageError::BadCursor));
 
     let result = ports
         .service()
@@ -1707,7 +1746,10 @@ async fn stats_and_failed_are_confined_to_the_callers_subtree() {
     ports
         .deliveries
         .expect_failed()
-        .with(eq(Some(r.ancestry_path.clone())), eq(7))
+        .with(
+            eq(Some(r.ancestry_path.clone())),
+            eq(Limit::new(Some(7), 100, 500).unwrap()),
+        )
         .times(1)
         .returning(|_, _| Ok(Vec::new()));
     let svc = ports.service();
@@ -2028,4 +2070,43 @@ async fn attempts_of_a_delivery_the_webhook_does_not_have_are_delivery_not_found
         ports.service().attempts(&admin(), w.id, d).await,
         Err(WebhookError::DeliveryNotFound)
     ));
+}
+
+fn reader() -> Caller {
+    let mut caller = admin();
+    caller.actor.scope = Scope::Read;
+    caller
+}
+
+fn is_missing_write(r: &std::result::Result<impl std::fmt::Debug, WebhookError>) -> bool {
+    matches!(r, Err(WebhookError::Forbidden(m)) if m == "this key lacks the 'write' scope")
+}
+
+#[tokio::test]
+async fn a_read_scoped_caller_reads_but_changes_nothing() {
+    let w = webhook_of(None);
+    // No expectations besides the read: any write, guard check or send panics the test.
+    let svc = Ports::new(&[])
+        .with_webhook(&w, None)
+        .no_webhook_writes()
+        .service();
+    let caller = reader();
+
+    assert_eq!(svc.get(&caller, w.id).await.unwrap(), w);
+    let created = svc.create(&caller, new_webhook(None)).await;
+    assert!(is_missing_write(&created), "{created:?}");
+    let patch = WebhookPatch {
+        active: Some(false),
+        ..WebhookPatch::default()
+    };
+    let updated = svc.update(&caller, w.id, patch, Precondition::Any).await;
+    assert!(is_missing_write(&updated), "{updated:?}");
+    let deleted = svc.delete(&caller, w.id, Precondition::Any).await;
+    assert!(is_missing_write(&deleted), "{deleted:?}");
+    let tested = svc.test(&caller, w.id).await;
+    assert!(is_missing_write(&tested), "{tested:?}");
+    let retried = svc.retry(&caller, Uuid::now_v7()).await;
+    assert!(is_missing_write(&retried), "{retried:?}");
+    let all = svc.retry_all(&caller).await;
+    assert!(is_missing_write(&all), "{all:?}");
 }

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 use serde_json::Value;
 use stratum_core::timefmt::{rfc3339, rfc3339_opt};
-use stratum_core::{new_id, Caller, Clock, StoreError};
+use stratum_core::{new_id, Caller, Clock, Scope, StoreError};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -171,6 +171,7 @@ impl ReplayService {
         webhook_id: Uuid,
         input: NewReplay,
     ) -> Result<Replay> {
+        caller.require(Scope::Write)?;
         let webhook = self.visible_webhook(caller, webhook_id).await?;
         let now = self.clock.now();
         let until = input.until.unwrap_or(now);
@@ -187,17 +188,12 @@ impl ReplayService {
             });
         }
         let event_types = match &input.events {
-            None => webhook.events.clone(),
-            Some(names) => {
-                let wanted = Subscriptions::parse(names)?.names();
-                if let Some(n) = wanted.iter().find(|n| !webhook.events.contains(n)) {
-                    return Err(WebhookError::Validation {
-                        field: "events",
-                        message: format!("the webhook does not subscribe to '{n}'"),
-                    });
-                }
-                wanted
-            }
+            None => webhook
+                .events
+                .iter()
+                .map(|e| e.as_str().to_owned())
+                .collect(),
+            Some(names) => Subscriptions::parse_among(names, &webhook.events)?.names(),
         };
         let replay = Replay {
             id: new_id(),
@@ -221,6 +217,7 @@ impl ReplayService {
 
     /// A replay of a webhook the caller can see.
     pub async fn get(&self, caller: &Caller, webhook_id: Uuid, id: Uuid) -> Result<Replay> {
+        caller.require(Scope::Read)?;
         self.visible_webhook(caller, webhook_id).await?;
         self.replays
             .get(webhook_id, id)

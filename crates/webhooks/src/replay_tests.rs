@@ -20,8 +20,10 @@ fn webhook(tenant: Option<Uuid>) -> Webhook {
     Webhook {
         id: Uuid::now_v7(),
         tenant_id: tenant,
-        url: "https://hooks.example.com/x".into(),
-        events: vec!["tenant.created".into(), "config.updated".into()],
+        url: crate::WebhookUrl::parse("https://hooks.example.com/x", false).unwrap(),
+        events: ["tenant.created", "config.updated"]
+            .map(|e| stratum_core::EventType::parse(e).unwrap())
+            .to_vec(),
         active: true,
         description: None,
         created_at: NOW,
@@ -101,7 +103,7 @@ async fn starts_a_running_job_with_the_subscription_and_journals_it() {
     assert_eq!(r.status, ReplayStatus::Running);
     let (stored, types, journal) = seen.lock().unwrap().take().unwrap();
     assert_eq!(stored, r);
-    assert_eq!(types, w.events);
+    assert_eq!(w.events, types);
     assert_eq!(journal.action, "webhook.replayed");
     assert_eq!(journal.resource_id, Some(w.id.to_string()));
     assert!(journal.event.is_none(), "a replay emits no event");

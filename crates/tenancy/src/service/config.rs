@@ -4,11 +4,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde_json::{json, Value};
-use stratum_core::{Caller, Clock, Precondition, StoreError, KEY_RETRIES};
+use stratum_core::{Caller, Clock, Precondition, Scope, StoreError, KEY_RETRIES};
 use stratum_crypto::{CryptoError, SharedKeyring};
 use uuid::Uuid;
 
 use super::{after_stale, check_precondition, Result, TenantService};
+use crate::events::{CONFIG_DELETED, CONFIG_UPDATED};
 use crate::model::*;
 use crate::ports::*;
 use crate::TenancyError;
@@ -95,6 +96,7 @@ impl ConfigService {
         caller: &Caller,
         tenant_id: Uuid,
     ) -> Result<BTreeMap<String, ConfigEntry>> {
+        caller.require(Scope::Read)?;
         let tenant = self.tenants.visible_active(caller, tenant_id).await?;
         self.resolve(&tenant).await
     }
@@ -107,6 +109,7 @@ impl ConfigService {
         tenant_id: Uuid,
         key: &str,
     ) -> Result<(ConfigEntry, i64)> {
+        caller.require(Scope::Read)?;
         let key = validate_config_key(key).map_err(|_| TenancyError::ConfigNotFound)?;
         self.tenants.visible_active(caller, tenant_id).await?;
         let stored = self.store.entries_for(vec![tenant_id]).await?;
@@ -144,6 +147,7 @@ impl ConfigService {
         sensitive: Option<bool>,
         precondition: Precondition,
     ) -> Result<(ConfigEntry, i64)> {
+        caller.require(Scope::Write)?;
         let key = validate_config_key(key)?;
         validate_json("value", &value)?;
         let mut attempt = 0;
@@ -235,12 +239,12 @@ impl ConfigService {
         };
         let after = entry.redacted();
         let journal = caller
-            .journal("config.updated", "config")
+            .journal_of(&CONFIG_UPDATED, "config")
             .resource(format!("{tenant_id}/{key}"))
             .tenant(Some(tenant_id))
             .before(own.map(ConfigEntry::redacted))
             .after(Some(after.clone()))
-            .emit(after);
+            .emit(CONFIG_UPDATED, after);
         let ancestors: Vec<Uuid> = tenant
             .ancestry_path
             .ids()
@@ -297,6 +301,7 @@ impl ConfigService {
         key: &str,
         precondition: Precondition,
     ) -> Result<()> {
+        caller.require(Scope::Write)?;
         let key = validate_config_key(key).map_err(|_| TenancyError::ConfigNotFound)?;
         let mut attempt = 0;
         loop {
@@ -339,11 +344,14 @@ impl ConfigService {
         }
         .redacted();
         let journal = caller
-            .journal("config.deleted", "config")
+            .journal_of(&CONFIG_DELETED, "config")
             .resource(format!("{tenant_id}/{key}"))
             .tenant(Some(tenant_id))
             .before(Some(before.clone()))
-            .emit(json!({"tenant_id": tenant_id, "key": key, "previous": before}));
+            .emit(
+                CONFIG_DELETED,
+                json!({"tenant_id": tenant_id, "key": key, "previous": before}),
+            );
         self.store.delete(tenant_id, key, expected, journal).await
     }
 }

@@ -3,10 +3,11 @@
 use std::sync::Arc;
 
 use serde_json::Value;
-use stratum_core::{new_id, Caller, Clock, Precondition};
+use stratum_core::{new_id, Caller, Clock, Precondition, Scope};
 use uuid::Uuid;
 
 use super::{after_stale, check_precondition, to_json, Result, TenantService};
+use crate::events::{PERMISSION_CREATED, PERMISSION_DELETED, PERMISSION_UPDATED};
 use crate::model::*;
 use crate::ports::*;
 use crate::TenancyError;
@@ -45,6 +46,7 @@ impl PermissionService {
 
     /// The tenant's policies.
     pub async fn list(&self, caller: &Caller, tenant_id: Uuid) -> Result<Vec<PermissionPolicy>> {
+        caller.require(Scope::Read)?;
         self.tenants.visible_active(caller, tenant_id).await?;
         Ok(self.store.list(tenant_id).await?)
     }
@@ -56,6 +58,7 @@ impl PermissionService {
         tenant_id: Uuid,
         id: Uuid,
     ) -> Result<PermissionPolicy> {
+        caller.require(Scope::Read)?;
         self.owned(caller, tenant_id, id).await
     }
 
@@ -74,6 +77,7 @@ impl PermissionService {
         tenant_id: Uuid,
         input: NewPermission,
     ) -> Result<PermissionPolicy> {
+        caller.require(Scope::Write)?;
         let key = validate_permission_key(&input.key)?;
         validate_json("value", &input.value)?;
         let mode = PermissionMode::parse(&input.mode)?;
@@ -91,11 +95,11 @@ impl PermissionService {
         };
         let state = to_json(&policy);
         let journal = caller
-            .journal("permission.created", "permission")
+            .journal_of(&PERMISSION_CREATED, "permission")
             .resource(policy.id)
             .tenant(Some(tenant_id))
             .after(Some(state.clone()))
-            .emit(state);
+            .emit(PERMISSION_CREATED, state);
         self.store.create(policy.clone(), journal).await?;
         Ok(policy)
     }
@@ -110,6 +114,7 @@ impl PermissionService {
         mode: Option<String>,
         precondition: Precondition,
     ) -> Result<PermissionPolicy> {
+        caller.require(Scope::Write)?;
         let mode = mode.map(|m| PermissionMode::parse(&m)).transpose()?;
         if let Some(v) = &value {
             validate_json("value", v)?;
@@ -132,12 +137,12 @@ impl PermissionService {
             after.updated_at = self.clock.now();
             let state = to_json(&after);
             let journal = caller
-                .journal("permission.updated", "permission")
+                .journal_of(&PERMISSION_UPDATED, "permission")
                 .resource(id)
                 .tenant(Some(tenant_id))
                 .before(Some(to_json(&before)))
                 .after(Some(state.clone()))
-                .emit(state);
+                .emit(PERMISSION_UPDATED, state);
             match self
                 .store
                 .update(after.clone(), before.version, journal)
@@ -161,6 +166,7 @@ impl PermissionService {
         id: Uuid,
         precondition: Precondition,
     ) -> Result<()> {
+        caller.require(Scope::Write)?;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -168,11 +174,11 @@ impl PermissionService {
             check_precondition(precondition, before.version)?;
             let state = to_json(&before);
             let journal = caller
-                .journal("permission.deleted", "permission")
+                .journal_of(&PERMISSION_DELETED, "permission")
                 .resource(id)
                 .tenant(Some(tenant_id))
                 .before(Some(state.clone()))
-                .emit(state);
+                .emit(PERMISSION_DELETED, state);
             match self.store.delete(id, before.version, journal).await {
                 Err(TenancyError::Stale) => after_stale(precondition, attempt)?,
                 other => return other,

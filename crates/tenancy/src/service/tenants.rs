@@ -3,10 +3,11 @@
 use std::sync::Arc;
 
 use serde_json::{json, Value};
-use stratum_core::{new_id, Caller, Clock, Limit, Precondition, TenantPath};
+use stratum_core::{new_id, Caller, Clock, Limit, Precondition, Scope, TenantPath};
 use uuid::Uuid;
 
 use super::{after_stale, check_precondition, to_json, Result};
+use crate::events::{TENANT_CREATED, TENANT_DELETED, TENANT_MOVED, TENANT_UPDATED};
 use crate::model::*;
 use crate::ports::*;
 use crate::TenancyError;
@@ -58,6 +59,7 @@ impl TenantService {
 
     /// A tenant the caller can see, archived or not.
     pub async fn get(&self, caller: &Caller, id: Uuid) -> Result<Tenant> {
+        caller.require(Scope::Read)?;
         match self.store.get(id).await? {
             Some(t) if caller.actor.can_see(&t.ancestry_path) => Ok(t),
             _ => Err(TenancyError::TenantNotFound),
@@ -66,6 +68,7 @@ impl TenantService {
 
     /// An active tenant the caller can see: what every tenant-bound route needs.
     pub async fn visible_active(&self, caller: &Caller, id: Uuid) -> Result<Tenant> {
+        caller.require(Scope::Read)?;
         let t = self.get(caller, id).await?;
         if t.status != TenantStatus::Active {
             return Err(TenancyError::TenantNotFound);
@@ -80,9 +83,10 @@ impl TenantService {
         cursor: Option<Uuid>,
         limit: Limit,
     ) -> Result<(Vec<Tenant>, Option<Uuid>)> {
+        caller.require(Scope::Read)?;
         let mut rows = self
             .store
-            .list(caller.actor.subtree().cloned(), cursor, limit.as_i64() + 1)
+            .list(caller.actor.subtree().cloned(), cursor, limit)
             .await?;
         let next = stratum_core::next_page(&mut rows, limit, |t| t.id);
         Ok((rows, next))
@@ -125,6 +129,7 @@ impl TenantService {
     /// # });
     /// ```
     pub async fn create(&self, caller: &Caller, input: NewTenant) -> Result<Tenant> {
+        caller.require(Scope::Write)?;
         let name = validate_name(&input.name)?;
         let slug = validate_slug(&input.slug)?;
         let metadata = validate_metadata("metadata", input.metadata)?;
@@ -159,11 +164,11 @@ impl TenantService {
         };
         let state = to_json(&tenant);
         let journal = caller
-            .journal("tenant.created", "tenant")
+            .journal_of(&TENANT_CREATED, "tenant")
             .resource(id)
             .tenant(Some(id))
             .after(Some(state.clone()))
-            .emit(state);
+            .emit(TENANT_CREATED, state);
         self.store.create(tenant.clone(), journal).await?;
         Ok(tenant)
     }
@@ -176,6 +181,7 @@ impl TenantService {
         patch: TenantPatch,
         precondition: Precondition,
     ) -> Result<Tenant> {
+        caller.require(Scope::Write)?;
         let name = patch.name.as_deref().map(validate_name).transpose()?;
         let slug = patch.slug.as_deref().map(validate_slug).transpose()?;
         let metadata = match patch.metadata {
@@ -211,12 +217,12 @@ impl TenantService {
             after.updated_at = clock.now().max(floor);
             let state = to_json(&after);
             let journal = caller
-                .journal("tenant.updated", "tenant")
+                .journal_of(&TENANT_UPDATED, "tenant")
                 .resource(id)
                 .tenant(Some(id))
                 .before(Some(to_json(before)))
                 .after(Some(state.clone()))
-                .emit(state);
+                .emit(TENANT_UPDATED, state);
             Ok(Some((after, journal)))
         });
         self.store.modify(id, change).await
@@ -229,6 +235,7 @@ impl TenantService {
         id: Uuid,
         precondition: Precondition,
     ) -> Result<()> {
+        caller.require(Scope::Write)?;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -241,12 +248,12 @@ impl TenantService {
             after.updated_at = now;
             let state = to_json(&after);
             let journal = caller
-                .journal("tenant.deleted", "tenant")
+                .journal_of(&TENANT_DELETED, "tenant")
                 .resource(id)
                 .tenant(Some(id))
                 .before(Some(to_json(&before)))
                 .after(Some(state.clone()))
-                .emit(state);
+                .emit(TENANT_DELETED, state);
             match self.store.archive(id, before.version, now, journal).await {
                 Err(TenancyError::Stale) => after_stale(precondition, attempt)?,
                 other => return other,
@@ -262,6 +269,7 @@ impl TenantService {
         new_parent_id: Uuid,
         precondition: Precondition,
     ) -> Result<Tenant> {
+        caller.require(Scope::Write)?;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -285,12 +293,12 @@ impl TenantService {
             let state = to_json(&after);
             let old_ancestors: Vec<Uuid> = before.ancestry_path.ids();
             let journal = caller
-                .journal("tenant.moved", "tenant")
+                .journal_of(&TENANT_MOVED, "tenant")
                 .resource(id)
                 .tenant(Some(id))
                 .before(Some(to_json(&before)))
                 .after(Some(state.clone()))
-                .emit(moved_payload(&state, before.parent_id))
+                .emit(TENANT_MOVED, moved_payload(&state, before.parent_id))
                 .also_to(old_ancestors);
             let moved = self
                 .store
@@ -331,12 +339,14 @@ impl TenantService {
 
     /// Active children of a visible tenant.
     pub async fn children(&self, caller: &Caller, id: Uuid) -> Result<Vec<Tenant>> {
+        caller.require(Scope::Read)?;
         let t = self.get(caller, id).await?;
         Ok(self.store.children(t.id).await?)
     }
 
     /// Ancestors of a visible tenant, root first, limited to what the caller can see.
     pub async fn ancestors(&self, caller: &Caller, id: Uuid) -> Result<Vec<Tenant>> {
+        caller.require(Scope::Read)?;
         let t = self.get(caller, id).await?;
         let ids: Vec<Uuid> = t
             .ancestry_path
@@ -352,6 +362,7 @@ impl TenantService {
 
     /// Every active descendant of a visible tenant, shallowest first.
     pub async fn descendants(&self, caller: &Caller, id: Uuid) -> Result<Vec<Tenant>> {
+        caller.require(Scope::Read)?;
         let t = self.get(caller, id).await?;
         Ok(self.store.descendants(t.ancestry_path).await?)
     }
