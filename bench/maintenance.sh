@@ -26,10 +26,11 @@ STRATUM="$TARGET/release/stratum"
 ENVELOPES="$TARGET/release/examples/envelopes"
 
 scripts/pg.sh up stratum >&2
-PSQL=(psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p 55432 -U postgres)
-"${PSQL[@]}" -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
-URL="postgres://postgres@127.0.0.1:55432/$DB"
-sql() { "${PSQL[@]}" -d "$DB" "$@"; }
+SERVER=${STRATUM_TEST_DATABASE_URL:-$(scripts/pg.sh server-url)}
+PSQL=(psql -X -q -v ON_ERROR_STOP=1 -d)
+"${PSQL[@]}" "$SERVER/postgres" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
+URL="$SERVER/$DB"
+sql() { "${PSQL[@]}" "$URL" "$@"; }
 DATABASE_URL="$URL" "$STRATUM" migrate
 
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -117,7 +118,7 @@ SQL
   esac
 done
 
-"${PSQL[@]}" -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)"
+"${PSQL[@]}" "$SERVER/postgres" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)"
 echo
 echo "maintenance benchmarks ($(nproc) CPUs, PostgreSQL $("${PSQL[@]}" -d postgres -tAc 'SHOW server_version'))"
 for line in "${SUMMARY[@]}"; do echo "  $line"; done

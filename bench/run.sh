@@ -26,6 +26,9 @@ echo "bench: building release binaries" >&2
 $CARGO build --release -q -p stratum-server -p stratum-bench
 
 scripts/pg.sh up stratum
+# The benchmarks' databases live on this checkout's development cluster (durable, as in
+# production) unless STRATUM_TEST_DATABASE_URL names another server.
+export STRATUM_TEST_DATABASE_URL=${STRATUM_TEST_DATABASE_URL:-$(scripts/pg.sh server-url)}
 
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 OUT=$(mktemp -d "${TMPDIR:-/tmp}/stratum-bench.XXXXXX")

@@ -216,16 +216,31 @@ impl DeliveryQueue for InMemory {
     async fn claim(
         &self,
         limit: usize,
-        _per_webhook: usize,
-        skip_webhooks: Vec<Uuid>,
+        per_webhook: usize,
+        rooms: Vec<(Uuid, usize)>,
         _lease: Duration,
     ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        // Oldest first, each webhook within its room (the dispatcher's adaptive limit).
+        let room = |id: &Uuid| {
+            rooms
+                .iter()
+                .find(|(w, _)| w == id)
+                .map_or(per_webhook, |(_, r)| *r)
+        };
         let mut m = self.lock();
-        let (mut claimed, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut m.queue)
-            .into_iter()
-            .partition(|d| !skip_webhooks.contains(&d.webhook_id));
+        let mut taken: std::collections::HashMap<Uuid, usize> = Default::default();
+        let mut claimed = Vec::new();
+        let mut rest = Vec::new();
+        for d in std::mem::take(&mut m.queue) {
+            let n = taken.entry(d.webhook_id).or_default();
+            if claimed.len() < limit && *n < room(&d.webhook_id) {
+                *n += 1;
+                claimed.push(d);
+            } else {
+                rest.push(d);
+            }
+        }
         m.queue = rest;
-        m.queue.extend(claimed.split_off(limit.min(claimed.len())));
         for d in &mut claimed {
             d.lease_id = Uuid::now_v7();
         }
