@@ -216,19 +216,26 @@ impl DeliveryQueue for InMemory {
     async fn claim(
         &self,
         limit: usize,
-        _per_webhook: usize,
-        skip_webhooks: Vec<Uuid>,
+        per_webhook: usize,
+        rooms: Vec<(Uuid, usize)>,
         _lease: Duration,
     ) -> Result<Vec<ClaimedDelivery>, StoreError> {
         let mut m = self.lock();
-        let (mut claimed, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut m.queue)
-            .into_iter()
-            .partition(|d| !skip_webhooks.contains(&d.webhook_id));
-        m.queue = rest;
-        m.queue.extend(claimed.split_off(limit.min(claimed.len())));
-        for d in &mut claimed {
-            d.lease_id = Uuid::now_v7();
+        let (mut claimed, mut rest) = (Vec::new(), Vec::new());
+        for mut d in std::mem::take(&mut m.queue) {
+            let room = rooms.iter().find(|(w, _)| *w == d.webhook_id);
+            let cap = room.map_or(per_webhook, |(_, n)| *n);
+            let taken = claimed
+                .iter()
+                .filter(|c: &&ClaimedDelivery| c.webhook_id == d.webhook_id);
+            if claimed.len() < limit && taken.count() < cap {
+                d.lease_id = Uuid::now_v7();
+                claimed.push(d);
+            } else {
+                rest.push(d);
+            }
         }
+        m.queue = rest;
         Ok(claimed)
     }
 
@@ -240,7 +247,7 @@ impl DeliveryQueue for InMemory {
     }
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url =
         std::env::var("RECEIVER_URL").unwrap_or_else(|_| "http://127.0.0.1:8099/hook".to_owned());
