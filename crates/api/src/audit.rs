@@ -214,8 +214,8 @@ async fn export(
         (status = 200, description = "The verification", body = stratum_audit::VerifyReport),
     )
 )]
-async fn verify(state: web::Data<AppState>, GlobalAdmin(_caller): GlobalAdmin) -> Res {
-    Ok(HttpResponse::Ok().json(state.audit.verify().await?))
+async fn verify(state: web::Data<AppState>, GlobalAdmin(caller): GlobalAdmin) -> Res {
+    Ok(HttpResponse::Ok().json(state.audit.verify(&caller).await?))
 }
 
 /// Registers the routes.

@@ -250,6 +250,7 @@ impl From<stratum_audit::AuditError> for ApiError {
             E::TenantNotFound => Self::not_found("TENANT_NOT_FOUND", "tenant"),
             E::BadRange => Self::field("from", "must not be after 'to'"),
             E::Invalid { field, message } => Self::field(field, message),
+            E::Forbidden(m) => Self::forbidden(m),
             E::Store(s) => s.into(),
         }
     }

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 use serde_json::Value;
 use stratum_core::timefmt::rfc3339;
-use stratum_core::{Caller, Limit, StoreError, TenantPath};
+use stratum_core::{Caller, Limit, Scope, StoreError, TenantPath};
 use thiserror::Error;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -118,9 +118,18 @@ pub enum AuditError {
         /// What is wrong.
         message: &'static str,
     },
+    /// The caller's key lacks the scope this needs.
+    #[error("{0}")]
+    Forbidden(String),
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<stratum_core::Forbidden> for AuditError {
+    fn from(e: stratum_core::Forbidden) -> Self {
+        Self::Forbidden(e.0)
+    }
 }
 
 /// The read side of the audit log.
@@ -202,6 +211,7 @@ impl AuditService {
         cursor: Option<Uuid>,
         limit: Limit,
     ) -> Result<(Vec<AuditEntry>, Option<Uuid>), AuditError> {
+        caller.require(Scope::Read)?;
         self.check_filter(caller, &filter).await?;
         if let Some(c) = cursor {
             // A cursor the caller cannot see is answered like one that does not exist, so
@@ -236,6 +246,7 @@ impl AuditService {
         caller: &Caller,
         filter: &AuditFilter,
     ) -> Result<Option<TenantPath>, AuditError> {
+        caller.require(Scope::Read)?;
         self.check_filter(caller, filter).await?;
         Ok(caller.actor.subtree().cloned())
     }
@@ -254,8 +265,10 @@ impl AuditService {
             .await?)
     }
 
-    /// Verifies the whole chain (a global admin operation: the route checks the key).
-    pub async fn verify(&self) -> Result<VerifyReport, AuditError> {
+    /// Verifies the whole chain: a global admin operation (admin scope, a key bound to no
+    /// tenant).
+    pub async fn verify(&self, caller: &Caller) -> Result<VerifyReport, AuditError> {
+        caller.require_global_admin()?;
         Ok(self.log.verify_chain().await?)
     }
 
@@ -281,6 +294,7 @@ impl AuditService {
 
     /// One entry the caller may see.
     pub async fn get(&self, caller: &Caller, id: Uuid) -> Result<AuditEntry, AuditError> {
+        caller.require(Scope::Read)?;
         match self.log.get(id).await? {
             Some((entry, path)) => {
                 if caller.actor.can_see_owned_by(path.as_ref()) {
@@ -515,5 +529,18 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, AuditError::NotFound));
         assert!(svc.get(&Caller::system(), Uuid::now_v7()).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn only_a_global_admin_verifies_the_chain() {
+        let mut log = MockAuditLog::new();
+        // The chain is never read for a caller that may not verify it.
+        log.expect_verify_chain().times(0);
+        let svc = AuditService::new(Arc::new(log));
+        let err = svc
+            .verify(&scoped(TenantPath::root(Uuid::now_v7())))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, AuditError::Forbidden(_)), "{err:?}");
     }
 }
