@@ -230,9 +230,12 @@ async fn rotation_reencrypts_journals_key_ids_only_and_swaps_the_keyring() {
     let under_old = key(OLD).encrypt_str("whsec_old").unwrap();
     let under_previous = key(PREVIOUS).encrypt_str("from-before").unwrap();
     let under_new = key(NEW).encrypt_str("already-new").unwrap();
-    let mut corrupt = key(OLD).encrypt_str("corrupt").unwrap();
-    corrupt.pop();
-    corrupt.push(if corrupt.ends_with('A') { 'B' } else { 'A' });
+    // One ciphertext character changed, away from the end (the last base64 character may
+    // carry padding bits only): authentication must fail.
+    let mut corrupt = key(OLD).encrypt_str("corrupt").unwrap().into_bytes();
+    let at = corrupt.len() - 8;
+    corrupt[at] = if corrupt[at] == b'A' { b'B' } else { b'A' };
+    let corrupt = String::from_utf8(corrupt).unwrap();
     let under_stranger = key(STRANGER).encrypt_str("x").unwrap();
 
     let mut store = MockMaintenanceStore::new();
