@@ -75,7 +75,7 @@ pub fn build_request(
     })
 }
 
-/// A uniformly distributed number in `[0, 1)` for [`RetryPolicy::delay`]'s jitter.
+/// A uniformly distributed number in `[0, 1)` for [`crate::RetryPolicy::delay`]'s jitter.
 pub fn random_jitter() -> f64 {
     // The low 62 bits of a v4 UUID are random (the two above them are the variant);
     // 53 of them fill an f64 mantissa exactly.
