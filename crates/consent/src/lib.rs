@@ -3,6 +3,8 @@
 //! grant and revoke is journaled in the same transaction as the change (no webhook event:
 //! consent is not one of the delivered events).
 
+#![warn(missing_docs)]
+
 pub mod error;
 pub mod model;
 pub mod ports;

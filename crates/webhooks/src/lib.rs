@@ -2,6 +2,8 @@
 //! [`Dispatcher`] use case that claims, signs, sends and completes
 //! deliveries through ports.
 
+#![warn(missing_docs)]
+
 pub mod concurrency;
 pub mod dispatcher;
 pub mod error;
