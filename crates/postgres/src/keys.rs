@@ -73,7 +73,12 @@ pub(crate) async fn ensure_active_key<E: From<StoreError>>(
             "refusing to store a secret that is not an encrypted envelope",
         ))));
     };
-    let active = active_key_id(conn, key_id).await?;
+    // The row exists from start-up on; only a database no process has started against yet
+    // needs the claim (an INSERT), so the common case is one SELECT.
+    let active = match recorded_key_id(conn).await? {
+        Some(active) => active,
+        None => active_key_id(conn, key_id).await?,
+    };
     if active == key_id {
         Ok(())
     } else {

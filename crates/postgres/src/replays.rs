@@ -114,11 +114,6 @@ struct EventKey {
     created_at: OffsetDateTime,
 }
 
-/// The LIKE pattern of a subtree; tenant paths are UUIDs and slashes only.
-fn subtree_pattern(path: Option<String>) -> Option<String> {
-    path.map(|p| format!("{p}%"))
-}
-
 /// Counts the events a new job covers.
 async fn count_matching(
     conn: &mut AsyncPgConnection,
@@ -147,17 +142,26 @@ impl ReplayStore for PgReplayStore {
         mut journal: Journal,
     ) -> Result<Replay, WebhookError> {
         in_tx!(self.pool, WebhookError, |conn| {
-            // The webhook, and its tenant's path as it is now.
-            let owner: Option<Option<Uuid>> = crate::schema::webhooks::table
-                .find(replay.webhook_id)
-                .select(crate::schema::webhooks::tenant_id)
-                .for_share()
-                .first(conn)
-                .await
-                .optional()?;
-            let Some(owner) = owner else {
+            // The webhook, its subscriptions and its tenant's path as they are now: a
+            // replay covers only what the webhook still subscribes to when the job commits.
+            let locked: Option<(Option<Uuid>, Vec<Option<String>>)> =
+                crate::schema::webhooks::table
+                    .find(replay.webhook_id)
+                    .select((
+                        crate::schema::webhooks::tenant_id,
+                        crate::schema::webhooks::events,
+                    ))
+                    .for_share()
+                    .first(conn)
+                    .await
+                    .optional()?;
+            let Some((owner, subscribed)) = locked else {
                 return Err(TxError::Domain(WebhookError::NotFound));
             };
+            let event_types: Vec<String> = event_types
+                .into_iter()
+                .filter(|t| subscribed.iter().flatten().any(|s| s == t))
+                .collect();
             let path: Option<String> = match owner {
                 None => None,
                 Some(t) => Some(
@@ -169,7 +173,7 @@ impl ReplayStore for PgReplayStore {
                 ),
             };
             let upper = replay.until.min(replay.created_at);
-            let pattern = subtree_pattern(path);
+            let pattern = path.as_deref().map(crate::tenancy::like_prefix);
             // Starting at `since` exactly: the keyset's "after (since, nil)".
             let total =
                 count_matching(conn, replay.since, upper, &event_types, pattern.as_deref()).await?;
@@ -203,7 +207,6 @@ impl ReplayStore for PgReplayStore {
                 })?;
             journal.after = Some(serde_json::to_value(&stored).unwrap_or_default());
             record(conn, &journal).await?;
-            // Wake the replay workers' pollers as well as the delivery workers.
             Ok(stored)
         })
     }
@@ -249,7 +252,7 @@ impl ReplayStore for PgReplayStore {
             .optional()?;
             let Some(job) = job else { return Ok(None) };
             let types: Vec<String> = job.event_types.into_iter().flatten().collect();
-            let pattern = subtree_pattern(job.path);
+            let pattern = job.path.as_deref().map(crate::tenancy::like_prefix);
             let (after_at, after_id) = match (job.cursor_created_at, job.cursor_id) {
                 (Some(at), Some(id)) => (at, id),
                 _ => (job.since, Uuid::nil()),
@@ -299,12 +302,7 @@ impl ReplayStore for PgReplayStore {
                     ))
                     .execute(conn)
                     .await?;
-                diesel::sql_query(format!(
-                    "SELECT pg_notify('{}', '')",
-                    crate::journal::DELIVERY_CHANNEL
-                ))
-                .execute(conn)
-                .await?;
+                crate::webhooks::notify(conn).await?;
             }
             let completed = (n as i64) < batch;
             if completed {

@@ -738,7 +738,8 @@ fn requeue() -> Requeue {
     )
 }
 
-async fn notify(conn: &mut AsyncPgConnection) -> QueryResult<()> {
+/// Wakes the delivery workers (delivered when the transaction commits).
+pub(crate) async fn notify(conn: &mut AsyncPgConnection) -> QueryResult<()> {
     diesel::sql_query(format!(
         "SELECT pg_notify('{}', '')",
         crate::journal::DELIVERY_CHANNEL
@@ -966,13 +967,16 @@ pub struct QueueSnapshot {
 pub async fn queue_snapshot(pool: &Pool) -> Result<QueueSnapshot, StoreError> {
     let mut conn = read_conn(pool).await?;
     diesel::sql_query(
-        "SELECT (SELECT count(*) FROM webhook_deliveries WHERE status = 'pending') AS pending,
-                (SELECT count(*) FROM webhook_deliveries WHERE status = 'pending' AND next_retry_at <= now()) AS due,
-                coalesce((SELECT extract(epoch FROM now() - min(next_retry_at))::bigint
-                            FROM webhook_deliveries WHERE status = 'pending' AND next_retry_at <= now()), 0)
-                    AS oldest_due_age_seconds,
+        // One pass over the pending rows for the three pending figures.
+        "SELECT p.pending, p.due, p.oldest_due_age_seconds,
                 (SELECT count(*) FROM webhook_deliveries WHERE status = 'failed') AS failed,
-                (SELECT count(*) FROM webhooks WHERE NOT active) AS inactive_webhooks",
+                (SELECT count(*) FROM webhooks WHERE NOT active) AS inactive_webhooks
+           FROM (SELECT count(*) AS pending,
+                        count(*) FILTER (WHERE next_retry_at <= now()) AS due,
+                        coalesce(extract(epoch FROM now() - min(next_retry_at)
+                                   FILTER (WHERE next_retry_at <= now()))::bigint, 0)
+                            AS oldest_due_age_seconds
+                   FROM webhook_deliveries WHERE status = 'pending') p",
     )
     .get_result(&mut conn)
     .await
