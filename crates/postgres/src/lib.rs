@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod chain;
+mod combine;
 pub mod consent;
 pub mod error;
 pub mod idempotency;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use diesel::prelude::*;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde_json::Value;
 use stratum_core::{Journal, Limit, Scope, StoreError, TenantPath};
 use stratum_tenancy::{
@@ -17,9 +17,12 @@ use stratum_tenancy::{
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use tokio::sync::oneshot;
+
+use crate::combine::Combiner;
 use crate::error::{is_unique_violation, map_query_error};
 use crate::in_tx;
-use crate::journal::record;
+use crate::journal::{self, record};
 use crate::schema::{api_keys, config_entries, permission_policies, tenants};
 use crate::tx::{read_conn, TxError};
 use crate::Pool;
@@ -149,16 +152,165 @@ fn stale_or<T>(exists: bool, not_found: TenancyError) -> TxResult<T> {
     }
 }
 
+/// A tenant write waiting for its batch: the change and where its result goes.
+struct ModifyJob {
+    change: TenantChange,
+    reply: oneshot::Sender<Result<Tenant, TenancyError>>,
+}
+
+/// Writes per batch on one tenant: bounds the time a batch holds the row lock.
+const MAX_BATCH: usize = 64;
+
+/// Frees a tenant's queue if its batch runner stops without finishing (a panic): the
+/// writes queued behind it are answered with an error instead of waiting forever.
+struct Release<'a> {
+    hot: &'a Combiner<Uuid, ModifyJob>,
+    id: Uuid,
+}
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        self.hot.abandon(self.id);
+    }
+}
+
+/// The same error for another write of a failed batch (store errors are not `Clone`).
+fn again(e: &TenancyError) -> TenancyError {
+    match e {
+        TenancyError::Store(StoreError::Unavailable) => {
+            TenancyError::Store(StoreError::Unavailable)
+        }
+        other => TenancyError::Store(StoreError::internal(other.to_string())),
+    }
+}
+
+/// Runs a batch of writes to tenant `id` in one transaction: locks the row once, then
+/// hands each change, in order, the state the previous one left, and writes each change
+/// with its journal as it goes (each gets its own version, audit entry and event, exactly
+/// as if they had run one after the other). A change that is refused (or, in a batch of
+/// several, a slug that is taken) fails alone; a storage failure fails the batch. Answers
+/// every write.
+async fn modify_batch(pool: &Pool, id: Uuid, jobs: Vec<ModifyJob>) {
+    let (changes, replies): (Vec<TenantChange>, Vec<_>) =
+        jobs.into_iter().map(|j| (j.change, j.reply)).unzip();
+    let n = changes.len();
+    let outcome = in_tx!(pool, TenancyError, |conn| {
+        // Read what is replaced under the row lock, in the transaction that writes.
+        let row: Option<TenantRow> = tenants::table
+            .find(id)
+            .filter(tenants::status.eq("active"))
+            .select(TenantRow::as_select())
+            .for_no_key_update()
+            .first(conn)
+            .await
+            .optional()?;
+        let Some(row) = row else {
+            return Ok((0..n).map(|_| Err(TenancyError::TenantNotFound)).collect());
+        };
+        let mut current = row
+            .into_domain()
+            .map_err(|e| TxError::Domain(TenancyError::from(e)))?;
+        let mut results: Vec<Result<Tenant, TenancyError>> = Vec::with_capacity(n);
+        for change in changes {
+            let (next, journal) = match change(&current) {
+                Ok(Some(c)) => c,
+                Ok(None) => {
+                    results.push(Ok(current.clone()));
+                    continue;
+                }
+                Err(e) => {
+                    results.push(Err(e));
+                    continue;
+                }
+            };
+            // Only a new slug can fail on the database (taken); in a batch it fails alone,
+            // inside a savepoint, and the others go on.
+            let written = if n > 1 && next.slug != current.slug {
+                conn.transaction::<_, TxError<TenancyError>, _>(async |c| {
+                    write_tenant(c, id, next, &journal).await
+                })
+                .await
+            } else {
+                write_tenant(conn, id, next, &journal).await
+            };
+            match written {
+                Ok(next) => {
+                    current = next.clone();
+                    results.push(Ok(next));
+                }
+                Err(TxError::Domain(e)) => results.push(Err(e)),
+                Err(db) => return Err(db),
+            }
+        }
+        Ok(results)
+    });
+    match outcome {
+        Ok(results) => {
+            for (reply, result) in replies.into_iter().zip(results) {
+                // A caller that went away does not hear its answer.
+                let _ = reply.send(result);
+            }
+        }
+        Err(e) => {
+            let mut replies = replies.into_iter();
+            let first = replies.next();
+            for reply in replies {
+                let _ = reply.send(Err(again(&e)));
+            }
+            if let Some(reply) = first {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+}
+
+/// Writes `next` (its name, slug, metadata and `updated_at`; the version goes up by one)
+/// and its journal in one statement; returns it with its new version.
+async fn write_tenant(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    mut next: Tenant,
+    journal: &Journal,
+) -> TxResult<Tenant> {
+    let record = journal::audit_record(journal);
+    let version = journal::write_and_record(
+        conn,
+        &record,
+        "UPDATE tenants SET name = $16, slug = $17, metadata = $18, updated_at = $19, \
+                version = version + 1 \
+          WHERE id = $20 RETURNING version",
+        |q| {
+            q.bind::<diesel::sql_types::Text, _>(&next.name)
+                .bind::<diesel::sql_types::Text, _>(&next.slug)
+                .bind::<diesel::sql_types::Jsonb, _>(&next.metadata)
+                .bind::<diesel::sql_types::Timestamptz, _>(next.updated_at)
+                .bind::<diesel::sql_types::Uuid, _>(id)
+        },
+    )
+    .await
+    .map_err(|e| slug_taken(e, &next.slug))?;
+    let Some(version) = version else {
+        return Err(TxError::Db(diesel::result::Error::NotFound));
+    };
+    next.version = version;
+    Ok(next)
+}
+
 /// Tenants on PostgreSQL.
 #[derive(Clone)]
 pub struct PgTenantStore {
     pool: Pool,
+    /// Writes to a tenant that arrive while a batch of it is in progress.
+    hot: Arc<Combiner<Uuid, ModifyJob>>,
 }
 
 impl PgTenantStore {
     /// Wires the store.
     pub fn new(pool: Pool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            hot: Arc::new(Combiner::new(MAX_BATCH)),
+        }
     }
 }
 
@@ -270,42 +422,30 @@ impl TenantStore for PgTenantStore {
     }
 
     async fn modify(&self, id: Uuid, change: TenantChange) -> Result<Tenant, TenancyError> {
-        in_tx!(self.pool, TenancyError, |conn| {
-            // Read what is replaced under the row lock, in the transaction that writes.
-            let row: Option<TenantRow> = tenants::table
-                .find(id)
-                .filter(tenants::status.eq("active"))
-                .select(TenantRow::as_select())
-                .for_no_key_update()
-                .first(conn)
-                .await
-                .optional()?;
-            let Some(row) = row else {
-                return fail(TenancyError::TenantNotFound);
-            };
-            let current = row
-                .into_domain()
-                .map_err(|e| TxError::Domain(TenancyError::from(e)))?;
-            let (mut next, journal) = match change(&current) {
-                Ok(Some(c)) => c,
-                Ok(None) => return Ok(current),
-                Err(e) => return fail(e),
-            };
-            let version: i64 = diesel::update(tenants::table.find(id))
-                .set((
-                    tenants::name.eq(&next.name),
-                    tenants::slug.eq(&next.slug),
-                    tenants::metadata.eq(&next.metadata),
-                    tenants::updated_at.eq(next.updated_at),
-                    tenants::version.eq(tenants::version + 1),
-                ))
-                .returning(tenants::version)
-                .get_result(conn)
-                .await
-                .map_err(|e| slug_taken(e, &next.slug))?;
-            record(conn, &journal).await?;
-            next.version = version;
-            Ok(next)
+        let (reply, answer) = oneshot::channel();
+        let job = ModifyJob { change, reply };
+        if crate::tx::ambient().is_some() {
+            // Inside a request-wide transaction: on its connection, in this task.
+            modify_batch(&self.pool, id, vec![job]).await;
+        } else if let Some(job) = self.hot.join(id, job) {
+            // No batch of this tenant in progress: this write starts one, and the writes
+            // that queue behind it follow in batches. Spawned, so a caller that goes away
+            // never leaves the tenant's queue without a runner.
+            let (pool, hot) = (self.pool.clone(), Arc::clone(&self.hot));
+            tokio::spawn(async move {
+                let release = Release { hot: &hot, id };
+                let mut batch = vec![job];
+                while !batch.is_empty() {
+                    modify_batch(&pool, id, batch).await;
+                    batch = release.hot.next(id);
+                }
+                std::mem::forget(release);
+            });
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(TenancyError::Store(StoreError::internal(
+                "the tenant's write batch stopped before it answered",
+            )))
         })
     }
 

@@ -1,0 +1,252 @@
+//! Tenant writes against a real PostgreSQL: the writes to one tenant that queue behind a
+//! transaction in progress run together in the next one, each with its own version and
+//! audit entry, and each failing alone.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests fail loudly by design"
+)]
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::mpsc;
+use std::task::{Context, Poll};
+
+use diesel::sql_types::{BigInt, Text};
+use diesel::QueryableByName;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use serde_json::json;
+use stratum_core::Caller;
+use stratum_postgres::{connect, PgTenantStore};
+use stratum_tenancy::{TenancyError, Tenant, TenantChange, TenantStore};
+use stratum_testkit::TestDb;
+use uuid::Uuid;
+
+type Pending<'a> = Pin<Box<dyn Future<Output = Result<Tenant, TenancyError>> + Send + 'a>>;
+
+async fn exec(url: &str, q: &str) {
+    let mut c = AsyncPgConnection::establish(url).await.unwrap();
+    diesel::sql_query(q).execute(&mut c).await.unwrap();
+}
+
+async fn tenant(url: &str, slug: &str) -> Uuid {
+    let id = Uuid::now_v7();
+    exec(
+        url,
+        &format!(
+            "INSERT INTO tenants (id, name, slug, ancestry_path, depth, metadata)
+             VALUES ('{id}', 'T', '{slug}', '/{id}/', 0, '{{}}')"
+        ),
+    )
+    .await;
+    id
+}
+
+/// A change setting the name (and the slug, when given), journalled with both states.
+fn rename(id: Uuid, name: &str, slug: Option<&str>) -> TenantChange {
+    let (name, slug) = (name.to_owned(), slug.map(str::to_owned));
+    Box::new(move |before: &Tenant| {
+        let mut after = before.clone();
+        after.name = name;
+        if let Some(s) = slug {
+            after.slug = s;
+        }
+        let journal = Caller::system()
+            .journal("tenant.updated", "tenant")
+            .resource(id)
+            .tenant(Some(id))
+            .before(Some(
+                json!({"name": before.name, "version": before.version}),
+            ))
+            .after(Some(json!({"name": after.name})));
+        Ok(Some((after, journal)))
+    })
+}
+
+/// Polls `f` once: a write joins its tenant's queue before its first await.
+fn poll_once(f: &mut Pending<'_>) {
+    let waker = std::task::Waker::noop();
+    let mut cx = Context::from_waker(waker);
+    assert!(matches!(f.as_mut().poll(&mut cx), Poll::Pending));
+}
+
+#[derive(QueryableByName)]
+struct Entry {
+    #[diesel(sql_type = Text)]
+    name: String,
+    #[diesel(sql_type = Text)]
+    before: String,
+    #[diesel(sql_type = BigInt)]
+    tx: i64,
+}
+
+/// The tenant's audit entries in commit order: the name each wrote, the version it
+/// replaced, and its transaction (numbered from 0).
+async fn entries(url: &str, id: Uuid) -> Vec<Entry> {
+    let mut c = AsyncPgConnection::establish(url).await.unwrap();
+    diesel::sql_query(
+        "SELECT after_state->>'name' AS name, before_state->>'version' AS before,
+                dense_rank() OVER (ORDER BY xid::text::bigint) - 1 AS tx
+           FROM audit_logs WHERE resource_id = $1 ORDER BY xid::text::bigint, created_at, id",
+    )
+    .bind::<Text, _>(id.to_string())
+    .load(&mut c)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_queued_behind_a_transaction_commit_together_in_order() {
+    let db = TestDb::new().await;
+    let id = tenant(&db.url, "hot").await;
+    let store = PgTenantStore::new(connect(&db.url, &Default::default()).unwrap());
+
+    // The first write holds the row until the others have queued behind it.
+    let (go, wait) = mpsc::channel::<()>();
+    let first: TenantChange = {
+        let inner = rename(id, "w0", None);
+        Box::new(move |t: &Tenant| {
+            wait.recv().unwrap();
+            inner(t)
+        })
+    };
+    let mut writes: Vec<Pending> = vec![store.modify(id, first)];
+    poll_once(&mut writes[0]);
+    for i in 1..=10 {
+        writes.push(store.modify(id, rename(id, &format!("w{i}"), None)));
+        poll_once(writes.last_mut().unwrap());
+    }
+    go.send(()).unwrap();
+    let mut versions = Vec::new();
+    for w in writes {
+        versions.push(w.await.unwrap().version);
+    }
+    // Each write has its own version, in the order they arrived.
+    assert_eq!(versions, (2..=12).collect::<Vec<i64>>());
+
+    let log = entries(&db.url, id).await;
+    let names: Vec<&str> = log.iter().map(|e| e.name.as_str()).collect();
+    let expected: Vec<String> = (0..=10).map(|i| format!("w{i}")).collect();
+    assert_eq!(names, expected);
+    // Each entry replaced the state the one before it left.
+    let befores: Vec<i64> = log.iter().map(|e| e.before.parse().unwrap()).collect();
+    assert_eq!(befores, (1..=11).collect::<Vec<i64>>());
+    // The first ran alone; the ten that queued behind it committed in one transaction.
+    let txs: Vec<i64> = log.iter().map(|e| e.tx).collect();
+    assert_eq!(txs, [0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]);
+    let now = store.get(id).await.unwrap().unwrap();
+    assert_eq!((now.name.as_str(), now.version), ("w10", 12));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_write_in_a_batch_fails_alone() {
+    let db = TestDb::new().await;
+    let id = tenant(&db.url, "hot").await;
+    tenant(&db.url, "taken").await;
+    let store = PgTenantStore::new(connect(&db.url, &Default::default()).unwrap());
+
+    let (go, wait) = mpsc::channel::<()>();
+    let first: TenantChange = {
+        let inner = rename(id, "a", None);
+        Box::new(move |t: &Tenant| {
+            wait.recv().unwrap();
+            inner(t)
+        })
+    };
+    let refused: TenantChange = Box::new(|_: &Tenant| Err(TenancyError::Stale));
+    let unchanged: TenantChange = Box::new(|_: &Tenant| Ok(None));
+    let mut writes: Vec<Pending> = vec![
+        store.modify(id, first),
+        store.modify(id, rename(id, "b", Some("b_slug"))),
+        store.modify(id, rename(id, "c", Some("taken"))),
+        store.modify(id, refused),
+        store.modify(id, rename(id, "d", None)),
+        store.modify(id, unchanged),
+    ];
+    for w in &mut writes {
+        poll_once(w);
+    }
+    go.send(()).unwrap();
+    let mut results = Vec::new();
+    for w in writes {
+        results.push(w.await);
+    }
+    let ok = |i: usize| {
+        let t = results[i].as_ref().unwrap();
+        (t.name.clone(), t.slug.clone(), t.version)
+    };
+    assert_eq!(ok(0), ("a".into(), "hot".into(), 2));
+    assert_eq!(ok(1), ("b".into(), "b_slug".into(), 3));
+    assert!(
+        matches!(&results[2], Err(TenancyError::Conflict(m)) if m.contains("taken")),
+        "{:?}",
+        results[2]
+    );
+    assert!(matches!(results[3], Err(TenancyError::Stale)));
+    // The taken slug left nothing behind: the next write starts from b's state.
+    assert_eq!(ok(4), ("d".into(), "b_slug".into(), 4));
+    assert_eq!(ok(5), ("d".into(), "b_slug".into(), 4));
+
+    let log = entries(&db.url, id).await;
+    let names: Vec<&str> = log.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["a", "b", "d"]);
+    let txs: Vec<i64> = log.iter().map(|e| e.tx).collect();
+    assert_eq!(txs, [0, 1, 1]);
+    let now = store.get(id).await.unwrap().unwrap();
+    assert_eq!(
+        (now.name.as_str(), now.slug.as_str(), now.version),
+        ("d", "b_slug", 4)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_queued_on_a_tenant_archived_meanwhile_find_it_gone() {
+    let db = TestDb::new().await;
+    let id = tenant(&db.url, "hot").await;
+    let store = PgTenantStore::new(connect(&db.url, &Default::default()).unwrap());
+    let (go, wait) = mpsc::channel::<()>();
+    let url = db.url.clone();
+    // The first write's change archives the tenant behind the batch's back (on another
+    // connection, after the batch locked the row: it waits for the batch to commit).
+    let first: TenantChange = {
+        let inner = rename(id, "a", None);
+        Box::new(move |t: &Tenant| {
+            wait.recv().unwrap();
+            inner(t)
+        })
+    };
+    let mut writes: Vec<Pending> = vec![store.modify(id, first)];
+    poll_once(&mut writes[0]);
+    let mut queued: Vec<Pending> = (0..3)
+        .map(|i| store.modify(id, rename(id, &format!("q{i}"), None)))
+        .collect();
+    for w in &mut queued {
+        poll_once(w);
+    }
+    let archive = tokio::spawn(async move {
+        exec(
+            &url,
+            &format!(
+                "UPDATE tenants SET status = 'archived', deleted_at = now() WHERE id = '{id}'"
+            ),
+        )
+        .await;
+    });
+    go.send(()).unwrap();
+    assert_eq!(writes.remove(0).await.unwrap().version, 2);
+    archive.await.unwrap();
+    // Whether the queued writes ran before the archive (they queued first, so their batch
+    // may win the row lock) or after it, none is lost or half-done.
+    let mut done = 0;
+    for w in queued {
+        match w.await {
+            Ok(t) => {
+                done += 1;
+                assert_eq!(t.version, 2 + done);
+            }
+            Err(e) => assert!(matches!(e, TenancyError::TenantNotFound), "{e:?}"),
+        }
+    }
+    let log = entries(&db.url, id).await;
+    assert_eq!(log.len() as i64, 1 + done);
+}
