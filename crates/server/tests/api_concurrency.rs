@@ -529,3 +529,206 @@ async fn if_match_guards_every_versioned_resource() {
         false
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_patches_and_an_archive_commit_in_one_order() {
+    let h = harness().await;
+    let app = app!(h);
+    let t = call(
+        &app,
+        POST,
+        "/api/v1/tenants",
+        Some(ADMIN),
+        Some(json!({"name": "Arc", "slug": "arc"})),
+    )
+    .await;
+    let id = t.body["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/tenants/{id}");
+    const N: usize = 24;
+    let replies = join_all((0..=N).map(|i| {
+        if i == N / 2 {
+            call_if(&app, DELETE, &path, None, None)
+        } else {
+            call_if(
+                &app,
+                PATCH,
+                &path,
+                None,
+                Some(json!({"name": format!("n{i}")})),
+            )
+        }
+    }))
+    .await;
+    assert_eq!(
+        replies[N / 2].status,
+        StatusCode::NO_CONTENT,
+        "{}",
+        replies[N / 2].body
+    );
+    let patches: Vec<&Reply> = replies
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != N / 2)
+        .map(|(_, r)| r)
+        .collect();
+    // A PATCH either committed before the archive or found the tenant gone.
+    for r in &patches {
+        assert!(
+            r.status == StatusCode::OK
+                || (r.status == StatusCode::NOT_FOUND
+                    && r.body["error"]["code"] == "TENANT_NOT_FOUND"),
+            "{} {}",
+            r.status,
+            r.body
+        );
+    }
+    let ok = patches
+        .iter()
+        .filter(|r| r.status == StatusCode::OK)
+        .count();
+    let created = entries(&app, "tenant", &id, "tenant.created").await;
+    let updated = entries(&app, "tenant", &id, "tenant.updated").await;
+    let deleted = entries(&app, "tenant", &id, "tenant.deleted").await;
+    assert_eq!(
+        updated.len(),
+        ok,
+        "one entry per committed PATCH, none for a refused one"
+    );
+    assert_eq!(deleted.len(), 1);
+    // The archive replaced exactly the state the last committed PATCH left.
+    let last = follow_chain(&created[0]["after_state"], &updated);
+    assert_eq!(deleted[0]["before_state"], last);
+    let now = call(&app, GET, &path, Some(ADMIN), None).await;
+    assert_eq!(now.body["status"], "archived");
+    assert_eq!(now.body["name"], last["name"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_moves_of_one_tenant_form_one_chain() {
+    let h = harness().await;
+    let app = app!(h);
+    let mut parents = Vec::new();
+    for i in 0..4 {
+        let p = call(
+            &app,
+            POST,
+            "/api/v1/tenants",
+            Some(ADMIN),
+            Some(json!({"name": format!("P{i}"), "slug": format!("p{i}")})),
+        )
+        .await;
+        parents.push(p.body["id"].as_str().unwrap().to_owned());
+    }
+    let c = call(
+        &app,
+        POST,
+        "/api/v1/tenants",
+        Some(ADMIN),
+        Some(json!({"name": "C", "slug": "c", "parent_id": parents[0]})),
+    )
+    .await;
+    assert_eq!(c.status, StatusCode::CREATED, "{}", c.body);
+    let cid = c.body["id"].as_str().unwrap().to_owned();
+    let move_path = format!("/api/v1/tenants/{cid}/move");
+    let replies = join_all((0..12).map(|i| {
+        call_if(
+            &app,
+            POST,
+            &move_path,
+            None,
+            Some(json!({"new_parent_id": parents[1 + i % 3]})),
+        )
+    }))
+    .await;
+    for r in &replies {
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    }
+    let created = entries(&app, "tenant", &cid, "tenant.created").await;
+    let moved = entries(&app, "tenant", &cid, "tenant.moved").await;
+    assert!(!moved.is_empty());
+    let last = follow_chain(&created[0]["after_state"], &moved);
+    let now = call(
+        &app,
+        GET,
+        &format!("/api/v1/tenants/{cid}"),
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!(last, now.body, "the chain ends at the committed state");
+    let parent = now.body["parent_id"].as_str().unwrap();
+    assert_eq!(
+        now.body["ancestry_path"],
+        format!("/{parent}/{cid}/"),
+        "the path follows the last move"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_deletes_of_a_permission_and_a_webhook_commit_once() {
+    let h = harness().await;
+    let app = app!(h);
+    let t = call(
+        &app,
+        POST,
+        "/api/v1/tenants",
+        Some(ADMIN),
+        Some(json!({"name": "D", "slug": "d"})),
+    )
+    .await;
+    let tid = t.body["id"].as_str().unwrap().to_owned();
+    let p = call(
+        &app,
+        POST,
+        &format!("/api/v1/tenants/{tid}/permissions"),
+        Some(ADMIN),
+        Some(json!({"key": "export", "value": 1, "mode": "INHERITED"})),
+    )
+    .await;
+    let pid = p.body["id"].as_str().unwrap().to_owned();
+    let w = call(
+        &app,
+        POST,
+        "/api/v1/webhooks",
+        Some(ADMIN),
+        Some(json!({"url": "https://example.com/h", "events": ["tenant.updated"]})),
+    )
+    .await;
+    let wid = w.body["id"].as_str().unwrap().to_owned();
+    for (path, resource, id, action) in [
+        (
+            format!("/api/v1/tenants/{tid}/permissions/{pid}"),
+            "permission",
+            &pid,
+            "permission.deleted",
+        ),
+        (
+            format!("/api/v1/webhooks/{wid}"),
+            "webhook",
+            &wid,
+            "webhook.deleted",
+        ),
+    ] {
+        let replies = join_all((0..8).map(|_| call_if(&app, DELETE, &path, None, None))).await;
+        let ok = replies
+            .iter()
+            .filter(|r| r.status == StatusCode::NO_CONTENT)
+            .count();
+        assert_eq!(ok, 1, "{path}: exactly one delete commits");
+        assert!(
+            replies
+                .iter()
+                .all(|r| r.status == StatusCode::NO_CONTENT || r.status == StatusCode::NOT_FOUND),
+            "{path}: the others find it gone"
+        );
+        assert_eq!(
+            entries(&app, resource, id, action).await.len(),
+            1,
+            "{action}"
+        );
+        assert_eq!(
+            call(&app, GET, &path, Some(ADMIN), None).await.status,
+            StatusCode::NOT_FOUND
+        );
+    }
+}
