@@ -4,9 +4,7 @@
 use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
-use diesel::pg::Pg;
 use diesel::prelude::*;
-use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
 use diesel::sql_types::{Array, Jsonb, Nullable, Text, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use stratum_audit::{AuditRecord, AuditSink, AuditTrail, Redaction};
@@ -49,71 +47,37 @@ pub fn stratum_trail() -> AuditTrail<AsyncPgConnection> {
     AuditTrail::new(Arc::new(PgAuditSink), RULES.clone())
 }
 
-/// The call every journal write makes: audit entry, event, fan-out and NOTIFY.
-const RECORD_CALL: &str =
-    "stratum_record($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)";
-
-/// `sql` (which calls [`RECORD_CALL`]) with `record` bound as `$1`..`$15`.
-fn record_query<'a>(sql: String, record: &'a AuditRecord) -> BoxedSqlQuery<'a, Pg, SqlQuery> {
-    let event = record.event.as_ref();
-    diesel::sql_query(sql)
-        .into_boxed()
-        .bind::<SqlUuid, _>(record.id)
-        .bind::<Nullable<SqlUuid>, _>(record.tenant_id)
-        .bind::<Text, _>(&record.actor_id)
-        .bind::<Text, _>(&record.actor_type)
-        .bind::<Text, _>(&record.action)
-        .bind::<Text, _>(&record.resource_type)
-        .bind::<Nullable<Text>, _>(&record.resource_id)
-        .bind::<Nullable<Jsonb>, _>(&record.before_state)
-        .bind::<Nullable<Jsonb>, _>(&record.after_state)
-        .bind::<Jsonb, _>(&record.metadata)
-        .bind::<SqlUuid, _>(event.map_or_else(stratum_core::new_id, |e| e.id))
-        .bind::<Nullable<Text>, _>(event.map(|e| e.event_type.as_str()))
-        .bind::<Nullable<SqlUuid>, _>(event.and_then(|e| e.tenant_id))
-        .bind::<Nullable<Jsonb>, _>(event.map(|e| &e.payload))
-        .bind::<Array<SqlUuid>, _>(
-            event
-                .map(|e| e.extra_audience.as_slice())
-                .unwrap_or_default(),
-        )
-}
-
 /// Appends `record` on `conn`, keeping the driver's error (for adapters that handle it
-/// inside their own transaction blocks).
-pub async fn append(conn: &mut AsyncPgConnection, record: &AuditRecord) -> QueryResult<u64> {
-    let fanned: Fanned = record_query(format!("SELECT {RECORD_CALL} AS n"), record)
-        .get_result(conn)
-        .await?;
+/// inside their own transaction blocks). Takes the connection shared, so a caller can
+/// pipeline it with the change's own statement (both sent before either answer arrives).
+pub async fn append(conn: &AsyncPgConnection, record: &AuditRecord) -> QueryResult<u64> {
+    let mut conn = conn;
+    let event = record.event.as_ref();
+    let fanned: Fanned = diesel::sql_query(
+        "SELECT stratum_record($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) AS n",
+    )
+    .bind::<SqlUuid, _>(record.id)
+    .bind::<Nullable<SqlUuid>, _>(record.tenant_id)
+    .bind::<Text, _>(&record.actor_id)
+    .bind::<Text, _>(&record.actor_type)
+    .bind::<Text, _>(&record.action)
+    .bind::<Text, _>(&record.resource_type)
+    .bind::<Nullable<Text>, _>(&record.resource_id)
+    .bind::<Nullable<Jsonb>, _>(&record.before_state)
+    .bind::<Nullable<Jsonb>, _>(&record.after_state)
+    .bind::<Jsonb, _>(&record.metadata)
+    .bind::<SqlUuid, _>(event.map_or_else(stratum_core::new_id, |e| e.id))
+    .bind::<Nullable<Text>, _>(event.map(|e| e.event_type.as_str()))
+    .bind::<Nullable<SqlUuid>, _>(event.and_then(|e| e.tenant_id))
+    .bind::<Nullable<Jsonb>, _>(event.map(|e| &e.payload))
+    .bind::<Array<SqlUuid>, _>(event.map(|e| e.extra_audience.as_slice()).unwrap_or_default())
+    .get_result(&mut conn)
+    .await?;
     Ok(fanned.n as u64)
 }
 
-/// Writes a change and records its `journal` in one statement (one round trip while the
-/// changed row is locked): `write` is a data-modifying statement returning the row's new
-/// `version`, whose parameters are numbered from `$16` and bound by `bind`. Returns that
-/// version; `None` when `write` matched no row (nothing is recorded then either: the caller
-/// fails its transaction).
-///
-/// The change and the record cannot see each other's rows (one statement, one snapshot):
-/// `write` must not change what `stratum_record` reads (a tenant's path, webhooks).
-pub(crate) async fn write_and_record<'a>(
-    conn: &mut AsyncPgConnection,
-    record: &'a AuditRecord,
-    write: &str,
-    bind: impl FnOnce(BoxedSqlQuery<'a, Pg, SqlQuery>) -> BoxedSqlQuery<'a, Pg, SqlQuery>,
-) -> QueryResult<Option<i64>> {
-    // The record runs only when the write matched its row.
-    let sql = format!(
-        "WITH w AS ({write}) \
-         SELECT v.version, CASE WHEN v.version IS NULL THEN 0 ELSE {RECORD_CALL} END AS n \
-           FROM (SELECT (SELECT version FROM w) AS version) v"
-    );
-    let written: Written = bind(record_query(sql, record)).get_result(conn).await?;
-    Ok(written.version)
-}
-
 /// `journal` as Stratum's audit trail records it (redaction rules applied), for
-/// [`write_and_record`].
+/// [`append`].
 pub(crate) fn audit_record(journal: &Journal) -> AuditRecord {
     AuditRecord::from_journal(journal, &RULES)
 }
@@ -123,12 +87,6 @@ pub(crate) fn audit_record(journal: &Journal) -> AuditRecord {
 pub async fn record(conn: &mut AsyncPgConnection, journal: &Journal) -> QueryResult<usize> {
     let record = AuditRecord::from_journal(journal, &RULES);
     Ok(append(conn, &record).await? as usize)
-}
-
-#[derive(QueryableByName)]
-struct Written {
-    #[diesel(sql_type = Nullable<diesel::sql_types::BigInt>)]
-    version: Option<i64>,
 }
 
 #[derive(QueryableByName)]

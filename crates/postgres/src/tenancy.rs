@@ -17,6 +17,8 @@ use stratum_tenancy::{
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use futures_util::future::{try_join, try_join_all};
+use stratum_audit::AuditRecord;
 use tokio::sync::oneshot;
 
 use crate::combine::Combiner;
@@ -185,11 +187,12 @@ fn again(e: &TenancyError) -> TenancyError {
 }
 
 /// Runs a batch of writes to tenant `id` in one transaction: locks the row once, then
-/// hands each change, in order, the state the previous one left, and writes each change
-/// with its journal as it goes (each gets its own version, audit entry and event, exactly
-/// as if they had run one after the other). A change that is refused (or, in a batch of
-/// several, a slug that is taken) fails alone; a storage failure fails the batch. Answers
-/// every write.
+/// hands each change, in order, the state the previous one left (each gets its own version,
+/// audit entry and event, exactly as if they had run one after the other). The row's
+/// final state and every journal are then written in one pipelined round trip. A refused
+/// change fails alone; so does, in a batch of several, a new slug that is taken (it is
+/// written at once, inside a savepoint); a storage failure fails the batch. Answers every
+/// write.
 async fn modify_batch(pool: &Pool, id: Uuid, jobs: Vec<ModifyJob>) {
     let (changes, replies): (Vec<TenantChange>, Vec<_>) =
         jobs.into_iter().map(|j| (j.change, j.reply)).unzip();
@@ -211,8 +214,10 @@ async fn modify_batch(pool: &Pool, id: Uuid, jobs: Vec<ModifyJob>) {
             .into_domain()
             .map_err(|e| TxError::Domain(TenancyError::from(e)))?;
         let mut results: Vec<Result<Tenant, TenancyError>> = Vec::with_capacity(n);
+        // Journals of changes applied to `current` but not written yet.
+        let mut unwritten: Vec<AuditRecord> = Vec::new();
         for change in changes {
-            let (next, journal) = match change(&current) {
+            let (mut next, journal) = match change(&current) {
                 Ok(Some(c)) => c,
                 Ok(None) => {
                     results.push(Ok(current.clone()));
@@ -223,25 +228,33 @@ async fn modify_batch(pool: &Pool, id: Uuid, jobs: Vec<ModifyJob>) {
                     continue;
                 }
             };
-            // Only a new slug can fail on the database (taken); in a batch it fails alone,
-            // inside a savepoint, and the others go on.
-            let written = if n > 1 && next.slug != current.slug {
-                conn.transaction::<_, TxError<TenancyError>, _>(async |c| {
-                    write_tenant(c, id, next, &journal).await
-                })
-                .await
-            } else {
-                write_tenant(conn, id, next, &journal).await
-            };
-            match written {
-                Ok(next) => {
-                    current = next.clone();
-                    results.push(Ok(next));
+            next.version = current.version + 1;
+            let record = journal::audit_record(&journal);
+            if n > 1 && next.slug != current.slug {
+                // Only a new slug can fail on the database (taken): written at once, after
+                // what came before it, inside a savepoint, so it fails alone.
+                write_tenant(conn, &current, &unwritten).await?;
+                unwritten.clear();
+                let saved = conn
+                    .transaction::<_, TxError<TenancyError>, _>(async |c| {
+                        write_tenant(c, &next, std::slice::from_ref(&record)).await
+                    })
+                    .await;
+                match saved {
+                    Ok(()) => {}
+                    Err(TxError::Domain(e)) => {
+                        results.push(Err(e));
+                        continue;
+                    }
+                    Err(db) => return Err(db),
                 }
-                Err(TxError::Domain(e)) => results.push(Err(e)),
-                Err(db) => return Err(db),
+            } else {
+                unwritten.push(record);
             }
+            current = next;
+            results.push(Ok(current.clone()));
         }
+        write_tenant(conn, &current, &unwritten).await?;
         Ok(results)
     });
     match outcome {
@@ -264,36 +277,36 @@ async fn modify_batch(pool: &Pool, id: Uuid, jobs: Vec<ModifyJob>) {
     }
 }
 
-/// Writes `next` (its name, slug, metadata and `updated_at`; the version goes up by one)
-/// and its journal in one statement; returns it with its new version.
+/// Writes `state` (its name, slug, metadata, `updated_at` and version) and `records`,
+/// pipelined: every statement is sent before the first answer arrives, so the row stays
+/// locked one round trip however many journals there are. Nothing to do without records.
 async fn write_tenant(
-    conn: &mut AsyncPgConnection,
-    id: Uuid,
-    mut next: Tenant,
-    journal: &Journal,
-) -> TxResult<Tenant> {
-    let record = journal::audit_record(journal);
-    let version = journal::write_and_record(
-        conn,
-        &record,
-        "UPDATE tenants SET name = $16, slug = $17, metadata = $18, updated_at = $19, \
-                version = version + 1 \
-          WHERE id = $20 RETURNING version",
-        |q| {
-            q.bind::<diesel::sql_types::Text, _>(&next.name)
-                .bind::<diesel::sql_types::Text, _>(&next.slug)
-                .bind::<diesel::sql_types::Jsonb, _>(&next.metadata)
-                .bind::<diesel::sql_types::Timestamptz, _>(next.updated_at)
-                .bind::<diesel::sql_types::Uuid, _>(id)
-        },
-    )
-    .await
-    .map_err(|e| slug_taken(e, &next.slug))?;
-    let Some(version) = version else {
+    conn: &AsyncPgConnection,
+    state: &Tenant,
+    records: &[AuditRecord],
+) -> TxResult<()> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let mut shared = conn;
+    let update = diesel::update(tenants::table.find(state.id))
+        .set((
+            tenants::name.eq(&state.name),
+            tenants::slug.eq(&state.slug),
+            tenants::metadata.eq(&state.metadata),
+            tenants::updated_at.eq(state.updated_at),
+            tenants::version.eq(state.version),
+        ))
+        .execute(&mut shared);
+    let appends = try_join_all(records.iter().map(|r| journal::append(conn, r)));
+    let (updated, _) = try_join(update, appends)
+        .await
+        .map_err(|e| slug_taken(e, &state.slug))?;
+    if updated != 1 {
+        // The row is locked by this transaction: it cannot have gone.
         return Err(TxError::Db(diesel::result::Error::NotFound));
-    };
-    next.version = version;
-    Ok(next)
+    }
+    Ok(())
 }
 
 /// Tenants on PostgreSQL.

@@ -204,17 +204,15 @@ async fn writes_queued_on_a_tenant_archived_meanwhile_find_it_gone() {
     let db = TestDb::new().await;
     let id = tenant(&db.url, "hot").await;
     let store = PgTenantStore::new(connect(&db.url, &Default::default()).unwrap());
+    // The first write's change runs under the row lock: it says so, waits, and changes
+    // nothing.
+    let (locked, is_locked) = tokio::sync::oneshot::channel::<()>();
     let (go, wait) = mpsc::channel::<()>();
-    let url = db.url.clone();
-    // The first write's change archives the tenant behind the batch's back (on another
-    // connection, after the batch locked the row: it waits for the batch to commit).
-    let first: TenantChange = {
-        let inner = rename(id, "a", None);
-        Box::new(move |t: &Tenant| {
-            wait.recv().unwrap();
-            inner(t)
-        })
-    };
+    let first: TenantChange = Box::new(move |_: &Tenant| {
+        locked.send(()).unwrap();
+        wait.recv().unwrap();
+        Ok(None)
+    });
     let mut writes: Vec<Pending> = vec![store.modify(id, first)];
     poll_once(&mut writes[0]);
     let mut queued: Vec<Pending> = (0..3)
@@ -223,6 +221,12 @@ async fn writes_queued_on_a_tenant_archived_meanwhile_find_it_gone() {
     for w in &mut queued {
         poll_once(w);
     }
+    // The batch runs on its own task: this one only waits for answers.
+    is_locked.await.unwrap();
+    // An archive on another connection waits on the row lock in PostgreSQL; the batch of
+    // the queued writes asks for it once the first commits. PostgreSQL does not promise
+    // which of the two gets the row next.
+    let url = db.url.clone();
     let archive = tokio::spawn(async move {
         exec(
             &url,
@@ -232,21 +236,78 @@ async fn writes_queued_on_a_tenant_archived_meanwhile_find_it_gone() {
         )
         .await;
     });
-    go.send(()).unwrap();
-    assert_eq!(writes.remove(0).await.unwrap().version, 2);
-    archive.await.unwrap();
-    // Whether the queued writes ran before the archive (they queued first, so their batch
-    // may win the row lock) or after it, none is lost or half-done.
-    let mut done = 0;
-    for w in queued {
-        match w.await {
-            Ok(t) => {
-                done += 1;
-                assert_eq!(t.version, 2 + done);
-            }
-            Err(e) => assert!(matches!(e, TenancyError::TenantNotFound), "{e:?}"),
+    let mut c = AsyncPgConnection::establish(&db.url).await.unwrap();
+    loop {
+        #[derive(QueryableByName)]
+        struct Waiting {
+            #[diesel(sql_type = BigInt)]
+            n: i64,
         }
+        let w: Waiting = diesel::sql_query(
+            "SELECT count(*) AS n FROM pg_stat_activity
+              WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .get_result(&mut c)
+        .await
+        .unwrap();
+        if w.n > 0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    go.send(()).unwrap();
+    assert_eq!(writes.remove(0).await.unwrap().version, 1);
+    archive.await.unwrap();
+    // Either the batch ran first and every queued write committed, or it found the
+    // tenant archived and none did: nothing is half-done.
+    let mut results = Vec::new();
+    for w in queued {
+        results.push(w.await);
     }
     let log = entries(&db.url, id).await;
-    assert_eq!(log.len() as i64, 1 + done);
+    let now = store.get(id).await.unwrap().unwrap();
+    assert_eq!(now.status.as_str(), "archived");
+    if results.iter().all(Result::is_ok) {
+        let versions: Vec<i64> = results
+            .iter()
+            .map(|r| r.as_ref().unwrap().version)
+            .collect();
+        assert_eq!(versions, [2, 3, 4]);
+        assert_eq!(log.len(), 3);
+        assert_eq!(now.name, "q2");
+    } else {
+        for r in &results {
+            assert!(matches!(r, Err(TenancyError::TenantNotFound)), "{r:?}");
+        }
+        assert!(log.is_empty());
+        assert_eq!((now.name.as_str(), now.version), ("T", 1));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_write_with_a_taken_slug_is_a_conflict_and_writes_nothing() {
+    let db = TestDb::new().await;
+    let id = tenant(&db.url, "mine").await;
+    tenant(&db.url, "taken").await;
+    let store = PgTenantStore::new(connect(&db.url, &Default::default()).unwrap());
+    let r = store.modify(id, rename(id, "x", Some("taken"))).await;
+    assert!(
+        matches!(&r, Err(TenancyError::Conflict(m)) if m.contains("taken")),
+        "{r:?}"
+    );
+    assert!(
+        entries(&db.url, id).await.is_empty(),
+        "no audit entry for a refused write"
+    );
+    let now = store.get(id).await.unwrap().unwrap();
+    assert_eq!(
+        (now.name.as_str(), now.slug.as_str(), now.version),
+        ("T", "mine", 1)
+    );
+    // The next write goes through.
+    let ok = store
+        .modify(id, rename(id, "y", Some("free")))
+        .await
+        .unwrap();
+    assert_eq!((ok.slug.as_str(), ok.version), ("free", 2));
 }
