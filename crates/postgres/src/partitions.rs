@@ -53,9 +53,13 @@ pub async fn create_partitions(
 pub async fn create_partitions_ahead(pool: &Pool) -> Result<i32, StoreError> {
     let mut conn = pool.get().await.map_err(map_pool_error)?;
     let now = OffsetDateTime::now_utc();
-    create_partitions(&mut conn, now, now + time::Duration::days(DAYS_AHEAD.into()))
-        .await
-        .map_err(map_query_error)
+    create_partitions(
+        &mut conn,
+        now,
+        now + time::Duration::days(DAYS_AHEAD.into()),
+    )
+    .await
+    .map_err(map_query_error)
 }
 
 /// Creates the coming weeks every `interval` until `stop` turns true (the first run is
@@ -105,7 +109,10 @@ impl Week {
     }
 
     pub(crate) fn attempts(&self) -> String {
-        format!("stratum_partitions.webhook_delivery_attempts_{}", self.suffix)
+        format!(
+            "stratum_partitions.webhook_delivery_attempts_{}",
+            self.suffix
+        )
     }
 }
 

@@ -132,7 +132,9 @@ fn spawn_sealer(db: &DbArgs, cfg: &SealArgs) -> Result<Option<tokio::sync::watch
 /// Creates this week's partitions and the coming ones now (so rows land in weekly
 /// partitions from the first write), then keeps creating them hourly; returns the keeper's
 /// stop switch.
-async fn keep_partitions(pool: &stratum_postgres::Pool) -> Result<tokio::sync::watch::Sender<bool>> {
+async fn keep_partitions(
+    pool: &stratum_postgres::Pool,
+) -> Result<tokio::sync::watch::Sender<bool>> {
     stratum_postgres::create_partitions_ahead(pool)
         .await
         .map_err(anyhow::Error::msg)
