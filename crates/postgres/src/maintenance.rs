@@ -106,8 +106,11 @@ enum Rows {
 /// deliveries, so a purge waiting for the second while holding the first could deadlock
 /// with one of them; giving the lock back lets it finish.
 async fn lock_partitioned(conn: &mut AsyncPgConnection) -> QueryResult<()> {
+    // 50 × 200 ms: ten seconds of busy tables before the purge gives up.
     const TRIES: usize = 50;
-    for attempt in 1..=TRIES {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
         diesel::sql_query("SAVEPOINT stratum_purge_lock")
             .execute(conn)
             .await?;
@@ -130,8 +133,18 @@ async fn lock_partitioned(conn: &mut AsyncPgConnection) -> QueryResult<()> {
                     .await?;
                 return Ok(());
             }
-            Err(e) if attempt < TRIES => {
-                tracing::debug!(error = %e, attempt, "purge: partitions busy, retrying the lock");
+            // The lock timeout (SQLSTATE 55P03) or a deadlock (40P01), which diesel does not
+            // name apart from other database errors.
+            Err(diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::Unknown,
+                info,
+            )) if attempt < TRIES => {
+                tracing::debug!(
+                    error = info.message(),
+                    attempt,
+                    "purge: partitions busy, retrying the lock"
+                );
+                // Rolls the lock timeout back with the failed LOCK.
                 diesel::sql_query("ROLLBACK TO SAVEPOINT stratum_purge_lock")
                     .execute(conn)
                     .await?;
@@ -142,7 +155,6 @@ async fn lock_partitioned(conn: &mut AsyncPgConnection) -> QueryResult<()> {
             Err(e) => return Err(e),
         }
     }
-    unreachable!("the last attempt returns")
 }
 
 /// Purges finished deliveries (with their attempts) and unreferenced events older than

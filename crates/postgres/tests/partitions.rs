@@ -394,3 +394,80 @@ async fn rows_outside_every_week_land_in_the_default_partitions() {
     let next = at + Duration::weeks(1);
     assert_eq!(create_partitions(&mut c, next, next).await.unwrap(), 1);
 }
+
+/// A purge dropping weeks while a fan-out is half done: the fan-out holds the events table
+/// and next wants the deliveries table, which the purge locks first. The purge gives its
+/// lock back (lock timeout) instead of deadlocking: both commit, and the fan-out's new rows
+/// stay.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_purge_and_a_fan_out_in_flight_both_commit() {
+    let db = TestDb::new().await;
+    let mut c = conn(&db).await;
+    weeks_back(&mut c, 150).await;
+    let hook = webhook(&mut c).await;
+    load(&mut c, hook, 30, 120, "success", Some(119)).await;
+    let old = week_of(&mut c, 120).await;
+
+    let mut fan_out = conn(&db).await;
+    let event = Uuid::now_v7();
+    exec(
+        &mut fan_out,
+        &format!(
+            "BEGIN;
+             INSERT INTO webhook_events (id, event_type, payload) VALUES ('{event}', 'tenant.updated', '{{}}');"
+        ),
+    )
+    .await;
+    let purging = tokio::spawn({
+        let url = db.url.clone();
+        async move {
+            let store = PgMaintenanceStore::new(connect(&url, &Default::default()).unwrap());
+            store
+                .purge(
+                    PurgeCutoffs {
+                        deliveries_and_events_before: OffsetDateTime::now_utc()
+                            - Duration::days(90),
+                        audit_before: OffsetDateTime::UNIX_EPOCH,
+                        consent_before: OffsetDateTime::UNIX_EPOCH,
+                    },
+                    Caller::system().journal("maintenance.purge_expired", "maintenance"),
+                )
+                .await
+        }
+    });
+    // Wait until the purge is at its lock: holding webhook_deliveries, waiting for
+    // webhook_events (which the fan-out holds).
+    let mut waited = 0;
+    while count(
+        &mut c,
+        "SELECT count(*) AS n FROM pg_locks
+          WHERE NOT granted AND relation = 'webhook_events'::regclass",
+    )
+    .await
+        == 0
+    {
+        waited += 1;
+        assert!(waited < 1000, "the purge never waited for webhook_events");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    exec(
+        &mut fan_out,
+        &format!(
+            "INSERT INTO webhook_deliveries (id, webhook_id, event_id, event_type)
+             VALUES (stratum_uuid_v7(), '{hook}', '{event}', 'tenant.updated');
+             COMMIT;"
+        ),
+    )
+    .await;
+    let counts = purging.await.unwrap().unwrap();
+    assert_eq!((counts.deliveries, counts.events), (30, 30));
+    assert!(!exists(&mut c, &format!("webhook_deliveries_{old}")).await);
+    assert_eq!(
+        count(
+            &mut c,
+            &format!("SELECT count(*) AS n FROM webhook_deliveries WHERE event_id = '{event}'")
+        )
+        .await,
+        1
+    );
+}
