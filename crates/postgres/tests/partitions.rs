@@ -471,3 +471,47 @@ async fn a_purge_and_a_fan_out_in_flight_both_commit() {
         1
     );
 }
+
+/// Workers of the previous release keep working during a rolling upgrade: the old claim
+/// (migration 5) and the completion without event ids (migration 14's signature) lease,
+/// complete and record attempts (with their event_id) on the partitioned tables.
+#[tokio::test]
+async fn the_previous_releases_claim_and_completion_still_work() {
+    let db = TestDb::new().await;
+    let mut c = conn(&db).await;
+    let hook = webhook(&mut c).await;
+    load(&mut c, hook, 5, 0, "pending", None).await;
+    exec(&mut c, "DELETE FROM webhook_delivery_attempts").await;
+    exec(
+        &mut c,
+        "CREATE TEMP TABLE claimed AS
+         SELECT id, '00000000-0000-0000-0000-000000000001'::uuid AS lease
+           FROM stratum_claim_deliveries(50, '{}', 8, '00000000-0000-0000-0000-000000000001', 500, '1 minute')",
+    )
+    .await;
+    assert_eq!(count(&mut c, "SELECT count(*) AS n FROM claimed").await, 5);
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) AS n FROM stratum_complete_deliveries(
+                 ARRAY(SELECT id FROM claimed ORDER BY id), ARRAY(SELECT lease FROM claimed ORDER BY id),
+                 ARRAY(SELECT 'success' FROM claimed), ARRAY(SELECT 1 FROM claimed),
+                 ARRAY(SELECT now() FROM claimed), ARRAY(SELECT NULL::text FROM claimed),
+                 ARRAY(SELECT 200 FROM claimed), ARRAY(SELECT now() FROM claimed),
+                 ARRAY(SELECT true FROM claimed), ARRAY(SELECT 5 FROM claimed),
+                 ARRAY(SELECT NULL::text FROM claimed))"
+        )
+        .await,
+        5
+    );
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) AS n FROM webhook_deliveries d
+               JOIN webhook_delivery_attempts a ON a.delivery_id = d.id AND a.event_id = d.event_id
+              WHERE d.status = 'success'"
+        )
+        .await,
+        5
+    );
+}
