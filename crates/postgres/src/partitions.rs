@@ -124,9 +124,10 @@ pub(crate) async fn weeks(
 ) -> diesel::QueryResult<Vec<Week>> {
     diesel::sql_query(
         "SELECT s.suffix,
-                s.suffix <> 'default'
-                AND (to_date(s.suffix, 'YYYYMMDD')::timestamp AT TIME ZONE 'UTC')
-                    + interval '168 hours' <= $1 AS ended
+                CASE WHEN s.suffix = 'default' THEN false
+                     ELSE (to_date(s.suffix, 'YYYYMMDD')::timestamp AT TIME ZONE 'UTC')
+                          + interval '168 hours' <= $1
+                END AS ended
            FROM (SELECT substring(c.relname FROM '^webhook_events_([0-9]{8}|default)$') AS suffix
                    FROM pg_inherits i
                    JOIN pg_class c ON c.oid = i.inhrelid
