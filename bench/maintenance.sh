@@ -94,14 +94,18 @@ for s in "${scenarios[@]}"; do
     HOOK=$(sql -tAc "SELECT id FROM webhooks WHERE url = 'https://example.com/purge'")
     t0=$(date +%s.%N)
     sql <<SQL
+-- As a server running for 120 days would have written them: ids (UUIDv7, the partition
+-- key) minted at that time, into the weekly partitions it would have created ahead.
+SELECT stratum_create_partitions(now() - interval '120 days', now());
 INSERT INTO webhook_events (id, event_type, payload, created_at)
-SELECT stratum_uuid_v7(), 'tenant.updated', jsonb_build_object('n', g), now() - interval '120 days'
+SELECT stratum_uuid_v7_at(now() - interval '120 days'), 'tenant.updated', jsonb_build_object('n', g),
+       now() - interval '120 days'
   FROM generate_series(1, $PURGE_N) g;
 INSERT INTO webhook_deliveries (id, webhook_id, event_id, event_type, status, attempts, created_at, completed_at)
-SELECT stratum_uuid_v7(), '$HOOK', e.id, 'tenant.updated', 'success', 1, e.created_at, e.created_at + interval '1 second'
+SELECT stratum_uuid_v7_at(e.created_at), '$HOOK', e.id, 'tenant.updated', 'success', 1, e.created_at, e.created_at + interval '1 second'
   FROM webhook_events e;
-INSERT INTO webhook_delivery_attempts (id, delivery_id, attempt, status_code, duration_ms, created_at)
-SELECT stratum_uuid_v7(), d.id, 1, 200, 12, d.created_at FROM webhook_deliveries d;
+INSERT INTO webhook_delivery_attempts (id, delivery_id, event_id, attempt, status_code, duration_ms, created_at)
+SELECT stratum_uuid_v7_at(d.created_at), d.id, d.event_id, 1, 200, 12, d.created_at FROM webhook_deliveries d;
 VACUUM ANALYZE webhook_events, webhook_deliveries, webhook_delivery_attempts;
 SQL
     echo "purge: loaded $PURGE_N events + deliveries + attempts in $(echo "$(date +%s.%N) - $t0" | bc) s" >&2

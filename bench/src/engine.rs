@@ -1031,16 +1031,20 @@ async fn drain_row(a: &EngineArgs) -> Result<Row> {
 }
 
 /// Rows expired: events, finished deliveries and one attempt each, 120 days old. The same
-/// shape as `bench/maintenance.sh purge`.
+/// shape as `bench/maintenance.sh purge`. Loaded as a server running since then would have
+/// written them: ids minted at that time (UUIDv7, the partition key) into the weekly
+/// partitions it would have created ahead, with the same function it uses.
 const PURGE_LOAD: &str = "
+SELECT stratum_create_partitions(now() - interval '120 days', now());
 INSERT INTO webhook_events (id, event_type, payload, created_at)
-SELECT stratum_uuid_v7(), 'tenant.updated', jsonb_build_object('n', g), now() - interval '120 days'
+SELECT stratum_uuid_v7_at(now() - interval '120 days'), 'tenant.updated', jsonb_build_object('n', g),
+       now() - interval '120 days'
   FROM generate_series(1, $N) g;
 INSERT INTO webhook_deliveries (id, webhook_id, event_id, event_type, status, attempts, created_at, completed_at)
-SELECT stratum_uuid_v7(), '$HOOK', e.id, 'tenant.updated', 'success', 1, e.created_at, e.created_at + interval '1 second'
+SELECT stratum_uuid_v7_at(e.created_at), '$HOOK', e.id, 'tenant.updated', 'success', 1, e.created_at, e.created_at + interval '1 second'
   FROM webhook_events e;
-INSERT INTO webhook_delivery_attempts (id, delivery_id, attempt, status_code, duration_ms, created_at)
-SELECT stratum_uuid_v7(), d.id, 1, 200, 12, d.created_at FROM webhook_deliveries d;";
+INSERT INTO webhook_delivery_attempts (id, delivery_id, event_id, attempt, status_code, duration_ms, created_at)
+SELECT stratum_uuid_v7_at(d.created_at), d.id, d.event_id, 1, 200, 12, d.created_at FROM webhook_deliveries d;";
 
 /// Row h: `POST /maintenance/purge-expired` over `--purge` expired deliveries.
 async fn purge_row(a: &EngineArgs) -> Result<Row> {

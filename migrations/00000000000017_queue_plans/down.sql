@@ -1,5 +1,5 @@
-ALTER FUNCTION stratum_complete_deliveries(uuid[], uuid[], text[], integer[], timestamptz[], text[], integer[], timestamptz[], boolean[], integer[], text[]) RESET ALL;
--- The claim as migration 13 defined it (which also drops the setting).
+ALTER FUNCTION stratum_complete_deliveries(uuid[], uuid[], uuid[], text[], integer[], timestamptz[], text[], integer[], timestamptz[], boolean[], integer[], text[]) RESET ALL;
+-- The claim as migration 16 defined it (which also drops the setting).
 DROP FUNCTION stratum_claim_per_webhook(bigint, bigint, uuid[], bigint[], uuid, interval);
 CREATE FUNCTION stratum_claim_per_webhook(
     p_limit bigint,
@@ -29,10 +29,10 @@ BEGIN
           LEFT JOIN unnest(p_webhooks, p_rooms) AS r(wid, room) ON r.wid = w.id
          WHERE w.active
     ), candidates AS (
-        SELECT c.cid, c.cdue, c.rn
+        SELECT c.cid, c.ceid, c.cdue, c.rn
           FROM rooms
          CROSS JOIN LATERAL (
-               SELECT d.id AS cid, d.next_retry_at AS cdue,
+               SELECT d.id AS cid, d.event_id AS ceid, d.next_retry_at AS cdue,
                       row_number() OVER (ORDER BY d.next_retry_at ROWS UNBOUNDED PRECEDING) AS rn
                  FROM webhook_deliveries d
                 WHERE d.webhook_id = rooms.wid AND d.status = 'pending' AND d.next_retry_at <= now()
@@ -45,9 +45,9 @@ BEGIN
     ), picked AS (
         -- Locked in the same round-robin order; rows another claimer holds are skipped,
         -- rows it has leased meanwhile are no longer due.
-        SELECT d.id AS pid
+        SELECT d.id AS pid, d.event_id AS peid
           FROM candidates c
-          JOIN webhook_deliveries d ON d.id = c.cid
+          JOIN webhook_deliveries d ON d.id = c.cid AND d.event_id = c.ceid
          WHERE d.status = 'pending' AND d.next_retry_at <= now()
          ORDER BY c.rn, c.cdue
          LIMIT p_limit
@@ -57,8 +57,8 @@ BEGIN
     -- again when the lease runs out, with no separate sweep.
     UPDATE webhook_deliveries d
        SET lease_id = p_lease_id, lease_expires_at = now() + p_lease, next_retry_at = now() + p_lease
-      FROM webhooks w, webhook_events e
-     WHERE d.id = ANY(ARRAY(SELECT p.pid FROM picked p))
+      FROM picked p, webhooks w, webhook_events e
+     WHERE d.id = p.pid AND d.event_id = p.peid
        AND w.id = d.webhook_id AND e.id = d.event_id
     RETURNING d.id, d.attempts, d.webhook_id, w.url, w.secret_encrypted, d.event_id, d.event_type,
               d.tenant_id, e.payload, e.created_at;

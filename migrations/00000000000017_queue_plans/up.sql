@@ -37,10 +37,10 @@ BEGIN
           LEFT JOIN unnest(p_webhooks, p_rooms) AS r(wid, room) ON r.wid = w.id
          WHERE w.active
     ), candidates AS (
-        SELECT c.cid, c.cdue, c.rn
+        SELECT c.cid, c.ceid, c.cdue, c.rn
           FROM rooms
          CROSS JOIN LATERAL (
-               SELECT d.id AS cid, d.next_retry_at AS cdue,
+               SELECT d.id AS cid, d.event_id AS ceid, d.next_retry_at AS cdue,
                       row_number() OVER (ORDER BY d.next_retry_at ROWS UNBOUNDED PRECEDING) AS rn
                  FROM webhook_deliveries d
                 WHERE d.webhook_id = rooms.wid AND d.status = 'pending' AND d.next_retry_at <= now()
@@ -53,14 +53,15 @@ BEGIN
     ), picked AS (
         -- Locked in the same round-robin order, each by its key, until p_limit are held;
         -- rows another claimer holds are skipped, rows it has leased meanwhile are no
-        -- longer due. (A join here let the planner match the candidates against every
+        -- longer due. (As a join, the cached plan could match the candidates against every
         -- webhook's due rows, whose number grows with a stalled webhook's backlog.)
-        SELECT x.pid
-          FROM (SELECT c.cid, c.rn, c.cdue FROM candidates c ORDER BY c.rn, c.cdue) c
+        SELECT x.pid, x.peid
+          FROM (SELECT c.cid, c.ceid, c.rn, c.cdue FROM candidates c ORDER BY c.rn, c.cdue) c
          CROSS JOIN LATERAL (
-               SELECT d.id AS pid
+               SELECT d.id AS pid, d.event_id AS peid
                  FROM webhook_deliveries d
-                WHERE d.id = c.cid AND d.status = 'pending' AND d.next_retry_at <= now()
+                WHERE d.id = c.cid AND d.event_id = c.ceid
+                  AND d.status = 'pending' AND d.next_retry_at <= now()
                   FOR UPDATE SKIP LOCKED
              ) x
          LIMIT p_limit
@@ -69,8 +70,8 @@ BEGIN
     -- again when the lease runs out, with no separate sweep.
     UPDATE webhook_deliveries d
        SET lease_id = p_lease_id, lease_expires_at = now() + p_lease, next_retry_at = now() + p_lease
-      FROM webhooks w, webhook_events e
-     WHERE d.id = ANY(ARRAY(SELECT p.pid FROM picked p))
+      FROM picked p, webhooks w, webhook_events e
+     WHERE d.id = p.pid AND d.event_id = p.peid
        AND w.id = d.webhook_id AND e.id = d.event_id
     RETURNING d.id, d.attempts, d.webhook_id, w.url, w.secret_encrypted, d.event_id, d.event_type,
               d.tenant_id, e.payload, e.created_at;
@@ -79,5 +80,5 @@ $$;
 
 ALTER FUNCTION stratum_claim_per_webhook(bigint, bigint, uuid[], bigint[], uuid, interval)
     SET enable_seqscan = off;
-ALTER FUNCTION stratum_complete_deliveries(uuid[], uuid[], text[], integer[], timestamptz[], text[], integer[], timestamptz[], boolean[], integer[], text[])
+ALTER FUNCTION stratum_complete_deliveries(uuid[], uuid[], uuid[], text[], integer[], timestamptz[], text[], integer[], timestamptz[], boolean[], integer[], text[])
     SET enable_seqscan = off;

@@ -1,7 +1,10 @@
 //! Retention purge and encryption-key rotation on PostgreSQL.
 //!
-//! The purge deletes in batches inside one transaction, reading the candidates through a
-//! cursor: memory stays bounded (one batch of ids at a time) and each row is visited once.
+//! The purge runs in one transaction. Deliveries, their attempts and events drop a whole
+//! weekly partition at a time where every row of the week is expired (see
+//! [`crate::partitions`]); everything else is deleted in batches, reading the candidates
+//! through a cursor: memory stays bounded (one batch of ids at a time) and each row is
+//! visited once.
 
 use async_trait::async_trait;
 use diesel::prelude::*;
@@ -18,6 +21,7 @@ use crate::error::map_query_error;
 use crate::in_tx;
 use crate::journal::record;
 use crate::keys;
+use crate::partitions::{self, Week};
 use crate::schema::{audit_chain, audit_checkpoint, audit_logs};
 use crate::tx::{read_conn, TxError};
 use crate::Pool;
@@ -39,24 +43,169 @@ struct PurgeStep<'a> {
     delete: &'a str,
 }
 
-const DELIVERIES: PurgeStep<'static> = PurgeStep {
-    cursor: "stratum_purge_deliveries",
-    // Finished deliveries; their attempts go by ON DELETE CASCADE.
-    candidates: "SELECT id FROM webhook_deliveries WHERE status <> 'pending' AND completed_at < $1",
-    delete: "DELETE FROM webhook_deliveries
-              WHERE id = ANY($1) AND status <> 'pending' AND completed_at < $2",
-};
+/// Finished deliveries of one partition (`table`); their attempts, in the same week's
+/// attempts partition, go by ON DELETE CASCADE.
+fn deliveries_step(table: &str) -> (String, String) {
+    (
+        format!("SELECT id FROM {table} WHERE status <> 'pending' AND completed_at < $1"),
+        format!(
+            "DELETE FROM {table} WHERE id = ANY($1) AND status <> 'pending' AND completed_at < $2"
+        ),
+    )
+}
 
-const EVENTS: PurgeStep<'static> = PurgeStep {
-    cursor: "stratum_purge_events",
-    // Runs after the deliveries step, so it sees the events that step freed.
-    candidates: "SELECT e.id FROM webhook_events e
-                  WHERE e.created_at < $1
-                    AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = e.id)",
-    delete: "DELETE FROM webhook_events e
+/// Events of one partition (`events`) older than the cutoff that no delivery references:
+/// only the deliveries partition of the same week (`deliveries`) can. Runs after the
+/// deliveries step, so it sees the events that step freed.
+fn events_step(events: &str, deliveries: &str) -> (String, String) {
+    (
+        format!(
+            "SELECT e.id FROM {events} e
+              WHERE e.created_at < $1
+                AND NOT EXISTS (SELECT 1 FROM {deliveries} d WHERE d.event_id = e.id)"
+        ),
+        format!(
+            "DELETE FROM {events} e
               WHERE e.id = ANY($1) AND e.created_at < $2
-                AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = e.id)",
-};
+                AND NOT EXISTS (SELECT 1 FROM {deliveries} d WHERE d.event_id = e.id)"
+        ),
+    )
+}
+
+/// Deletes the expired rows of `week` one by one (the week straddles the cutoff, holds
+/// pending deliveries, or is the default partitions).
+async fn purge_week_rows(
+    conn: &mut AsyncPgConnection,
+    week: &Week,
+    cutoff: OffsetDateTime,
+    what: Rows,
+) -> QueryResult<u64> {
+    let (candidates, delete) = match what {
+        Rows::Deliveries => deliveries_step(&week.deliveries()),
+        Rows::Events => events_step(&week.events(), &week.deliveries()),
+    };
+    let step = PurgeStep {
+        cursor: match what {
+            Rows::Deliveries => "stratum_purge_deliveries",
+            Rows::Events => "stratum_purge_events",
+        },
+        candidates: &candidates,
+        delete: &delete,
+    };
+    purge_in_batches(conn, &step, cutoff).await
+}
+
+#[derive(Clone, Copy)]
+enum Rows {
+    Deliveries,
+    Events,
+}
+
+/// Locks the three partitioned tables for dropping partitions. A lock timeout, retried,
+/// instead of waiting: a claim locks deliveries then events and a fan-out events then
+/// deliveries, so a purge waiting for the second while holding the first could deadlock
+/// with one of them; giving the lock back lets it finish.
+async fn lock_partitioned(conn: &mut AsyncPgConnection) -> QueryResult<()> {
+    // 50 × 200 ms: ten seconds of busy tables before the purge gives up.
+    const TRIES: usize = 50;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        diesel::sql_query("SAVEPOINT stratum_purge_lock")
+            .execute(conn)
+            .await?;
+        diesel::sql_query("SET LOCAL lock_timeout = '200ms'")
+            .execute(conn)
+            .await?;
+        let locked = diesel::sql_query(
+            "LOCK TABLE webhook_deliveries, webhook_events, webhook_delivery_attempts
+                IN ACCESS EXCLUSIVE MODE",
+        )
+        .execute(conn)
+        .await;
+        match locked {
+            Ok(_) => {
+                diesel::sql_query("RELEASE SAVEPOINT stratum_purge_lock")
+                    .execute(conn)
+                    .await?;
+                diesel::sql_query("SET LOCAL lock_timeout = DEFAULT")
+                    .execute(conn)
+                    .await?;
+                return Ok(());
+            }
+            // The lock timeout (SQLSTATE 55P03) or a deadlock (40P01), which diesel does not
+            // name apart from other database errors.
+            Err(diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::Unknown,
+                info,
+            )) if attempt < TRIES => {
+                tracing::debug!(
+                    error = info.message(),
+                    attempt,
+                    "purge: partitions busy, retrying the lock"
+                );
+                // Rolls the lock timeout back with the failed LOCK.
+                diesel::sql_query("ROLLBACK TO SAVEPOINT stratum_purge_lock")
+                    .execute(conn)
+                    .await?;
+                diesel::sql_query("RELEASE SAVEPOINT stratum_purge_lock")
+                    .execute(conn)
+                    .await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Purges finished deliveries (with their attempts) and unreferenced events older than
+/// `cutoff`; returns (deliveries, events) deleted, exactly.
+///
+/// A week that ended before the cutoff and whose every row is expired (nothing pending,
+/// every delivery finished before the cutoff, every event older) goes whole: counted, then
+/// its three partitions dropped. Every other week (the one straddling the cutoff, an old
+/// one kept by a pending or recently finished delivery, the default partitions) has its
+/// expired rows deleted one by one, as before partitioning. Rows are deleted first and the
+/// partitions dropped last, so the exclusive lock the drops need (it stops claims and
+/// fan-outs) is held only from the drops to the commit; the weeks are checked again under it.
+async fn purge_deliveries_and_events(
+    conn: &mut AsyncPgConnection,
+    cutoff: OffsetDateTime,
+) -> QueryResult<(u64, u64)> {
+    let weeks = partitions::weeks(conn, cutoff).await?;
+    let mut whole = Vec::new();
+    let mut partial = Vec::new();
+    for week in weeks {
+        if week.ended && partitions::all_expired(conn, &week, cutoff).await? {
+            whole.push(week);
+        } else {
+            partial.push(week);
+        }
+    }
+    let (mut deliveries, mut events) = (0, 0);
+    // Deliveries first: the events they held become unreferenced.
+    for week in &partial {
+        deliveries += purge_week_rows(conn, week, cutoff, Rows::Deliveries).await?;
+    }
+    for week in &partial {
+        events += purge_week_rows(conn, week, cutoff, Rows::Events).await?;
+    }
+    if whole.is_empty() {
+        return Ok((deliveries, events));
+    }
+    lock_partitioned(conn).await?;
+    for week in &whole {
+        // A replay may have enqueued an old event since the first look.
+        if partitions::all_expired(conn, week, cutoff).await? {
+            let (d, e) = partitions::drop_week(conn, week).await?;
+            deliveries += d;
+            events += e;
+        } else {
+            deliveries += purge_week_rows(conn, week, cutoff, Rows::Deliveries).await?;
+            events += purge_week_rows(conn, week, cutoff, Rows::Events).await?;
+        }
+    }
+    Ok((deliveries, events))
+}
 
 /// Purges audit entries older than `cutoff` without breaking the hash chain: of the sealed
 /// entries only a prefix of the chain may go (up to the entry before the first one still
@@ -275,11 +424,8 @@ impl MaintenanceStore for PgMaintenanceStore {
         journal: Journal,
     ) -> Result<PurgeCounts, StoreError> {
         in_tx!(self.pool, StoreError, |conn| {
-            // Deliveries first: the events they held become unreferenced.
-            let deliveries =
-                purge_in_batches(conn, &DELIVERIES, cutoffs.deliveries_and_events_before).await?;
-            let events =
-                purge_in_batches(conn, &EVENTS, cutoffs.deliveries_and_events_before).await?;
+            let (deliveries, events) =
+                purge_deliveries_and_events(conn, cutoffs.deliveries_and_events_before).await?;
             let (audit_logs, checkpoint) = purge_audit(conn, cutoffs.audit_before).await?;
             let consent_records = purge_in_batches(conn, &CONSENT, cutoffs.consent_before).await?;
             // Idempotency keys live 24 h whatever the retention window; they are not counted

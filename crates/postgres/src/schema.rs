@@ -141,7 +141,7 @@ diesel::table! {
 }
 
 diesel::table! {
-    webhook_deliveries (id) {
+    webhook_deliveries (id, event_id) {
         id -> Uuid,
         webhook_id -> Uuid,
         event_id -> Uuid,
@@ -161,9 +161,10 @@ diesel::table! {
 }
 
 diesel::table! {
-    webhook_delivery_attempts (id) {
+    webhook_delivery_attempts (id, event_id) {
         id -> Uuid,
         delivery_id -> Uuid,
+        event_id -> Uuid,
         attempt -> Int4,
         status_code -> Nullable<Int4>,
         duration_ms -> Int4,
@@ -220,10 +221,8 @@ diesel::joinable!(api_keys -> tenants (tenant_id));
 diesel::joinable!(config_entries -> tenants (tenant_id));
 diesel::joinable!(consent_records -> tenants (tenant_id));
 diesel::joinable!(permission_policies -> tenants (tenant_id));
-diesel::joinable!(webhook_deliveries -> webhook_events (event_id));
 diesel::joinable!(webhook_deliveries -> webhook_replays (replay_id));
 diesel::joinable!(webhook_deliveries -> webhooks (webhook_id));
-diesel::joinable!(webhook_delivery_attempts -> webhook_deliveries (delivery_id));
 diesel::joinable!(webhook_replays -> webhooks (webhook_id));
 diesel::joinable!(webhooks -> tenants (tenant_id));
 

@@ -492,7 +492,7 @@ impl DeliveryStore for PgDeliveryStore {
     ) -> Result<Option<Vec<DeliveryAttempt>>, StoreError> {
         let mut conn = read_conn(&self.pool).await?;
         let exists: i64 = webhook_deliveries::table
-            .find(delivery_id)
+            .filter(webhook_deliveries::id.eq(delivery_id))
             .filter(webhook_deliveries::webhook_id.eq(webhook_id))
             .count()
             .get_result(&mut conn)
@@ -527,7 +527,7 @@ impl DeliveryStore for PgDeliveryStore {
             .into_boxed();
         if let Some(c) = cursor {
             let at: Option<(OffsetDateTime, Uuid)> = webhook_deliveries::table
-                .find(c)
+                .filter(webhook_deliveries::id.eq(c))
                 .filter(webhook_deliveries::webhook_id.eq(webhook_id))
                 .select((webhook_deliveries::created_at, webhook_deliveries::id))
                 .first(&mut conn)
@@ -658,7 +658,7 @@ impl DeliveryStore for PgDeliveryStore {
         in_tx!(self.pool, WebhookError, |conn| {
             let n = diesel::update(
                 webhook_deliveries::table
-                    .find(id)
+                    .filter(webhook_deliveries::id.eq(id))
                     .filter(webhook_deliveries::status.eq("failed")),
             )
             .set(requeue())
@@ -666,7 +666,7 @@ impl DeliveryStore for PgDeliveryStore {
             .await?;
             if n == 0 {
                 let exists: i64 = webhook_deliveries::table
-                    .find(id)
+                    .filter(webhook_deliveries::id.eq(id))
                     .count()
                     .get_result(conn)
                     .await?;
@@ -848,6 +848,7 @@ impl DeliveryQueue for PgDeliveryQueue {
         let now = OffsetDateTime::now_utc();
         let n = completions.len();
         let mut ids = Vec::with_capacity(n);
+        let mut event_ids = Vec::with_capacity(n);
         let mut leases = Vec::with_capacity(n);
         let mut statuses = Vec::with_capacity(n);
         let mut attempts = Vec::with_capacity(n);
@@ -871,6 +872,7 @@ impl DeliveryQueue for PgDeliveryQueue {
                 Verdict::Release { at } => ("pending", *at, None, false),
             };
             ids.push(c.delivery_id);
+            event_ids.push(c.event_id);
             leases.push(c.lease_id);
             statuses.push(status);
             attempts.push(c.attempt);
@@ -892,9 +894,10 @@ impl DeliveryQueue for PgDeliveryQueue {
             // The compare-and-set on the lease and the attempts, in one statement whose
             // plan the function keeps (see the migration).
             let applied: AppliedCount = diesel::sql_query(
-                "SELECT count(*) AS n FROM stratum_complete_deliveries($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                "SELECT count(*) AS n FROM stratum_complete_deliveries($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
             )
             .bind::<Array<SqlUuid>, _>(&ids)
+            .bind::<Array<SqlUuid>, _>(&event_ids)
             .bind::<Array<SqlUuid>, _>(&leases)
             .bind::<Array<Text>, _>(&statuses)
             .bind::<Array<Integer>, _>(&attempts)

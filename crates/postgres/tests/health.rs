@@ -62,9 +62,10 @@ async fn attempt(
         url,
         &format!(
             "INSERT INTO webhook_delivery_attempts
-                 (id, delivery_id, attempt, status_code, duration_ms, error, response_body, created_at)
-             VALUES ('{}', '{delivery}', {n}, {status}, {ms}, {error}, 'body {n}',
-                     now() - interval '{ago} seconds')",
+                 (id, delivery_id, event_id, attempt, status_code, duration_ms, error, response_body, created_at)
+             SELECT '{}', '{delivery}', d.event_id, {n}, {status}, {ms}, {error}, 'body {n}',
+                    now() - interval '{ago} seconds'
+               FROM webhook_deliveries d WHERE d.id = '{delivery}'",
             Uuid::now_v7()
         ),
     )

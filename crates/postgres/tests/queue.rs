@@ -68,6 +68,7 @@ fn pool(db: &TestDb) -> Pool {
 fn done(d: &stratum_webhooks::ClaimedDelivery, verdict: Verdict) -> Completion {
     Completion {
         delivery_id: d.id,
+        event_id: d.event_id,
         lease_id: d.lease_id,
         webhook_id: d.webhook_id,
         attempt: if matches!(verdict, Verdict::Release { .. }) {

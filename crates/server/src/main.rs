@@ -129,6 +129,25 @@ fn spawn_sealer(db: &DbArgs, cfg: &SealArgs) -> Result<Option<tokio::sync::watch
     Ok(Some(stop))
 }
 
+/// Creates this week's partitions and the coming ones now (so rows land in weekly
+/// partitions from the first write), then keeps creating them hourly; returns the keeper's
+/// stop switch.
+async fn keep_partitions(
+    pool: &stratum_postgres::Pool,
+) -> Result<tokio::sync::watch::Sender<bool>> {
+    stratum_postgres::create_partitions_ahead(pool)
+        .await
+        .map_err(anyhow::Error::msg)
+        .context("creating the coming weeks' partitions")?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(stratum_postgres::run_partition_keeper(
+        pool.clone(),
+        stratum_postgres::partitions::KEEPER_INTERVAL,
+        stopped,
+    ));
+    Ok(stop)
+}
+
 async fn migrate(db: &DbArgs) -> Result<()> {
     let n = stratum_postgres::run_migrations(&db.database_url)
         .await
@@ -299,6 +318,7 @@ async fn worker(args: WorkerArgs) -> Result<()> {
     migrate(&args.db).await?;
     let pool = pool(&args.db)?;
     check_keys(&pool, &keyring).await?;
+    let partitions = keep_partitions(&pool).await?;
     let out = wiring::outbound(&args.webhook)?;
     // The operations port comes up before any delivery, so a port already taken stops
     // the worker before it claims anything.
@@ -338,6 +358,7 @@ async fn worker(args: WorkerArgs) -> Result<()> {
     if let Some(s) = sealer {
         let _ = s.send(true);
     }
+    let _ = partitions.send(true);
     ops_handle.stop(true).await;
     ops_task.await??;
     Ok(())
@@ -353,6 +374,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     migrate(&args.db).await?;
     let pool = pool(&args.db)?;
     check_keys(&pool, &keyring).await?;
+    let partitions = keep_partitions(&pool).await?;
     let out = wiring::outbound(&args.webhook)?;
     let worker = (!args.no_worker).then(|| {
         spawn_worker(
@@ -414,6 +436,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     if let Some(s) = sealer {
         let _ = s.send(true);
     }
+    let _ = partitions.send(true);
     server_task.await??;
     Ok(())
 }

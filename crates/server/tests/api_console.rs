@@ -112,9 +112,9 @@ async fn health_and_attempts_follow_the_webhooks_visibility() {
     sql::exec(
         url,
         &format!(
-            "INSERT INTO webhook_delivery_attempts (id, delivery_id, attempt, status_code, duration_ms, error, response_body, created_at)
-             VALUES (gen_random_uuid(), '{d}', 1, 500, 40, NULL, 'oops', now() - interval '2 seconds'),
-                    (gen_random_uuid(), '{d}', 2, 200, 10, NULL, 'ok', now() - interval '1 second')"
+            "INSERT INTO webhook_delivery_attempts (id, delivery_id, event_id, attempt, status_code, duration_ms, error, response_body, created_at)
+             VALUES (gen_random_uuid(), '{d}', '{e}', 1, 500, 40, NULL, 'oops', now() - interval '2 seconds'),
+                    (gen_random_uuid(), '{d}', '{e}', 2, 200, 10, NULL, 'ok', now() - interval '1 second')"
         ),
     )
     .await;

@@ -105,8 +105,8 @@ async fn delivery(
     sql::exec(
         url,
         &format!(
-            "INSERT INTO webhook_delivery_attempts (id, delivery_id, attempt, duration_ms)
-             VALUES (stratum_uuid_v7(), '{id}', 1, 5), (stratum_uuid_v7(), '{id}', 2, 5)"
+            "INSERT INTO webhook_delivery_attempts (id, delivery_id, event_id, attempt, duration_ms)
+             VALUES (stratum_uuid_v7(), '{id}', '{event_id}', 1, 5), (stratum_uuid_v7(), '{id}', '{event_id}', 2, 5)"
         ),
     )
     .await;
@@ -323,8 +323,8 @@ async fn purge_works_through_many_batches() {
                     1, CASE WHEN n <= 12000 THEN now() - interval '100 days' END
                FROM (SELECT id, row_number() OVER (ORDER BY id) AS n FROM webhook_events) e"
         ),
-        "INSERT INTO webhook_delivery_attempts (id, delivery_id, attempt, duration_ms)
-         SELECT stratum_uuid_v7(), id, 1, 3 FROM webhook_deliveries",
+        "INSERT INTO webhook_delivery_attempts (id, delivery_id, event_id, attempt, duration_ms)
+         SELECT stratum_uuid_v7(), id, event_id, 1, 3 FROM webhook_deliveries",
         // Events nobody references, old and new.
         "INSERT INTO webhook_events (id, event_type, payload, created_at)
          SELECT stratum_uuid_v7(), 'tenant.updated', '{}', now() - (g % 2) * interval '200 days'

@@ -371,6 +371,8 @@ pub enum Verdict {
 pub struct Completion {
     /// Delivery id.
     pub delivery_id: Uuid,
+    /// The delivery's event (with the id, the storage finds the row without a search).
+    pub event_id: Uuid,
     /// Must still be the row's lease, else the write is skipped.
     pub lease_id: Uuid,
     /// The webhook (deactivated on [`Verdict::Gone`]).

@@ -350,6 +350,7 @@ impl Inner {
         self.stats.record(&verdict);
         Completion {
             delivery_id: d.id,
+            event_id: d.event_id,
             lease_id: d.lease_id,
             webhook_id: d.webhook_id,
             attempt: d.attempts,
@@ -380,6 +381,7 @@ impl Inner {
                 self.stats.record(&verdict);
                 let completion = Completion {
                     delivery_id: d.id,
+                    event_id: d.event_id,
                     lease_id: d.lease_id,
                     webhook_id: d.webhook_id,
                     attempt: d.attempts,
@@ -424,6 +426,7 @@ impl Inner {
         log_verdict(&d, number, &outcome, &verdict);
         let completion = Completion {
             delivery_id: d.id,
+            event_id: d.event_id,
             lease_id: d.lease_id,
             webhook_id: d.webhook_id,
             attempt: number,

@@ -240,6 +240,7 @@ async fn success_on_2xx() {
         c,
         Completion {
             delivery_id: id,
+            event_id: d.event_id,
             lease_id: d.lease_id,
             webhook_id: webhook,
             attempt: 1,
