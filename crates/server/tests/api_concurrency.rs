@@ -64,6 +64,21 @@ where
     }
 }
 
+/// Creates a resource with a POST as the admin; returns its id.
+async fn create<S, B>(app: &S, path: &str, body: Value) -> String
+where
+    S: actix_web::dev::Service<
+        actix_http::Request,
+        Response = actix_web::dev::ServiceResponse<B>,
+        Error = actix_web::Error,
+    >,
+    B: actix_web::body::MessageBody,
+{
+    let r = call(app, POST, path, Some(ADMIN), Some(body)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "POST {path}: {}", r.body);
+    r.body["id"].as_str().unwrap().to_owned()
+}
+
 fn etag(r: &Reply) -> String {
     r.headers
         .get("etag")
@@ -141,15 +156,12 @@ fn changed_keys(before: &Value, after: &Value) -> Vec<String> {
 async fn concurrent_tenant_patches_form_one_chain() {
     let h = harness().await;
     let app = app!(h);
-    let t = call(
+    let id = create(
         &app,
-        POST,
         "/api/v1/tenants",
-        Some(ADMIN),
-        Some(json!({"name": "Hot", "slug": "hot"})),
+        json!({"name": "Hot", "slug": "hot"}),
     )
     .await;
-    let id = t.body["id"].as_str().unwrap().to_owned();
     let path = format!("/api/v1/tenants/{id}");
     const N: usize = 40;
     let replies = join_all((0..N).map(|i| {
@@ -187,15 +199,7 @@ async fn concurrent_tenant_patches_form_one_chain() {
 async fn concurrent_config_puts_form_one_chain() {
     let h = harness().await;
     let app = app!(h);
-    let t = call(
-        &app,
-        POST,
-        "/api/v1/tenants",
-        Some(ADMIN),
-        Some(json!({"name": "C", "slug": "c"})),
-    )
-    .await;
-    let id = t.body["id"].as_str().unwrap().to_owned();
+    let id = create(&app, "/api/v1/tenants", json!({"name": "C", "slug": "c"})).await;
     let path = format!("/api/v1/tenants/{id}/config/plan");
     const N: usize = 30;
     let replies = join_all((0..N).map(|i| {
@@ -238,24 +242,13 @@ async fn concurrent_config_puts_form_one_chain() {
 async fn concurrent_permission_and_webhook_patches_form_chains() {
     let h = harness().await;
     let app = app!(h);
-    let t = call(
+    let tid = create(&app, "/api/v1/tenants", json!({"name": "P", "slug": "p"})).await;
+    let pid = create(
         &app,
-        POST,
-        "/api/v1/tenants",
-        Some(ADMIN),
-        Some(json!({"name": "P", "slug": "p"})),
-    )
-    .await;
-    let tid = t.body["id"].as_str().unwrap().to_owned();
-    let p = call(
-        &app,
-        POST,
         &format!("/api/v1/tenants/{tid}/permissions"),
-        Some(ADMIN),
-        Some(json!({"key": "export", "value": 0, "mode": "INHERITED"})),
+        json!({"key": "export", "value": 0, "mode": "INHERITED"}),
     )
     .await;
-    let pid = p.body["id"].as_str().unwrap().to_owned();
     let ppath = format!("/api/v1/tenants/{tid}/permissions/{pid}");
     const N: usize = 20;
     let replies = join_all((0..N).map(|i| {
@@ -276,15 +269,12 @@ async fn concurrent_permission_and_webhook_patches_form_chains() {
     let now = call(&app, GET, &ppath, Some(ADMIN), None).await;
     assert_eq!(last, now.body);
 
-    let w = call(
+    let wid = create(
         &app,
-        POST,
         "/api/v1/webhooks",
-        Some(ADMIN),
-        Some(json!({"url": "https://example.com/h", "events": ["tenant.updated"]})),
+        json!({"url": "https://example.com/h", "events": ["tenant.updated"]}),
     )
     .await;
-    let wid = w.body["id"].as_str().unwrap().to_owned();
     let wpath = format!("/api/v1/webhooks/{wid}");
     let replies = join_all((0..N).map(|i| {
         let body = if i % 2 == 0 {
@@ -321,15 +311,7 @@ async fn concurrent_permission_and_webhook_patches_form_chains() {
 async fn concurrent_consent_grants_and_key_revokes() {
     let h = harness().await;
     let app = app!(h);
-    let t = call(
-        &app,
-        POST,
-        "/api/v1/tenants",
-        Some(ADMIN),
-        Some(json!({"name": "K", "slug": "k"})),
-    )
-    .await;
-    let tid = t.body["id"].as_str().unwrap().to_owned();
+    let tid = create(&app, "/api/v1/tenants", json!({"name": "K", "slug": "k"})).await;
     let cpath = format!("/api/v1/tenants/{tid}/consent");
     const N: usize = 20;
     let replies = join_all((0..N).map(|i| {
@@ -351,15 +333,7 @@ async fn concurrent_consent_grants_and_key_revokes() {
     assert_eq!(granted.len(), N);
     follow_chain(&Value::Null, &granted);
 
-    let key = call(
-        &app,
-        POST,
-        "/api/v1/api-keys",
-        Some(ADMIN),
-        Some(json!({"scopes": ["read"]})),
-    )
-    .await;
-    let kid = key.body["id"].as_str().unwrap().to_owned();
+    let kid = create(&app, "/api/v1/api-keys", json!({"scopes": ["read"]})).await;
     let kpath = format!("/api/v1/api-keys/{kid}");
     let revokes = join_all((0..8).map(|_| call_if(&app, DELETE, &kpath, None, None))).await;
     assert_eq!(
@@ -379,15 +353,7 @@ async fn concurrent_consent_grants_and_key_revokes() {
 async fn if_match_guards_every_versioned_resource() {
     let h = harness().await;
     let app = app!(h);
-    let t = call(
-        &app,
-        POST,
-        "/api/v1/tenants",
-        Some(ADMIN),
-        Some(json!({"name": "E", "slug": "e"})),
-    )
-    .await;
-    let tid = t.body["id"].as_str().unwrap().to_owned();
+    let tid = create(&app, "/api/v1/tenants", json!({"name": "E", "slug": "e"})).await;
     let tpath = format!("/api/v1/tenants/{tid}");
     let got = call_if(&app, GET, &tpath, None, None).await;
     let v1 = etag(&got);
@@ -534,15 +500,12 @@ async fn if_match_guards_every_versioned_resource() {
 async fn concurrent_patches_and_an_archive_commit_in_one_order() {
     let h = harness().await;
     let app = app!(h);
-    let t = call(
+    let id = create(
         &app,
-        POST,
         "/api/v1/tenants",
-        Some(ADMIN),
-        Some(json!({"name": "Arc", "slug": "arc"})),
+        json!({"name": "Arc", "slug": "arc"}),
     )
     .await;
-    let id = t.body["id"].as_str().unwrap().to_owned();
     let path = format!("/api/v1/tenants/{id}");
     const N: usize = 24;
     let replies = join_all((0..=N).map(|i| {
@@ -668,33 +631,19 @@ async fn concurrent_moves_of_one_tenant_form_one_chain() {
 async fn concurrent_deletes_of_a_permission_and_a_webhook_commit_once() {
     let h = harness().await;
     let app = app!(h);
-    let t = call(
+    let tid = create(&app, "/api/v1/tenants", json!({"name": "D", "slug": "d"})).await;
+    let pid = create(
         &app,
-        POST,
-        "/api/v1/tenants",
-        Some(ADMIN),
-        Some(json!({"name": "D", "slug": "d"})),
-    )
-    .await;
-    let tid = t.body["id"].as_str().unwrap().to_owned();
-    let p = call(
-        &app,
-        POST,
         &format!("/api/v1/tenants/{tid}/permissions"),
-        Some(ADMIN),
-        Some(json!({"key": "export", "value": 1, "mode": "INHERITED"})),
+        json!({"key": "export", "value": 1, "mode": "INHERITED"}),
     )
     .await;
-    let pid = p.body["id"].as_str().unwrap().to_owned();
-    let w = call(
+    let wid = create(
         &app,
-        POST,
         "/api/v1/webhooks",
-        Some(ADMIN),
-        Some(json!({"url": "https://example.com/h", "events": ["tenant.updated"]})),
+        json!({"url": "https://example.com/h", "events": ["tenant.updated"]}),
     )
     .await;
-    let wid = w.body["id"].as_str().unwrap().to_owned();
     for (path, resource, id, action) in [
         (
             format!("/api/v1/tenants/{tid}/permissions/{pid}"),
