@@ -51,19 +51,24 @@ BEGIN
          ORDER BY c.rn, c.cdue
          LIMIT p_limit * 2
     ), picked AS (
-        -- Locked in the same round-robin order, each by its key, until p_limit are held;
-        -- rows another claimer holds are skipped, rows it has leased meanwhile are no
-        -- longer due. (As a join, the cached plan could match the candidates against every
-        -- webhook's due rows, whose number grows with a stalled webhook's backlog.)
+        -- Locked in the same round-robin order, each by its key alone, until p_limit are
+        -- held; rows another claimer holds are skipped, rows it has leased or finished
+        -- meanwhile (checked on the locked row) are no longer due. The conditions stay
+        -- outside the locking lookup (OFFSET 0 stops the planner pushing them in): inside
+        -- it, a plan cached while the tables were small could reach each candidate through
+        -- the pending index instead of its key, that is, scan every webhook's due rows once
+        -- per candidate (a stalled webhook's backlog made such claims 2-14 ms where they
+        -- take under 1).
         SELECT x.pid, x.peid
           FROM (SELECT c.cid, c.ceid, c.rn, c.cdue FROM candidates c ORDER BY c.rn, c.cdue) c
          CROSS JOIN LATERAL (
-               SELECT d.id AS pid, d.event_id AS peid
+               SELECT d.id AS pid, d.event_id AS peid, d.status AS pstatus, d.next_retry_at AS pdue
                  FROM webhook_deliveries d
                 WHERE d.id = c.cid AND d.event_id = c.ceid
-                  AND d.status = 'pending' AND d.next_retry_at <= now()
                   FOR UPDATE SKIP LOCKED
+               OFFSET 0 -- keeps the conditions below out of the lookup
              ) x
+         WHERE x.pstatus = 'pending' AND x.pdue <= now()
          LIMIT p_limit
     )
     -- The lease is written into next_retry_at too: a crashed worker's rows become due
