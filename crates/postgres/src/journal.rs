@@ -85,8 +85,7 @@ pub(crate) fn audit_record(journal: &Journal) -> AuditRecord {
 /// Records `journal` through Stratum's audit trail (redaction rules applied) on the
 /// connection of the mutation's open transaction; returns the number of deliveries.
 pub async fn record(conn: &mut AsyncPgConnection, journal: &Journal) -> QueryResult<usize> {
-    let record = AuditRecord::from_journal(journal, &RULES);
-    Ok(append(conn, &record).await? as usize)
+    Ok(append(conn, &audit_record(journal)).await? as usize)
 }
 
 #[derive(QueryableByName)]

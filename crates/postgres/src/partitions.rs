@@ -62,15 +62,16 @@ pub async fn create_partitions_ahead(pool: &Pool) -> Result<i32, StoreError> {
     .map_err(map_query_error)
 }
 
-/// Creates the coming weeks every `interval` until `stop` turns true (the first run is
-/// immediate). Failures are logged and retried at the next tick: rows meanwhile go to the
-/// default partitions, so nothing is lost.
+/// Creates the coming weeks every `interval` until `stop` turns true, the first time one
+/// `interval` from now: start-up has just run [`create_partitions_ahead`] itself. Failures
+/// are logged and retried at the next tick: rows meanwhile go to the default partitions, so
+/// nothing is lost.
 pub async fn run_partition_keeper(
     pool: Pool,
     interval: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut tick = tokio::time::interval(interval);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -168,9 +169,11 @@ pub(crate) async fn all_expired(
 }
 
 #[derive(QueryableByName)]
-struct Count {
+struct Counts {
     #[diesel(sql_type = diesel::sql_types::BigInt)]
-    n: i64,
+    deliveries: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    events: i64,
 }
 
 /// Counts `week`'s deliveries and events, then drops its three partitions (attempts,
@@ -179,13 +182,13 @@ pub(crate) async fn drop_week(
     conn: &mut AsyncPgConnection,
     week: &Week,
 ) -> diesel::QueryResult<(u64, u64)> {
-    let deliveries: Count =
-        diesel::sql_query(format!("SELECT count(*) AS n FROM {}", week.deliveries()))
-            .get_result(conn)
-            .await?;
-    let events: Count = diesel::sql_query(format!("SELECT count(*) AS n FROM {}", week.events()))
-        .get_result(conn)
-        .await?;
+    let counts: Counts = diesel::sql_query(format!(
+        "SELECT (SELECT count(*) FROM {}) AS deliveries, (SELECT count(*) FROM {}) AS events",
+        week.deliveries(),
+        week.events()
+    ))
+    .get_result(conn)
+    .await?;
     diesel::sql_query(format!(
         "DROP TABLE {}, {}, {}",
         week.attempts(),
@@ -194,5 +197,5 @@ pub(crate) async fn drop_week(
     ))
     .execute(conn)
     .await?;
-    Ok((deliveries.n as u64, events.n as u64))
+    Ok((counts.deliveries as u64, counts.events as u64))
 }

@@ -164,15 +164,20 @@ struct ModifyJob {
 const MAX_BATCH: usize = 64;
 
 /// Frees a tenant's queue if its batch runner stops without finishing (a panic): the
-/// writes queued behind it are answered with an error instead of waiting forever.
+/// writes queued behind it are answered with an error instead of waiting forever. Disarmed
+/// once the runner found the queue empty: [`Combiner::next`] freed the key then, and a new
+/// runner may already own it.
 struct Release<'a> {
     hot: &'a Combiner<Uuid, ModifyJob>,
     id: Uuid,
+    armed: bool,
 }
 
 impl Drop for Release<'_> {
     fn drop(&mut self) {
-        self.hot.abandon(self.id);
+        if self.armed {
+            self.hot.abandon(self.id);
+        }
     }
 }
 
@@ -446,13 +451,17 @@ impl TenantStore for PgTenantStore {
             // never leaves the tenant's queue without a runner.
             let (pool, hot) = (self.pool.clone(), Arc::clone(&self.hot));
             tokio::spawn(async move {
-                let release = Release { hot: &hot, id };
+                let mut release = Release {
+                    hot: &hot,
+                    id,
+                    armed: true,
+                };
                 let mut batch = vec![job];
                 while !batch.is_empty() {
                     modify_batch(&pool, id, batch).await;
                     batch = release.hot.next(id);
                 }
-                std::mem::forget(release);
+                release.armed = false;
             });
         }
         answer.await.unwrap_or_else(|_| {
