@@ -77,7 +77,13 @@ async fn two_workers_deliver_each_exactly_once() {
     let mut w2 = Stratum::start_logged(&["worker"], &w_env, &log_paths[1])
         .await
         .unwrap();
-    enqueue(&db, &id, 2000).await;
+    // In waves, each with its NOTIFY, as writes arrive: a single burst woken once lets the
+    // worker that claims first drain all of it before the other's next poll (claims lock
+    // the oldest rows, which the other skips), and then this test would see one worker idle.
+    for _ in 0..20 {
+        enqueue(&db, &id, 100).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let done = eventually(Duration::from_secs(120), || async {
         count(
             &db.url,
