@@ -970,16 +970,20 @@ pub struct QueueSnapshot {
 pub async fn queue_snapshot(pool: &Pool) -> Result<QueueSnapshot, StoreError> {
     let mut conn = read_conn(pool).await?;
     diesel::sql_query(
-        // One pass over the pending rows for the three pending figures.
+        // One pass over the pending rows for the three pending figures. A row with a live
+        // lease is being sent, not due (migration 18).
         "SELECT p.pending, p.due, p.oldest_due_age_seconds,
                 (SELECT count(*) FROM webhook_deliveries WHERE status = 'failed') AS failed,
                 (SELECT count(*) FROM webhooks WHERE NOT active) AS inactive_webhooks
            FROM (SELECT count(*) AS pending,
-                        count(*) FILTER (WHERE next_retry_at <= now()) AS due,
+                        count(*) FILTER (WHERE due) AS due,
                         coalesce(extract(epoch FROM now() - min(next_retry_at)
-                                   FILTER (WHERE next_retry_at <= now()))::bigint, 0)
+                                   FILTER (WHERE due))::bigint, 0)
                             AS oldest_due_age_seconds
-                   FROM webhook_deliveries WHERE status = 'pending') p",
+                   FROM (SELECT next_retry_at,
+                                next_retry_at <= now()
+                                  AND (lease_expires_at IS NULL OR lease_expires_at <= now()) AS due
+                           FROM webhook_deliveries WHERE status = 'pending') r) p",
     )
     .get_result(&mut conn)
     .await
