@@ -73,6 +73,13 @@ struct CreateKeyArgs {
     name: Option<String>,
 }
 
+/// jemalloc instead of the C library's allocator: glibc's malloc and free (with their
+/// chunk consolidation and arena locks) were about a fifth of a delivery worker's CPU in
+/// `perf`; with jemalloc the server spends about 12 % less CPU per delivery in the engine
+/// benchmark (rows a and g), for 3–4 MiB more resident memory.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     if let Command::Audit(AuditCommand::Verify(args)) = &cli.command {
