@@ -276,12 +276,18 @@ impl Dispatcher {
                         pool.spawn(Arc::clone(&self.inner), d, tx.clone());
                     }
                     // Webhooks that may have more due than this claim brought: those the
-                    // claim filled to their room.
+                    // claim filled to their room, a room of 0 included (it asked none).
+                    let mut at_limit: Vec<Uuid> = rooms
+                        .iter()
+                        .filter(|(webhook, room)| {
+                            in_batch.get(webhook).copied().unwrap_or(0) >= *room
+                        })
+                        .map(|(webhook, _)| *webhook)
+                        .collect();
                     let room_of: HashMap<Uuid, usize> = rooms.into_iter().collect();
-                    let at_limit = in_batch.into_iter().filter_map(|(webhook, n)| {
-                        let room = room_of.get(&webhook).copied().unwrap_or(default_room);
-                        (n >= room).then_some(webhook)
-                    });
+                    at_limit.extend(in_batch.into_iter().filter_map(|(webhook, n)| {
+                        (!room_of.contains_key(&webhook) && n >= default_room).then_some(webhook)
+                    }));
                     if claimed >= limit {
                         last_short_claim = None;
                         continue;
@@ -294,6 +300,13 @@ impl Dispatcher {
                     held.extend(at_limit);
                     held.sort_unstable();
                     held.dedup();
+                    // One of them may already take more: its sends finished, or its limit
+                    // grew, while the claim ran (a fast receiver answers within a claim's
+                    // time). Waiting for its next finished send could then wait for a
+                    // send that is not there, until the next wake-up or poll.
+                    if held.iter().any(|w| pool.claimed(*w) <= pool.limit(*w)) {
+                        continue;
+                    }
                     let until = if held.is_empty() {
                         Until::Woken
                     } else {

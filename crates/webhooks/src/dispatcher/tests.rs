@@ -657,6 +657,8 @@ struct MemoryQueue {
     claims: Mutex<Vec<(usize, usize)>>,
     written: Written,
     expected: usize,
+    /// How long a claim takes (its rooms are those of when it started).
+    claim_time: Duration,
 }
 
 impl MemoryQueue {
@@ -667,6 +669,7 @@ impl MemoryQueue {
             honour_per_webhook,
             claims: Mutex::new(Vec::new()),
             written,
+            claim_time: Duration::ZERO,
         }
     }
 }
@@ -681,6 +684,9 @@ impl DeliveryQueue for MemoryQueue {
         _lease: Duration,
     ) -> Result<Vec<ClaimedDelivery>, StoreError> {
         self.claims.lock().unwrap().push((limit, per_webhook));
+        if !self.claim_time.is_zero() {
+            tokio::time::sleep(self.claim_time).await;
+        }
         let rooms: HashMap<Uuid, usize> = rooms.into_iter().collect();
         let mut due = self.due.lock().unwrap();
         let mut taken = Vec::new();
@@ -713,6 +719,50 @@ fn deliveries_for(webhook: Uuid, n: usize) -> Vec<ClaimedDelivery> {
     (0..n)
         .map(|_| delivery(secret.clone(), webhook, 0))
         .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_webhook_whose_sends_finish_during_a_claim_is_claimed_again_without_a_poll() {
+    // A fast receiver answers a whole wave while a claim runs. The claim was asked for no
+    // room for its webhook (its wave was still out), so it brings none; the webhook then
+    // has room again, and the next claim must not wait for a wake-up or a poll.
+    let w = Uuid::new_v4();
+    let due = deliveries_for(w, 200);
+    let written = Written::default();
+    let mut queue = MemoryQueue::new(due.clone(), true, written.clone());
+    queue.claim_time = Duration::from_millis(50);
+    let queue = Arc::new(queue);
+    let client = Arc::new(SlowReceivers::default()); // 10 ms per request
+    let config = DispatcherConfig {
+        poll_interval: Duration::from_secs(3600),
+        ..DispatcherConfig::default()
+    };
+    let dispatcher = Dispatcher::new(
+        queue.clone(),
+        client,
+        SharedKeyring::new(keyring()),
+        fixed_clock(),
+        RetryPolicy::default(),
+        config,
+    );
+    let (stop, stop_rx) = watch::channel(false);
+    // The listener's wake-up on connecting is already there when the loop starts.
+    let wake = Arc::new(Notify::new());
+    wake.notify_one();
+    let worker = dispatcher.clone();
+    let handle = tokio::spawn(async move { worker.run(stop_rx, wake).await });
+    let started = tokio::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(3600), written.all_in.notified())
+        .await
+        .expect("every delivery should be completed");
+    let took = started.elapsed();
+    stop.send(true).unwrap();
+    handle.await.unwrap();
+    assert_each_once(&written.take(), &due);
+    // 200 deliveries at 50 ms a claim take well under a second; a wait for the poll takes
+    // an hour.
+    assert!(took < Duration::from_secs(60), "took {took:?}");
+    assert!(queue.claims.lock().unwrap().len() >= 3);
 }
 
 #[tokio::test(start_paused = true)]
