@@ -5,7 +5,7 @@ use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
 use diesel::prelude::*;
-use diesel::sql_types::{Array, Jsonb, Nullable, Text, Uuid as SqlUuid};
+use diesel::sql_types::{Array, Bool, Jsonb, Nullable, Text, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use stratum_audit::{AuditRecord, AuditSink, AuditTrail, Redaction};
 use stratum_core::{Journal, StoreError};
@@ -13,7 +13,7 @@ use stratum_core::{Journal, StoreError};
 use crate::error::map_query_error;
 
 /// The channel workers `LISTEN` on; a notification means new deliveries are due. The SQL
-/// function `stratum_record` (migration 6) notifies the same channel by name.
+/// function `stratum_record` (migrations 6 and 19) notifies the same channel by name.
 pub const DELIVERY_CHANNEL: &str = "stratum_deliveries";
 
 /// The audit domain's write port on PostgreSQL: `tx` is a connection with the change's
@@ -23,8 +23,9 @@ pub const DELIVERY_CHANNEL: &str = "stratum_deliveries";
 /// pending delivery per active webhook subscribed to it that the event's
 /// [`Audience`](stratum_audit::Audience) hears — global webhooks, webhooks of the event's
 /// tenant or one of its ancestors (the tenant's path as the transaction sees it) or of the
-/// extra audience — then notifies the workers (delivered by PostgreSQL only if the
-/// transaction commits). One round trip: the set operation is the `stratum_record` function.
+/// extra audience — then has the workers woken once the transaction commits (after the
+/// commit inside [`in_tx!`](crate::in_tx), else by a `NOTIFY` in the transaction). One
+/// round trip: the set operation is the `stratum_record` function.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PgAuditSink;
 
@@ -53,8 +54,11 @@ pub fn stratum_trail() -> AuditTrail<AsyncPgConnection> {
 pub async fn append(conn: &AsyncPgConnection, record: &AuditRecord) -> QueryResult<u64> {
     let mut conn = conn;
     let event = record.event.as_ref();
+    // Inside `in_tx!` the workers are woken after the commit; elsewhere, by the
+    // transaction's own NOTIFY.
+    let deferred = crate::wake::deferring();
     let fanned: Fanned = diesel::sql_query(
-        "SELECT stratum_record($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) AS n",
+        "SELECT stratum_record($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) AS n",
     )
     .bind::<SqlUuid, _>(record.id)
     .bind::<Nullable<SqlUuid>, _>(record.tenant_id)
@@ -71,8 +75,13 @@ pub async fn append(conn: &AsyncPgConnection, record: &AuditRecord) -> QueryResu
     .bind::<Nullable<SqlUuid>, _>(event.and_then(|e| e.tenant_id))
     .bind::<Nullable<Jsonb>, _>(event.map(|e| &e.payload))
     .bind::<Array<SqlUuid>, _>(event.map(|e| e.extra_audience.as_slice()).unwrap_or_default())
+    // Notifies in the transaction only when no commit hook will (see `wake`).
+    .bind::<Bool, _>(!deferred)
     .get_result(&mut conn)
     .await?;
+    if fanned.n > 0 {
+        crate::wake::mark();
+    }
     Ok(fanned.n as u64)
 }
 

@@ -20,6 +20,7 @@ pub mod replays;
 pub mod schema;
 pub mod tenancy;
 pub mod tx;
+pub mod wake;
 pub mod webhooks;
 
 pub use audit::PgAuditLog;

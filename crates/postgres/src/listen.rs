@@ -16,6 +16,8 @@ pub async fn listen_for_deliveries(
     wake: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // Commits in this process wake it directly too.
+    crate::wake::wake_here(&wake);
     let mut backoff = Duration::from_millis(250);
     while !*shutdown.borrow() {
         match listen_once(&database_url, &wake, &mut shutdown).await {

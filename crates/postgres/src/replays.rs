@@ -302,7 +302,7 @@ impl ReplayStore for PgReplayStore {
                     ))
                     .execute(conn)
                     .await?;
-                crate::webhooks::notify(conn).await?;
+                crate::wake::mark_or_notify(conn).await?;
             }
             let completed = (n as i64) < batch;
             if completed {

@@ -55,7 +55,8 @@ pub fn ambient() -> Option<std::sync::Arc<tokio::sync::Mutex<crate::PooledConn>>
 /// Runs a block in one transaction on a pooled connection:
 /// `in_tx!(pool, DomainError, |conn| { ...; Ok(value) })` evaluates to
 /// `Result<T, DomainError>`. Inside a request-wide transaction ([`with_ambient`]) the
-/// block runs as a savepoint of it instead, and commits only with it.
+/// block runs as a savepoint of it instead, and commits only with it. Deliveries the block
+/// makes due wake the workers after the commit ([`crate::wake`]).
 #[macro_export]
 macro_rules! in_tx {
     ($pool:expr, $err:ty, |$conn:ident| $body:block) => {{
@@ -73,12 +74,22 @@ macro_rules! in_tx {
                 Err(e) => Err(<$err>::from($crate::error::map_pool_error(e))),
                 Ok(mut pooled) => {
                     let c: &mut ::diesel_async::AsyncPgConnection = &mut pooled;
-                    ::diesel_async::AsyncConnection::transaction::<_, $crate::tx::TxError<$err>, _>(
-                        c,
-                        async move |$conn: &mut ::diesel_async::AsyncPgConnection| $body,
-                    )
-                    .await
-                    .map_err($crate::tx::TxError::into_domain)
+                    // Wake-ups wait for the commit (see `wake`).
+                    let (out, due) =
+                        $crate::wake::deferred(::diesel_async::AsyncConnection::transaction::<
+                            _,
+                            $crate::tx::TxError<$err>,
+                            _,
+                        >(
+                            c,
+                            async move |$conn: &mut ::diesel_async::AsyncPgConnection| $body,
+                        ))
+                        .await;
+                    drop(pooled);
+                    if due && out.is_ok() {
+                        $crate::wake::committed(&$pool);
+                    }
+                    out.map_err($crate::tx::TxError::into_domain)
                 }
             }
         }

@@ -677,7 +677,7 @@ impl DeliveryStore for PgDeliveryStore {
                 }));
             }
             record(conn, &journal).await?;
-            notify(conn).await?;
+            crate::wake::mark_or_notify(conn).await?;
             Ok(())
         })
     }
@@ -711,7 +711,7 @@ impl DeliveryStore for PgDeliveryStore {
             journal.after = Some(json!({"retried": n}));
             record(conn, &journal).await?;
             if n > 0 {
-                notify(conn).await?;
+                crate::wake::mark_or_notify(conn).await?;
             }
             Ok(n as u64)
         })
