@@ -264,12 +264,12 @@ impl Collector for QueueCollector {
             ),
             (
                 "stratum_deliveries_due",
-                "Pending deliveries due now.",
+                "Pending deliveries due now and not being sent (no live lease).",
                 &q.due,
             ),
             (
                 "stratum_deliveries_oldest_due_age_seconds",
-                "Age of the oldest due delivery.",
+                "Age of the oldest due delivery not being sent.",
                 &q.oldest_due_age_seconds,
             ),
             (

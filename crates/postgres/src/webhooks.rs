@@ -952,10 +952,10 @@ pub struct QueueSnapshot {
     /// Pending deliveries.
     #[diesel(sql_type = BigInt)]
     pub pending: i64,
-    /// Pending deliveries due now.
+    /// Pending deliveries due now and not being sent (no live lease).
     #[diesel(sql_type = BigInt)]
     pub due: i64,
-    /// Age in seconds of the oldest due delivery.
+    /// Age in seconds of the oldest due delivery not being sent.
     #[diesel(sql_type = BigInt)]
     pub oldest_due_age_seconds: i64,
     /// Failed deliveries.
