@@ -1,6 +1,7 @@
 //! Waking the workers against a real PostgreSQL: a write that made deliveries due is
 //! followed by a notification once it has committed, a write rolled back after its fan-out
-//! by none, and a journal written outside `in_tx!` still notifies with its commit.
+//! by none, and a journal written outside `in_tx!`, or by the previous release's call,
+//! still notifies with its commit.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -198,4 +199,33 @@ async fn a_journal_written_outside_in_tx_notifies_with_its_commit() {
         .await;
     assert!(r.is_err());
     assert!(!woken(&mut rx, Duration::from_millis(500)).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_previous_releases_journal_call_still_notifies_with_its_commit() {
+    let db = TestDb::new().await;
+    let id = tenant_with_webhook(&db.url, "mine").await;
+    let mut rx = listener(&db.url).await;
+    // A process of the previous release calls the 15-argument stratum_record in its
+    // transaction and sends no NOTIFY of its own.
+    let mut conn = AsyncPgConnection::establish(&db.url).await.unwrap();
+    diesel::sql_query("BEGIN").execute(&mut conn).await.unwrap();
+    diesel::sql_query(format!(
+        "SELECT stratum_record(gen_random_uuid(), '{id}', 'system', 'system', 'tenant.updated',
+                'tenant', '{id}', NULL, '{{}}'::jsonb, '{{}}'::jsonb, stratum_uuid_v7(),
+                'tenant.updated', '{id}', '{{}}'::jsonb, '{{}}'::uuid[])"
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    assert!(
+        !woken(&mut rx, Duration::from_millis(300)).await,
+        "not before the commit"
+    );
+    diesel::sql_query("COMMIT")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert!(woken(&mut rx, Duration::from_secs(5)).await);
+    assert_eq!(pending_deliveries(&db.url).await, 1);
 }
