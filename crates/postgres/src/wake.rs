@@ -58,36 +58,49 @@ pub async fn mark_or_notify(conn: &mut AsyncPgConnection) -> diesel::QueryResult
     if mark() {
         Ok(())
     } else {
-        crate::webhooks::notify(conn).await
+        notify(conn).await
     }
 }
 
-/// One pool's sender state: a `NOTIFY` is being sent; another is wanted after it.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct Sending {
-    again: bool,
+/// Wakes the delivery workers: a `NOTIFY` on their channel, delivered when the transaction
+/// it runs in commits (at once outside one).
+pub(crate) async fn notify(conn: &mut AsyncPgConnection) -> diesel::QueryResult<()> {
+    diesel_async::RunQueryDsl::execute(
+        diesel::sql_query(format!(
+            "SELECT pg_notify('{}', '')",
+            crate::journal::DELIVERY_CHANNEL
+        )),
+        conn,
+    )
+    .await?;
+    Ok(())
 }
 
 /// Coalesces sends per key: at most one in flight per key, and one more after it when asked
-/// for meanwhile.
+/// for meanwhile. A key is present while a send is in flight; its value says whether
+/// another is wanted after it.
 #[derive(Debug, Default)]
 pub(crate) struct Coalescer {
-    sending: Mutex<HashMap<usize, Sending>>,
+    sending: Mutex<HashMap<usize, bool>>,
 }
 
 impl Coalescer {
+    fn sending(&self) -> std::sync::MutexGuard<'_, HashMap<usize, bool>> {
+        self.sending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Asks for a send on `key`: `true` when the caller must send now (then call
     /// [`Coalescer::sent`] after each send until it answers `false`); `false` when a send in
     /// flight will be followed by another.
     pub(crate) fn request(&self, key: usize) -> bool {
-        let mut sending = self.sending.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sending = self.sending();
         match sending.get_mut(&key) {
-            Some(s) => {
-                s.again = true;
+            Some(again) => {
+                *again = true;
                 false
             }
             None => {
-                sending.insert(key, Sending::default());
+                sending.insert(key, false);
                 true
             }
         }
@@ -95,10 +108,10 @@ impl Coalescer {
 
     /// After a send on `key`: `true` when another must follow (a commit came meanwhile).
     pub(crate) fn sent(&self, key: usize) -> bool {
-        let mut sending = self.sending.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sending = self.sending();
         match sending.get_mut(&key) {
-            Some(s) if s.again => {
-                s.again = false;
+            Some(again) if *again => {
+                *again = false;
                 true
             }
             _ => {
@@ -106,6 +119,12 @@ impl Coalescer {
                 false
             }
         }
+    }
+
+    /// Gives `key` up without sending (no runtime to send from, or the sender stopped):
+    /// the next request sends again.
+    pub(crate) fn release(&self, key: usize) {
+        self.sending().remove(&key);
     }
 }
 
@@ -140,7 +159,7 @@ pub fn committed(pool: &Pool) {
     }
     let pool = pool.clone();
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        SENDERS.sent(key);
+        SENDERS.release(key);
         return;
     };
     runtime.spawn(async move {
@@ -149,7 +168,7 @@ pub fn committed(pool: &Pool) {
         impl Drop for Release {
             fn drop(&mut self) {
                 if !self.1 {
-                    while SENDERS.sent(self.0) {}
+                    SENDERS.release(self.0);
                 }
             }
         }
@@ -157,7 +176,7 @@ pub fn committed(pool: &Pool) {
         loop {
             match pool.get().await {
                 Ok(mut conn) => {
-                    if let Err(e) = crate::webhooks::notify(&mut conn).await {
+                    if let Err(e) = notify(&mut conn).await {
                         tracing::warn!(error = %e, "delivery NOTIFY failed; workers will poll");
                     }
                 }
@@ -196,6 +215,15 @@ mod tests {
         }
         assert!(c.sent(1), "commits came during the send: one more");
         assert!(!c.sent(1), "none came during the second");
+        assert!(c.request(1));
+    }
+
+    #[test]
+    fn a_released_key_sends_again() {
+        let c = Coalescer::default();
+        assert!(c.request(1));
+        assert!(!c.request(1));
+        c.release(1);
         assert!(c.request(1));
     }
 

@@ -738,17 +738,6 @@ fn requeue() -> Requeue {
     )
 }
 
-/// Wakes the delivery workers (delivered when the transaction commits).
-pub(crate) async fn notify(conn: &mut AsyncPgConnection) -> QueryResult<()> {
-    diesel::sql_query(format!(
-        "SELECT pg_notify('{}', '')",
-        crate::journal::DELIVERY_CHANNEL
-    ))
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
 /// The delivery queue on PostgreSQL: `FOR UPDATE SKIP LOCKED` claims with leases,
 /// compare-and-set completions, all in batches.
 #[derive(Clone)]

@@ -185,7 +185,7 @@ async fn a_journal_written_outside_in_tx_notifies_with_its_commit() {
     .unwrap();
     assert!(woken(&mut rx, Duration::from_secs(5)).await);
 
-    // Rolled back: none.
+    // Rolled back after its fan-out: none.
     let journal = Caller::system()
         .journal("tenant.updated", "tenant")
         .resource(id)
@@ -193,7 +193,8 @@ async fn a_journal_written_outside_in_tx_notifies_with_its_commit() {
         .emit(UPDATED, json!({"id": id}));
     let r = conn
         .transaction::<(), diesel::result::Error, _>(async |c| {
-            stratum_postgres::record(c, &journal).await?;
+            let fanned = stratum_postgres::record(c, &journal).await?;
+            assert_eq!(fanned, 1, "the delivery was due inside the transaction");
             Err(diesel::result::Error::RollbackTransaction)
         })
         .await;

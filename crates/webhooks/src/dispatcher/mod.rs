@@ -275,19 +275,6 @@ impl Dispatcher {
                         *in_batch.entry(d.webhook_id).or_insert(0) += 1;
                         pool.spawn(Arc::clone(&self.inner), d, tx.clone());
                     }
-                    // Webhooks that may have more due than this claim brought: those the
-                    // claim filled to their room, a room of 0 included (it asked none).
-                    let mut at_limit: Vec<Uuid> = rooms
-                        .iter()
-                        .filter(|(webhook, room)| {
-                            in_batch.get(webhook).copied().unwrap_or(0) >= *room
-                        })
-                        .map(|(webhook, _)| *webhook)
-                        .collect();
-                    let room_of: HashMap<Uuid, usize> = rooms.into_iter().collect();
-                    at_limit.extend(in_batch.into_iter().filter_map(|(webhook, n)| {
-                        (!room_of.contains_key(&webhook) && n >= default_room).then_some(webhook)
-                    }));
                     if claimed >= limit {
                         last_short_claim = None;
                         continue;
@@ -295,9 +282,23 @@ impl Dispatcher {
                     last_short_claim = Some(std::time::Instant::now());
                     // A short batch means nothing else is due, except for webhooks the
                     // per-webhook limit held back: only their own finished sends free room
-                    // for them, so only those are a reason to claim again early.
+                    // for them, so only those are a reason to claim again early. Those are
+                    // the saturated ones and those the claim filled to their room (a room
+                    // of 0 included: it asked none of them).
                     let mut held: Vec<Uuid> = pool.saturated();
-                    held.extend(at_limit);
+                    let room_of: HashMap<Uuid, usize> = rooms.into_iter().collect();
+                    held.extend(
+                        room_of
+                            .iter()
+                            .filter(|(w, room)| in_batch.get(*w).copied().unwrap_or(0) >= **room)
+                            .map(|(w, _)| *w),
+                    );
+                    held.extend(
+                        in_batch
+                            .iter()
+                            .filter(|(w, n)| !room_of.contains_key(*w) && **n >= default_room)
+                            .map(|(w, _)| *w),
+                    );
                     held.sort_unstable();
                     held.dedup();
                     // One of them may already take more: its sends finished, or its limit
