@@ -21,8 +21,8 @@ use stratum_http_delivery::{ClientConfig, ReqwestDeliveryClient, SsrfGuard};
 use stratum_webhooks::{
     ClaimedDelivery, Completion, Delivery, DeliveryAttempt, DeliveryQueue, DeliveryStats,
     DeliveryStatus, DeliveryStore, Dispatcher, DispatcherConfig, FailedDelivery, HealthFigures,
-    NewWebhook, RegistryConfig, RetryPolicy, Verdict, Webhook, WebhookError, WebhookService,
-    WebhookStore,
+    NewWebhook, PreviousSecret, RegistryConfig, RetryPolicy, Verdict, Webhook, WebhookError,
+    WebhookService, WebhookStore,
 };
 use time::OffsetDateTime;
 use tokio::sync::{watch, Notify};
@@ -37,8 +37,22 @@ const ORDER_SHIPPED: EventType = EventType::from_static("order.shipped");
 #[derive(Default)]
 struct Memory {
     webhooks: Vec<(Webhook, String)>,
+    /// Per webhook, the secrets that still sign beside the current one, newest first.
+    previous: Vec<(Uuid, PreviousSecret)>,
     queue: Vec<ClaimedDelivery>,
     completions: Vec<Completion>,
+}
+
+/// The previous secrets of `webhook` that still sign at `now`.
+fn previous_of(
+    all: &[(Uuid, PreviousSecret)],
+    webhook: Uuid,
+    now: OffsetDateTime,
+) -> Vec<PreviousSecret> {
+    all.iter()
+        .filter(|(w, p)| *w == webhook && p.expires_at > now)
+        .map(|(_, p)| p.clone())
+        .collect()
 }
 
 /// The in-memory adapter of every port the webhooks domain needs.
@@ -62,13 +76,17 @@ impl InMemory {
             .webhooks
             .iter()
             .filter(|(w, _)| w.active && w.events.contains(event))
-            .map(|(w, secret)| ClaimedDelivery {
+            .map(|(w, secret)| (w, secret, previous_of(&m.previous, w.id, now)))
+            .map(|(w, secret, previous_secrets)| ClaimedDelivery {
                 id: Uuid::now_v7(),
                 lease_id: Uuid::nil(),
                 attempts: 0,
                 webhook_id: w.id,
                 url: w.url.to_string(),
                 secret_encrypted: secret.clone(),
+                previous_secrets,
+                fifo: false,
+                not_before: None,
                 event_id,
                 event_type: event.to_string(),
                 tenant_id: None,
@@ -147,6 +165,56 @@ impl WebhookStore for InMemory {
             *stored_secret = s;
         }
         Ok(expected + 1)
+    }
+
+    async fn rotate_secret(
+        &self,
+        id: Uuid,
+        expected: i64,
+        secret: String,
+        previous_expires_at: OffsetDateTime,
+        now: OffsetDateTime,
+        _: Journal,
+    ) -> Result<Webhook, WebhookError> {
+        let mut m = self.lock();
+        let (stored, stored_secret) = m
+            .webhooks
+            .iter_mut()
+            .find(|(s, _)| s.id == id)
+            .ok_or(WebhookError::NotFound)?;
+        if stored.version != expected {
+            return Err(WebhookError::Stale);
+        }
+        let replaced = std::mem::replace(stored_secret, secret);
+        stored.version += 1;
+        stored.updated_at = now;
+        let after = stored.clone();
+        m.previous.insert(
+            0,
+            (
+                id,
+                PreviousSecret {
+                    secret_encrypted: replaced,
+                    expires_at: previous_expires_at,
+                },
+            ),
+        );
+        let mut kept = 0;
+        m.previous.retain(|(w, p)| {
+            if *w != id {
+                return true;
+            }
+            kept += 1;
+            p.expires_at > now && kept <= stratum_webhooks::MAX_PREVIOUS_SECRETS
+        });
+        let previous_secret_expires_at = previous_of(&m.previous, id, now)
+            .iter()
+            .map(|p| p.expires_at)
+            .max();
+        Ok(Webhook {
+            previous_secret_expires_at,
+            ..after
+        })
     }
 
     async fn delete(&self, id: Uuid, expected: i64, _: Journal) -> Result<(), WebhookError> {

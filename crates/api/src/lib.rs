@@ -23,6 +23,11 @@ use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::{web, App, HttpResponse};
 
 pub use error::ApiError;
+
+/// Every event a webhook may subscribe to: tenancy's and the webhooks domain's own.
+pub fn event_catalogue() -> stratum_core::EventCatalogue {
+    stratum_tenancy::events::catalogue().with_all(&stratum_webhooks::EVENTS)
+}
 pub use state::AppState;
 
 async fn unknown_route() -> Result<HttpResponse, ApiError> {

@@ -23,7 +23,9 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use stratum_webhooks::histogram::LATENCY_BUCKETS;
-use stratum_webhooks::{DispatcherSnapshot, DispatcherStats, HistogramSnapshot};
+use stratum_webhooks::{
+    BreakerTransitions, DispatcherSnapshot, DispatcherStats, HistogramSnapshot,
+};
 
 use crate::AppState;
 
@@ -43,6 +45,8 @@ pub struct QueueGauges {
     pub dead_letter: AtomicI64,
     /// Webhooks currently inactive.
     pub inactive_webhooks: AtomicI64,
+    /// Webhooks whose circuit breaker is open or half-open.
+    pub open_breakers: AtomicI64,
     /// Unix time of the last successful refresh.
     pub refreshed_at: AtomicI64,
 }
@@ -78,6 +82,7 @@ pub struct Metrics {
     pub queue: Arc<QueueGauges>,
     dispatcher: OnceLock<()>,
     dispatcher_snapshot: OnceLock<()>,
+    breakers: OnceLock<()>,
 }
 
 impl Default for Metrics {
@@ -125,6 +130,7 @@ impl Metrics {
             queue,
             dispatcher: OnceLock::new(),
             dispatcher_snapshot: OnceLock::new(),
+            breakers: OnceLock::new(),
         }
     }
 
@@ -152,6 +158,13 @@ impl Metrics {
     pub fn attach_dispatcher_snapshot(&self, snapshot: SnapshotSource) {
         if self.dispatcher_snapshot.set(()).is_ok() {
             self.register_collector(Box::new(SnapshotCollector(snapshot)));
+        }
+    }
+
+    /// Exposes the breaker transitions a delivery queue writes (once; later calls are ignored).
+    pub fn attach_breakers(&self, transitions: Arc<BreakerTransitions>) {
+        if self.breakers.set(()).is_ok() {
+            self.register_collector(Box::new(BreakerCollector(transitions)));
         }
     }
 
@@ -283,6 +296,11 @@ impl Collector for QueueCollector {
                 &q.inactive_webhooks,
             ),
             (
+                "stratum_webhook_breakers_open",
+                "Webhooks whose circuit breaker is open or half-open (every process).",
+                &q.open_breakers,
+            ),
+            (
                 "stratum_queue_gauges_refreshed_timestamp_seconds",
                 "When the queue gauges were last refreshed.",
                 &q.refreshed_at,
@@ -392,6 +410,35 @@ impl Collector for SnapshotCollector {
             }
         }
         Ok(())
+    }
+}
+
+/// The breaker transitions this process wrote.
+#[derive(Debug)]
+struct BreakerCollector(Arc<BreakerTransitions>);
+
+impl Collector for BreakerCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let b = &self.0;
+        let load = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
+        labelled_counters(
+            &mut encoder,
+            "stratum_webhook_breaker_transitions",
+            "Circuit breaker state changes this process wrote, by the state entered.",
+            "to",
+            &[
+                ("open", load(&b.opened)),
+                ("reopen", load(&b.reopened)),
+                ("closed", load(&b.closed)),
+            ],
+        )?;
+        let disabled = ConstCounter::new(load(&b.disabled));
+        disabled.encode(encoder.encode_descriptor(
+            "stratum_webhooks_disabled_failing",
+            "Webhooks disabled because their circuit breaker stayed open.",
+            None,
+            disabled.metric_type(),
+        )?)
     }
 }
 

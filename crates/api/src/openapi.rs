@@ -70,6 +70,7 @@ pub const PUBLIC_PATHS: [&str; 7] = [
         webhooks::patch,
         webhooks::delete,
         webhooks::test,
+        webhooks::rotate_secret,
         webhooks::replay,
         webhooks::get_replay,
         webhooks::deliveries,
@@ -373,7 +374,7 @@ pub struct SubscribableEvent;
 
 impl utoipa::PartialSchema for SubscribableEvent {
     fn schema() -> RefOr<utoipa::openapi::schema::Schema> {
-        let catalogue = stratum_tenancy::events::catalogue();
+        let catalogue = crate::event_catalogue();
         let described: Vec<String> = catalogue
             .events()
             .iter()
@@ -607,9 +608,9 @@ mod tests {
     fn the_subscribable_event_enum_is_the_registered_catalogue() {
         let doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
         let schema = &doc["components"]["schemas"]["SubscribableEvent"];
-        let catalogue = stratum_tenancy::events::catalogue();
+        let catalogue = crate::event_catalogue();
         let names = catalogue.names();
-        assert_eq!(names.len(), 9);
+        assert_eq!(names.len(), 10, "tenancy's nine and webhook.disabled");
         assert_eq!(schema["enum"], json!(names), "{schema}");
         assert_eq!(schema["type"], "string");
     }

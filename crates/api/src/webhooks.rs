@@ -3,7 +3,9 @@
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Deserializer, Serialize};
 use stratum_core::Limit;
-use stratum_webhooks::{DeliveryStatus, NewWebhook, Webhook, WebhookPatch};
+use stratum_webhooks::{
+    DeliveryOrdering, DeliveryStatus, NewWebhook, SecretRotation, Webhook, WebhookPatch,
+};
 use uuid::Uuid;
 
 use crate::auth::Authed;
@@ -16,8 +18,10 @@ type Res = Result<HttpResponse, ApiError>;
 impl crate::extract::Body for CreateWebhook {}
 
 impl crate::extract::Body for PatchWebhook {
-    const NOT_NULL: &'static [&'static str] = &["url", "events", "secret", "active"];
+    const NOT_NULL: &'static [&'static str] = &["url", "events", "secret", "active", "ordering"];
 }
+
+impl crate::extract::Body for RotateSecret {}
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -44,6 +48,15 @@ struct CreateWebhook {
     #[serde(default)]
     #[schema(max_length = 255)]
     description: Option<String>,
+    /// Most attempts started per second, summed over every worker (1-10,000); absent or null:
+    /// no limit.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 10000)]
+    rate_limit_per_second: Option<u32>,
+    /// `unordered` (default) or `fifo`: one delivery in flight, in commit order.
+    #[serde(default)]
+    #[schema(nullable = false)]
+    ordering: Option<DeliveryOrdering>,
 }
 
 /// Distinguishes an absent field from an explicit `null`.
@@ -81,6 +94,29 @@ struct PatchWebhook {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>, max_length = 255)]
     description: Option<Option<String>>,
+    /// New rate limit (1-10,000 per second); null removes it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 10000)]
+    rate_limit_per_second: Option<Option<u32>>,
+    /// New ordering; applies to deliveries not yet in flight.
+    #[serde(default)]
+    #[schema(nullable = false)]
+    ordering: Option<DeliveryOrdering>,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct RotateSecret {
+    /// The new signing secret, 16-255 characters; generated (`whsec_...`) and returned once
+    /// when absent.
+    #[serde(default)]
+    #[schema(nullable = false, min_length = 16, max_length = 255)]
+    secret: Option<String>,
+    /// How long the replaced secret keeps signing beside the new one, in seconds (0-604,800;
+    /// default 86,400).
+    #[serde(default)]
+    #[schema(nullable = false, minimum = 0, maximum = 604800)]
+    grace_period_seconds: Option<u32>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -160,6 +196,8 @@ async fn create(
                 events: b.events,
                 secret: b.secret,
                 description: b.description,
+                rate_limit_per_second: b.rate_limit_per_second,
+                ordering: b.ordering,
             },
         )
         .await?;
@@ -229,12 +267,55 @@ async fn patch(
         secret: b.secret,
         active: b.active,
         description: b.description,
+        rate_limit_per_second: b.rate_limit_per_second,
+        ordering: b.ordering,
     };
     let w = state
         .webhooks
         .update(&caller, *id, patch, precondition)
         .await?;
     Ok(with_etag(HttpResponse::Ok(), w.version).json(w))
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/webhooks/{id}/rotate-secret",
+    tag = "webhooks",
+    operation_id = "rotateWebhookSecret",
+    description = "Makes a new signing secret current while the replaced one keeps signing for `grace_period_seconds`: during the grace period `webhook-signature` carries one `v1,<sig>` per unexpired secret, the current one first, so a receiver holding either verifies. At most 10 previous secrets are kept (the oldest goes first). Audited as `webhook.secret_rotated` with secrets redacted. `PATCH` with `secret` replaces the secret at once instead.",
+    params(("id" = Uuid, Path, description = "Webhook id"), ("If-Match" = Option<String>, Header, description = "`\"<version>\"` from an `ETag`: apply only while the webhook is at that version (else 412)")),
+    request_body = RotateSecret,
+    responses(
+        (status = 200, description = "The webhook; `secret` only when the server generated it", body = Created, headers(("ETag" = String, description = "`\"<version>\"`: the version to send in `If-Match`"))),
+        (status = 400, response = crate::openapi::ValidationError),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 412, response = crate::openapi::PreconditionFailed),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+    )
+)]
+async fn rotate_secret(
+    state: web::Data<AppState>,
+    Authed(caller): Authed,
+    id: web::Path<Uuid>,
+    IfMatch(precondition): IfMatch,
+    body: crate::extract::Json<RotateSecret>,
+) -> Res {
+    let b = body.into_inner();
+    let (webhook, secret) = state
+        .webhooks
+        .rotate_secret(
+            &caller,
+            *id,
+            SecretRotation {
+                secret: b.secret,
+                grace_period_seconds: b.grace_period_seconds,
+            },
+            precondition,
+        )
+        .await?;
+    let version = webhook.version;
+    Ok(with_etag(HttpResponse::Ok(), version).json(Created { webhook, secret }))
 }
 
 #[utoipa::path(
@@ -533,6 +614,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route(web::delete().to(delete)),
         )
         .service(web::resource("/webhooks/{id}/test").route(web::post().to(test)))
+        .service(web::resource("/webhooks/{id}/rotate-secret").route(web::post().to(rotate_secret)))
         .service(web::resource("/webhooks/{id}/replay").route(web::post().to(replay)))
         .service(
             web::resource("/webhooks/{id}/replays/{replay_id}").route(web::get().to(get_replay)),

@@ -351,6 +351,14 @@ struct ConfigSecret {
 }
 
 #[derive(QueryableByName)]
+struct PreviousSecrets {
+    #[diesel(sql_type = SqlUuid)]
+    id: Uuid,
+    #[diesel(sql_type = Array<Text>)]
+    secrets: Vec<String>,
+}
+
+#[derive(QueryableByName)]
 struct WebhookSecret {
     #[diesel(sql_type = SqlUuid)]
     id: Uuid,
@@ -389,7 +397,9 @@ async fn key_ids(conn: &mut AsyncPgConnection) -> QueryResult<Vec<String>> {
         "SELECT DISTINCT left(v, 12) AS prefix
            FROM (SELECT encrypted_value AS v FROM config_entries WHERE sensitive
                  UNION ALL
-                 SELECT secret_encrypted FROM webhooks) s
+                 SELECT secret_encrypted FROM webhooks
+                 UNION ALL
+                 SELECT unnest(previous_secrets) FROM webhooks) s
           WHERE v LIKE 'v1:%'",
     )
     .load(conn)
@@ -550,6 +560,36 @@ impl MaintenanceStore for PgMaintenanceStore {
                 .bind::<Array<Text>, _>(s)
                 .execute(conn)
                 .await?;
+            }
+
+            // Previous secrets still signing during a grace period: re-encrypted too.
+            let previous: Vec<PreviousSecrets> = diesel::sql_query(
+                "SELECT id, previous_secrets AS secrets FROM webhooks
+                  WHERE cardinality(previous_secrets) > 0 ORDER BY id",
+            )
+            .load(conn)
+            .await?;
+            for p in &previous {
+                let mut changed = false;
+                let mut out = Vec::with_capacity(p.secrets.len());
+                for (i, old) in p.secrets.iter().enumerate() {
+                    match apply(&reencrypt, old, || {
+                        format!("previous secret {} of webhook {}", i + 1, p.id)
+                    })? {
+                        Some(v) => {
+                            changed = true;
+                            out.push(v);
+                        }
+                        None => out.push(old.clone()),
+                    }
+                }
+                if changed {
+                    diesel::sql_query("UPDATE webhooks SET previous_secrets = $2 WHERE id = $1")
+                        .bind::<SqlUuid, _>(p.id)
+                        .bind::<Array<Text>, _>(&out)
+                        .execute(conn)
+                        .await?;
+                }
             }
 
             let counts = RotationCounts {

@@ -279,12 +279,17 @@ impl ReplayStore for PgReplayStore {
                 let kinds: Vec<String> = rows.iter().map(|r| r.event_type.clone()).collect();
                 let tenants: Vec<Option<Uuid>> = rows.iter().map(|r| r.tenant_id).collect();
                 diesel::sql_query(
+                    // A FIFO webhook's replayed deliveries join its lane at the end.
                     "INSERT INTO webhook_deliveries
-                            (id, webhook_id, event_id, event_type, tenant_id, replay_id, next_retry_at)
+                            (id, webhook_id, event_id, event_type, tenant_id, replay_id, next_retry_at,
+                             lane_seq)
                      SELECT u.did, $1, u.eid, u.etype, u.tid, $2,
-                            now() + u.ord * interval '1 microsecond'
+                            now() + u.ord * interval '1 microsecond',
+                            CASE WHEN w.ordering = 'fifo' THEN nextval('webhook_lane_seq') END
                        FROM unnest($3::uuid[], $4::uuid[], $5::text[], $6::uuid[])
-                            WITH ORDINALITY AS u(did, eid, etype, tid, ord)",
+                            WITH ORDINALITY AS u(did, eid, etype, tid, ord)
+                       JOIN webhooks w ON w.id = $1
+                      ORDER BY u.ord",
                 )
                 .bind::<SqlUuid, _>(job.webhook_id)
                 .bind::<SqlUuid, _>(job.id)

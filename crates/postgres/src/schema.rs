@@ -141,6 +141,18 @@ diesel::table! {
 }
 
 diesel::table! {
+    webhook_controls (webhook_id) {
+        webhook_id -> Uuid,
+        state -> Text,
+        consecutive_failures -> Int4,
+        opened_at -> Nullable<Timestamptz>,
+        next_probe_at -> Nullable<Timestamptz>,
+        cooldown_ms -> Int8,
+        rate_next_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
     webhook_deliveries (id, event_id) {
         id -> Uuid,
         webhook_id -> Uuid,
@@ -157,6 +169,7 @@ diesel::table! {
         created_at -> Timestamptz,
         completed_at -> Nullable<Timestamptz>,
         replay_id -> Nullable<Uuid>,
+        lane_seq -> Nullable<Int8>,
     }
 }
 
@@ -214,6 +227,11 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         version -> Int8,
+        rate_limit_per_second -> Nullable<Int4>,
+        ordering -> Text,
+        disabled_reason -> Nullable<Text>,
+        previous_secrets -> Array<Nullable<Text>>,
+        previous_secrets_expire_at -> Array<Nullable<Timestamptz>>,
     }
 }
 
@@ -221,6 +239,7 @@ diesel::joinable!(api_keys -> tenants (tenant_id));
 diesel::joinable!(config_entries -> tenants (tenant_id));
 diesel::joinable!(consent_records -> tenants (tenant_id));
 diesel::joinable!(permission_policies -> tenants (tenant_id));
+diesel::joinable!(webhook_controls -> webhooks (webhook_id));
 diesel::joinable!(webhook_deliveries -> webhook_replays (replay_id));
 diesel::joinable!(webhook_deliveries -> webhooks (webhook_id));
 diesel::joinable!(webhook_replays -> webhooks (webhook_id));
@@ -237,6 +256,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     idempotency_keys,
     permission_policies,
     tenants,
+    webhook_controls,
     webhook_deliveries,
     webhook_delivery_attempts,
     webhook_events,

@@ -11,9 +11,10 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde_json::{json, Value};
 use stratum_core::{EventType, Journal, Limit, PageError, StoreError, TenantPath};
 use stratum_webhooks::{
-    gone_journal, ClaimedDelivery, Completion, Delivery, DeliveryAttempt, DeliveryQueue,
-    DeliveryStats, DeliveryStatus, DeliveryStore, EventRef, FailedDelivery, HealthFigures, Verdict,
-    Webhook, WebhookError, WebhookRef, WebhookStore, WebhookUrl,
+    disabled_journal, Breaker, BreakerConfig, BreakerState, BreakerTransitions, ClaimedDelivery,
+    Completion, Delivery, DeliveryAttempt, DeliveryOrdering, DeliveryQueue, DeliveryStats,
+    DeliveryStatus, DeliveryStore, DisabledReason, EventRef, FailedDelivery, HealthFigures,
+    PreviousSecret, Verdict, Webhook, WebhookError, WebhookRef, WebhookStore, WebhookUrl,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -21,7 +22,9 @@ use uuid::Uuid;
 use crate::error::{is_fk_violation, map_query_error};
 use crate::in_tx;
 use crate::journal::record;
-use crate::schema::{tenants, webhook_deliveries, webhook_delivery_attempts, webhooks};
+use crate::schema::{
+    tenants, webhook_controls, webhook_deliveries, webhook_delivery_attempts, webhooks,
+};
 use crate::tenancy::like_prefix;
 use crate::tx::{read_conn, TxError};
 use crate::Pool;
@@ -38,11 +41,30 @@ struct WebhookRow {
     created_at: OffsetDateTime,
     updated_at: OffsetDateTime,
     version: i64,
+    rate_limit_per_second: Option<i32>,
+    ordering: String,
+    disabled_reason: Option<String>,
+    previous_secrets_expire_at: Vec<Option<OffsetDateTime>>,
 }
 
-impl From<WebhookRow> for Webhook {
-    fn from(r: WebhookRow) -> Self {
-        Self {
+fn corrupt(what: &str, value: &str) -> StoreError {
+    StoreError::internal(format!(
+        "stored {what} '{value}' is not one this release knows"
+    ))
+}
+
+impl TryFrom<WebhookRow> for Webhook {
+    type Error = StoreError;
+
+    fn try_from(r: WebhookRow) -> Result<Self, StoreError> {
+        let ordering =
+            DeliveryOrdering::parse(&r.ordering).ok_or_else(|| corrupt("ordering", &r.ordering))?;
+        let disabled_reason = r
+            .disabled_reason
+            .map(|d| DisabledReason::parse(&d).ok_or_else(|| corrupt("disabled_reason", &d)))
+            .transpose()?;
+        let now = OffsetDateTime::now_utc();
+        Ok(Self {
             id: r.id,
             tenant_id: r.tenant_id,
             url: WebhookUrl::from_stored(r.url),
@@ -51,9 +73,39 @@ impl From<WebhookRow> for Webhook {
             description: r.description,
             created_at: r.created_at,
             updated_at: r.updated_at,
+            rate_limit_per_second: r.rate_limit_per_second.and_then(|n| u32::try_from(n).ok()),
+            ordering,
+            disabled_reason,
+            previous_secret_expires_at: r
+                .previous_secrets_expire_at
+                .into_iter()
+                .flatten()
+                .filter(|t| *t > now)
+                .max(),
             version: r.version,
-        }
+        })
     }
+}
+
+fn rate_col(w: &Webhook) -> Option<i32> {
+    w.rate_limit_per_second
+        .map(|n| i32::try_from(n).unwrap_or(i32::MAX))
+}
+
+/// Gives the pending deliveries of a FIFO webhook that have no lane position one, in the
+/// order they were created (deliveries made while it was unordered join the lane).
+async fn join_lane(conn: &mut AsyncPgConnection, webhook_id: Uuid) -> QueryResult<usize> {
+    diesel::sql_query(
+        "UPDATE webhook_deliveries d SET lane_seq = o.seq
+           FROM (SELECT q.id, q.event_id, nextval('webhook_lane_seq') AS seq
+                   FROM (SELECT id, event_id FROM webhook_deliveries
+                          WHERE webhook_id = $1 AND status = 'pending' AND lane_seq IS NULL
+                          ORDER BY created_at, id) q) o
+          WHERE d.id = o.id AND d.event_id = o.event_id",
+    )
+    .bind::<SqlUuid, _>(webhook_id)
+    .execute(conn)
+    .await
 }
 
 /// The stored event names as event types; a name that is not one (only a hand-edited row
@@ -166,6 +218,8 @@ impl WebhookStore for PgWebhookStore {
                     webhooks::description.eq(&w.description),
                     webhooks::created_at.eq(w.created_at),
                     webhooks::updated_at.eq(w.updated_at),
+                    webhooks::rate_limit_per_second.eq(rate_col(&w)),
+                    webhooks::ordering.eq(w.ordering.as_str()),
                 ))
                 .execute(conn)
                 .await
@@ -191,7 +245,8 @@ impl WebhookStore for PgWebhookStore {
             .await
             .optional()
             .map_err(map_query_error)?;
-        Ok(row.map(|(w, p)| (w.into(), p.as_deref().and_then(TenantPath::parse))))
+        row.map(|(w, p)| Ok((w.try_into()?, p.as_deref().and_then(TenantPath::parse))))
+            .transpose()
     }
 
     async fn secret(&self, id: Uuid) -> Result<Option<String>, StoreError> {
@@ -224,7 +279,7 @@ impl WebhookStore for PgWebhookStore {
             .load(&mut conn)
             .await
             .map_err(map_query_error)?;
-        Ok(rows.into_iter().map(Webhook::from).collect())
+        rows.into_iter().map(Webhook::try_from).collect()
     }
 
     async fn update(
@@ -238,6 +293,26 @@ impl WebhookStore for PgWebhookStore {
             if let Some(s) = &secret_encrypted {
                 crate::keys::ensure_active_key(conn, s).await?;
             }
+            // The breaker's row first, as completions lock it before the webhook's.
+            if w.active {
+                webhook_controls::table
+                    .find(w.id)
+                    .select(webhook_controls::webhook_id)
+                    .for_update()
+                    .first::<Uuid>(conn)
+                    .await
+                    .optional()?;
+            }
+            // Read what is replaced under the row lock: turning a webhook on again closes its
+            // breaker, which only its own failures should reopen.
+            let was_active: Option<bool> = webhooks::table
+                .find(w.id)
+                .filter(webhooks::version.eq(expected))
+                .select(webhooks::active)
+                .for_update()
+                .first(conn)
+                .await
+                .optional()?;
             let written: Option<i64> = diesel::update(
                 webhooks::table
                     .find(w.id)
@@ -249,6 +324,9 @@ impl WebhookStore for PgWebhookStore {
                 webhooks::active.eq(w.active),
                 webhooks::description.eq(&w.description),
                 webhooks::updated_at.eq(w.updated_at),
+                webhooks::rate_limit_per_second.eq(rate_col(&w)),
+                webhooks::ordering.eq(w.ordering.as_str()),
+                webhooks::disabled_reason.eq(w.disabled_reason.map(DisabledReason::as_str)),
                 webhooks::version.eq(webhooks::version + 1),
             ))
             .returning(webhooks::version)
@@ -258,6 +336,12 @@ impl WebhookStore for PgWebhookStore {
             let Some(version) = written else {
                 return stale_or_gone(conn, w.id).await;
             };
+            if w.active && was_active == Some(false) {
+                close_breaker(conn, w.id).await?;
+            }
+            if w.ordering == DeliveryOrdering::Fifo {
+                join_lane(conn, w.id).await?;
+            }
             if let Some(s) = &secret_encrypted {
                 diesel::update(webhooks::table.find(w.id))
                     .set(webhooks::secret_encrypted.eq(s))
@@ -266,6 +350,58 @@ impl WebhookStore for PgWebhookStore {
             }
             record(conn, &journal).await?;
             Ok(version)
+        })
+    }
+
+    async fn rotate_secret(
+        &self,
+        id: Uuid,
+        expected: i64,
+        secret_encrypted: String,
+        previous_expires_at: OffsetDateTime,
+        now: OffsetDateTime,
+        journal: Journal,
+    ) -> Result<Webhook, WebhookError> {
+        in_tx!(self.pool, WebhookError, |conn| {
+            crate::keys::ensure_active_key(conn, &secret_encrypted).await?;
+            // The replaced secret is read by the statement that replaces it (SET sees the row
+            // as it was): it heads the previous secrets, expired ones go, ten are kept.
+            let n = diesel::sql_query(
+                "UPDATE webhooks w
+                    SET (previous_secrets, previous_secrets_expire_at) = (
+                            SELECT coalesce(array_agg(k.s ORDER BY k.ord), '{}'),
+                                   coalesce(array_agg(k.x ORDER BY k.ord), '{}')
+                              FROM (SELECT u.s, u.x, u.ord
+                                      FROM unnest(array_prepend(w.secret_encrypted, w.previous_secrets),
+                                                  array_prepend($3::timestamptz, w.previous_secrets_expire_at))
+                                           WITH ORDINALITY AS u(s, x, ord)
+                                     WHERE u.x > $4
+                                     ORDER BY u.ord
+                                     LIMIT $5) k),
+                        secret_encrypted = $6,
+                        updated_at = $4,
+                        version = w.version + 1
+                  WHERE w.id = $1 AND w.version = $2",
+            )
+            .bind::<SqlUuid, _>(id)
+            .bind::<BigInt, _>(expected)
+            .bind::<Timestamptz, _>(previous_expires_at)
+            .bind::<Timestamptz, _>(now)
+            .bind::<BigInt, _>(stratum_webhooks::MAX_PREVIOUS_SECRETS as i64)
+            .bind::<Text, _>(&secret_encrypted)
+            .execute(conn)
+            .await?;
+            if n == 0 {
+                return stale_or_gone(conn, id).await;
+            }
+            let row: WebhookRow = webhooks::table
+                .find(id)
+                .select(WebhookRow::as_select())
+                .first(conn)
+                .await?;
+            let webhook = Webhook::try_from(row).map_err(|e| TxError::Domain(e.into()))?;
+            record(conn, &journal).await?;
+            Ok(webhook)
         })
     }
 
@@ -410,6 +546,14 @@ struct HealthRow {
     last_error_at: Option<OffsetDateTime>,
     #[diesel(sql_type = BigInt)]
     queue_depth: i64,
+    #[diesel(sql_type = Nullable<Text>)]
+    breaker_state: Option<String>,
+    #[diesel(sql_type = Nullable<Integer>)]
+    consecutive_failures: Option<i32>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    opened_at: Option<OffsetDateTime>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    next_probe_at: Option<OffsetDateTime>,
 }
 
 #[derive(Queryable, Selectable)]
@@ -469,7 +613,10 @@ impl DeliveryStore for PgDeliveryStore {
                     (SELECT error FROM last_failed) AS last_error,
                     (SELECT created_at FROM last_failed) AS last_error_at,
                     (SELECT count(*) FROM webhook_deliveries
-                      WHERE webhook_id = $1 AND status = 'pending') AS queue_depth",
+                      WHERE webhook_id = $1 AND status = 'pending') AS queue_depth,
+                    k.state AS breaker_state, k.consecutive_failures, k.opened_at, k.next_probe_at
+               FROM (SELECT 1) one
+               LEFT JOIN webhook_controls k ON k.webhook_id = $1",
         )
         .bind::<SqlUuid, _>(webhook_id)
         .bind::<Timestamptz, _>(since)
@@ -482,6 +629,21 @@ impl DeliveryStore for PgDeliveryStore {
             p50_latency_ms: row.p50,
             last_error: row.last_error.zip(row.last_error_at),
             queue_depth: row.queue_depth,
+            breaker: Breaker {
+                state: match row.breaker_state {
+                    None => BreakerState::Closed,
+                    Some(s) => {
+                        BreakerState::parse(&s).ok_or_else(|| corrupt("breaker state", &s))?
+                    }
+                },
+                consecutive_failures: row
+                    .consecutive_failures
+                    .and_then(|n| u32::try_from(n).ok())
+                    .unwrap_or(0),
+                opened_at: row.opened_at,
+                next_probe_at: row.next_probe_at,
+                cooldown_ms: 0,
+            },
         })
     }
 
@@ -676,6 +838,7 @@ impl DeliveryStore for PgDeliveryStore {
                     WebhookError::DeliveryNotFailed
                 }));
             }
+            join_fifo_lanes(conn).await?;
             record(conn, &journal).await?;
             crate::wake::mark_or_notify(conn).await?;
             Ok(())
@@ -708,6 +871,9 @@ impl DeliveryStore for PgDeliveryStore {
                     .await?
                 }
             };
+            if n > 0 {
+                join_fifo_lanes(conn).await?;
+            }
             journal.after = Some(json!({"retried": n}));
             record(conn, &journal).await?;
             if n > 0 {
@@ -725,7 +891,38 @@ type Requeue = (
     diesel::dsl::Eq<webhook_deliveries::completed_at, Option<OffsetDateTime>>,
     diesel::dsl::Eq<webhook_deliveries::lease_id, Option<Uuid>>,
     diesel::dsl::Eq<webhook_deliveries::lease_expires_at, Option<OffsetDateTime>>,
+    diesel::dsl::Eq<webhook_deliveries::lane_seq, Option<i64>>,
 );
+
+/// Gives every pending delivery of a FIFO webhook that has no lane position one at the end
+/// of its lane (dead letters retried by hand), in the order they were created.
+async fn join_fifo_lanes(conn: &mut AsyncPgConnection) -> QueryResult<usize> {
+    diesel::sql_query(
+        "UPDATE webhook_deliveries d SET lane_seq = o.seq
+           FROM (SELECT q.id, q.event_id, nextval('webhook_lane_seq') AS seq
+                   FROM (SELECT p.id, p.event_id FROM webhook_deliveries p
+                           JOIN webhooks w ON w.id = p.webhook_id AND w.ordering = 'fifo'
+                          WHERE p.status = 'pending' AND p.lane_seq IS NULL
+                          ORDER BY p.created_at, p.id) q) o
+          WHERE d.id = o.id AND d.event_id = o.event_id",
+    )
+    .execute(conn)
+    .await
+}
+
+/// Closes a webhook's breaker (it was turned on again by hand).
+async fn close_breaker(conn: &mut AsyncPgConnection, webhook_id: Uuid) -> QueryResult<usize> {
+    diesel::update(webhook_controls::table.find(webhook_id))
+        .set((
+            webhook_controls::state.eq(BreakerState::Closed.as_str()),
+            webhook_controls::consecutive_failures.eq(0),
+            webhook_controls::opened_at.eq(None::<OffsetDateTime>),
+            webhook_controls::next_probe_at.eq(None::<OffsetDateTime>),
+            webhook_controls::cooldown_ms.eq(0),
+        ))
+        .execute(conn)
+        .await
+}
 
 fn requeue() -> Requeue {
     (
@@ -735,6 +932,7 @@ fn requeue() -> Requeue {
         webhook_deliveries::completed_at.eq(None),
         webhook_deliveries::lease_id.eq(None),
         webhook_deliveries::lease_expires_at.eq(None),
+        webhook_deliveries::lane_seq.eq(None),
     )
 }
 
@@ -743,13 +941,98 @@ fn requeue() -> Requeue {
 #[derive(Clone)]
 pub struct PgDeliveryQueue {
     pool: Pool,
+    breaker: BreakerConfig,
+    transitions: std::sync::Arc<BreakerTransitions>,
 }
 
 impl PgDeliveryQueue {
-    /// Wires the queue.
+    /// Wires the queue with the default breaker settings.
     pub fn new(pool: Pool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            breaker: BreakerConfig::default(),
+            transitions: std::sync::Arc::default(),
+        }
     }
+
+    /// The circuit breaker's settings (`STRATUM_WEBHOOK_BREAKER_*`).
+    pub fn with_breaker(mut self, breaker: BreakerConfig) -> Self {
+        self.breaker = breaker;
+        self
+    }
+
+    /// The breaker transitions this queue wrote.
+    pub fn transitions(&self) -> std::sync::Arc<BreakerTransitions> {
+        std::sync::Arc::clone(&self.transitions)
+    }
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = webhook_controls)]
+struct ControlsRow {
+    webhook_id: Uuid,
+    state: String,
+    consecutive_failures: i32,
+    opened_at: Option<OffsetDateTime>,
+    next_probe_at: Option<OffsetDateTime>,
+    cooldown_ms: i64,
+}
+
+/// Per webhook of a completion batch, the results of its real attempts in order.
+fn attempt_results(completions: &[Completion]) -> Vec<(Uuid, Vec<bool>)> {
+    let mut out: Vec<(Uuid, Vec<bool>)> = Vec::new();
+    for c in completions {
+        let ok = match c.verdict {
+            Verdict::Success => true,
+            Verdict::Retry { .. } | Verdict::Failed => false,
+            // Gone disables the webhook at once; a release was no attempt.
+            Verdict::Gone | Verdict::Release { .. } => continue,
+        };
+        match out.iter_mut().find(|(w, _)| *w == c.webhook_id) {
+            Some((_, v)) => v.push(ok),
+            None => out.push((c.webhook_id, vec![ok])),
+        }
+    }
+    out
+}
+
+/// Disables webhooks for `reason`, each with its `webhook.disabled` journal; reads what it
+/// replaces under the row lock, so the audit entry is one more link of the chain.
+async fn disable_webhooks(
+    conn: &mut AsyncPgConnection,
+    ids: &[Uuid],
+    reason: DisabledReason,
+    now: OffsetDateTime,
+) -> Result<usize, TxError<StoreError>> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let before: Vec<WebhookRow> = webhooks::table
+        .filter(webhooks::id.eq_any(ids))
+        .filter(webhooks::active.eq(true))
+        .select(WebhookRow::as_select())
+        .order(webhooks::id)
+        .for_update()
+        .load(conn)
+        .await?;
+    if before.is_empty() {
+        return Ok(0);
+    }
+    let locked: Vec<Uuid> = before.iter().map(|w| w.id).collect();
+    diesel::update(webhooks::table.filter(webhooks::id.eq_any(&locked)))
+        .set((
+            webhooks::active.eq(false),
+            webhooks::disabled_reason.eq(Some(reason.as_str())),
+            webhooks::updated_at.eq(now),
+            webhooks::version.eq(webhooks::version + 1),
+        ))
+        .execute(conn)
+        .await?;
+    for w in before {
+        let w = Webhook::try_from(w).map_err(TxError::Domain)?;
+        record(conn, &disabled_journal(&w, reason, now)).await?;
+    }
+    Ok(locked.len())
 }
 
 #[derive(QueryableByName)]
@@ -764,6 +1047,14 @@ struct ClaimRow {
     url: String,
     #[diesel(sql_type = Text)]
     secret_encrypted: String,
+    #[diesel(sql_type = Array<Text>)]
+    previous_secrets: Vec<String>,
+    #[diesel(sql_type = Array<Timestamptz>)]
+    previous_secrets_expire_at: Vec<OffsetDateTime>,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    fifo: bool,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    not_before: Option<OffsetDateTime>,
     #[diesel(sql_type = SqlUuid)]
     event_id: Uuid,
     #[diesel(sql_type = Text)]
@@ -798,9 +1089,10 @@ impl DeliveryQueue for PgDeliveryQueue {
         let mut conn = read_conn(&self.pool).await?;
         let rows: Vec<ClaimRow> = {
             diesel::sql_query(
-                "SELECT id, attempts, webhook_id, url, secret_encrypted, event_id, event_type, tenant_id,
+                "SELECT id, attempts, webhook_id, url, secret_encrypted, previous_secrets,
+                        previous_secrets_expire_at, fifo, not_before, event_id, event_type, tenant_id,
                         payload, event_created_at
-                   FROM stratum_claim_per_webhook($1, $2, $3, $4, $5, $6)",
+                   FROM stratum_claim_controlled($1, $2, $3, $4, $5, $6)",
             )
             .bind::<BigInt, _>(limit)
             .bind::<BigInt, _>(i64::try_from(per_webhook).unwrap_or(i64::MAX))
@@ -821,6 +1113,17 @@ impl DeliveryQueue for PgDeliveryQueue {
                 webhook_id: r.webhook_id,
                 url: r.url,
                 secret_encrypted: r.secret_encrypted,
+                previous_secrets: r
+                    .previous_secrets
+                    .into_iter()
+                    .zip(r.previous_secrets_expire_at)
+                    .map(|(secret_encrypted, expires_at)| PreviousSecret {
+                        secret_encrypted,
+                        expires_at,
+                    })
+                    .collect(),
+                fifo: r.fifo,
+                not_before: r.not_before,
                 event_id: r.event_id,
                 event_type: r.event_type,
                 tenant_id: r.tenant_id,
@@ -879,6 +1182,7 @@ impl DeliveryQueue for PgDeliveryQueue {
             durations.push(c.outcome.duration_ms.min(i32::MAX as u32) as i32);
             bodies.push(c.outcome.body_excerpt.clone());
         }
+        let results = attempt_results(&completions);
         in_tx!(self.pool, StoreError, |conn| {
             // The compare-and-set on the lease and the attempts, in one statement whose
             // plan the function keeps (see the migration).
@@ -899,34 +1203,117 @@ impl DeliveryQueue for PgDeliveryQueue {
             .bind::<Array<Nullable<Text>>, _>(&bodies)
             .get_result(conn)
             .await?;
-            if !gone.is_empty() {
-                // 410 Gone: the receiver asked us to stop. Read what is replaced under the
-                // row lock, so the system's audit entry is one more link of the chain.
-                let before: Vec<WebhookRow> = webhooks::table
-                    .filter(webhooks::id.eq_any(&gone))
-                    .filter(webhooks::active.eq(true))
-                    .select(WebhookRow::as_select())
-                    .for_update()
-                    .load(conn)
-                    .await?;
-                if !before.is_empty() {
-                    let ids: Vec<Uuid> = before.iter().map(|w| w.id).collect();
-                    diesel::update(webhooks::table.filter(webhooks::id.eq_any(&ids)))
-                        .set((
-                            webhooks::active.eq(false),
-                            webhooks::updated_at.eq(now),
-                            webhooks::version.eq(webhooks::version + 1),
-                        ))
-                        .execute(conn)
-                        .await?;
-                    for w in before {
-                        record(conn, &gone_journal(&Webhook::from(w), now)).await?;
-                    }
-                }
+            disable_webhooks(conn, &gone, DisabledReason::Gone, now).await?;
+            if self.breaker.enabled() && !results.is_empty() {
+                self.apply_breakers(conn, &results, now).await?;
             }
             Ok(usize::try_from(applied.n).unwrap_or(0))
         })
     }
+}
+
+impl PgDeliveryQueue {
+    /// Applies a batch's attempt results to the webhooks' breakers. Webhooks with only
+    /// successes are reset by one statement that touches only breakers not already closed
+    /// and clean; the others are read under their row lock (in id order, as the claim locks
+    /// them), moved by the breaker's rules and written back.
+    async fn apply_breakers(
+        &self,
+        conn: &mut AsyncPgConnection,
+        results: &[(Uuid, Vec<bool>)],
+        now: OffsetDateTime,
+    ) -> Result<(), TxError<StoreError>> {
+        let clean: Vec<Uuid> = results
+            .iter()
+            .filter(|(_, r)| r.iter().all(|ok| *ok))
+            .map(|(w, _)| *w)
+            .collect();
+        let mut failing: Vec<Uuid> = results
+            .iter()
+            .filter(|(_, r)| r.iter().any(|ok| !ok))
+            .map(|(w, _)| *w)
+            .collect();
+        failing.sort_unstable();
+        if !clean.is_empty() {
+            let closed: Vec<String> = diesel::sql_query(
+                "UPDATE webhook_controls k
+                    SET state = 'closed', consecutive_failures = 0, opened_at = NULL,
+                        next_probe_at = NULL, cooldown_ms = 0
+                   FROM (SELECT c.webhook_id, c.state AS was FROM webhook_controls c
+                          WHERE c.webhook_id = ANY($1)
+                            AND (c.state <> 'closed' OR c.consecutive_failures > 0)
+                          ORDER BY c.webhook_id FOR UPDATE) o
+                  WHERE k.webhook_id = o.webhook_id
+                 RETURNING o.was",
+            )
+            .bind::<Array<SqlUuid>, _>(&clean)
+            .load::<WasRow>(conn)
+            .await?
+            .into_iter()
+            .map(|r| r.was)
+            .collect();
+            for was in closed {
+                if let Some(from) = BreakerState::parse(&was) {
+                    self.transitions.count(from, BreakerState::Closed);
+                }
+            }
+        }
+        if failing.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<ControlsRow> = webhook_controls::table
+            .filter(webhook_controls::webhook_id.eq_any(&failing))
+            .order(webhook_controls::webhook_id)
+            .select(ControlsRow::as_select())
+            .for_update()
+            .load(conn)
+            .await?;
+        let mut disable = Vec::new();
+        for row in rows {
+            let state = BreakerState::parse(&row.state)
+                .ok_or_else(|| TxError::Domain(corrupt("breaker state", &row.state)))?;
+            let before = Breaker {
+                state,
+                consecutive_failures: u32::try_from(row.consecutive_failures).unwrap_or(0),
+                opened_at: row.opened_at,
+                next_probe_at: row.next_probe_at,
+                cooldown_ms: row.cooldown_ms,
+            };
+            let Some((_, batch)) = results.iter().find(|(w, _)| *w == row.webhook_id) else {
+                continue;
+            };
+            let change = before.record(batch, now, &self.breaker);
+            for (from, to) in &change.transitions {
+                self.transitions.count(*from, *to);
+            }
+            if change.disable {
+                disable.push(row.webhook_id);
+            }
+            let b = change.breaker;
+            diesel::update(webhook_controls::table.find(row.webhook_id))
+                .set((
+                    webhook_controls::state.eq(b.state.as_str()),
+                    webhook_controls::consecutive_failures
+                        .eq(i32::try_from(b.consecutive_failures).unwrap_or(i32::MAX)),
+                    webhook_controls::opened_at.eq(b.opened_at),
+                    webhook_controls::next_probe_at.eq(b.next_probe_at),
+                    webhook_controls::cooldown_ms.eq(b.cooldown_ms),
+                ))
+                .execute(conn)
+                .await?;
+        }
+        let n = disable_webhooks(conn, &disable, DisabledReason::Failing, now).await?;
+        self.transitions
+            .disabled
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+#[derive(QueryableByName)]
+struct WasRow {
+    #[diesel(sql_type = Text)]
+    was: String,
 }
 
 #[derive(QueryableByName)]
@@ -953,6 +1340,9 @@ pub struct QueueSnapshot {
     /// Inactive webhooks.
     #[diesel(sql_type = BigInt)]
     pub inactive_webhooks: i64,
+    /// Webhooks whose breaker is open or half-open.
+    #[diesel(sql_type = BigInt)]
+    pub open_breakers: i64,
 }
 
 /// Reads the queue figures; uses the partial indexes, so it stays cheap on a big table.
@@ -963,7 +1353,8 @@ pub async fn queue_snapshot(pool: &Pool) -> Result<QueueSnapshot, StoreError> {
         // lease is being sent, not due (migration 18).
         "SELECT p.pending, p.due, p.oldest_due_age_seconds,
                 (SELECT count(*) FROM webhook_deliveries WHERE status = 'failed') AS failed,
-                (SELECT count(*) FROM webhooks WHERE NOT active) AS inactive_webhooks
+                (SELECT count(*) FROM webhooks WHERE NOT active) AS inactive_webhooks,
+                (SELECT count(*) FROM webhook_controls WHERE state <> 'closed') AS open_breakers
            FROM (SELECT count(*) AS pending,
                         count(*) FILTER (WHERE due) AS due,
                         coalesce(extract(epoch FROM now() - min(next_retry_at)

@@ -82,6 +82,22 @@ pub struct WebhookArgs {
     /// adaptive limit starts (at most the maximum above).
     #[arg(long, env = "STRATUM_WEBHOOK_INITIAL_IN_FLIGHT_PER_ENDPOINT", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub initial_in_flight_per_endpoint: u64,
+    /// Consecutive failed attempts that open a webhook's circuit breaker; 0 turns it off.
+    #[arg(long, env = "STRATUM_WEBHOOK_BREAKER_THRESHOLD", default_value_t = 10, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub breaker_threshold: u32,
+    /// The first cool-down of an open breaker, in ms (doubled after each failed probe).
+    #[arg(long, env = "STRATUM_WEBHOOK_BREAKER_COOLDOWN_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    pub breaker_cooldown_ms: u64,
+    /// The longest cool-down of an open breaker, in ms.
+    #[arg(long, env = "STRATUM_WEBHOOK_BREAKER_COOLDOWN_MAX_MS", default_value_t = 600_000, value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    pub breaker_cooldown_max_ms: u64,
+    /// A breaker open this long (ms) disables its webhook; 0: never.
+    #[arg(
+        long,
+        env = "STRATUM_WEBHOOK_DISABLE_AFTER_MS",
+        default_value_t = 432_000_000
+    )]
+    pub disable_after_ms: u64,
     /// Events a replay enqueues per step (one short transaction each).
     #[arg(long, env = "STRATUM_REPLAY_BATCH_SIZE", default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..=10_000))]
     pub replay_batch_size: i64,
@@ -94,6 +110,19 @@ pub struct WebhookArgs {
 }
 
 impl WebhookArgs {
+    /// The circuit breaker's settings.
+    pub fn breaker(&self) -> stratum_webhooks::BreakerConfig {
+        stratum_webhooks::BreakerConfig {
+            threshold: self.breaker_threshold,
+            cooldown: Duration::from_millis(self.breaker_cooldown_ms),
+            cooldown_max: Duration::from_millis(
+                self.breaker_cooldown_max_ms.max(self.breaker_cooldown_ms),
+            ),
+            disable_after: (self.disable_after_ms > 0)
+                .then(|| Duration::from_millis(self.disable_after_ms)),
+        }
+    }
+
     /// The per-attempt timeout.
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)

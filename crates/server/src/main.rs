@@ -276,6 +276,7 @@ fn spawn_queue_gauges(
                     .store(q.oldest_due_age_seconds, Relaxed);
                 g.dead_letter.store(q.failed, Relaxed);
                 g.inactive_webhooks.store(q.inactive_webhooks, Relaxed);
+                g.open_breakers.store(q.open_breakers, Relaxed);
                 g.refreshed_at.store(time_now(), Relaxed);
             }
         }
@@ -316,6 +317,9 @@ fn expose_dispatcher(
     dispatcher: &stratum_webhooks::Dispatcher,
 ) {
     metrics.attach_dispatcher(dispatcher.stats());
+    if let Some(b) = dispatcher.stats().breakers.get() {
+        metrics.attach_breakers(std::sync::Arc::clone(b));
+    }
     let d = dispatcher.clone();
     metrics.attach_dispatcher_snapshot(std::sync::Arc::new(move || d.snapshot()));
 }

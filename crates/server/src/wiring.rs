@@ -105,7 +105,7 @@ pub fn app_state(
         clock,
         RegistryConfig {
             allow_http: out.allow_private,
-            events: stratum_tenancy::events::catalogue(),
+            events: stratum_api::event_catalogue(),
         },
     ));
     let audit = Arc::new(AuditService::new(Arc::new(PgAuditLog::new(pool.clone()))));
@@ -177,14 +177,18 @@ pub fn dispatcher(
         lease: cfg.timeout() * 3 + Duration::from_secs(5),
         ..DispatcherConfig::default()
     };
-    Dispatcher::new(
-        Arc::new(PgDeliveryQueue::new(pool)),
+    let queue = PgDeliveryQueue::new(pool).with_breaker(cfg.breaker());
+    let transitions = queue.transitions();
+    let dispatcher = Dispatcher::new(
+        Arc::new(queue),
         out.client.clone(),
         keyring,
         Arc::new(SystemClock),
         policy,
         config,
-    )
+    );
+    let _ = dispatcher.stats().breakers.set(transitions);
+    dispatcher
 }
 
 /// Builds the replay worker.

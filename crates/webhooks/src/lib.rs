@@ -4,6 +4,7 @@
 
 #![warn(missing_docs)]
 
+pub mod breaker;
 pub mod concurrency;
 pub mod dispatcher;
 pub mod error;
@@ -16,6 +17,7 @@ pub mod registry;
 mod registry_tests;
 pub mod replay;
 
+pub use breaker::{Breaker, BreakerChange, BreakerConfig, BreakerState, BreakerTransitions};
 pub use dispatcher::{
     build_request, random_jitter, BuildError, Dispatcher, DispatcherConfig, DispatcherSnapshot,
     DispatcherStats, WebhookConcurrency, DEFAULT_CONCURRENCY, DEFAULT_INITIAL_PER_WEBHOOK,

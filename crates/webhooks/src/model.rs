@@ -216,9 +216,104 @@ pub struct Webhook {
     /// Last changed.
     #[serde(with = "stratum_core::timefmt::rfc3339")]
     pub updated_at: OffsetDateTime,
+    /// Most attempts started per second, over every process; `None`: no limit.
+    pub rate_limit_per_second: Option<u32>,
+    /// Whether deliveries go one at a time in commit order.
+    pub ordering: DeliveryOrdering,
+    /// Why the engine turned it off; cleared when it is turned on again.
+    pub disabled_reason: Option<DisabledReason>,
+    /// When the last of the previous secrets stops signing; `None` when none still signs.
+    #[serde(with = "stratum_core::timefmt::rfc3339_opt")]
+    pub previous_secret_expires_at: Option<OffsetDateTime>,
     /// Changes with every write; the webhook's `ETag`. Not part of the JSON shape.
     #[serde(skip)]
     pub version: i64,
+}
+
+/// Most requests per second a rate limit may allow.
+pub const MAX_RATE_LIMIT_PER_SECOND: u32 = 10_000;
+
+/// Checks a rate limit: 1-10,000 per second.
+pub fn validate_rate_limit(n: u32) -> Result<u32, WebhookError> {
+    if (1..=MAX_RATE_LIMIT_PER_SECOND).contains(&n) {
+        Ok(n)
+    } else {
+        Err(WebhookError::Validation {
+            field: "rate_limit_per_second",
+            message: "must be an integer from 1 to 10000, or null".into(),
+        })
+    }
+}
+
+/// How a webhook's deliveries are ordered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryOrdering {
+    /// As many in flight as the receiver copes with, in no promised order.
+    #[default]
+    Unordered,
+    /// One in flight, in the order the events' transactions committed; a failing delivery
+    /// holds the lane until it succeeds or is dead-lettered.
+    Fifo,
+}
+
+impl DeliveryOrdering {
+    /// The stored and wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unordered => "unordered",
+            Self::Fifo => "fifo",
+        }
+    }
+
+    /// Parses a stored or wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "unordered" => Some(Self::Unordered),
+            "fifo" => Some(Self::Fifo),
+            _ => None,
+        }
+    }
+}
+
+/// Why the engine disabled a webhook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum DisabledReason {
+    /// The receiver answered 410 Gone.
+    Gone,
+    /// Its circuit breaker stayed open for the configured time.
+    Failing,
+}
+
+impl DisabledReason {
+    /// The stored and wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Gone => "gone",
+            Self::Failing => "failing",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "gone" => Some(Self::Gone),
+            "failing" => Some(Self::Failing),
+            _ => None,
+        }
+    }
+}
+
+/// A secret that signs beside the current one until it expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreviousSecret {
+    /// The secret, encrypted at rest.
+    pub secret_encrypted: String,
+    /// When it stops signing.
+    pub expires_at: OffsetDateTime,
 }
 
 /// Where a delivery stands.
@@ -303,6 +398,12 @@ pub struct ClaimedDelivery {
     pub url: String,
     /// The webhook's secret, encrypted at rest.
     pub secret_encrypted: String,
+    /// Secrets that still sign beside it until they expire (newest first).
+    pub previous_secrets: Vec<PreviousSecret>,
+    /// The webhook is FIFO: this is the head of its lane, the only delivery in flight.
+    pub fifo: bool,
+    /// The attempt may not start before this (its slot under the webhook's rate limit).
+    pub not_before: Option<OffsetDateTime>,
     /// The event.
     pub event_id: Uuid,
     /// The event's type.
@@ -429,6 +530,10 @@ mod tests {
             description: None,
             created_at: OffsetDateTime::UNIX_EPOCH,
             updated_at: OffsetDateTime::UNIX_EPOCH,
+            rate_limit_per_second: None,
+            ordering: DeliveryOrdering::Unordered,
+            disabled_reason: None,
+            previous_secret_expires_at: None,
             version: 1,
         };
         let v = serde_json::to_value(&w).unwrap();

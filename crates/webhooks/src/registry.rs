@@ -8,16 +8,17 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use stratum_core::timefmt::rfc3339;
 use stratum_core::{
-    new_id, Caller, Clock, EventCatalogue, Limit, PageError, Precondition, Scope, StoreError,
-    TenantDirectory, TenantDirectoryExt, TenantPath, KEY_RETRIES, REDACTED,
+    new_id, Caller, Clock, EventCatalogue, EventType, Limit, PageError, Precondition, Scope,
+    StoreError, TenantDirectory, TenantDirectoryExt, TenantPath, KEY_RETRIES, REDACTED,
 };
 use stratum_crypto::{generate_whsec, SharedKeyring};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::{
-    build_request, BuildError, ClaimedDelivery, Delivery, DeliveryClient, DeliveryStatus,
-    Subscriptions, UrlGuard, Webhook, WebhookError, WebhookUrl, WEBHOOK_TEST,
+    build_request, validate_rate_limit, Breaker, BuildError, ClaimedDelivery, Delivery,
+    DeliveryClient, DeliveryOrdering, DeliveryStatus, DisabledReason, Subscriptions, UrlGuard,
+    Webhook, WebhookError, WebhookUrl, WEBHOOK_TEST,
 };
 
 type Result<T> = std::result::Result<T, WebhookError>;
@@ -126,6 +127,8 @@ pub struct WebhookHealth {
     pub last_error_at: Option<OffsetDateTime>,
     /// Deliveries waiting for an attempt.
     pub queue_depth: i64,
+    /// The circuit breaker, shared by every process.
+    pub breaker: Breaker,
 }
 
 /// What the store counts for [`WebhookHealth`].
@@ -141,6 +144,8 @@ pub struct HealthFigures {
     pub last_error: Option<(String, OffsetDateTime)>,
     /// Pending deliveries.
     pub queue_depth: i64,
+    /// The webhook's circuit breaker.
+    pub breaker: Breaker,
 }
 
 /// The window of [`WebhookHealth`]: the last hour.
@@ -185,6 +190,22 @@ pub trait WebhookStore: Send + Sync {
         secret_encrypted: Option<String>,
         journal: stratum_core::Journal,
     ) -> Result<i64>;
+
+    /// Makes `secret_encrypted` the current secret while the stored version is `expected`;
+    /// the secret it replaces (read in the same transaction) keeps signing until
+    /// `previous_expires_at` (dropped at once when that is not after `now`). Previous
+    /// secrets that expired by `now` are dropped and at most
+    /// [`MAX_PREVIOUS_SECRETS`] are kept, the oldest going first. `Stale` when the version
+    /// is another; `NotFound` when gone. Returns the webhook as written.
+    async fn rotate_secret(
+        &self,
+        id: Uuid,
+        expected: i64,
+        secret_encrypted: String,
+        previous_expires_at: OffsetDateTime,
+        now: OffsetDateTime,
+        journal: stratum_core::Journal,
+    ) -> Result<Webhook>;
 
     /// Deletes it and its deliveries while its version is `expected`. `Stale` when it is
     /// another; `NotFound` when gone.
@@ -270,6 +291,10 @@ pub struct NewWebhook {
     pub secret: Option<String>,
     /// Free text.
     pub description: Option<String>,
+    /// Most attempts per second (1-10,000); `None`: no limit.
+    pub rate_limit_per_second: Option<u32>,
+    /// `None`: unordered.
+    pub ordering: Option<DeliveryOrdering>,
 }
 
 /// What `PATCH /webhooks/:id` carries.
@@ -285,7 +310,27 @@ pub struct WebhookPatch {
     pub active: Option<bool>,
     /// New description (`Some(None)` clears it).
     pub description: Option<Option<String>>,
+    /// New rate limit (`Some(None)` removes it).
+    pub rate_limit_per_second: Option<Option<u32>>,
+    /// New ordering; applies to deliveries not yet in flight.
+    pub ordering: Option<DeliveryOrdering>,
 }
+
+/// What `POST /webhooks/:id/rotate-secret` carries.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SecretRotation {
+    /// The new secret; generated when absent.
+    pub secret: Option<String>,
+    /// How long the replaced secret keeps signing, in seconds (0-604,800; default 86,400).
+    pub grace_period_seconds: Option<u32>,
+}
+
+/// Most previous secrets kept signing at once.
+pub const MAX_PREVIOUS_SECRETS: usize = 10;
+/// Default of [`SecretRotation::grace_period_seconds`]: a day.
+pub const DEFAULT_GRACE_PERIOD_SECONDS: u32 = 86_400;
+/// Longest grace period: a week.
+pub const MAX_GRACE_PERIOD_SECONDS: u32 = 604_800;
 
 /// The answer of a test delivery.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -336,21 +381,39 @@ fn after_stale(precondition: Precondition, attempt: u32) -> Result<()> {
     Ok(stratum_core::after_stale(precondition, attempt)?)
 }
 
-/// The journal of the engine disabling a webhook whose receiver answered 410 Gone: a
-/// `webhook.updated` entry by the system actor, `before` the webhook as it was, `after`
-/// inactive at `at` with version `version`.
-pub fn gone_journal(before: &Webhook, at: OffsetDateTime) -> stratum_core::Journal {
+/// The event and audit action of the engine disabling a webhook.
+pub const WEBHOOK_DISABLED: EventType = EventType::from_static("webhook.disabled");
+
+/// The events the webhooks domain emits, to register beside the application's own.
+pub const EVENTS: [stratum_core::EventSpec; 1] = [stratum_core::EventSpec {
+    event_type: WEBHOOK_DISABLED,
+    description: "The engine disabled a webhook: its receiver answered 410 Gone, or its circuit breaker stayed open too long. `data` is the webhook (no secret); never delivered to that webhook.",
+}];
+
+/// The journal of the engine disabling a webhook (its receiver answered 410 Gone, or its
+/// breaker stayed open too long): a `webhook.disabled` entry by the system actor, `before`
+/// the webhook as it was, `after` inactive with `reason` at `at`, and the `webhook.disabled`
+/// event to the webhook's tenant audience with the disabled webhook (no secret) as data.
+pub fn disabled_journal(
+    before: &Webhook,
+    reason: DisabledReason,
+    at: OffsetDateTime,
+) -> stratum_core::Journal {
     let mut after = before.clone();
     after.active = false;
+    after.disabled_reason = Some(reason);
     after.updated_at = at;
+    after.version = before.version + 1;
     let mut after_state = state_of(&after);
     after_state["secret_changed"] = Value::Bool(false);
+    let data = serde_json::to_value(&after).unwrap_or(Value::Null);
     Caller::system()
-        .journal("webhook.updated", "webhook")
+        .journal(WEBHOOK_DISABLED.as_str(), "webhook")
         .resource(before.id)
         .tenant(before.tenant_id)
         .before(Some(state_of(before)))
         .after(Some(after_state))
+        .emit(WEBHOOK_DISABLED, data)
 }
 
 fn validate_secret(secret: &str) -> Result<()> {
@@ -483,6 +546,10 @@ impl WebhookService {
         if let Some(s) = &input.secret {
             validate_secret(s)?;
         }
+        let rate_limit_per_second = input
+            .rate_limit_per_second
+            .map(validate_rate_limit)
+            .transpose()?;
         self.check_tenant(caller, input.tenant_id).await?;
         let (secret, generated) = match input.secret {
             Some(s) => (s, false),
@@ -499,6 +566,10 @@ impl WebhookService {
             description,
             created_at: now,
             updated_at: now,
+            rate_limit_per_second,
+            ordering: input.ordering.unwrap_or_default(),
+            disabled_reason: None,
+            previous_secret_expires_at: None,
             version: 1,
         };
         let journal = caller
@@ -566,6 +637,10 @@ impl WebhookService {
         if let Some(s) = &patch.secret {
             validate_secret(s)?;
         }
+        let rate_limit = patch
+            .rate_limit_per_second
+            .map(|r| r.map(validate_rate_limit).transpose())
+            .transpose()?;
         let mut attempt = 0;
         let mut key_tries = 0;
         loop {
@@ -583,6 +658,16 @@ impl WebhookService {
             }
             if let Some(a) = patch.active {
                 after.active = a;
+                // Turned on again by hand: the engine's reason no longer holds.
+                if a {
+                    after.disabled_reason = None;
+                }
+            }
+            if let Some(r) = rate_limit {
+                after.rate_limit_per_second = r;
+            }
+            if let Some(o) = patch.ordering {
+                after.ordering = o;
             }
             if let Some(d) = &description {
                 after.description.clone_from(d);
@@ -612,6 +697,82 @@ impl WebhookService {
                 Err(WebhookError::Stale) => after_stale(precondition, attempt)?,
                 // A rotation committed after we sealed the secret: seal it again under the
                 // active key (the next pass re-reads and re-seals) when this process holds it.
+                Err(WebhookError::Store(StoreError::KeyNotActive { active_key_id }))
+                    if key_tries < KEY_RETRIES =>
+                {
+                    key_tries += 1;
+                    self.adopt(active_key_id)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Replaces a webhook's signing secret while the one it replaces keeps signing for a
+    /// grace period; returns the webhook and, when the server generated the new secret, that
+    /// secret.
+    pub async fn rotate_secret(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+        input: SecretRotation,
+        precondition: Precondition,
+    ) -> Result<(Webhook, Option<String>)> {
+        caller.require(Scope::Write)?;
+        let mut before = self.get(caller, id).await?;
+        if let Some(s) = &input.secret {
+            validate_secret(s)?;
+        }
+        let grace = input
+            .grace_period_seconds
+            .unwrap_or(DEFAULT_GRACE_PERIOD_SECONDS);
+        if grace > MAX_GRACE_PERIOD_SECONDS {
+            return Err(WebhookError::Validation {
+                field: "grace_period_seconds",
+                message: "must be an integer from 0 to 604800".into(),
+            });
+        }
+        let (secret, generated) = match input.secret {
+            Some(s) => (s, false),
+            None => (generate_whsec(), true),
+        };
+        let mut attempt = 0;
+        let mut key_tries = 0;
+        loop {
+            attempt += 1;
+            if attempt > 1 {
+                before = self.get(caller, id).await?;
+            }
+            check_precondition(precondition, before.version)?;
+            let secret_encrypted = self.seal(&secret)?;
+            let now = self.clock.now();
+            let expires = now + time::Duration::seconds(i64::from(grace));
+            let mut after_state = state_of(&before);
+            after_state["secret_changed"] = Value::Bool(true);
+            after_state["grace_period_seconds"] = Value::from(grace);
+            after_state["previous_secret_expires_at"] = if grace > 0 {
+                Value::String(stratum_core::timefmt::format(expires))
+            } else {
+                before
+                    .previous_secret_expires_at
+                    .filter(|t| *t > now)
+                    .map_or(Value::Null, |t| {
+                        Value::String(stratum_core::timefmt::format(t))
+                    })
+            };
+            let journal = caller
+                .journal("webhook.secret_rotated", "webhook")
+                .resource(id)
+                .tenant(before.tenant_id)
+                .before(Some(state_of(&before)))
+                .after(Some(after_state));
+            match self
+                .webhooks
+                .rotate_secret(id, before.version, secret_encrypted, expires, now, journal)
+                .await
+            {
+                Ok(after) => return Ok((after, generated.then_some(secret))),
+                Err(WebhookError::Stale) => after_stale(precondition, attempt)?,
                 Err(WebhookError::Store(StoreError::KeyNotActive { active_key_id }))
                     if key_tries < KEY_RETRIES =>
                 {
@@ -674,6 +835,9 @@ impl WebhookService {
                     webhook_id: webhook.id,
                     url: webhook.url.as_str().to_owned(),
                     secret_encrypted: secret,
+                    previous_secrets: Vec::new(),
+                    fifo: false,
+                    not_before: None,
                     event_id: new_id(),
                     event_type: WEBHOOK_TEST.as_str().to_owned(),
                     tenant_id: webhook.tenant_id,
@@ -767,6 +931,7 @@ impl WebhookService {
             last_error,
             last_error_at,
             queue_depth: f.queue_depth,
+            breaker: f.breaker,
         })
     }
 

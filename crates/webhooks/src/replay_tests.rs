@@ -28,6 +28,10 @@ fn webhook(tenant: Option<Uuid>) -> Webhook {
         description: None,
         created_at: NOW,
         updated_at: NOW,
+        rate_limit_per_second: None,
+        ordering: crate::DeliveryOrdering::Unordered,
+        disabled_reason: None,
+        previous_secret_expires_at: None,
         version: 1,
     }
 }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, error};
 
 use super::{
@@ -12,30 +12,49 @@ use super::{
 use crate::{Completion, DeliveryQueue};
 
 /// Writes completions in batches; retries failed writes until shutdown.
+///
+/// An urgent completion (the head of a FIFO lane: the next delivery of its webhook waits for
+/// it) is written without waiting for company, and the claim loop is woken after it.
 pub(super) async fn run_completer(
     queue: Arc<dyn DeliveryQueue>,
-    mut rx: mpsc::Receiver<Completion>,
+    mut rx: mpsc::Receiver<(Completion, bool)>,
     batch: usize,
     flush: Duration,
     stats: Arc<DispatcherStats>,
+    wake: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut incoming = Vec::with_capacity(batch);
     let mut buf = Vec::with_capacity(batch);
     loop {
-        if rx.recv_many(&mut buf, batch).await == 0 {
+        if rx.recv_many(&mut incoming, batch).await == 0 {
             return;
         }
+        let mut urgent = take(&mut incoming, &mut buf);
         let deadline = tokio::time::Instant::now() + flush;
-        while buf.len() < batch {
+        while buf.len() < batch && !urgent {
             let room = batch - buf.len();
-            match tokio::time::timeout_at(deadline, rx.recv_many(&mut buf, room)).await {
+            match tokio::time::timeout_at(deadline, rx.recv_many(&mut incoming, room)).await {
                 Ok(0) | Err(_) => break,
-                Ok(_) => {}
+                Ok(_) => urgent = take(&mut incoming, &mut buf),
             }
         }
         stats.completed_batch(buf.len());
         write_completions(queue.as_ref(), &mut buf, &mut shutdown).await;
+        if urgent {
+            wake.notify_one();
+        }
     }
+}
+
+/// Moves `incoming` into `buf`; whether any of them was urgent.
+fn take(incoming: &mut Vec<(Completion, bool)>, buf: &mut Vec<Completion>) -> bool {
+    let mut urgent = false;
+    for (c, u) in incoming.drain(..) {
+        urgent |= u;
+        buf.push(c);
+    }
+    urgent
 }
 
 /// Writes `buf` and empties it, retrying storage errors with backoff until shutdown.

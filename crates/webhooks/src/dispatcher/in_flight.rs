@@ -209,7 +209,7 @@ impl InFlight {
         &mut self,
         inner: Arc<Inner>,
         d: ClaimedDelivery,
-        done: mpsc::Sender<Completion>,
+        done: mpsc::Sender<(Completion, bool)>,
     ) {
         let webhook_id = d.webhook_id;
         let gate = {
@@ -226,8 +226,17 @@ impl InFlight {
             s.idle_since = None;
         }
         self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
-        let claimed_at = tokio::time::Instant::now();
         let handle = self.tasks.spawn(async move {
+            // A rate-limited delivery waits for its slot first (claimed with the lease, so
+            // no other worker takes it meanwhile).
+            if let Some(at) = d.not_before {
+                let wait = at - inner.clock.now();
+                if wait.is_positive() {
+                    tokio::time::sleep(wait.unsigned_abs()).await;
+                }
+            }
+            let claimed_at = tokio::time::Instant::now();
+            let urgent = d.fifo;
             let permit = gate.acquire().await;
             let waited = claimed_at.elapsed();
             let (completion, sent) = if waited > inner.config.lease / 2 {
@@ -242,7 +251,7 @@ impl InFlight {
                 )
             });
             gate.release(permit, sample);
-            if done.send(completion).await.is_err() {
+            if done.send((completion, urgent)).await.is_err() {
                 warn!(%webhook_id, "completion writer is gone; the lease will expire and the delivery will be retried");
             }
         });

@@ -211,6 +211,7 @@ impl Dispatcher {
             cfg.completion_batch,
             cfg.completion_flush,
             Arc::clone(&self.inner.stats),
+            Arc::clone(&wake),
             shutdown.clone(),
         ));
         let mut pool = InFlight::new(

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 use serde_json::Value;
-use stratum_crypto::{sign_delivery, CryptoError, Keyring};
+use stratum_crypto::{sign_delivery, sign_standard, signing_key_bytes, CryptoError, Keyring};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -35,18 +35,24 @@ struct Body<'a> {
     data: &'a Value,
 }
 
+fn decrypt(keyring: &Keyring, sealed: &str) -> Result<String, BuildError> {
+    keyring.decrypt_str(sealed).map_err(|e| match e {
+        CryptoError::KeyMismatch { found, .. } => BuildError::KeyUnavailable { key_id: found },
+        other => BuildError::SecretUnreadable(other.to_string()),
+    })
+}
+
 /// Builds the signed request for one attempt at `d` (body, both signature schemes, headers).
+///
+/// `webhook-signature` carries one `v1,<sig>` per secret that signs at `now`: the current
+/// one first, then each previous secret not yet expired, separated by single spaces.
+/// `X-Stratum-Signature` is made with the current secret only.
 pub fn build_request(
     d: &ClaimedDelivery,
     keyring: &Keyring,
     now: OffsetDateTime,
 ) -> Result<OutgoingRequest, BuildError> {
-    let secret = keyring
-        .decrypt_str(&d.secret_encrypted)
-        .map_err(|e| match e {
-            CryptoError::KeyMismatch { found, .. } => BuildError::KeyUnavailable { key_id: found },
-            other => BuildError::SecretUnreadable(other.to_string()),
-        })?;
+    let secret = decrypt(keyring, &d.secret_encrypted)?;
     let body = serde_json::to_vec(&Body {
         id: d.event_id,
         event: &d.event_type,
@@ -58,6 +64,18 @@ pub fn build_request(
     let delivery_id = d.id.to_string();
     let signatures = sign_delivery(&secret, &delivery_id, now.unix_timestamp(), &body)
         .map_err(|e| BuildError::SecretUnreadable(e.to_string()))?;
+    let mut standard = signatures.standard;
+    for previous in d.previous_secrets.iter().filter(|p| p.expires_at > now) {
+        let key = signing_key_bytes(&decrypt(keyring, &previous.secret_encrypted)?)
+            .map_err(|e| BuildError::SecretUnreadable(e.to_string()))?;
+        standard.push(' ');
+        standard.push_str(&sign_standard(
+            &key,
+            &delivery_id,
+            signatures.timestamp,
+            &body,
+        ));
+    }
     let timestamp = signatures.timestamp.to_string();
     let headers = vec![
         ("X-Stratum-Event".to_owned(), d.event_type.clone()),
@@ -66,7 +84,7 @@ pub fn build_request(
         ("X-Stratum-Signature".to_owned(), signatures.stratum),
         ("webhook-id".to_owned(), delivery_id),
         ("webhook-timestamp".to_owned(), timestamp),
-        ("webhook-signature".to_owned(), signatures.standard),
+        ("webhook-signature".to_owned(), standard),
     ];
     Ok(OutgoingRequest {
         url: d.url.clone(),

@@ -12,6 +12,8 @@ use crate::{ClaimedDelivery, Verdict};
 /// Counters for metrics; every field only grows except `in_flight`.
 #[derive(Debug)]
 pub struct DispatcherStats {
+    /// The breaker transitions its queue writes, when the queue counts them.
+    pub breakers: std::sync::OnceLock<std::sync::Arc<crate::BreakerTransitions>>,
     /// Deliveries claimed and not yet finished (sending or waiting for a per-webhook slot).
     pub in_flight: AtomicUsize,
     /// Attempts made (a release is not an attempt).
@@ -43,6 +45,7 @@ pub struct DispatcherStats {
 impl Default for DispatcherStats {
     fn default() -> Self {
         Self {
+            breakers: std::sync::OnceLock::new(),
             in_flight: AtomicUsize::new(0),
             attempts_total: AtomicU64::new(0),
             successes: AtomicU64::new(0),
