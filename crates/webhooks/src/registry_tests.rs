@@ -2125,3 +2125,196 @@ async fn a_read_scoped_caller_reads_but_changes_nothing() {
     let all = svc.retry_all(&caller).await;
     assert!(is_missing_write(&all), "{all:?}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Delivery controls: rotation with overlap, rate limits, ordering, re-enabling
+// ---------------------------------------------------------------------------------------
+
+type Rotation = (Uuid, i64, String, OffsetDateTime, OffsetDateTime, Journal);
+
+fn rotation_recorded(ports: &mut Ports, sink: &Slot<Rotation>, current: &Webhook) {
+    let sink = sink.clone();
+    let answer = current.clone();
+    ports.webhooks.expect_rotate_secret().times(1).returning(
+        move |id, expected, sealed, expires, now, journal| {
+            put_in(&sink, (id, expected, sealed, expires, now, journal));
+            Ok(Webhook {
+                version: expected + 1,
+                previous_secret_expires_at: Some(expires),
+                ..answer.clone()
+            })
+        },
+    );
+}
+
+#[tokio::test]
+async fn rotate_secret_keeps_the_old_one_for_the_grace_period_and_journals_no_secret() {
+    let w = webhook_of(None);
+    let mut ports = Ports::new(&[]).with_webhook(&w, None);
+    let sink = slot();
+    rotation_recorded(&mut ports, &sink, &w);
+    let (after, generated) = ports
+        .service()
+        .rotate_secret(
+            &admin(),
+            w.id,
+            SecretRotation {
+                secret: None,
+                grace_period_seconds: Some(3600),
+            },
+            Precondition::Any,
+        )
+        .await
+        .unwrap();
+    let secret = generated.expect("a generated secret is returned once");
+    assert!(secret.starts_with("whsec_"));
+    assert_eq!(
+        after.previous_secret_expires_at,
+        Some(NOW + time::Duration::hours(1))
+    );
+    let (id, expected, sealed, expires, now, journal) = taken(&sink);
+    assert_eq!(
+        (id, expected, expires, now),
+        (w.id, w.version, NOW + time::Duration::hours(1), NOW)
+    );
+    assert_eq!(keyring().decrypt_str(&sealed).unwrap(), secret);
+    assert_eq!(journal.action, "webhook.secret_rotated");
+    assert_eq!(journal.resource_id, Some(w.id.to_string()));
+    let after_state = journal.after.clone().unwrap();
+    assert_eq!(after_state["secret"], json!(REDACTED));
+    assert_eq!(after_state["grace_period_seconds"], json!(3600));
+    assert_eq!(
+        after_state["previous_secret_expires_at"],
+        json!("2026-02-01T13:00:00.000Z")
+    );
+    assert!(!journal_text(&journal).contains(&secret));
+    assert!(journal.event.is_none());
+}
+
+#[tokio::test]
+async fn rotate_secret_defaults_to_a_day_and_returns_no_given_secret() {
+    let w = webhook_of(None);
+    let mut ports = Ports::new(&[]).with_webhook(&w, None);
+    let sink = slot();
+    rotation_recorded(&mut ports, &sink, &w);
+    let (_, generated) = ports
+        .service()
+        .rotate_secret(
+            &admin(),
+            w.id,
+            SecretRotation {
+                secret: Some(GIVEN_SECRET.to_owned()),
+                grace_period_seconds: None,
+            },
+            Precondition::Any,
+        )
+        .await
+        .unwrap();
+    assert_eq!(generated, None);
+    let (_, _, sealed, expires, _, _) = taken(&sink);
+    assert_eq!(expires, NOW + time::Duration::days(1));
+    assert_eq!(keyring().decrypt_str(&sealed).unwrap(), GIVEN_SECRET);
+}
+
+#[tokio::test]
+async fn rotate_secret_validates_and_hides_webhooks_the_key_cannot_see() {
+    let w = webhook_of(None);
+    let rotate = |s: Option<&str>, grace: Option<u32>| SecretRotation {
+        secret: s.map(str::to_owned),
+        grace_period_seconds: grace,
+    };
+    for (input, field) in [
+        (rotate(Some("short"), None), "secret"),
+        (rotate(None, Some(604_801)), "grace_period_seconds"),
+    ] {
+        let ports = Ports::new(&[]).with_webhook(&w, None);
+        assert_validation(
+            ports
+                .service()
+                .rotate_secret(&admin(), w.id, input, Precondition::Any)
+                .await,
+            field,
+        );
+    }
+    // A tenant-scoped key does not see a global webhook: 404, nothing written.
+    let t = root();
+    let ports = Ports::new(&[&t]).with_webhook(&w, None);
+    assert!(matches!(
+        ports
+            .service()
+            .rotate_secret(
+                &scoped_caller(&t),
+                w.id,
+                rotate(None, Some(0)),
+                Precondition::Any
+            )
+            .await,
+        Err(WebhookError::NotFound)
+    ));
+}
+
+#[tokio::test]
+async fn rate_limits_outside_1_to_10000_are_refused() {
+    for bad in [0, 10_001] {
+        let mut ports = Ports::new(&[]);
+        ports.guard = guard_allows();
+        let input = NewWebhook {
+            rate_limit_per_second: Some(bad),
+            ..new_webhook(None)
+        };
+        assert_validation(
+            ports.service().create(&admin(), input).await,
+            "rate_limit_per_second",
+        );
+        let w = webhook_of(None);
+        let ports = Ports::new(&[]).with_webhook(&w, None);
+        let patch = WebhookPatch {
+            rate_limit_per_second: Some(Some(bad)),
+            ..WebhookPatch::default()
+        };
+        assert_validation(
+            ports
+                .service()
+                .update(&admin(), w.id, patch, Precondition::Any)
+                .await,
+            "rate_limit_per_second",
+        );
+    }
+}
+
+#[tokio::test]
+async fn turning_a_disabled_webhook_on_clears_its_reason_and_settings_apply() {
+    let w = Webhook {
+        active: false,
+        disabled_reason: Some(DisabledReason::Failing),
+        ..webhook_of(None)
+    };
+    let mut ports = Ports::new(&[]).with_webhook(&w, None);
+    let sink = slot();
+    let s2 = sink.clone();
+    ports
+        .webhooks
+        .expect_update()
+        .times(1)
+        .returning(move |after, expected, _, _| {
+            put_in(&s2, after);
+            Ok(expected + 1)
+        });
+    let patch = WebhookPatch {
+        active: Some(true),
+        rate_limit_per_second: Some(Some(100)),
+        ordering: Some(DeliveryOrdering::Fifo),
+        ..WebhookPatch::default()
+    };
+    let updated = ports
+        .service()
+        .update(&admin(), w.id, patch, Precondition::Any)
+        .await
+        .unwrap();
+    let stored: Webhook = taken(&sink);
+    assert!(stored.active);
+    assert_eq!(stored.disabled_reason, None);
+    assert_eq!(stored.rate_limit_per_second, Some(100));
+    assert_eq!(stored.ordering, DeliveryOrdering::Fifo);
+    assert_eq!(updated.disabled_reason, None);
+}

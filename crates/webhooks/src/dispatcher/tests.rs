@@ -1103,3 +1103,99 @@ async fn a_wake_up_claims_before_the_poll_interval() {
     handle.await.unwrap();
     assert_each_once(&written.take(), &[d]);
 }
+
+// ---- secrets kept through a grace period ----
+
+const OLD_SECRET: &str = "the-old-secret-still-in-grace";
+const OLDER_SECRET: &str = "an-older-secret-already-expired";
+
+fn with_previous(expiries: &[(&str, OffsetDateTime)]) -> ClaimedDelivery {
+    ClaimedDelivery {
+        previous_secrets: expiries
+            .iter()
+            .map(|(s, at)| crate::PreviousSecret {
+                secret_encrypted: keyring().encrypt_str(s).unwrap(),
+                expires_at: *at,
+            })
+            .collect(),
+        ..good_delivery(0)
+    }
+}
+
+#[test]
+fn unexpired_previous_secrets_sign_beside_the_current_one_current_first() {
+    let d = with_previous(&[
+        (OLD_SECRET, NOW + time::Duration::seconds(1)),
+        (OLDER_SECRET, NOW),
+    ]);
+    let req = dispatcher(MockDeliveryClient::new())
+        .build_request(&d, &keyring(), NOW)
+        .unwrap();
+    let standard = header(&req, "webhook-signature");
+    let parts: Vec<&str> = standard.split(' ').collect();
+    assert_eq!(parts.len(), 2, "current and the unexpired one: {standard}");
+    let ts = header(&req, "webhook-timestamp");
+    let id = d.id.to_string();
+    let verify = |secret: &str, sig: &str| {
+        verify_standard(secret, &id, ts, sig, &req.body, NOW.unix_timestamp(), 300)
+    };
+    verify(PLAIN_SECRET, parts[0]).unwrap();
+    assert!(
+        verify(PLAIN_SECRET, parts[1]).is_err(),
+        "the current one comes first"
+    );
+    verify(OLD_SECRET, parts[1]).unwrap();
+    // A receiver holding either secret verifies the whole header; the expired one does not.
+    verify(PLAIN_SECRET, standard).unwrap();
+    verify(OLD_SECRET, standard).unwrap();
+    assert!(verify(OLDER_SECRET, standard).is_err());
+    // The Stratum scheme uses the current secret only.
+    let stratum = header(&req, "X-Stratum-Signature");
+    assert!(!stratum.contains(' '));
+    verify_stratum(
+        PLAIN_SECRET.as_bytes(),
+        ts,
+        stratum,
+        &req.body,
+        NOW.unix_timestamp(),
+        300,
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_retry_after_the_grace_period_is_signed_with_the_current_secret_only() {
+    let d = with_previous(&[(OLD_SECRET, NOW)]);
+    let req = dispatcher(MockDeliveryClient::new())
+        .build_request(&d, &keyring(), NOW)
+        .unwrap();
+    let standard = header(&req, "webhook-signature");
+    assert!(!standard.contains(' '), "{standard}");
+    let ts = header(&req, "webhook-timestamp");
+    assert!(verify_standard(
+        OLD_SECRET,
+        &d.id.to_string(),
+        ts,
+        standard,
+        &req.body,
+        NOW.unix_timestamp(),
+        300
+    )
+    .is_err());
+}
+
+#[test]
+fn a_previous_secret_under_a_key_this_process_lacks_releases_the_delivery() {
+    let other = Keyring::from_env_values(OTHER_MASTER, None).unwrap();
+    let d = ClaimedDelivery {
+        previous_secrets: vec![crate::PreviousSecret {
+            secret_encrypted: other.encrypt_str(OLD_SECRET).unwrap(),
+            expires_at: NOW + time::Duration::hours(1),
+        }],
+        ..good_delivery(0)
+    };
+    assert!(matches!(
+        dispatcher(MockDeliveryClient::new()).build_request(&d, &keyring(), NOW),
+        Err(BuildError::KeyUnavailable { .. })
+    ));
+}
