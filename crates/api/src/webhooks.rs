@@ -15,13 +15,17 @@ use crate::AppState;
 
 type Res = Result<HttpResponse, ApiError>;
 
-impl crate::extract::Body for CreateWebhook {}
+impl crate::extract::Body for CreateWebhook {
+    const NOT_NULL: &'static [&'static str] = &["ordering"];
+}
 
 impl crate::extract::Body for PatchWebhook {
     const NOT_NULL: &'static [&'static str] = &["url", "events", "secret", "active", "ordering"];
 }
 
-impl crate::extract::Body for RotateSecret {}
+impl crate::extract::Body for RotateSecret {
+    const NOT_NULL: &'static [&'static str] = &["secret", "grace_period_seconds"];
+}
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
