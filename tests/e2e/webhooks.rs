@@ -410,7 +410,7 @@ async fn gone_deactivates_and_inactive_gets_nothing() {
     let (_, entries) = app
         .api(
             "GET",
-            "/audit-logs?resource_type=webhook&action=webhook.updated&actor_id=system&limit=10",
+            "/audit-logs?resource_type=webhook&action=webhook.disabled&actor_id=system&limit=10",
             None,
         )
         .await
@@ -425,8 +425,10 @@ async fn gone_deactivates_and_inactive_gets_nothing() {
     assert_eq!(mine[0]["actor_type"], "system");
     assert_eq!(mine[0]["before_state"]["active"], true);
     assert_eq!(mine[0]["after_state"]["active"], false);
+    assert_eq!(mine[0]["after_state"]["disabled_reason"], "gone");
     assert_eq!(mine[0]["before_state"]["secret"], "[REDACTED]");
     let (_, now) = app.api("GET", &path, None).await.unwrap();
+    assert_eq!(now["disabled_reason"], "gone");
     assert_eq!(mine[0]["after_state"]["updated_at"], now["updated_at"]);
     let (_, ds) = app
         .api("GET", &format!("{path}/deliveries"), None)

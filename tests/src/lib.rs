@@ -261,6 +261,8 @@ pub enum Behaviour {
     FailFirst(u32),
     /// Sleeps, then 200.
     Slow(Duration),
+    /// 500 for every `n`th request (the `n`th, `2n`th, ...), else 200.
+    FailEvery(u32),
 }
 
 /// One request the receiver got.
@@ -272,6 +274,10 @@ pub struct Received {
     pub headers: HashMap<String, String>,
     /// The raw body.
     pub body: Vec<u8>,
+    /// When its head was read.
+    pub at: std::time::Instant,
+    /// The status it was answered with.
+    pub status: u16,
 }
 
 #[derive(Default)]
@@ -392,6 +398,7 @@ async fn serve_conn(sock: tokio::net::TcpStream, st: Arc<RecvState>) -> Result<(
         if r.read_line(&mut line).await? == 0 {
             return Ok(());
         }
+        let at = std::time::Instant::now();
         let path = line
             .split_whitespace()
             .nth(1)
@@ -430,13 +437,6 @@ async fn serve_conn(sock: tokio::net::TcpStream, st: Arc<RecvState>) -> Result<(
             *n += 1;
             *n
         };
-        if let Ok(mut rec) = st.received.lock() {
-            rec.push(Received {
-                path: path.clone(),
-                headers,
-                body,
-            });
-        }
         let status = match behaviour {
             Behaviour::Ok => 200,
             Behaviour::Status(s) => s,
@@ -447,11 +447,27 @@ async fn serve_conn(sock: tokio::net::TcpStream, st: Arc<RecvState>) -> Result<(
                     200
                 }
             }
-            Behaviour::Slow(d) => {
-                tokio::time::sleep(d).await;
-                200
+            Behaviour::Slow(_) => 200,
+            Behaviour::FailEvery(n) => {
+                if n > 0 && hit % n == 0 {
+                    500
+                } else {
+                    200
+                }
             }
         };
+        if let Ok(mut rec) = st.received.lock() {
+            rec.push(Received {
+                path: path.clone(),
+                headers,
+                body,
+                at,
+                status,
+            });
+        }
+        if let Behaviour::Slow(d) = behaviour {
+            tokio::time::sleep(d).await;
+        }
         let resp = format!(
             "HTTP/1.1 {status} X\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n\r\nok"
         );

@@ -239,8 +239,16 @@ impl InFlight {
             let urgent = d.fifo;
             let permit = gate.acquire().await;
             let waited = claimed_at.elapsed();
+            let late = d
+                .not_before
+                .map(|at| inner.clock.now() - at)
+                .filter(|late| *late > super::RATE_SLOT_TOLERANCE);
             let (completion, sent) = if waited > inner.config.lease / 2 {
                 (inner.give_back(&d, waited), false)
+            } else if let Some(late) = late {
+                // Sent this late, it would share a second with later slots: the rate limit
+                // holds only if each attempt starts near its slot. It goes back for a new one.
+                (inner.give_back(&d, late.unsigned_abs()), false)
             } else {
                 inner.attempt_measured(d).await
             };

@@ -41,6 +41,11 @@ pub use stats::{DispatcherSnapshot, DispatcherStats, WebhookConcurrency};
 /// How long a delivery this process cannot sign is left for other processes.
 pub const RELEASE_DELAY: Duration = Duration::from_secs(30);
 
+/// How late after its rate-limit slot an attempt may still start; a later one is given
+/// back unattempted for a new slot, so that no one-second window holds more than the
+/// limit plus this share of it.
+pub(crate) const RATE_SLOT_TOLERANCE: time::Duration = time::Duration::milliseconds(50);
+
 /// The least time between two claims when the first came back short.
 const SHORT_CLAIM_SPACING: Duration = Duration::from_millis(2);
 

@@ -1199,3 +1199,110 @@ fn a_previous_secret_under_a_key_this_process_lacks_releases_the_delivery() {
         Err(BuildError::KeyUnavailable { .. })
     ));
 }
+
+// ---- rate-limit slots and FIFO heads ----
+
+#[tokio::test(start_paused = true)]
+async fn a_rate_limited_delivery_waits_for_its_slot_and_a_late_one_goes_back_unattempted() {
+    let on_time = ClaimedDelivery {
+        not_before: Some(NOW + time::Duration::milliseconds(300)),
+        ..good_delivery(0)
+    };
+    let late = ClaimedDelivery {
+        not_before: Some(NOW - time::Duration::seconds(1)),
+        ..good_delivery(2)
+    };
+    let deliveries = vec![on_time.clone(), late.clone()];
+    let written = Written::default();
+    let mut queue = MockDeliveryQueue::new();
+    let mut pending = Some(deliveries.clone());
+    queue
+        .expect_claim()
+        .returning(move |_, _, _, _| Ok(pending.take().unwrap_or_default()));
+    let sink = written.clone();
+    queue
+        .expect_complete()
+        .returning(move |batch| Ok(sink.push(batch, 2)));
+    let started = tokio::time::Instant::now();
+    let sent_at = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&sent_at);
+    let mut client = MockDeliveryClient::new();
+    client.expect_send().times(1).returning(move |req| {
+        seen.lock()
+            .unwrap()
+            .push((req.url, tokio::time::Instant::now()));
+        status(200)
+    });
+    let dispatcher = dispatcher_with(queue, client, run_config());
+
+    run_until_written(&dispatcher, &written).await;
+
+    let sends = sent_at.lock().unwrap().clone();
+    assert_eq!(sends.len(), 1, "only the one on time was sent");
+    assert_eq!(sends[0].0, on_time.url);
+    assert!(
+        sends[0].1 - started >= Duration::from_millis(300),
+        "sent at its slot"
+    );
+    let completions = written.take();
+    let back = completions
+        .iter()
+        .find(|c| c.delivery_id == late.id)
+        .unwrap();
+    assert!(matches!(back.verdict, Verdict::Release { .. }));
+    assert_eq!(back.attempt, 2, "no attempt spent");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fifo_head_is_written_without_waiting_for_company_and_wakes_the_claim_loop() {
+    let head = ClaimedDelivery {
+        fifo: true,
+        ..good_delivery(0)
+    };
+    let next = ClaimedDelivery {
+        fifo: true,
+        ..good_delivery(0)
+    };
+    let written = Written::default();
+    let mut queue = MockDeliveryQueue::new();
+    // The lane gives one at a time: the next head only after the first was completed.
+    let claims = Arc::new(Mutex::new(VecDeque::from(vec![
+        vec![head.clone()],
+        vec![next.clone()],
+    ])));
+    let completed = Arc::new(AtomicUsize::new(0));
+    let (c1, done1) = (Arc::clone(&claims), Arc::clone(&completed));
+    queue.expect_claim().returning(move |_, _, _, _| {
+        let mut q = c1.lock().unwrap();
+        let ready = q.len() == 2 || done1.load(Ordering::SeqCst) == 1;
+        Ok(if ready {
+            q.pop_front().unwrap_or_default()
+        } else {
+            Vec::new()
+        })
+    });
+    let sink = written.clone();
+    queue.expect_complete().returning(move |batch| {
+        completed.fetch_add(batch.len(), Ordering::SeqCst);
+        Ok(sink.push(batch, 2))
+    });
+    let mut client = MockDeliveryClient::new();
+    client.expect_send().times(2).return_const(status(200));
+    let config = DispatcherConfig {
+        completion_flush: Duration::from_secs(30),
+        poll_interval: Duration::from_secs(30),
+        ..run_config()
+    };
+    let dispatcher = dispatcher_with(queue, client, config);
+    let started = tokio::time::Instant::now();
+
+    run_until_written(&dispatcher, &written).await;
+
+    // Neither the 30 s completion flush nor the 30 s poll was waited for.
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(*written.batch_sizes.lock().unwrap(), vec![1, 1]);
+}
