@@ -45,7 +45,7 @@ inside() {
     sleep 0.1
   done
 
-  echo "== standardwebhooks: real deliveries of all nine events and /test"
+  echo "== standardwebhooks: real deliveries of all nine events, /test and a secret rotation"
   "$VENV/bin/python" scripts/conformance/webhooks.py "$base" "$ADMIN_KEY"
 
   echo "== schemathesis over $base/api/v1/openapi.json (seed $SEED, $EXAMPLES examples per operation)"

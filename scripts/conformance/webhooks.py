@@ -35,6 +35,11 @@ EVENTS = [
 PLAIN_SECRET = "a-plain-secret-of-some-length-0123"
 
 secrets = {}  # receiver path -> the secret Stratum signs with
+ROTATING = "/rotating"
+OLD_SECRET = "the-secret-before-rotation-0123"
+NEW_SECRET = "the-secret-after-rotation-45678"
+GRACE_SECONDS = 5
+rotated = []  # (tenant slug, verified with the old secret only, with the new secret only)
 received = []  # (path, event type, payload)
 failures = []
 lock = threading.Lock()
@@ -63,6 +68,9 @@ class Handler(BaseHTTPRequestHandler):
         path = self.path
         self.send_response(200)
         self.end_headers()
+        if path == ROTATING:
+            self.rotating(body)
+            return
         secret = secrets.get(path)
         if secret is None:
             fail(f"delivery to unknown path {path}")
@@ -89,6 +97,72 @@ class Handler(BaseHTTPRequestHandler):
                 fail(f"{path}: body lacks {key}: {payload}")
         with lock:
             received.append((path, payload.get("event"), payload))
+
+
+    def rotating(self, body):
+        # Two receivers in one: one holding only the old secret, one only the new.
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        verdicts = []
+        for secret in (OLD_SECRET, NEW_SECRET):
+            try:
+                payload = Webhook(library_secret(secret)).verify(body, headers)
+                verdicts.append(True)
+            except Exception:  # noqa: BLE001 - a refusal is the answer being checked
+                verdicts.append(False)
+        ts = headers.get("x-stratum-timestamp", "")
+        current = "sha256=" + hmac.new(
+            NEW_SECRET.encode(), ts.encode() + b"." + body, hashlib.sha256
+        ).hexdigest()
+        if not hmac.compare_digest(current, headers.get("x-stratum-signature", "")):
+            fail(f"{ROTATING}: X-Stratum-Signature is not made with the current secret")
+        payload = json.loads(body)
+        with lock:
+            rotated.append((payload["data"].get("slug"), verdicts[0], verdicts[1]))
+
+
+def check_rotation(base, key, rx):
+    """A secret rotated with a grace period: during it, a receiver holding either secret
+    verifies with the library; after it, only the new one does."""
+    hook = must(
+        api(
+            base,
+            key,
+            "POST",
+            "/webhooks",
+            {"url": rx + ROTATING, "events": ["tenant.created"], "secret": OLD_SECRET},
+        ),
+        201,
+        "webhook to rotate",
+    )
+    body = must(
+        api(
+            base,
+            key,
+            "POST",
+            f"/webhooks/{hook['id']}/rotate-secret",
+            {"secret": NEW_SECRET, "grace_period_seconds": GRACE_SECONDS},
+        ),
+        200,
+        "rotate-secret",
+    )
+    if "secret" in body or not body.get("previous_secret_expires_at"):
+        fail(f"rotate-secret answered {body}")
+    must(api(base, key, "POST", "/tenants", {"name": "R1", "slug": "rot_during"}), 201, "during")
+    time.sleep(GRACE_SECONDS + 1)
+    must(api(base, key, "POST", "/tenants", {"name": "R2", "slug": "rot_after"}), 201, "after")
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        with lock:
+            if {slug for slug, _, _ in rotated} >= {"rot_during", "rot_after"}:
+                break
+        time.sleep(0.2)
+    with lock:
+        seen = {slug: (old, new) for slug, old, new in rotated}
+    if seen.get("rot_during") != (True, True):
+        fail(f"during the grace period both secrets must verify: {seen.get('rot_during')}")
+    if seen.get("rot_after") != (False, True):
+        fail(f"after the grace period only the new secret may verify: {seen.get('rot_after')}")
+    return len(rotated)
 
 
 def api(base, key, method, path, body=None):
@@ -198,7 +272,11 @@ def main():
         data = payload["data"]
         if data.get("id") != moved["id"] or data.get("previous_parent_id") != a["id"] or "tenant" in data:
             fail(f"tenant.moved data is not the tenant after the move: {data}")
+    n_rotated = check_rotation(base, key, rx)
     server.shutdown()
+    print(
+        f"rotation: {n_rotated} deliveries checked with the old-only and new-only secrets"
+    )
     print(
         f"webhooks: {len(received)} deliveries verified with standardwebhooks and "
         f"X-Stratum-Signature ({len(want)} distinct (webhook, event) pairs), "
