@@ -279,7 +279,7 @@ async fn a_key_of_another_subtree_cannot_rotate_and_if_match_guards_rotation() {
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_rotations_keep_every_replaced_secret_in_order() {
     let h = harness().await;
-    let app = std::sync::Arc::new(app!(h));
+    let app = std::rc::Rc::new(app!(h));
     let created = call(
         &*app,
         POST,
