@@ -1,8 +1,10 @@
 //! The console in a real browser: headless Chromium driven over WebDriver (chromedriver)
 //! against the real binary. Signs in with the admin key, sees a webhook and its failed
 //! delivery, retries it and sees it succeed; then a tenant-scoped key sees only its
-//! tenant's webhooks. Saves a screenshot of every page under
-//! `target/console-screenshots/`.
+//! tenant's webhooks. A second test covers the delivery controls: a breaker the engine
+//! opened, a webhook a 410 disabled and the page re-enables, rate limit and ordering set
+//! from the page, and a secret rotated from the page. Saves a screenshot of every page
+//! under `target/console-screenshots/`.
 //!
 //! Needs `/usr/bin/chromium` and `/usr/bin/chromedriver` (Debian's `chromium` and
 //! `chromium-driver`; `make test` installs them when missing). Only loopback is used.
@@ -595,6 +597,356 @@ async fn the_console_shows_retries_and_scopes_in_a_real_browser() {
         &c,
         "retry all answered",
         "document.getElementById('status').textContent.includes('0 deliveries are queued again')",
+    )
+    .await;
+
+    c.close().await.unwrap();
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Seconds since the epoch of an RFC 3339 time, read in the browser (the test crate has no
+/// date library of its own).
+async fn unix_of(c: &Client, rfc3339: &str) -> i64 {
+    let v = c
+        .execute(
+            "return Math.floor(Date.parse(arguments[0]) / 1000);",
+            vec![json!(rfc3339)],
+        )
+        .await
+        .unwrap();
+    v.as_i64()
+        .unwrap_or_else(|| panic!("{rfc3339:?} is not a time"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_console_shows_and_sets_delivery_controls() {
+    // Breakers open after two failed attempts and stay open for ten minutes, longer than the
+    // test: the open state the page shows is the engine's own, not a moment in a flapping
+    // cycle.
+    let db = TestDb::new().await;
+    let receiver = Receiver::start();
+    receiver.set("down", Behaviour::Status(500));
+    receiver.set("gone", Behaviour::Status(410));
+    let mut env = default_env(&db);
+    for (k, v) in [
+        ("STRATUM_WEBHOOK_BREAKER_THRESHOLD", "2"),
+        ("STRATUM_WEBHOOK_BREAKER_COOLDOWN_MS", "600000"),
+        ("STRATUM_WEBHOOK_BREAKER_COOLDOWN_MAX_MS", "600000"),
+    ] {
+        env.push((k.to_owned(), v.to_owned()));
+    }
+    let s = Stratum::start(&["serve"], &env).await.unwrap();
+    let (st, t) = s
+        .api(
+            "POST",
+            "/tenants",
+            Some(json!({"name": "Acme", "slug": "acme"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(st, 201, "{t}");
+    let tenant = t["id"].as_str().unwrap().to_owned();
+    let old_secret = "the-old-secret-of-the-ok-webhook";
+    let mut hooks = Vec::new();
+    for path in ["down", "gone", "ok"] {
+        let (st, w) = s
+            .api(
+                "POST",
+                "/webhooks",
+                Some(
+                    json!({"url": format!("{}/{path}", receiver.base), "tenant_id": tenant,
+                            "events": ["tenant.updated"], "secret": old_secret,
+                            "description": format!("hook {path}")}),
+                ),
+            )
+            .await
+            .unwrap();
+        assert_eq!(st, 201, "{w}");
+        assert_eq!(w["ordering"], json!("unordered"), "{w}");
+        assert_eq!(w["rate_limit_per_second"], Value::Null, "{w}");
+        hooks.push(w["id"].as_str().unwrap().to_owned());
+    }
+    let (down, gone, ok) = (hooks[0].clone(), hooks[1].clone(), hooks[2].clone());
+
+    // One event: `down` fails twice and its breaker opens, `gone` answers 410 and is
+    // disabled, `ok` gets it.
+    let (st, _) = s
+        .api(
+            "PATCH",
+            &format!("/tenants/{tenant}"),
+            Some(json!({"name": "Acme Inc"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(st, 200);
+    let open = eventually(WAIT, || async {
+        s.api("GET", &format!("/webhooks/{down}/health"), None)
+            .await
+            .map(|(_, h)| h["breaker"]["state"] == json!("open"))
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(open, "the breaker of the failing webhook did not open");
+    let (_, health) = s
+        .api("GET", &format!("/webhooks/{down}/health"), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        health["breaker"]["consecutive_failures"],
+        json!(2),
+        "{health}"
+    );
+    let next_probe = health["breaker"]["next_probe_at"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let disabled = eventually(WAIT, || async {
+        s.api("GET", &format!("/webhooks/{gone}"), None)
+            .await
+            .map(|(_, w)| w["disabled_reason"] == json!("gone") && w["active"] == json!(false))
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(disabled, "the 410 did not disable the webhook");
+    assert!(
+        receiver
+            .wait_for(WAIT, |r| r.iter().any(|x| x.path == "ok"))
+            .await,
+        "the healthy webhook got nothing"
+    );
+
+    let driver = Driver::start().await;
+    let c = driver.browser().await;
+    c.goto(&format!("{}/console/", s.base)).await.unwrap();
+    sign_in(&c, ADMIN).await;
+
+    // The open breaker: its state, its failures and when it probes next.
+    let row_down = format!("tr[data-test=webhook-row][data-id='{down}']");
+    find(
+        &c,
+        &format!("{row_down}[data-health-loaded=true][data-breaker=open]"),
+    )
+    .await;
+    let row = text(&c, &row_down).await;
+    assert!(row.contains("open"), "{row}");
+    assert!(row.contains("2 consecutive failures"), "{row}");
+    find(
+        &c,
+        &format!("{row_down} [data-test=next-probe] time[datetime='{next_probe}']"),
+    )
+    .await;
+    assert!(row.contains("rate limit: none"), "{row}");
+    assert!(row.contains("ordering: unordered"), "{row}");
+    let row_ok = format!("tr[data-test=webhook-row][data-id='{ok}']");
+    find(
+        &c,
+        &format!("{row_ok}[data-health-loaded=true][data-breaker=closed]"),
+    )
+    .await;
+
+    // The webhook the 410 disabled says why, and is re-enabled from the page.
+    let row_gone = format!("tr[data-test=webhook-row][data-id='{gone}']");
+    let reason = text(
+        &c,
+        &format!("{row_gone} td[data-test=disabled][data-reason=gone]"),
+    )
+    .await;
+    assert!(reason.contains("410"), "{reason}");
+    let toggle = find(&c, &format!("{row_gone} button[data-test=toggle-active]")).await;
+    assert_eq!(toggle.text().await.unwrap(), "Re-enable");
+    screenshot(&c, "webhooks-controls").await;
+    toggle.click().await.unwrap();
+    until(
+        &c,
+        "the gone webhook re-enabled",
+        &format!(
+            "document.querySelector(\"{row_gone} button[data-test=toggle-active]\")?.textContent === 'Disable' && \
+             !document.querySelector(\"{row_gone} td[data-test=disabled]\")"
+        ),
+    )
+    .await;
+    let (_, w) = s
+        .api("GET", &format!("/webhooks/{gone}"), None)
+        .await
+        .unwrap();
+    assert_eq!(w["active"], json!(true), "{w}");
+    assert_eq!(w["disabled_reason"], Value::Null, "{w}");
+
+    // Rate limit and ordering, set from the page.
+    let panel_ok = format!("tr[data-test=controls-row][data-id='{ok}']");
+    find(&c, &format!("{row_ok} button[data-test=controls]"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    find(&c, &format!("#wh-rate-{ok}"))
+        .await
+        .send_keys("50")
+        .await
+        .unwrap();
+    find(&c, &format!("#wh-ordering-{ok}"))
+        .await
+        .select_by_value("fifo")
+        .await
+        .unwrap();
+    find(&c, &format!("{panel_ok} button[data-test=save-limits]"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    until(
+        &c,
+        "the new rate limit and ordering on the page",
+        &format!(
+            "document.querySelector(\"{row_ok} [data-test=rate-limit]\")?.textContent === 'rate limit: 50/s' && \
+             document.querySelector(\"{row_ok} [data-test=ordering]\")?.textContent === 'ordering: fifo'"
+        ),
+    )
+    .await;
+    let (_, w) = s
+        .api("GET", &format!("/webhooks/{ok}"), None)
+        .await
+        .unwrap();
+    assert_eq!(w["rate_limit_per_second"], json!(50), "{w}");
+    assert_eq!(w["ordering"], json!("fifo"), "{w}");
+    // Emptied, the limit is removed (null), and the ordering stays.
+    find(&c, &format!("{row_ok} button[data-test=controls]"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    find(&c, &format!("#wh-rate-{ok}"))
+        .await
+        .clear()
+        .await
+        .unwrap();
+    find(&c, &format!("{panel_ok} button[data-test=save-limits]"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    until(
+        &c,
+        "no rate limit on the page",
+        &format!(
+            "document.querySelector(\"{row_ok} [data-test=rate-limit]\")?.textContent === 'rate limit: none'"
+        ),
+    )
+    .await;
+    let (_, w) = s
+        .api("GET", &format!("/webhooks/{ok}"), None)
+        .await
+        .unwrap();
+    assert_eq!(w["rate_limit_per_second"], Value::Null, "{w}");
+    assert_eq!(w["ordering"], json!("fifo"), "{w}");
+
+    // Rotate the secret from the page with a one-hour grace period: the generated secret is
+    // shown once, the previous one's expiry is on the row.
+    assert!(
+        c.find_all(Locator::Css(&format!(
+            "{row_ok} [data-test=previous-secret]"
+        )))
+        .await
+        .unwrap()
+        .is_empty(),
+        "no previous secret before the rotation"
+    );
+    find(&c, &format!("{row_ok} button[data-test=controls]"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    let grace = find(&c, &format!("#wh-grace-{ok}")).await;
+    grace.clear().await.unwrap();
+    grace.send_keys("3600").await.unwrap();
+    screenshot(&c, "webhook-controls-panel").await;
+    let asked = unix_now();
+    find(&c, &format!("{panel_ok} button[data-test=rotate]"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    until(
+        &c,
+        "the generated secret",
+        "!document.getElementById('webhook-secret').hidden && \
+         document.getElementById('status').textContent.startsWith('Rotated')",
+    )
+    .await;
+    let new_secret = text(&c, "#webhook-secret-value").await;
+    assert!(new_secret.starts_with("whsec_"), "{new_secret}");
+    assert_ne!(new_secret, old_secret);
+    let (_, w) = s
+        .api("GET", &format!("/webhooks/{ok}"), None)
+        .await
+        .unwrap();
+    let expires = w["previous_secret_expires_at"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no previous_secret_expires_at after the rotation: {w}"))
+        .to_owned();
+    let left = unix_of(&c, &expires).await - asked;
+    assert!(
+        (3590..=3610).contains(&left),
+        "expires in {left} s, not one hour"
+    );
+    find(
+        &c,
+        &format!("{row_ok} [data-test=previous-secret] time[datetime='{expires}']"),
+    )
+    .await;
+    assert!(
+        !w.to_string().contains(&new_secret),
+        "the webhook object never carries the secret"
+    );
+    screenshot(&c, "webhooks-rotated").await;
+
+    // The rotation took: the next delivery verifies with the shown secret and still with
+    // the old one.
+    let before = receiver.received_on("ok").len();
+    let (st, _) = s
+        .api(
+            "PATCH",
+            &format!("/tenants/{tenant}"),
+            Some(json!({"name": "Acme Corp"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(st, 200);
+    assert!(
+        receiver
+            .wait_for(WAIT, |r| r.iter().filter(|x| x.path == "ok").count()
+                > before)
+            .await,
+        "no delivery after the rotation"
+    );
+    let r = receiver.received_on("ok").pop().unwrap();
+    let h = &r.headers;
+    for secret in [new_secret.as_str(), old_secret] {
+        stratum_crypto::verify_standard(
+            secret,
+            &h["webhook-id"],
+            &h["webhook-timestamp"],
+            &h["webhook-signature"],
+            &r.body,
+            unix_now(),
+            300,
+        )
+        .unwrap_or_else(|e| panic!("{secret:?} does not verify: {e}"));
+    }
+
+    // The secret is shown once: leaving the page drops it.
+    go(&c, "#dlq").await;
+    until(
+        &c,
+        "the secret gone from the page",
+        "document.getElementById('webhook-secret').hidden && \
+         document.getElementById('webhook-secret-value').textContent === ''",
     )
     .await;
 
