@@ -264,7 +264,7 @@
     limits.addEventListener("submit", (ev) => { ev.preventDefault(); saveLimits(w, limits); });
     const rotate = el("form", { dataset: { test: "rotate-form" }, autocomplete: "off" },
       ...field(w, "secret", "New secret (16–255 characters; empty: generate one)",
-        { type: "password", minlength: 16, maxlength: 255, spellcheck: "false", autocomplete: "off" }),
+        { type: "password", minlength: 16, maxlength: 255, spellcheck: "false", autocomplete: "new-password" }),
       ...field(w, "grace", "Grace period (seconds the current secret keeps signing, 0–604,800)",
         { type: "number", min: 0, max: 604800, step: 1, value: 86400, required: true }),
       el("button", { type: "submit", dataset: { test: "rotate" } }, "Rotate secret"));
@@ -272,7 +272,7 @@
     panel.replaceChildren(el("td", { colspan: WEBHOOK_COLUMNS },
       el("h3", {}, "Delivery controls"), limits,
       el("h3", {}, "Rotate the signing secret"),
-      el("p", { class: "hint" }, "During the grace period every delivery is signed with both the new and the current secret, " +
+      el("p", { class: "hint" }, "During the grace period every delivery is signed with both the new secret and the one it replaces, " +
         "so receivers holding either one verify it. Editing the secret any other way replaces it at once."),
       rotate));
     panel.hidden = false;
