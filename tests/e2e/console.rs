@@ -176,6 +176,17 @@ async fn go(c: &Client, hash: &str) {
         .unwrap();
 }
 
+async fn click(c: &Client, css: &str) {
+    find(c, css).await.click().await.unwrap();
+}
+
+/// Calls the API with the admin key, checks the status and returns the body.
+async fn call(s: &Stratum, method: &str, path: &str, body: Option<Value>, want: u16) -> Value {
+    let (st, v) = s.api(method, path, body).await.unwrap();
+    assert_eq!(st, want, "{method} {path}: {v}");
+    v
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_console_shows_retries_and_scopes_in_a_real_browser() {
     // The server, a receiver that fails on `a`, two tenants with a webhook each.
@@ -299,11 +310,7 @@ async fn the_console_shows_retries_and_scopes_in_a_real_browser() {
 
     // Disable and enable again, through PATCH.
     let row_b = format!("tr[data-test=webhook-row][data-id='{wb}']");
-    find(&c, &format!("{row_b} button[data-test=toggle-active]"))
-        .await
-        .click()
-        .await
-        .unwrap();
+    click(&c, &format!("{row_b} button[data-test=toggle-active]")).await;
     until(
         &c,
         "webhook B disabled",
@@ -315,11 +322,7 @@ async fn the_console_shows_retries_and_scopes_in_a_real_browser() {
         .await
         .unwrap();
     assert_eq!(w["active"], json!(false));
-    find(&c, &format!("{row_b} button[data-test=toggle-active]"))
-        .await
-        .click()
-        .await
-        .unwrap();
+    click(&c, &format!("{row_b} button[data-test=toggle-active]")).await;
     until(
         &c,
         "webhook B enabled",
@@ -328,17 +331,13 @@ async fn the_console_shows_retries_and_scopes_in_a_real_browser() {
     .await;
 
     // The dead-letter queue has the delivery; retry it once the receiver recovers.
-    find(&c, "a[href='#dlq']").await.click().await.unwrap();
+    click(&c, "a[href='#dlq']").await;
     let dlq_row = format!("tr[data-test=dlq-row][data-id='{delivery}']");
     let row = text(&c, &dlq_row).await;
     assert!(row.contains("tenant.updated"), "{row}");
     screenshot(&c, "dlq").await;
     receiver.set("a", Behaviour::Ok);
-    find(&c, &format!("{dlq_row} button[data-test=retry]"))
-        .await
-        .click()
-        .await
-        .unwrap();
+    click(&c, &format!("{dlq_row} button[data-test=retry]")).await;
     until(
         &c,
         "the retried delivery leaves the dead-letter queue",
@@ -371,7 +370,7 @@ async fn the_console_shows_retries_and_scopes_in_a_real_browser() {
         // The page shows what it loaded; ask it to load again, as a user would, and wait
         // for that load to finish.
         tokio::time::sleep(Duration::from_millis(200)).await;
-        find(&c, "#deliveries-refresh").await.click().await.unwrap();
+        click(&c, "#deliveries-refresh").await;
         until(
             &c,
             "the deliveries loaded",
@@ -379,11 +378,7 @@ async fn the_console_shows_retries_and_scopes_in_a_real_browser() {
         )
         .await;
     }
-    find(&c, &format!("{drow} button[data-test=show-attempts]"))
-        .await
-        .click()
-        .await
-        .unwrap();
+    click(&c, &format!("{drow} button[data-test=show-attempts]")).await;
     let attempts = format!("tr[data-test=attempts-row][data-id='{delivery}']");
     find(
         &c,
@@ -407,7 +402,7 @@ async fn the_console_shows_retries_and_scopes_in_a_real_browser() {
             .select_by_value(status)
             .await
             .unwrap();
-        find(&c, "#deliveries-refresh").await.click().await.unwrap();
+        click(&c, "#deliveries-refresh").await;
         until(
             &c,
             "the filtered deliveries",
@@ -428,18 +423,14 @@ async fn the_console_shows_retries_and_scopes_in_a_real_browser() {
         .send_keys("delivery.retried")
         .await
         .unwrap();
-    find(&c, "#audit-search").await.click().await.unwrap();
+    click(&c, "#audit-search").await;
     until(
         &c,
         "one delivery.retried entry",
         "document.querySelectorAll('tr[data-test=audit-row]').length === 1",
     )
     .await;
-    find(&c, "tr[data-test=audit-row] button[data-test=audit-show]")
-        .await
-        .click()
-        .await
-        .unwrap();
+    click(&c, "tr[data-test=audit-row] button[data-test=audit-show]").await;
     until(
         &c,
         "the entry's detail",
@@ -459,7 +450,7 @@ async fn the_console_shows_retries_and_scopes_in_a_real_browser() {
     let limit = find(&c, "#audit-limit").await;
     limit.clear().await.unwrap();
     limit.send_keys("1").await.unwrap();
-    find(&c, "#audit-search").await.click().await.unwrap();
+    click(&c, "#audit-search").await;
     let mut seen = Vec::new();
     for page in 0..3 {
         until(
@@ -490,7 +481,7 @@ async fn the_console_shows_retries_and_scopes_in_a_real_browser() {
             .unwrap();
         assert_eq!(more, json!(page < 2), "a next page after page {page}");
         if page < 2 {
-            find(&c, "#audit-next").await.click().await.unwrap();
+            click(&c, "#audit-next").await;
         }
     }
 
@@ -506,7 +497,7 @@ async fn the_console_shows_retries_and_scopes_in_a_real_browser() {
         .send_keys("user-42")
         .await
         .unwrap();
-    find(&c, "#consent-search").await.click().await.unwrap();
+    click(&c, "#consent-search").await;
     until(
         &c,
         "an empty lookup",
@@ -518,18 +509,14 @@ async fn the_console_shows_retries_and_scopes_in_a_real_browser() {
         .send_keys("marketing.email")
         .await
         .unwrap();
-    find(&c, "#grant-submit").await.click().await.unwrap();
+    click(&c, "#grant-submit").await;
     find(
         &c,
         "tr[data-test=consent-row][data-purpose='marketing.email'][data-granted=true]",
     )
     .await;
     screenshot(&c, "consent").await;
-    find(&c, "tr[data-test=consent-row] button[data-test=revoke]")
-        .await
-        .click()
-        .await
-        .unwrap();
+    click(&c, "tr[data-test=consent-row] button[data-test=revoke]").await;
     find(
         &c,
         "tr[data-test=consent-row][data-purpose='marketing.email'][data-granted=false]",
@@ -539,7 +526,7 @@ async fn the_console_shows_retries_and_scopes_in_a_real_browser() {
     // Replay: started, or a clear message where the server does not offer it.
     go(&c, "#replay").await;
     find(&c, &format!("#replay-webhook option[value='{wa}']")).await;
-    find(&c, "#replay-start").await.click().await.unwrap();
+    click(&c, "#replay-start").await;
     until(
         &c,
         "replay progress or a clear message",
@@ -549,7 +536,7 @@ async fn the_console_shows_retries_and_scopes_in_a_real_browser() {
     screenshot(&c, "replay").await;
 
     // Log out: the key is gone from the tab.
-    find(&c, "#logout").await.click().await.unwrap();
+    click(&c, "#logout").await;
     until(
         &c,
         "the sign-in form",
@@ -591,7 +578,7 @@ async fn the_console_shows_retries_and_scopes_in_a_real_browser() {
     )
     .await;
     // Retry all asks first; accepted, it re-queues what this key can see: nothing.
-    find(&c, "#retry-all").await.click().await.unwrap();
+    click(&c, "#retry-all").await;
     c.accept_alert().await.unwrap();
     until(
         &c,
@@ -642,32 +629,30 @@ async fn the_console_shows_and_sets_delivery_controls() {
         env.push((k.to_owned(), v.to_owned()));
     }
     let s = Stratum::start(&["serve"], &env).await.unwrap();
-    let (st, t) = s
-        .api(
-            "POST",
-            "/tenants",
-            Some(json!({"name": "Acme", "slug": "acme"})),
-        )
-        .await
-        .unwrap();
-    assert_eq!(st, 201, "{t}");
+    let t = call(
+        &s,
+        "POST",
+        "/tenants",
+        Some(json!({"name": "Acme", "slug": "acme"})),
+        201,
+    )
+    .await;
     let tenant = t["id"].as_str().unwrap().to_owned();
     let old_secret = "the-old-secret-of-the-ok-webhook";
     let mut hooks = Vec::new();
     for path in ["down", "gone", "ok"] {
-        let (st, w) = s
-            .api(
-                "POST",
-                "/webhooks",
-                Some(
-                    json!({"url": format!("{}/{path}", receiver.base), "tenant_id": tenant,
+        let w = call(
+            &s,
+            "POST",
+            "/webhooks",
+            Some(
+                json!({"url": format!("{}/{path}", receiver.base), "tenant_id": tenant,
                             "events": ["tenant.updated"], "secret": old_secret,
                             "description": format!("hook {path}")}),
-                ),
-            )
-            .await
-            .unwrap();
-        assert_eq!(st, 201, "{w}");
+            ),
+            201,
+        )
+        .await;
         assert_eq!(w["ordering"], json!("unordered"), "{w}");
         assert_eq!(w["rate_limit_per_second"], Value::Null, "{w}");
         hooks.push(w["id"].as_str().unwrap().to_owned());
@@ -676,15 +661,14 @@ async fn the_console_shows_and_sets_delivery_controls() {
 
     // One event: `down` fails twice and its breaker opens, `gone` answers 410 and is
     // disabled, `ok` gets it.
-    let (st, _) = s
-        .api(
-            "PATCH",
-            &format!("/tenants/{tenant}"),
-            Some(json!({"name": "Acme Inc"})),
-        )
-        .await
-        .unwrap();
-    assert_eq!(st, 200);
+    call(
+        &s,
+        "PATCH",
+        &format!("/tenants/{tenant}"),
+        Some(json!({"name": "Acme Inc"})),
+        200,
+    )
+    .await;
     let open = eventually(WAIT, || async {
         s.api("GET", &format!("/webhooks/{down}/health"), None)
             .await
@@ -693,10 +677,7 @@ async fn the_console_shows_and_sets_delivery_controls() {
     })
     .await;
     assert!(open, "the breaker of the failing webhook did not open");
-    let (_, health) = s
-        .api("GET", &format!("/webhooks/{down}/health"), None)
-        .await
-        .unwrap();
+    let health = call(&s, "GET", &format!("/webhooks/{down}/health"), None, 200).await;
     assert_eq!(
         health["breaker"]["consecutive_failures"],
         json!(2),
@@ -771,20 +752,13 @@ async fn the_console_shows_and_sets_delivery_controls() {
         ),
     )
     .await;
-    let (_, w) = s
-        .api("GET", &format!("/webhooks/{gone}"), None)
-        .await
-        .unwrap();
+    let w = call(&s, "GET", &format!("/webhooks/{gone}"), None, 200).await;
     assert_eq!(w["active"], json!(true), "{w}");
     assert_eq!(w["disabled_reason"], Value::Null, "{w}");
 
     // Rate limit and ordering, set from the page.
     let panel_ok = format!("tr[data-test=controls-row][data-id='{ok}']");
-    find(&c, &format!("{row_ok} button[data-test=controls]"))
-        .await
-        .click()
-        .await
-        .unwrap();
+    click(&c, &format!("{row_ok} button[data-test=controls]")).await;
     find(&c, &format!("#wh-rate-{ok}"))
         .await
         .send_keys("50")
@@ -795,11 +769,7 @@ async fn the_console_shows_and_sets_delivery_controls() {
         .select_by_value("fifo")
         .await
         .unwrap();
-    find(&c, &format!("{panel_ok} button[data-test=save-limits]"))
-        .await
-        .click()
-        .await
-        .unwrap();
+    click(&c, &format!("{panel_ok} button[data-test=save-limits]")).await;
     until(
         &c,
         "the new rate limit and ordering on the page",
@@ -809,28 +779,17 @@ async fn the_console_shows_and_sets_delivery_controls() {
         ),
     )
     .await;
-    let (_, w) = s
-        .api("GET", &format!("/webhooks/{ok}"), None)
-        .await
-        .unwrap();
+    let w = call(&s, "GET", &format!("/webhooks/{ok}"), None, 200).await;
     assert_eq!(w["rate_limit_per_second"], json!(50), "{w}");
     assert_eq!(w["ordering"], json!("fifo"), "{w}");
     // Emptied, the limit is removed (null), and the ordering stays.
-    find(&c, &format!("{row_ok} button[data-test=controls]"))
-        .await
-        .click()
-        .await
-        .unwrap();
+    click(&c, &format!("{row_ok} button[data-test=controls]")).await;
     find(&c, &format!("#wh-rate-{ok}"))
         .await
         .clear()
         .await
         .unwrap();
-    find(&c, &format!("{panel_ok} button[data-test=save-limits]"))
-        .await
-        .click()
-        .await
-        .unwrap();
+    click(&c, &format!("{panel_ok} button[data-test=save-limits]")).await;
     until(
         &c,
         "no rate limit on the page",
@@ -839,10 +798,7 @@ async fn the_console_shows_and_sets_delivery_controls() {
         ),
     )
     .await;
-    let (_, w) = s
-        .api("GET", &format!("/webhooks/{ok}"), None)
-        .await
-        .unwrap();
+    let w = call(&s, "GET", &format!("/webhooks/{ok}"), None, 200).await;
     assert_eq!(w["rate_limit_per_second"], Value::Null, "{w}");
     assert_eq!(w["ordering"], json!("fifo"), "{w}");
 
@@ -857,21 +813,13 @@ async fn the_console_shows_and_sets_delivery_controls() {
         .is_empty(),
         "no previous secret before the rotation"
     );
-    find(&c, &format!("{row_ok} button[data-test=controls]"))
-        .await
-        .click()
-        .await
-        .unwrap();
+    click(&c, &format!("{row_ok} button[data-test=controls]")).await;
     let grace = find(&c, &format!("#wh-grace-{ok}")).await;
     grace.clear().await.unwrap();
     grace.send_keys("3600").await.unwrap();
     screenshot(&c, "webhook-controls-panel").await;
     let asked = unix_now();
-    find(&c, &format!("{panel_ok} button[data-test=rotate]"))
-        .await
-        .click()
-        .await
-        .unwrap();
+    click(&c, &format!("{panel_ok} button[data-test=rotate]")).await;
     until(
         &c,
         "the generated secret",
@@ -882,10 +830,7 @@ async fn the_console_shows_and_sets_delivery_controls() {
     let new_secret = text(&c, "#webhook-secret-value").await;
     assert!(new_secret.starts_with("whsec_"), "{new_secret}");
     assert_ne!(new_secret, old_secret);
-    let (_, w) = s
-        .api("GET", &format!("/webhooks/{ok}"), None)
-        .await
-        .unwrap();
+    let w = call(&s, "GET", &format!("/webhooks/{ok}"), None, 200).await;
     let expires = w["previous_secret_expires_at"]
         .as_str()
         .unwrap_or_else(|| panic!("no previous_secret_expires_at after the rotation: {w}"))
@@ -909,15 +854,14 @@ async fn the_console_shows_and_sets_delivery_controls() {
     // The rotation took: the next delivery verifies with the shown secret and still with
     // the old one.
     let before = receiver.received_on("ok").len();
-    let (st, _) = s
-        .api(
-            "PATCH",
-            &format!("/tenants/{tenant}"),
-            Some(json!({"name": "Acme Corp"})),
-        )
-        .await
-        .unwrap();
-    assert_eq!(st, 200);
+    call(
+        &s,
+        "PATCH",
+        &format!("/tenants/{tenant}"),
+        Some(json!({"name": "Acme Corp"})),
+        200,
+    )
+    .await;
     assert!(
         receiver
             .wait_for(WAIT, |r| r.iter().filter(|x| x.path == "ok").count()
