@@ -1,8 +1,10 @@
 //! The console in a real browser: headless Chromium driven over WebDriver (chromedriver)
 //! against the real binary. Signs in with the admin key, sees a webhook and its failed
 //! delivery, retries it and sees it succeed; then a tenant-scoped key sees only its
-//! tenant's webhooks. Saves a screenshot of every page under
-//! `target/console-screenshots/`.
+//! tenant's webhooks. A second test covers the delivery controls: a breaker the engine
+//! opened, a webhook a 410 disabled and the page re-enables, rate limit and ordering set
+//! from the page, and a secret rotated from the page. Saves a screenshot of every page
+//! under `target/console-screenshots/`.
 //!
 //! Needs `/usr/bin/chromium` and `/usr/bin/chromedriver` (Debian's `chromium` and
 //! `chromium-driver`; `make test` installs them when missing). Only loopback is used.
@@ -174,6 +176,17 @@ async fn go(c: &Client, hash: &str) {
         .unwrap();
 }
 
+async fn click(c: &Client, css: &str) {
+    find(c, css).await.click().await.unwrap();
+}
+
+/// Calls the API with the admin key, checks the status and returns the body.
+async fn call(s: &Stratum, method: &str, path: &str, body: Option<Value>, want: u16) -> Value {
+    let (st, v) = s.api(method, path, body).await.unwrap();
+    assert_eq!(st, want, "{method} {path}: {v}");
+    v
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_console_shows_retries_and_scopes_in_a_real_browser() {
     // The server, a receiver that fails on `a`, two tenants with a webhook each.
@@ -297,11 +310,7 @@ async fn the_console_shows_retries_and_scopes_in_a_real_browser() {
 
     // Disable and enable again, through PATCH.
     let row_b = format!("tr[data-test=webhook-row][data-id='{wb}']");
-    find(&c, &format!("{row_b} button[data-test=toggle-active]"))
-        .await
-        .click()
-        .await
-        .unwrap();
+    click(&c, &format!("{row_b} button[data-test=toggle-active]")).await;
     until(
         &c,
         "webhook B disabled",
@@ -313,11 +322,7 @@ async fn the_console_shows_retries_and_scopes_in_a_real_browser() {
         .await
         .unwrap();
     assert_eq!(w["active"], json!(false));
-    find(&c, &format!("{row_b} button[data-test=toggle-active]"))
-        .await
-        .click()
-        .await
-        .unwrap();
+    click(&c, &format!("{row_b} button[data-test=toggle-active]")).await;
     until(
         &c,
         "webhook B enabled",
@@ -326,17 +331,13 @@ async fn the_console_shows_retries_and_scopes_in_a_real_browser() {
     .await;
 
     // The dead-letter queue has the delivery; retry it once the receiver recovers.
-    find(&c, "a[href='#dlq']").await.click().await.unwrap();
+    click(&c, "a[href='#dlq']").await;
     let dlq_row = format!("tr[data-test=dlq-row][data-id='{delivery}']");
     let row = text(&c, &dlq_row).await;
     assert!(row.contains("tenant.updated"), "{row}");
     screenshot(&c, "dlq").await;
     receiver.set("a", Behaviour::Ok);
-    find(&c, &format!("{dlq_row} button[data-test=retry]"))
-        .await
-        .click()
-        .await
-        .unwrap();
+    click(&c, &format!("{dlq_row} button[data-test=retry]")).await;
     until(
         &c,
         "the retried delivery leaves the dead-letter queue",
@@ -369,7 +370,7 @@ async fn the_console_shows_retries_and_scopes_in_a_real_browser() {
         // The page shows what it loaded; ask it to load again, as a user would, and wait
         // for that load to finish.
         tokio::time::sleep(Duration::from_millis(200)).await;
-        find(&c, "#deliveries-refresh").await.click().await.unwrap();
+        click(&c, "#deliveries-refresh").await;
         until(
             &c,
             "the deliveries loaded",
@@ -377,11 +378,7 @@ async fn the_console_shows_retries_and_scopes_in_a_real_browser() {
         )
         .await;
     }
-    find(&c, &format!("{drow} button[data-test=show-attempts]"))
-        .await
-        .click()
-        .await
-        .unwrap();
+    click(&c, &format!("{drow} button[data-test=show-attempts]")).await;
     let attempts = format!("tr[data-test=attempts-row][data-id='{delivery}']");
     find(
         &c,
@@ -405,7 +402,7 @@ async fn the_console_shows_retries_and_scopes_in_a_real_browser() {
             .select_by_value(status)
             .await
             .unwrap();
-        find(&c, "#deliveries-refresh").await.click().await.unwrap();
+        click(&c, "#deliveries-refresh").await;
         until(
             &c,
             "the filtered deliveries",
@@ -426,18 +423,14 @@ async fn the_console_shows_retries_and_scopes_in_a_real_browser() {
         .send_keys("delivery.retried")
         .await
         .unwrap();
-    find(&c, "#audit-search").await.click().await.unwrap();
+    click(&c, "#audit-search").await;
     until(
         &c,
         "one delivery.retried entry",
         "document.querySelectorAll('tr[data-test=audit-row]').length === 1",
     )
     .await;
-    find(&c, "tr[data-test=audit-row] button[data-test=audit-show]")
-        .await
-        .click()
-        .await
-        .unwrap();
+    click(&c, "tr[data-test=audit-row] button[data-test=audit-show]").await;
     until(
         &c,
         "the entry's detail",
@@ -457,7 +450,7 @@ async fn the_console_shows_retries_and_scopes_in_a_real_browser() {
     let limit = find(&c, "#audit-limit").await;
     limit.clear().await.unwrap();
     limit.send_keys("1").await.unwrap();
-    find(&c, "#audit-search").await.click().await.unwrap();
+    click(&c, "#audit-search").await;
     let mut seen = Vec::new();
     for page in 0..3 {
         until(
@@ -488,7 +481,7 @@ async fn the_console_shows_retries_and_scopes_in_a_real_browser() {
             .unwrap();
         assert_eq!(more, json!(page < 2), "a next page after page {page}");
         if page < 2 {
-            find(&c, "#audit-next").await.click().await.unwrap();
+            click(&c, "#audit-next").await;
         }
     }
 
@@ -504,7 +497,7 @@ async fn the_console_shows_retries_and_scopes_in_a_real_browser() {
         .send_keys("user-42")
         .await
         .unwrap();
-    find(&c, "#consent-search").await.click().await.unwrap();
+    click(&c, "#consent-search").await;
     until(
         &c,
         "an empty lookup",
@@ -516,18 +509,14 @@ async fn the_console_shows_retries_and_scopes_in_a_real_browser() {
         .send_keys("marketing.email")
         .await
         .unwrap();
-    find(&c, "#grant-submit").await.click().await.unwrap();
+    click(&c, "#grant-submit").await;
     find(
         &c,
         "tr[data-test=consent-row][data-purpose='marketing.email'][data-granted=true]",
     )
     .await;
     screenshot(&c, "consent").await;
-    find(&c, "tr[data-test=consent-row] button[data-test=revoke]")
-        .await
-        .click()
-        .await
-        .unwrap();
+    click(&c, "tr[data-test=consent-row] button[data-test=revoke]").await;
     find(
         &c,
         "tr[data-test=consent-row][data-purpose='marketing.email'][data-granted=false]",
@@ -537,7 +526,7 @@ async fn the_console_shows_retries_and_scopes_in_a_real_browser() {
     // Replay: started, or a clear message where the server does not offer it.
     go(&c, "#replay").await;
     find(&c, &format!("#replay-webhook option[value='{wa}']")).await;
-    find(&c, "#replay-start").await.click().await.unwrap();
+    click(&c, "#replay-start").await;
     until(
         &c,
         "replay progress or a clear message",
@@ -547,7 +536,7 @@ async fn the_console_shows_retries_and_scopes_in_a_real_browser() {
     screenshot(&c, "replay").await;
 
     // Log out: the key is gone from the tab.
-    find(&c, "#logout").await.click().await.unwrap();
+    click(&c, "#logout").await;
     until(
         &c,
         "the sign-in form",
@@ -589,12 +578,319 @@ async fn the_console_shows_retries_and_scopes_in_a_real_browser() {
     )
     .await;
     // Retry all asks first; accepted, it re-queues what this key can see: nothing.
-    find(&c, "#retry-all").await.click().await.unwrap();
+    click(&c, "#retry-all").await;
     c.accept_alert().await.unwrap();
     until(
         &c,
         "retry all answered",
         "document.getElementById('status').textContent.includes('0 deliveries are queued again')",
+    )
+    .await;
+
+    c.close().await.unwrap();
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Seconds since the epoch of an RFC 3339 time, read in the browser (the test crate has no
+/// date library of its own).
+async fn unix_of(c: &Client, rfc3339: &str) -> i64 {
+    let v = c
+        .execute(
+            "return Math.floor(Date.parse(arguments[0]) / 1000);",
+            vec![json!(rfc3339)],
+        )
+        .await
+        .unwrap();
+    v.as_i64()
+        .unwrap_or_else(|| panic!("{rfc3339:?} is not a time"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_console_shows_and_sets_delivery_controls() {
+    // Breakers open after two failed attempts and stay open for ten minutes, longer than the
+    // test: the open state the page shows is the engine's own, not a moment in a flapping
+    // cycle.
+    let db = TestDb::new().await;
+    let receiver = Receiver::start();
+    receiver.set("down", Behaviour::Status(500));
+    receiver.set("gone", Behaviour::Status(410));
+    let mut env = default_env(&db);
+    for (k, v) in [
+        ("STRATUM_WEBHOOK_BREAKER_THRESHOLD", "2"),
+        ("STRATUM_WEBHOOK_BREAKER_COOLDOWN_MS", "600000"),
+        ("STRATUM_WEBHOOK_BREAKER_COOLDOWN_MAX_MS", "600000"),
+    ] {
+        env.push((k.to_owned(), v.to_owned()));
+    }
+    let s = Stratum::start(&["serve"], &env).await.unwrap();
+    let t = call(
+        &s,
+        "POST",
+        "/tenants",
+        Some(json!({"name": "Acme", "slug": "acme"})),
+        201,
+    )
+    .await;
+    let tenant = t["id"].as_str().unwrap().to_owned();
+    let old_secret = "the-old-secret-of-the-ok-webhook";
+    let mut hooks = Vec::new();
+    for path in ["down", "gone", "ok"] {
+        let w = call(
+            &s,
+            "POST",
+            "/webhooks",
+            Some(
+                json!({"url": format!("{}/{path}", receiver.base), "tenant_id": tenant,
+                            "events": ["tenant.updated"], "secret": old_secret,
+                            "description": format!("hook {path}")}),
+            ),
+            201,
+        )
+        .await;
+        assert_eq!(w["ordering"], json!("unordered"), "{w}");
+        assert_eq!(w["rate_limit_per_second"], Value::Null, "{w}");
+        hooks.push(w["id"].as_str().unwrap().to_owned());
+    }
+    let (down, gone, ok) = (hooks[0].clone(), hooks[1].clone(), hooks[2].clone());
+
+    // One event: `down` fails twice and its breaker opens, `gone` answers 410 and is
+    // disabled, `ok` gets it.
+    call(
+        &s,
+        "PATCH",
+        &format!("/tenants/{tenant}"),
+        Some(json!({"name": "Acme Inc"})),
+        200,
+    )
+    .await;
+    let open = eventually(WAIT, || async {
+        s.api("GET", &format!("/webhooks/{down}/health"), None)
+            .await
+            .map(|(_, h)| h["breaker"]["state"] == json!("open"))
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(open, "the breaker of the failing webhook did not open");
+    let health = call(&s, "GET", &format!("/webhooks/{down}/health"), None, 200).await;
+    assert_eq!(
+        health["breaker"]["consecutive_failures"],
+        json!(2),
+        "{health}"
+    );
+    let next_probe = health["breaker"]["next_probe_at"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let disabled = eventually(WAIT, || async {
+        s.api("GET", &format!("/webhooks/{gone}"), None)
+            .await
+            .map(|(_, w)| w["disabled_reason"] == json!("gone") && w["active"] == json!(false))
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(disabled, "the 410 did not disable the webhook");
+    assert!(
+        receiver
+            .wait_for(WAIT, |r| r.iter().any(|x| x.path == "ok"))
+            .await,
+        "the healthy webhook got nothing"
+    );
+
+    let driver = Driver::start().await;
+    let c = driver.browser().await;
+    c.goto(&format!("{}/console/", s.base)).await.unwrap();
+    sign_in(&c, ADMIN).await;
+
+    // The open breaker: its state, its failures and when it probes next.
+    let row_down = format!("tr[data-test=webhook-row][data-id='{down}']");
+    find(
+        &c,
+        &format!("{row_down}[data-health-loaded=true][data-breaker=open]"),
+    )
+    .await;
+    let row = text(&c, &row_down).await;
+    assert!(row.contains("open"), "{row}");
+    assert!(row.contains("2 consecutive failures"), "{row}");
+    find(
+        &c,
+        &format!("{row_down} [data-test=next-probe] time[datetime='{next_probe}']"),
+    )
+    .await;
+    assert!(row.contains("rate limit: none"), "{row}");
+    assert!(row.contains("ordering: unordered"), "{row}");
+    let row_ok = format!("tr[data-test=webhook-row][data-id='{ok}']");
+    find(
+        &c,
+        &format!("{row_ok}[data-health-loaded=true][data-breaker=closed]"),
+    )
+    .await;
+
+    // The webhook the 410 disabled says why, and is re-enabled from the page.
+    let row_gone = format!("tr[data-test=webhook-row][data-id='{gone}']");
+    let reason = text(
+        &c,
+        &format!("{row_gone} td[data-test=disabled][data-reason=gone]"),
+    )
+    .await;
+    assert!(reason.contains("410"), "{reason}");
+    let toggle = find(&c, &format!("{row_gone} button[data-test=toggle-active]")).await;
+    assert_eq!(toggle.text().await.unwrap(), "Re-enable");
+    screenshot(&c, "webhooks-controls").await;
+    toggle.click().await.unwrap();
+    until(
+        &c,
+        "the gone webhook re-enabled",
+        &format!(
+            "document.querySelector(\"{row_gone} button[data-test=toggle-active]\")?.textContent === 'Disable' && \
+             !document.querySelector(\"{row_gone} td[data-test=disabled]\")"
+        ),
+    )
+    .await;
+    let w = call(&s, "GET", &format!("/webhooks/{gone}"), None, 200).await;
+    assert_eq!(w["active"], json!(true), "{w}");
+    assert_eq!(w["disabled_reason"], Value::Null, "{w}");
+
+    // Rate limit and ordering, set from the page.
+    let panel_ok = format!("tr[data-test=controls-row][data-id='{ok}']");
+    click(&c, &format!("{row_ok} button[data-test=controls]")).await;
+    find(&c, &format!("#wh-rate-{ok}"))
+        .await
+        .send_keys("50")
+        .await
+        .unwrap();
+    find(&c, &format!("#wh-ordering-{ok}"))
+        .await
+        .select_by_value("fifo")
+        .await
+        .unwrap();
+    click(&c, &format!("{panel_ok} button[data-test=save-limits]")).await;
+    until(
+        &c,
+        "the new rate limit and ordering on the page",
+        &format!(
+            "document.querySelector(\"{row_ok} [data-test=rate-limit]\")?.textContent === 'rate limit: 50/s' && \
+             document.querySelector(\"{row_ok} [data-test=ordering]\")?.textContent === 'ordering: fifo'"
+        ),
+    )
+    .await;
+    let w = call(&s, "GET", &format!("/webhooks/{ok}"), None, 200).await;
+    assert_eq!(w["rate_limit_per_second"], json!(50), "{w}");
+    assert_eq!(w["ordering"], json!("fifo"), "{w}");
+    // Emptied, the limit is removed (null), and the ordering stays.
+    click(&c, &format!("{row_ok} button[data-test=controls]")).await;
+    find(&c, &format!("#wh-rate-{ok}"))
+        .await
+        .clear()
+        .await
+        .unwrap();
+    click(&c, &format!("{panel_ok} button[data-test=save-limits]")).await;
+    until(
+        &c,
+        "no rate limit on the page",
+        &format!(
+            "document.querySelector(\"{row_ok} [data-test=rate-limit]\")?.textContent === 'rate limit: none'"
+        ),
+    )
+    .await;
+    let w = call(&s, "GET", &format!("/webhooks/{ok}"), None, 200).await;
+    assert_eq!(w["rate_limit_per_second"], Value::Null, "{w}");
+    assert_eq!(w["ordering"], json!("fifo"), "{w}");
+
+    // Rotate the secret from the page with a one-hour grace period: the generated secret is
+    // shown once, the previous one's expiry is on the row.
+    assert!(
+        c.find_all(Locator::Css(&format!(
+            "{row_ok} [data-test=previous-secret]"
+        )))
+        .await
+        .unwrap()
+        .is_empty(),
+        "no previous secret before the rotation"
+    );
+    click(&c, &format!("{row_ok} button[data-test=controls]")).await;
+    let grace = find(&c, &format!("#wh-grace-{ok}")).await;
+    grace.clear().await.unwrap();
+    grace.send_keys("3600").await.unwrap();
+    screenshot(&c, "webhook-controls-panel").await;
+    let asked = unix_now();
+    click(&c, &format!("{panel_ok} button[data-test=rotate]")).await;
+    until(
+        &c,
+        "the generated secret",
+        "!document.getElementById('webhook-secret').hidden && \
+         document.getElementById('status').textContent.startsWith('Rotated')",
+    )
+    .await;
+    let new_secret = text(&c, "#webhook-secret-value").await;
+    assert!(new_secret.starts_with("whsec_"), "{new_secret}");
+    assert_ne!(new_secret, old_secret);
+    let w = call(&s, "GET", &format!("/webhooks/{ok}"), None, 200).await;
+    let expires = w["previous_secret_expires_at"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no previous_secret_expires_at after the rotation: {w}"))
+        .to_owned();
+    let left = unix_of(&c, &expires).await - asked;
+    assert!(
+        (3590..=3610).contains(&left),
+        "expires in {left} s, not one hour"
+    );
+    find(
+        &c,
+        &format!("{row_ok} [data-test=previous-secret] time[datetime='{expires}']"),
+    )
+    .await;
+    assert!(
+        !w.to_string().contains(&new_secret),
+        "the webhook object never carries the secret"
+    );
+    screenshot(&c, "webhooks-rotated").await;
+
+    // The rotation took: the next delivery verifies with the shown secret and still with
+    // the old one.
+    let before = receiver.received_on("ok").len();
+    call(
+        &s,
+        "PATCH",
+        &format!("/tenants/{tenant}"),
+        Some(json!({"name": "Acme Corp"})),
+        200,
+    )
+    .await;
+    assert!(
+        receiver
+            .wait_for(WAIT, |r| r.iter().filter(|x| x.path == "ok").count()
+                > before)
+            .await,
+        "no delivery after the rotation"
+    );
+    let r = receiver.received_on("ok").pop().unwrap();
+    let h = &r.headers;
+    for secret in [new_secret.as_str(), old_secret] {
+        stratum_crypto::verify_standard(
+            secret,
+            &h["webhook-id"],
+            &h["webhook-timestamp"],
+            &h["webhook-signature"],
+            &r.body,
+            unix_now(),
+            300,
+        )
+        .unwrap_or_else(|e| panic!("{secret:?} does not verify: {e}"));
+    }
+
+    // The secret is shown once: leaving the page drops it.
+    go(&c, "#dlq").await;
+    until(
+        &c,
+        "the secret gone from the page",
+        "document.getElementById('webhook-secret').hidden && \
+         document.getElementById('webhook-secret-value').textContent === ''",
     )
     .await;
 

@@ -105,6 +105,7 @@
     for (const tbody of document.querySelectorAll("table tbody")) tbody.replaceChildren();
     for (const id of ["replay-status", "audit-before", "audit-after", "dlq-stats", "deliveries-webhook", "tenant-options", "replay-webhook"]) $(id).replaceChildren();
     $("audit-detail").hidden = true;
+    hideSecret();
     $("webhooks-empty").hidden = true;
     $("dlq-empty").hidden = true;
     clearTimeout(replayTimer);
@@ -139,6 +140,8 @@
     const [name, arg] = location.hash.replace(/^#/, "").split("/");
     const page = pages.includes(name) ? name : "webhooks";
     for (const p of pages) $("page-" + p).hidden = p !== page;
+    // A generated secret is shown once: leaving the webhooks page drops it.
+    if (page !== "webhooks") hideSecret();
     for (const a of document.querySelectorAll("nav a")) {
       if (a.dataset.page === page || (page === "deliveries" && a.dataset.page === "webhooks")) a.setAttribute("aria-current", "page");
       else a.removeAttribute("aria-current");
@@ -160,6 +163,44 @@
   // ---- webhooks --------------------------------------------------------------------------
 
   let webhookCache = [];
+  const WEBHOOK_COLUMNS = 11;
+  const DISABLED_REASONS = {
+    gone: "gone: the receiver answered 410 Gone",
+    failing: "failing: its breaker stayed open too long",
+  };
+
+  /** A time as a <time> element (machine-readable datetime, local text), or "—". */
+  const timeEl = (t) => (t ? el("time", { datetime: t }, when(t)) : "—");
+
+  function activeCell(w) {
+    if (w.active) return td("yes");
+    return el("td", { dataset: { test: "disabled", reason: w.disabled_reason || "" } },
+      w.disabled_reason ? "no — " + (DISABLED_REASONS[w.disabled_reason] || w.disabled_reason) : "no");
+  }
+
+  function controlsCell(w) {
+    const line = (test, label, ...value) => el("div", { dataset: { test } }, label + ": ", ...value);
+    return el("td", {},
+      line("rate-limit", "rate limit", w.rate_limit_per_second ? w.rate_limit_per_second + "/s" : "none"),
+      line("ordering", "ordering", w.ordering),
+      w.previous_secret_expires_at ? line("previous-secret", "previous secret signs until", timeEl(w.previous_secret_expires_at)) : null);
+  }
+
+  function showBreaker(cell, b) {
+    const row = cell.parentElement;
+    if (!b) { cell.textContent = "—"; return; }
+    if (row) row.dataset.breaker = b.state;
+    const failures = b.consecutive_failures + " consecutive failure" + (b.consecutive_failures === 1 ? "" : "s");
+    const state = el("strong", { class: "breaker-" + b.state }, b.state.replace("_", "-"));
+    if (b.state === "open") {
+      cell.replaceChildren(state, el("div", {}, failures), el("div", {}, "opened ", timeEl(b.opened_at)),
+        el("div", { dataset: { test: "next-probe" } }, "next probe ", timeEl(b.next_probe_at)));
+    } else if (b.state === "half_open") {
+      cell.replaceChildren(state, el("div", {}, failures), el("div", {}, "one probe in flight"));
+    } else {
+      cell.replaceChildren(state, b.consecutive_failures ? el("div", {}, failures) : "");
+    }
+  }
 
   async function loadWebhooks() {
     const tbody = $("webhooks-table").tBodies[0];
@@ -170,17 +211,22 @@
     tbody.replaceChildren();
     $("webhooks-empty").hidden = webhookCache.length > 0;
     for (const w of webhookCache) {
+      const breakerCell = td("…");
       const healthCells = [td("…"), td("…"), td("…"), td("…")];
       const toggle = el("button", {
         type: "button", dataset: { test: "toggle-active" },
         onclick: () => setActive(w, !w.active),
-      }, w.active ? "Disable" : "Enable");
+      }, w.active ? "Disable" : w.disabled_reason ? "Re-enable" : "Enable");
+      const panel = el("tr", { class: "controls", hidden: true, dataset: { test: "controls-row", id: w.id } });
+      const controls = el("button", { type: "button", dataset: { test: "controls" }, "aria-expanded": "false",
+        onclick: () => toggleControls(w, panel, controls) }, "Controls");
       const row = el("tr", { dataset: { test: "webhook-row", id: w.id } },
         td(w.url, "mono"), td(w.tenant_id || "global", "mono"), td(w.events.join(", ")),
-        td(w.active ? "yes" : "no"), ...healthCells,
-        el("td", {}, toggle, " ", el("a", { href: "#deliveries/" + w.id, dataset: { test: "deliveries-link" } }, "Deliveries")));
-      tbody.append(row);
+        activeCell(w), breakerCell, controlsCell(w), ...healthCells,
+        el("td", {}, toggle, " ", controls, " ", el("a", { href: "#deliveries/" + w.id, dataset: { test: "deliveries-link" } }, "Deliveries")));
+      tbody.append(row, panel);
       api("GET", "/webhooks/" + w.id + "/health").then(({ body: h }) => {
+        showBreaker(breakerCell, h.breaker);
         healthCells[0].textContent = pct(h.success_rate) + " (" + h.successes + "/" + h.attempts + ")";
         healthCells[1].textContent = ms(h.p50_latency_ms);
         healthCells[2].textContent = h.last_error ? h.last_error + " (" + when(h.last_error_at) + ")" : "—";
@@ -196,6 +242,80 @@
       status((active ? "Enabled " : "Disabled ") + w.url);
       await loadWebhooks();
     } catch (e) { fail(e); }
+  }
+
+  /** A labelled input for the controls panel; ids are unique per webhook. */
+  function field(w, name, label, attrs) {
+    const id = "wh-" + name + "-" + w.id;
+    return [el("label", { for: id }, label), el("input", { id, name, ...attrs })];
+  }
+
+  function toggleControls(w, panel, button) {
+    if (!panel.hidden) { panel.hidden = true; button.setAttribute("aria-expanded", "false"); return; }
+    const orderingId = "wh-ordering-" + w.id;
+    const ordering = el("select", { id: orderingId, name: "ordering" },
+      el("option", { value: "unordered" }, "unordered"), el("option", { value: "fifo" }, "FIFO (one in flight, in commit order)"));
+    ordering.value = w.ordering;
+    const limits = el("form", { dataset: { test: "limits-form" } },
+      ...field(w, "rate", "Rate limit (attempts per second, 1–10,000; empty: none)",
+        { type: "number", min: 1, max: 10000, step: 1, value: w.rate_limit_per_second || "" }),
+      el("label", { for: orderingId }, "Ordering"), ordering,
+      el("button", { type: "submit", dataset: { test: "save-limits" } }, "Save"));
+    limits.addEventListener("submit", (ev) => { ev.preventDefault(); saveLimits(w, limits); });
+    const rotate = el("form", { dataset: { test: "rotate-form" }, autocomplete: "off" },
+      ...field(w, "secret", "New secret (16–255 characters; empty: generate one)",
+        { type: "password", minlength: 16, maxlength: 255, spellcheck: "false", autocomplete: "new-password" }),
+      ...field(w, "grace", "Grace period (seconds the current secret keeps signing, 0–604,800)",
+        { type: "number", min: 0, max: 604800, step: 1, value: 86400, required: true }),
+      el("button", { type: "submit", dataset: { test: "rotate" } }, "Rotate secret"));
+    rotate.addEventListener("submit", (ev) => { ev.preventDefault(); rotateSecret(w, rotate); });
+    panel.replaceChildren(el("td", { colspan: WEBHOOK_COLUMNS },
+      el("h3", {}, "Delivery controls"), limits,
+      el("h3", {}, "Rotate the signing secret"),
+      el("p", { class: "hint" }, "During the grace period every delivery is signed with both the new secret and the one it replaces, " +
+        "so receivers holding either one verify it. Editing the secret any other way replaces it at once."),
+      rotate));
+    panel.hidden = false;
+    button.setAttribute("aria-expanded", "true");
+  }
+
+  async function saveLimits(w, form) {
+    const rateText = form.elements.rate.value.trim();
+    const change = {};
+    const rate = rateText === "" ? null : Number(rateText);
+    if (rate !== w.rate_limit_per_second) change.rate_limit_per_second = rate;
+    if (form.elements.ordering.value !== w.ordering) change.ordering = form.elements.ordering.value;
+    if (Object.keys(change).length === 0) { status("Nothing to change for " + w.url + "."); return; }
+    try {
+      await api("PATCH", "/webhooks/" + w.id, change);
+      status("Saved the delivery controls of " + w.url + ".");
+      await loadWebhooks();
+    } catch (e) { fail(e); }
+  }
+
+  async function rotateSecret(w, form) {
+    const body = { grace_period_seconds: Number(form.elements.grace.value) };
+    const secret = form.elements.secret.value;
+    if (secret) body.secret = secret;
+    form.elements.secret.value = "";
+    try {
+      const { body: r } = await api("POST", "/webhooks/" + w.id + "/rotate-secret", body);
+      hideSecret();
+      if (r.secret) {
+        $("webhook-secret-url").textContent = r.url;
+        $("webhook-secret-value").textContent = r.secret;
+        $("webhook-secret").hidden = false;
+      }
+      status("Rotated the signing secret of " + r.url + (r.previous_secret_expires_at
+        ? "; the previous one signs until " + when(r.previous_secret_expires_at) + "." : "."));
+      await loadWebhooks();
+    } catch (e) { fail(e); }
+  }
+
+  function hideSecret() {
+    $("webhook-secret").hidden = true;
+    $("webhook-secret-value").replaceChildren();
+    $("webhook-secret-url").replaceChildren();
   }
 
   // ---- deliveries of one webhook ---------------------------------------------------------
@@ -438,6 +558,7 @@
     $("login-form").addEventListener("submit", login);
     $("logout").addEventListener("click", () => logout("Signed out."));
     $("webhooks-refresh").addEventListener("click", () => loadWebhooks().catch(fail));
+    $("webhook-secret-hide").addEventListener("click", hideSecret);
     onSubmit("deliveries-filter", () => loadDeliveries(location.hash.split("/")[1], false));
     $("deliveries-more").addEventListener("click", () => loadDeliveries(location.hash.split("/")[1], true).catch(fail));
     $("dlq-refresh").addEventListener("click", () => loadDlq().catch(fail));
