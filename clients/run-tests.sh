@@ -50,7 +50,7 @@ inside() {
     case "$suite" in
       rust) (cd clients/rust && cargo test --offline --locked -q) || rc=1 ;;
       typescript) (cd clients/typescript && npm test --silent) || rc=1 ;;
-      python) (cd clients/python && .venv/bin/python -m pytest -q tests) || rc=1 ;;
+      python) (cd clients/python && .venv/bin/python -m pytest -q --durations=5 tests) || rc=1 ;;
       *) echo "test-clients: unknown suite $suite" >&2; rc=1 ;;
     esac
     echo "== $suite: $(( $(date +%s) - start )) s"
