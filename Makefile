@@ -181,8 +181,7 @@ clients-deps: clients-openapi
 	cd clients/typescript && npm ci --no-audit --no-fund && npm run build
 	@test -x clients/python/.venv/bin/python || python3 -m venv clients/python/.venv
 	clients/python/.venv/bin/pip install -q --disable-pip-version-check -r clients/python/requirements-dev.txt
-	cd clients/python && .venv/bin/openapi-python-client generate --path openapi.json --meta none \
-	  --output-path src/stratum_client/_generated --overwrite --config generator.yaml
+	clients/python/.venv/bin/python clients/python/generate.py
 	clients/python/.venv/bin/pip install -q --disable-pip-version-check --no-deps -e clients/python
 	cd clients/rust && $(CARGO) build --locked --tests
 

@@ -41,7 +41,10 @@ fn main() {
 /// Rewrites the OpenAPI 3.1 document into 3.0.3.
 fn down_convert(doc: &mut Value) {
     doc["openapi"] = Value::from("3.0.3");
-    if let Some(license) = doc.pointer_mut("/info/license").and_then(Value::as_object_mut) {
+    if let Some(license) = doc
+        .pointer_mut("/info/license")
+        .and_then(Value::as_object_mut)
+    {
         // 3.1 added `identifier`; 3.0 has `url` only.
         license.remove("identifier");
     }

@@ -291,7 +291,11 @@ impl Stratum {
     /// println!("{}", created.id);
     /// # Ok(()) }
     /// ```
-    pub async fn call<'a, T, F, Fut>(&'a self, replay: Replay, mut op: F) -> Result<ResponseValue<T>, Error>
+    pub async fn call<'a, T, F, Fut>(
+        &'a self,
+        replay: Replay,
+        mut op: F,
+    ) -> Result<ResponseValue<T>, Error>
     where
         F: FnMut(&'a generated::Client, &str) -> Fut,
         Fut: Future<Output = Result<ResponseValue<T>, RawError<ErrorBody>>> + 'a,
@@ -390,11 +394,7 @@ impl Stratum {
         body: types::PutConfig,
     ) -> Result<types::ConfigEntry, Error> {
         self.call(Replay::Safe, |c, _| {
-            c.put_config()
-                .id(tenant)
-                .key(key)
-                .body(body.clone())
-                .send()
+            c.put_config().id(tenant).key(key).body(body.clone()).send()
         })
         .await
         .map(ResponseValue::into_inner)
@@ -430,7 +430,10 @@ impl Stratum {
                         if let Some(v) = q.to {
                             b = b.to(v);
                         }
-                        if let Some(v) = q.page_size.and_then(|v| std::num::NonZeroU64::new(u64::from(v))) {
+                        if let Some(v) = q
+                            .page_size
+                            .and_then(|v| std::num::NonZeroU64::new(u64::from(v)))
+                        {
                             b = b.limit(v);
                         }
                         if let Some(v) = cursor {
@@ -459,7 +462,8 @@ impl Stratum {
                     if let Some(s) = status {
                         b = b.status(s);
                     }
-                    if let Some(v) = page_size.and_then(|v| std::num::NonZeroU64::new(u64::from(v))) {
+                    if let Some(v) = page_size.and_then(|v| std::num::NonZeroU64::new(u64::from(v)))
+                    {
                         b = b.limit(v);
                     }
                     if let Some(v) = cursor {
@@ -475,12 +479,16 @@ impl Stratum {
 
     /// Every tenant the key can see, each exactly once (`GET /tenants`, following
     /// `next_cursor`).
-    pub fn tenants(&self, page_size: Option<u32>) -> impl Stream<Item = Result<Tenant, Error>> + '_ {
+    pub fn tenants(
+        &self,
+        page_size: Option<u32>,
+    ) -> impl Stream<Item = Result<Tenant, Error>> + '_ {
         self.cursor_stream(move |this, cursor| async move {
             let page = this
                 .call(Replay::Safe, |c, _| {
                     let mut b = c.list_tenants();
-                    if let Some(v) = page_size.and_then(|v| std::num::NonZeroU64::new(u64::from(v))) {
+                    if let Some(v) = page_size.and_then(|v| std::num::NonZeroU64::new(u64::from(v)))
+                    {
                         b = b.limit(v);
                     }
                     if let Some(v) = cursor {
@@ -490,7 +498,11 @@ impl Stratum {
                 })
                 .await?
                 .into_inner();
-            let next = if page.has_more { page.next_cursor } else { None };
+            let next = if page.has_more {
+                page.next_cursor
+            } else {
+                None
+            };
             Ok((page.data, next))
         })
     }

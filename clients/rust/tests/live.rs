@@ -27,7 +27,10 @@ fn client() -> Stratum {
 }
 
 fn unique(prefix: &str) -> String {
-    format!("{prefix}_{}", &uuid::Uuid::new_v4().simple().to_string()[..16])
+    format!(
+        "{prefix}_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..16]
+    )
 }
 
 async fn tenant(s: &Stratum, slug: &str, parent: Option<uuid::Uuid>) -> types::Tenant {
@@ -51,7 +54,9 @@ async fn receiver() -> (String, mpsc::UnboundedReceiver<Received>) {
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         loop {
-            let Ok((mut conn, _)) = listener.accept().await else { return };
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
             let tx = tx.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
@@ -113,7 +118,9 @@ async fn resetting_proxy(resets: usize) -> (String, Arc<AtomicUsize>) {
     tokio::spawn(async move {
         let mut accepted = 0usize;
         loop {
-            let Ok((mut conn, _)) = listener.accept().await else { return };
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
             accepted += 1;
             let upstream = upstream.clone();
             let counter = counter.clone();
@@ -169,7 +176,10 @@ async fn tenant_tree_webhook_and_a_verified_delivery() {
         )
         .await
         .unwrap();
-    assert!(hook.secret.is_none(), "a secret the caller chose is not echoed");
+    assert!(
+        hook.secret.is_none(),
+        "a secret the caller chose is not echoed"
+    );
 
     let leaf = tenant(&s, &unique("rs_leaf"), Some(grandchild.id)).await;
     let got = tokio::time::timeout(Duration::from_secs(60), rx.recv())
@@ -257,7 +267,10 @@ async fn a_conditional_update_loses_the_race() {
     let (_, version) = s.get_tenant(t.id).await.unwrap();
     let version = version.expect("GET returns an ETag");
     let patch = |name: &str| -> types::PatchTenant {
-        types::PatchTenant::builder().name(Some(name.parse().unwrap())).try_into().unwrap()
+        types::PatchTenant::builder()
+            .name(Some(name.parse().unwrap()))
+            .try_into()
+            .unwrap()
     };
     let (won, new_version) = s
         .update_tenant(t.id, patch("first"), Some(&version))
