@@ -189,6 +189,12 @@ clients-package: clients-deps
 	cd clients/rust && $(CARGO) package --locked --allow-dirty
 	cd clients/typescript && mkdir -p $(CLIENTS_DIST) && npm pack --pack-destination $(CLIENTS_DIST)
 	clients/python/.venv/bin/python -m build --wheel --outdir $(CLIENTS_DIST) clients/python
+	@# The packages install into empty projects and load.
+	@rm -rf $(CLIENTS_DIST)/try && mkdir -p $(CLIENTS_DIST)/try
+	cd $(CLIENTS_DIST)/try && npm init -y >/dev/null && npm install -q --no-audit --no-fund ../stratum-client-0.1.0.tgz \
+	  && node --input-type=module -e 'import { Stratum, Webhook } from "@stratum/client"; new Stratum({ baseUrl: "http://127.0.0.1:1", apiKey: "k" }); new Webhook("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");'
+	python3 -m venv $(CLIENTS_DIST)/try/venv && $(CLIENTS_DIST)/try/venv/bin/pip install -q --disable-pip-version-check $(CLIENTS_DIST)/stratum_client-0.1.0-py3-none-any.whl \
+	  && $(CLIENTS_DIST)/try/venv/bin/python -c 'import stratum_client; stratum_client.Stratum("http://127.0.0.1:1", "k").close()'
 
 test-clients: db-test-up clients-package
 	@clients/run-tests.sh
