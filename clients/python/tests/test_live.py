@@ -14,6 +14,7 @@ import threading
 import uuid
 from urllib.parse import urlparse
 
+import httpx
 import pytest
 
 from stratum_client import (
@@ -121,6 +122,54 @@ class ResettingProxy:
         self.sock.close()
 
 
+class ThrottlingProxy:
+    """A loopback proxy to the server that answers the first requests itself with the
+    statuses of `answers` (429 with `Retry-After: 1`, others without) and forwards the rest
+    (each on a connection of its own). `keys` are the `Idempotency-Key`s of the requests it
+    answered."""
+
+    def __init__(self, answers: list[int]) -> None:
+        self.answers = list(answers)
+        self.keys: list[str | None] = []
+        up = urlparse(env("STRATUM_URL"))
+        upstream = f"{up.scheme}://{up.netloc}"
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):  # noqa: N802 - the http.server hook
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                if proxy.answers:
+                    status = proxy.answers.pop(0)
+                    proxy.keys.append(self.headers.get("idempotency-key"))
+                    payload = json.dumps({"error": {"code": "RATE_LIMITED", "message": "slow down"}}).encode()
+                    self.send_response(status)
+                    if status == 429:
+                        self.send_header("retry-after", "1")
+                else:
+                    headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                    answer = httpx.post(upstream + self.path, content=body, headers=headers)
+                    status, payload = answer.status_code, answer.content
+                    self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(payload)))
+                self.send_header("connection", "close")
+                self.end_headers()
+                self.wfile.write(payload)
+                self.close_connection = True
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
 def test_tenant_tree_webhook_and_a_verified_delivery(s, receiver):
     url, got = receiver
     root = s.create_tenant(unique("py_root"), unique("py_root"))
@@ -217,3 +266,17 @@ def test_a_post_retried_through_connection_resets_creates_once(s):
                 no_retry.create_tenant("x", unique("py_noretry"))
     finally:
         once.close()
+
+
+def test_a_post_answered_429_then_503_is_retried_with_one_idempotency_key(s):
+    proxy = ThrottlingProxy([429, 503])
+    try:
+        with Stratum(proxy.base, env("STRATUM_ADMIN_KEY"), retry=RetryPolicy(base_delay=0.05, max_delay=2)) as via:
+            slug = unique("py_throttled")
+            created = via.create_tenant("throttled", slug)
+    finally:
+        proxy.close()
+    assert len(proxy.keys) == 2, "both refusals were seen"
+    assert proxy.keys[0], "the POST carries an Idempotency-Key"
+    assert proxy.keys[0] == proxy.keys[1], "one key for every attempt of the call"
+    assert s.get_tenant(created.id)[0].slug == slug

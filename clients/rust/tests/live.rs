@@ -59,42 +59,9 @@ async fn receiver() -> (String, mpsc::UnboundedReceiver<Received>) {
             };
             let tx = tx.clone();
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 8192];
-                let (head_len, body_len) = loop {
-                    let n = conn.read(&mut chunk).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
-                        let len = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .map(|v| v.trim().parse::<usize>().unwrap())
-                            .unwrap_or(0);
-                        break (end + 4, len);
-                    }
+                let Some((headers, body)) = read_request(&mut conn).await else {
+                    return;
                 };
-                while buf.len() < head_len + body_len {
-                    let n = conn.read(&mut chunk).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                }
-                let head = String::from_utf8_lossy(&buf[..head_len - 4]).to_string();
-                let mut headers = http::HeaderMap::new();
-                for line in head.lines().skip(1) {
-                    if let Some((k, v)) = line.split_once(':') {
-                        headers.append(
-                            http::HeaderName::from_bytes(k.trim().as_bytes()).unwrap(),
-                            http::HeaderValue::from_str(v.trim()).unwrap(),
-                        );
-                    }
-                }
-                let body = buf[head_len..head_len + body_len].to_vec();
                 let _ = conn
                     .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
                     .await;
@@ -103,6 +70,97 @@ async fn receiver() -> (String, mpsc::UnboundedReceiver<Received>) {
         }
     });
     (url, rx)
+}
+
+/// Reads one HTTP/1.1 request (head and a `content-length` body) from `conn`.
+async fn read_request(conn: &mut TcpStream) -> Option<(http::HeaderMap, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let (head_len, body_len) = loop {
+        let n = conn.read(&mut chunk).await.unwrap_or(0);
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse::<usize>().unwrap())
+                .unwrap_or(0);
+            break (end + 4, len);
+        }
+    };
+    while buf.len() < head_len + body_len {
+        let n = conn.read(&mut chunk).await.unwrap_or(0);
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let head = String::from_utf8_lossy(&buf[..head_len - 4]).to_string();
+    let mut headers = http::HeaderMap::new();
+    for line in head.lines().skip(1) {
+        if let Some((k, v)) = line.split_once(':') {
+            headers.append(
+                http::HeaderName::from_bytes(k.trim().as_bytes()).unwrap(),
+                http::HeaderValue::from_str(v.trim()).unwrap(),
+            );
+        }
+    }
+    Some((headers, buf[head_len..head_len + body_len].to_vec()))
+}
+
+/// A loopback proxy to the server that answers the first connections' requests itself with
+/// the statuses of `answers` (429 with `Retry-After: 1`, others without) and forwards the
+/// rest. Returns its base URL and the `Idempotency-Key` of each request it answered.
+async fn throttling_proxy(
+    answers: Vec<u16>,
+) -> (String, Arc<std::sync::Mutex<Vec<Option<String>>>>) {
+    let upstream = env("STRATUM_URL").trim_start_matches("http://").to_owned();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let keys = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = keys.clone();
+    tokio::spawn(async move {
+        let mut accepted = 0usize;
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            accepted += 1;
+            let answer = answers.get(accepted - 1).copied();
+            let upstream = upstream.clone();
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let Some(status) = answer else {
+                    let mut server = TcpStream::connect(&upstream).await.unwrap();
+                    let _ = tokio::io::copy_bidirectional(&mut conn, &mut server).await;
+                    return;
+                };
+                let Some((headers, _)) = read_request(&mut conn).await else {
+                    return;
+                };
+                let key = headers
+                    .get("idempotency-key")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                seen.lock().unwrap().push(key);
+                let body = r#"{"error":{"code":"RATE_LIMITED","message":"slow down"}}"#;
+                let retry_after = if status == 429 {
+                    "retry-after: 1\r\n"
+                } else {
+                    ""
+                };
+                let answer = format!(
+                    "HTTP/1.1 {status} Busy\r\ncontent-type: application/json\r\n{retry_after}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    (base, keys)
 }
 
 /// A loopback proxy to the server that lets the server answer the first `resets` connections
@@ -362,4 +420,24 @@ async fn a_post_retried_through_connection_resets_creates_once() {
         no_retry.create_tenant(body.try_into().unwrap()).await,
         Err(Error::Connection(_))
     ));
+}
+
+#[tokio::test]
+async fn a_post_answered_429_then_503_is_retried_with_one_idempotency_key() {
+    let (base, keys) = throttling_proxy(vec![429, 503]).await;
+    let through_proxy = Stratum::new(&base, &env("STRATUM_ADMIN_KEY"))
+        .unwrap()
+        .with_retry(RetryPolicy {
+            max_retries: 4,
+            base_delay: Duration::from_millis(50),
+            max_delay: Duration::from_secs(2),
+        });
+    let slug = unique("rs_throttled");
+    let created = tenant(&through_proxy, &slug, None).await;
+    let keys = keys.lock().unwrap().clone();
+    assert_eq!(keys.len(), 2, "both refusals were seen");
+    assert!(keys[0].is_some(), "the POST carries an Idempotency-Key");
+    assert_eq!(keys[0], keys[1], "one key for every attempt of the call");
+    let (fetched, _) = client().get_tenant(created.id).await.unwrap();
+    assert_eq!(fetched.slug, slug);
 }

@@ -99,6 +99,41 @@ async function resettingProxy(resets: number): Promise<{ base: string; count: ()
   return { base: `http://127.0.0.1:${port}`, count: () => done, close: () => server.close() };
 }
 
+/**
+ * A loopback proxy to the server that answers the first requests itself with the statuses of
+ * `answers` (429 with `Retry-After: 1`, others without) and forwards the rest. `keys` are the
+ * `Idempotency-Key`s of the requests it answered.
+ */
+async function throttlingProxy(answers: number[]): Promise<{ base: string; keys: (string | undefined)[]; close: () => void }> {
+  const upstream = new URL(env("STRATUM_URL"));
+  const keys: (string | undefined)[] = [];
+  let seen = 0;
+  const proxy = http.createServer((req, res) => {
+    const status = answers[seen++];
+    if (status === undefined) {
+      const up = http.request(
+        { host: upstream.hostname, port: upstream.port, method: req.method, path: req.url, headers: req.headers },
+        (answer) => {
+          res.writeHead(answer.statusCode ?? 502, answer.headers);
+          answer.pipe(res);
+        },
+      );
+      req.pipe(up);
+      return;
+    }
+    req.resume();
+    req.on("end", () => {
+      keys.push(req.headers["idempotency-key"] as string | undefined);
+      const headers: Record<string, string> = { "content-type": "application/json", connection: "close" };
+      if (status === 429) headers["retry-after"] = "1";
+      res.writeHead(status, headers).end(JSON.stringify({ error: { code: "RATE_LIMITED", message: "slow down" } }));
+    });
+  });
+  await new Promise<void>((resolve) => proxy.listen(0, "127.0.0.1", resolve));
+  const { port } = proxy.address() as net.AddressInfo;
+  return { base: `http://127.0.0.1:${port}`, keys, close: () => proxy.close() };
+}
+
 test("a tenant tree, a webhook, and a verified delivery", async () => {
   const s = client();
   const root = await tenant(s, unique("ts_root"));
@@ -223,5 +258,24 @@ test("a POST retried through connection resets creates once", async () => {
     await assert.rejects(tenant(noRetry, unique("ts_noretry")), ConnectionError);
   } finally {
     once.close();
+  }
+});
+
+test("a POST answered 429 then 503 is retried with one Idempotency-Key", async () => {
+  const proxy = await throttlingProxy([429, 503]);
+  try {
+    const viaProxy = new Stratum({
+      baseUrl: proxy.base,
+      apiKey: env("STRATUM_ADMIN_KEY"),
+      retry: { maxRetries: 4, baseDelayMs: 50, maxDelayMs: 2000 },
+    });
+    const slug = unique("ts_throttled");
+    const created = await tenant(viaProxy, slug);
+    assert.equal(proxy.keys.length, 2, "both refusals were seen");
+    assert.ok(proxy.keys[0], "the POST carries an Idempotency-Key");
+    assert.equal(proxy.keys[0], proxy.keys[1], "one key for every attempt of the call");
+    assert.equal((await client().getTenant(created.id)).tenant.slug, slug);
+  } finally {
+    proxy.close();
   }
 });
