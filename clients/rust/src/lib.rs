@@ -14,6 +14,24 @@
 //! - `If-Match` on conditional updates ([`Stratum::update_tenant`], or `.if_match(..)` on any
 //!   generated builder inside [`Stratum::call`]).
 //!
+//! ```no_run
+//! # async fn quickstart(api_key: &str) -> Result<(), stratum_client::Error> {
+//! use futures::TryStreamExt;
+//! use stratum_client::{types, AuditLogQuery, Error, Stratum};
+//!
+//! let s = Stratum::new("http://127.0.0.1:3001", api_key)?;
+//! let acme = s.create_tenant(types::CreateTenant::builder().name("Acme").slug("acme").try_into().unwrap()).await?;
+//! let (_, version) = s.get_tenant(acme.id).await?;
+//! let patch = types::PatchTenant::builder().name(Some("Acme Inc".parse().unwrap())).try_into().unwrap();
+//! match s.update_tenant(acme.id, patch, version.as_deref()).await {
+//!     Err(Error::PreconditionFailed(e)) => eprintln!("changed meanwhile ({:?})", e.request_id),
+//!     other => { other?; }
+//! }
+//! let mut entries = std::pin::pin!(s.audit_logs(AuditLogQuery { tenant_id: Some(acme.id), ..Default::default() }));
+//! while let Some(entry) = entries.try_next().await? { println!("{} {}", entry.created_at, entry.action); }
+//! # Ok(()) }
+//! ```
+//!
 //! Receivers verify deliveries with the Standard Webhooks library, re-exported as
 //! [`webhooks`]:
 //!
