@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from stratum_client import (
+    check,
     ConnectionError,
     PreconditionFailedError,
     RetryPolicy,
@@ -26,6 +27,7 @@ from stratum_client import (
     Webhook,
     WebhookVerificationError,
 )
+from stratum_client._generated.api.webhooks import list_webhooks
 
 
 def env(name: str) -> str:
@@ -280,3 +282,19 @@ def test_a_post_answered_429_then_503_is_retried_with_one_idempotency_key(s):
     assert proxy.keys[0], "the POST carries an Idempotency-Key"
     assert proxy.keys[0] == proxy.keys[1], "one key for every attempt of the call"
     assert s.get_tenant(created.id)[0].slug == slug
+
+
+def test_a_post_that_refuses_a_key_is_not_repeated_after_a_reset(s):
+    root = s.create_tenant("unsafe", unique("py_unsafe"))
+    proxy = ResettingProxy(1)
+    try:
+        with Stratum(proxy.base, env("STRATUM_ADMIN_KEY")) as via:
+            # Without a secret the server generates one and refuses an Idempotency-Key: a
+            # repeat could create a second webhook, so the client must not repeat it.
+            with pytest.raises(ConnectionError):
+                via.create_webhook("http://127.0.0.1:9/hook", ["tenant.updated"], tenant_id=root.id)
+        assert proxy.done == 1, "the server answered once"
+    finally:
+        proxy.close()
+    hooks = check(list_webhooks.sync_detailed(client=s.raw, tenant_id=root.id))
+    assert len(hooks) == 1, "created once, not repeated"

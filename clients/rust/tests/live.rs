@@ -441,3 +441,28 @@ async fn a_post_answered_429_then_503_is_retried_with_one_idempotency_key() {
     let (fetched, _) = client().get_tenant(created.id).await.unwrap();
     assert_eq!(fetched.slug, slug);
 }
+
+#[tokio::test]
+async fn a_post_that_refuses_a_key_is_not_repeated_after_a_reset() {
+    let s = client();
+    let root = tenant(&s, &unique("rs_unsafe"), None).await;
+    let (base, resets) = resetting_proxy(1).await;
+    let through_proxy = Stratum::new(&base, &env("STRATUM_ADMIN_KEY")).unwrap();
+    // Without a secret the server generates one and refuses an Idempotency-Key: a repeat
+    // could create a second webhook, so the client must not repeat it.
+    let body = types::CreateWebhook::builder()
+        .url("http://127.0.0.1:9/hook")
+        .events(vec![types::SubscribableEvent::TenantUpdated])
+        .tenant_id(root.id);
+    let outcome = through_proxy.create_webhook(body.try_into().unwrap()).await;
+    assert_eq!(resets.load(Ordering::SeqCst), 1, "the server answered once");
+    assert!(matches!(outcome, Err(Error::Connection(_))), "{outcome:?}");
+    let hooks = s
+        .call(stratum_client::Replay::Safe, |c, _| {
+            c.list_webhooks().tenant_id(root.id).send()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(hooks.len(), 1, "created once, not repeated");
+}

@@ -6,7 +6,7 @@ import http from "node:http";
 import net from "node:net";
 import { test } from "node:test";
 
-import { ConnectionError, PreconditionFailedError, Stratum, StratumError, Webhook } from "../src/index.js";
+import { ConnectionError, PreconditionFailedError, Stratum, StratumError, Webhook, unwrap } from "../src/index.js";
 
 function env(name: string): string {
   const v = process.env[name];
@@ -278,4 +278,24 @@ test("a POST answered 429 then 503 is retried with one Idempotency-Key", async (
   } finally {
     proxy.close();
   }
+});
+
+test("a POST that refuses a key is not repeated after a reset", async () => {
+  const s = client();
+  const root = await tenant(s, unique("ts_unsafe"));
+  const proxy = await resettingProxy(1);
+  try {
+    const viaProxy = new Stratum({ baseUrl: proxy.base, apiKey: env("STRATUM_ADMIN_KEY") });
+    // Without a secret the server generates one and refuses an Idempotency-Key: a repeat
+    // could create a second webhook, so the client must not repeat it.
+    await assert.rejects(
+      viaProxy.createWebhook({ url: "http://127.0.0.1:9/hook", events: ["tenant.updated"], tenant_id: root.id }),
+      ConnectionError,
+    );
+    assert.equal(proxy.count(), 1, "the server answered once");
+  } finally {
+    proxy.close();
+  }
+  const hooks = unwrap(await s.raw.GET("/api/v1/webhooks", { params: { query: { tenant_id: root.id } } }));
+  assert.equal(hooks.length, 1, "created once, not repeated");
 });
