@@ -172,7 +172,10 @@ conformance: db-test-up build $(VENV)/.conformance-tools
 # against a live `stratum serve` (clients/run-tests.sh). A document the clients disagree with
 # fails their build or their suites.
 CLIENT_DIRS := clients/rust clients/typescript clients/python
-CLIENTS_DIST := $(abspath $(or $(CARGO_TARGET_DIR),target))/clients-dist
+# The Rust client is a workspace of its own but builds into this checkout's target directory,
+# so that the dependencies it shares with the server are compiled once.
+CLIENTS_TARGET := $(abspath $(or $(CARGO_TARGET_DIR),target))
+CLIENTS_DIST := $(CLIENTS_TARGET)/clients-dist
 clients-openapi:
 	$(CARGO) build -p stratum-server
 	@for d in $(CLIENT_DIRS); do $${CARGO_TARGET_DIR:-target}/debug/stratum openapi > $$d/openapi.json; done
@@ -183,10 +186,10 @@ clients-deps: clients-openapi
 	clients/python/.venv/bin/pip install -q --disable-pip-version-check -r clients/python/requirements-dev.txt
 	clients/python/.venv/bin/python clients/python/generate.py
 	clients/python/.venv/bin/pip install -q --disable-pip-version-check --no-deps -e clients/python
-	cd clients/rust && $(CARGO) build --locked --tests
+	cd clients/rust && CARGO_TARGET_DIR=$(CLIENTS_TARGET) $(CARGO) build --locked --tests
 
 clients-package: clients-deps
-	cd clients/rust && $(CARGO) package --locked --allow-dirty
+	cd clients/rust && CARGO_TARGET_DIR=$(CLIENTS_TARGET) $(CARGO) package --locked --allow-dirty
 	cd clients/typescript && mkdir -p $(CLIENTS_DIST) && npm pack --pack-destination $(CLIENTS_DIST)
 	clients/python/.venv/bin/python -m build --wheel --outdir $(CLIENTS_DIST) clients/python
 	@# The packages install into empty projects and load.
@@ -197,7 +200,7 @@ clients-package: clients-deps
 	  && $(CLIENTS_DIST)/try/venv/bin/python -c 'import stratum_client; stratum_client.Stratum("http://127.0.0.1:1", "k").close()'
 
 test-clients: db-test-up clients-package
-	@clients/run-tests.sh
+	@CARGO_TARGET_DIR=$(CLIENTS_TARGET) clients/run-tests.sh
 
 # Benchmarks run on the durable dev cluster.
 bench: db-up

@@ -12,10 +12,13 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
+# The Rust client builds into the checkout's target directory (see the Makefile).
+CARGO_TARGET_DIR=$(realpath -m "${CARGO_TARGET_DIR:-target}")
+export CARGO_TARGET_DIR
 DB=${STRATUM_CLIENTS_DB:-stratum_clients}
 PG_PORT=$(STRATUM_PG_CLUSTER=test scripts/pg.sh port)
-BIN=${STRATUM_CLIENTS_BIN:-${CARGO_TARGET_DIR:-target}/debug/stratum}
-OUT=${CLIENTS_OUT:-${CARGO_TARGET_DIR:-target}/clients}
+BIN=${STRATUM_CLIENTS_BIN:-$CARGO_TARGET_DIR/debug/stratum}
+OUT=${CLIENTS_OUT:-$CARGO_TARGET_DIR/clients}
 SUITES=${CLIENT_SUITES:-rust typescript python}
 ADMIN_KEY=sk_clients_admin_key_0123456789abcdef0123456
 
