@@ -19,7 +19,7 @@ TEST_PSQL   := psql -X -q -v ON_ERROR_STOP=1 -d $(STRATUM_TEST_DATABASE_URL)/pos
 CARGO       ?= cargo
 DOMAIN_CRATES := stratum-core stratum-crypto stratum-audit stratum-consent stratum-webhooks stratum-tenancy stratum-maintenance
 
-.PHONY: db-test-clean db-test-down browser-deps conformance openapi-check deploy-check fmt-check clippy doc help db-up db-down db-test-up run build test test-unit lint fmt schema-check boundary-check bench tools clean
+.PHONY: test-clients clients-openapi clients-deps clients-package db-test-clean db-test-down browser-deps conformance openapi-check deploy-check fmt-check clippy doc help db-up db-down db-test-up run build test test-unit lint fmt schema-check boundary-check bench tools clean
 
 help:
 	@echo "make run     build, start PostgreSQL, migrate and serve on http://127.0.0.1:3001"
@@ -27,6 +27,7 @@ help:
 	@echo "make lint    fmt, clippy -D warnings, rustdoc -D warnings, domain boundary check, diesel schema check"
 	@echo "make conformance   Schemathesis and Standard Webhooks against the release binary"
 	@echo "make bench   benchmarks under bench/ (print figures)"
+	@echo "make test-clients  the Rust, TypeScript and Python clients (clients/) against a live server"
 	@echo "make db-up / db-down            this checkout's dev PostgreSQL on 127.0.0.1:25432"
 	@echo "make db-test-up / db-test-down  this checkout's test PostgreSQL (fsync=off) on 127.0.0.1:25433"
 	@echo "make db-test-clean              drop this checkout's leftover test databases (stratum_t_<checkout hash>_*)"
@@ -165,6 +166,41 @@ $(VENV)/.conformance-tools: Makefile
 
 conformance: db-test-up build $(VENV)/.conformance-tools
 	@scripts/conformance/run.sh
+
+# The client libraries (clients/): generated from the OpenAPI document the server serves
+# (copied into each client as openapi.json, never kept in git), built, packaged, and tested
+# against a live `stratum serve` (clients/run-tests.sh). A document the clients disagree with
+# fails their build or their suites.
+CLIENT_DIRS := clients/rust clients/typescript clients/python
+# The Rust client is a workspace of its own but builds into this checkout's target directory,
+# so that the dependencies it shares with the server are compiled once.
+CLIENTS_TARGET := $(abspath $(or $(CARGO_TARGET_DIR),target))
+CLIENTS_DIST := $(CLIENTS_TARGET)/clients-dist
+clients-openapi:
+	$(CARGO) build -p stratum-server
+	@for d in $(CLIENT_DIRS); do $${CARGO_TARGET_DIR:-target}/debug/stratum openapi > $$d/openapi.json; done
+
+clients-deps: clients-openapi
+	cd clients/typescript && npm ci --no-audit --no-fund && npm run build
+	@test -x clients/python/.venv/bin/python || python3 -m venv clients/python/.venv
+	clients/python/.venv/bin/pip install -q --disable-pip-version-check -r clients/python/requirements-dev.txt
+	clients/python/.venv/bin/python clients/python/generate.py
+	clients/python/.venv/bin/pip install -q --disable-pip-version-check --no-deps -e clients/python
+	cd clients/rust && CARGO_TARGET_DIR=$(CLIENTS_TARGET) $(CARGO) build --locked --tests
+
+clients-package: clients-deps
+	cd clients/rust && CARGO_TARGET_DIR=$(CLIENTS_TARGET) $(CARGO) package --locked --allow-dirty
+	cd clients/typescript && mkdir -p $(CLIENTS_DIST) && npm pack --pack-destination $(CLIENTS_DIST)
+	clients/python/.venv/bin/python -m build --wheel --outdir $(CLIENTS_DIST) clients/python
+	@# The packages install into empty projects and load.
+	@rm -rf $(CLIENTS_DIST)/try && mkdir -p $(CLIENTS_DIST)/try
+	cd $(CLIENTS_DIST)/try && npm init -y >/dev/null && npm install -q --no-audit --no-fund ../stratum-client-0.1.0.tgz \
+	  && node --input-type=module -e 'import { Stratum, Webhook } from "@stratum/client"; new Stratum({ baseUrl: "http://127.0.0.1:1", apiKey: "k" }); new Webhook("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");'
+	python3 -m venv $(CLIENTS_DIST)/try/venv && $(CLIENTS_DIST)/try/venv/bin/pip install -q --disable-pip-version-check $(CLIENTS_DIST)/stratum_client-0.1.0-py3-none-any.whl \
+	  && $(CLIENTS_DIST)/try/venv/bin/python -c 'import stratum_client; stratum_client.Stratum("http://127.0.0.1:1", "k").close()'
+
+test-clients: db-test-up clients-package
+	@CARGO_TARGET_DIR=$(CLIENTS_TARGET) clients/run-tests.sh
 
 # Benchmarks run on the durable dev cluster.
 bench: db-up
