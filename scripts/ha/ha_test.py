@@ -558,6 +558,29 @@ class Test:
         return t
 
 
+def latencies(t, secs):
+    """p50/p99 in ms of the PATCHes acknowledged in the next `secs` seconds."""
+    t0 = time.monotonic()
+    time.sleep(secs)
+    lat = sorted((r[3] - r[2]) * 1000 for r in t.snapshot() if r[4] == "ok" and r[2] >= t0)
+    if not lat:
+        return "no writes"
+    return (f"{len(lat) / secs:.0f}/s p50={lat[len(lat) // 2]:.1f}ms "
+            f"p99={lat[min(len(lat) - 1, int(len(lat) * 0.99))]:.1f}ms")
+
+
+def sync_cost(t, secs):
+    """The write latency of the same load with a synchronous standby and without one."""
+    wait_for("a synchronous standby", t.has_sync_standby, 60)
+    with_sync = latencies(t, secs)
+    t.patronictl("edit-config", "--set", "synchronous_mode=false", "--force")
+    wait_for("no synchronous standby", lambda: not t.has_sync_standby(), 60)
+    time.sleep(2)
+    without = latencies(t, secs)
+    t.patronictl("edit-config", "--set", "synchronous_mode=true", "--force")
+    log(f"write latency, synchronous standby: {with_sync}; asynchronous standby: {without}")
+
+
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "receiver":
         p = argparse.ArgumentParser()
@@ -573,6 +596,8 @@ def main():
     p.add_argument("--pgbin", required=True)
     p.add_argument("--user", default="stratum-pg")
     p.add_argument("--settle", type=float, default=5.0)
+    p.add_argument("--latency-secs", type=float, default=0,
+                   help="after the faults, compare write latency with and without a synchronous standby")
     a = p.parse_args()
     started = time.monotonic()
     t = Test(a)
@@ -587,6 +612,8 @@ def main():
             t_fault = run()
             time.sleep(a.settle)
             seen = t.check(fault, t_fault, seen)
+        if a.latency_secs:
+            sync_cost(t, a.latency_secs)
         recs = t.snapshot()
         span = recs[-1][3] - recs[0][2] if recs else 0
         log(f"load: {len(recs)} PATCHes in {span:.0f} s ({len(recs) / max(span, 1):.0f}/s); "

@@ -4,6 +4,7 @@
 # under /tmp keyed to this checkout (the unprivileged user that owns PostgreSQL cannot
 # reach a checkout under /root) and runs scripts/ha/ha_test.py against the given binary.
 # Usage: scripts/ha/run.sh <path to the stratum binary>
+# STRATUM_HA_ARGS adds flags of ha_test.py (e.g. --latency-secs 15).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd -P)
@@ -42,4 +43,4 @@ mkdir -p "$DIR"
 chmod 700 "$DIR"
 [ "$(id -u)" -eq 0 ] && chown "$PG_USER" "$DIR"
 
-exec python3 "$ROOT/scripts/ha/ha_test.py" --bin "$BIN" --dir "$DIR" --pgbin "$PGBIN" --user "$PG_USER"
+exec python3 "$ROOT/scripts/ha/ha_test.py" --bin "$BIN" --dir "$DIR" --pgbin "$PGBIN" --user "$PG_USER" ${STRATUM_HA_ARGS:-}

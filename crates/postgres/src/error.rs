@@ -70,7 +70,24 @@ pub fn map_query_error(e: DieselError) -> StoreError {
             tracing::warn!(error = %e, "database connection lost");
             StoreError::Unavailable
         }
+        DieselError::DatabaseError(_, ref info) if is_standby(info.message()) => {
+            note_fault();
+            tracing::warn!(error = %e, "database server is a standby");
+            StoreError::Unavailable
+        }
         other => StoreError::internal(other),
+    }
+}
+
+/// Whether `e` means the connection went away mid-statement (so a COMMIT's outcome is not
+/// known from this side), as opposed to the server answering with an error.
+pub fn outcome_unknown(e: &DieselError) -> bool {
+    match e {
+        DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _)
+        | DieselError::BrokenTransactionManager => true,
+        DieselError::DatabaseError(DatabaseErrorKind::ReadOnlyTransaction, _) => false,
+        DieselError::DatabaseError(_, info) => is_connection_loss(info.message()),
+        _ => false,
     }
 }
 
@@ -78,7 +95,7 @@ pub fn map_query_error(e: DieselError) -> StoreError {
 /// shutting down or restarting, a broken socket) rather than that the query was wrong.
 /// The driver reports these without a SQLSTATE diesel maps, so the text decides.
 fn is_connection_loss(message: &str) -> bool {
-    const LOSS: [&str; 13] = [
+    const LOSS: [&str; 10] = [
         "connection closed",
         "error communicating with the server",
         "error connecting to server",
@@ -89,12 +106,21 @@ fn is_connection_loss(message: &str) -> bool {
         "connection reset",
         "broken pipe",
         "error communicating with database",
+    ];
+    let m = message.to_ascii_lowercase();
+    LOSS.iter().any(|l| m.contains(l))
+}
+
+/// Whether a driver message says the server is a standby (refused a write, or is still
+/// recovering): the primary moved, and the statement took no effect.
+fn is_standby(message: &str) -> bool {
+    const STANDBY: [&str; 3] = [
         "read-only transaction",
         "recovery is in progress",
         "the database system is in recovery mode",
     ];
     let m = message.to_ascii_lowercase();
-    LOSS.iter().any(|l| m.contains(l))
+    STANDBY.iter().any(|l| m.contains(l))
 }
 
 /// True when `e` is a unique-constraint violation.

@@ -192,7 +192,9 @@ async fn while_the_primary_is_unreachable_writes_are_unavailable_then_resume() {
         .trim_end_matches('/')
         .to_owned();
     let relay = Relay::start(&authority).await;
-    let via_relay = db.url.replace(&authority, &format!("127.0.0.1:{}", relay.port));
+    let via_relay = db
+        .url
+        .replace(&authority, &format!("127.0.0.1:{}", relay.port));
     assert_ne!(via_relay, db.url, "the URL goes through the relay");
     let pool = connect(
         &via_relay,
@@ -213,7 +215,11 @@ async fn while_the_primary_is_unreachable_writes_are_unavailable_then_resume() {
             other => panic!("expected Unavailable, got {other:?}"),
         }
     }
-    assert_eq!(name_of(&db.url, id).await, "before", "no failed write took effect");
+    assert_eq!(
+        name_of(&db.url, id).await,
+        "before",
+        "no failed write took effect"
+    );
 
     relay.restore().await;
     // The same pool, never rebuilt, writes again.
@@ -235,10 +241,128 @@ async fn a_multi_host_url_skips_a_server_that_does_not_answer() {
     // Port 1 on the loopback refuses connections: a member that is down.
     let url = format!(
         "{}?target_session_attrs=read-write",
-        db.url.replace(&authority, &format!("127.0.0.1:1,{authority}"))
+        db.url
+            .replace(&authority, &format!("127.0.0.1:1,{authority}"))
     );
     assert!(url.contains("127.0.0.1:1,"), "{url}");
     let store = PgTenantStore::new(connect(&url, &PoolConfig::default()).unwrap());
     store.modify(id, rename(id, "multi")).await.unwrap();
     assert_eq!(name_of(&db.url, id).await, "multi");
+}
+
+/// What a [`CommitCutter`] does to the next COMMIT it sees.
+const PASS: u8 = 0;
+/// Forward the COMMIT, let the server commit, then close before its answer comes back.
+const CUT_AFTER_COMMIT: u8 = 1;
+/// Close instead of forwarding the COMMIT: the server rolls back.
+const CUT_BEFORE_COMMIT: u8 = 2;
+
+/// A TCP relay to the database that loses the connection around one COMMIT: the primary
+/// going away while a client waits for its commit's answer.
+async fn commit_cutter(upstream: String, mode: Arc<std::sync::atomic::AtomicU8>) -> u16 {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let (upstream, mode) = (upstream.clone(), mode.clone());
+            tokio::spawn(async move {
+                let Ok(outbound) = TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                let (mut ci, mut co) = inbound.into_split();
+                let (mut si, mut so) = outbound.into_split();
+                let back = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut si, &mut co).await;
+                });
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match ci.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    let chunk = &buf[..n];
+                    let m = std::sync::atomic::AtomicU8::load(&mode, Ordering::SeqCst);
+                    if m != PASS && chunk.windows(6).any(|w| w == b"COMMIT") {
+                        mode.store(PASS, Ordering::SeqCst);
+                        if m == CUT_AFTER_COMMIT {
+                            so.write_all(chunk).await.unwrap();
+                            // Long enough for the server to commit; its answer is dropped.
+                            back.abort();
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                        }
+                        back.abort();
+                        return;
+                    }
+                    if so.write_all(chunk).await.is_err() {
+                        break;
+                    }
+                }
+                back.abort();
+            });
+        }
+    });
+    port
+}
+
+async fn through_cutter(db: &TestDb) -> (PgTenantStore, Arc<std::sync::atomic::AtomicU8>) {
+    let server = stratum_testkit::server_url();
+    let authority = server
+        .rsplit('@')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_owned();
+    let mode = Arc::new(std::sync::atomic::AtomicU8::new(PASS));
+    let port = commit_cutter(authority.clone(), mode.clone()).await;
+    let url = db.url.replace(&authority, &format!("127.0.0.1:{port}"));
+    let pool = connect(&url, &PoolConfig::default()).unwrap();
+    (PgTenantStore::new(pool), mode)
+}
+
+#[tokio::test]
+async fn a_commit_whose_answer_was_lost_but_took_effect_answers_its_result() {
+    let db = TestDb::new().await;
+    let id = tenant(&db.url).await;
+    let (store, mode) = through_cutter(&db).await;
+    store.modify(id, rename(id, "first")).await.unwrap();
+
+    mode.store(CUT_AFTER_COMMIT, std::sync::atomic::Ordering::SeqCst);
+    let out = store.modify(id, rename(id, "committed")).await;
+    // Precondition: the relay did lose the connection at that COMMIT, after the server had it.
+    assert_eq!(
+        std::sync::atomic::AtomicU8::load(&mode, std::sync::atomic::Ordering::SeqCst),
+        PASS,
+        "the COMMIT was cut"
+    );
+    assert_eq!(
+        name_of(&db.url, id).await,
+        "committed",
+        "the commit took effect"
+    );
+    // So the caller is told it did, with the value the change made.
+    let tenant = out.expect("a commit that took effect is not an error");
+    assert_eq!(tenant.name, "committed");
+}
+
+#[tokio::test]
+async fn a_commit_lost_before_the_server_had_it_is_unavailable_and_changed_nothing() {
+    let db = TestDb::new().await;
+    let id = tenant(&db.url).await;
+    let (store, mode) = through_cutter(&db).await;
+    store.modify(id, rename(id, "first")).await.unwrap();
+
+    mode.store(CUT_BEFORE_COMMIT, std::sync::atomic::Ordering::SeqCst);
+    let out = store.modify(id, rename(id, "rolled_back")).await;
+    assert_eq!(
+        std::sync::atomic::AtomicU8::load(&mode, std::sync::atomic::Ordering::SeqCst),
+        PASS,
+        "the COMMIT was cut"
+    );
+    match out {
+        Err(TenancyError::Store(StoreError::Unavailable)) => {}
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    assert_eq!(name_of(&db.url, id).await, "first");
 }
