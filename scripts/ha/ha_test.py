@@ -365,7 +365,6 @@ class Test:
 
     def writer(self, w):
         mine = self.tenants[w::WRITERS]
-        conns = {}
         period = WRITERS / RATE
         seq = 0
         nxt = time.monotonic()
@@ -375,18 +374,23 @@ class Test:
             token = f"w{w}_{seq}"
             seq += 1
             body = json.dumps({"name": token})
+            # The client waits longer than a server takes to settle a commit whose answer was
+            # lost (stratum_postgres::tx::COMMIT_SETTLE, 30 s): every write gets an answer.
             t0 = time.monotonic()
             outcome = "err"
+            # A connection per request: a kept-alive one that the server closed while this
+            # writer waited on the other server would fail a request it never received.
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=45)
             try:
-                c = conns.get(port) or http.client.HTTPConnection("127.0.0.1", port, timeout=15)
-                conns[port] = c
                 c.request("PATCH", f"/api/v1/tenants/{tenant}", body,
                           {"Content-Type": "application/json", "X-API-Key": self.key})
                 r = c.getresponse()
                 r.read()
                 outcome = "ok" if 200 <= r.status < 300 else str(r.status)
-            except (OSError, http.client.HTTPException):
-                conns.pop(port, None)
+            except (OSError, http.client.HTTPException) as e:
+                outcome = f"err:{type(e).__name__}"
+            finally:
+                c.close()
             t1 = time.monotonic()
             with self.rec_lock:
                 self.records.append((token, tenant, t0, t1, outcome))
@@ -426,6 +430,7 @@ class Test:
         acked = {r[0] for r in recs if r[4] == "ok"}
         refused = {r[0] for r in recs if r[4] == "503"}
         other = [r for r in recs if r[4] not in ("ok", "503")]
+        kinds = sorted({r[4] for r in other})
         phase = [r for r in recs if r[3] >= t_fault]
         # Unavailability: from the first failed request of this fault to the first success
         # that started after its last failed one.
@@ -480,7 +485,7 @@ class Test:
         verified = st == 200 and v and v.get("ok") is True
         dead = [n for n, p in self.procs.items() if p.poll() is not None]
         rate = len([r for r in phase]) / max(cut - t_fault, 1e-9)
-        log(f"{fault}: acked={len(acked)} refused_503={len(refused)} unanswered={len(other)} "
+        log(f"{fault}: acked={len(acked)} refused_503={len(refused)} unanswered={len(other)} {kinds} "
             f"phase_requests={len(phase)} ({rate:.0f}/s) max_stall_s={stall:.2f} "
             f"refused_applied={refused_applied} refused_delivered={refused_delivered} "
             f"stale_tenants={stale} verify={v if not verified else 'ok'} dead={dead}")
@@ -546,7 +551,7 @@ class Test:
         wait_for(f"{m} to rejoin as a synchronous standby",
                  lambda: self.member(old) and self.member(old)["role"] == "replica" and self.has_sync_standby(), 120)
         with open(os.path.join(self.dir, f"patroni-{m}.log"), errors="replace") as f:
-            rewound = "rewind" in f.read().lower()
+            rewound = "pg_rewind exit code=0" in f.read()
         lead = self.leader()
         log(f"rejoin: {m} is a replica again (timeline {self.member(old).get('timeline')}, "
             f"pg_rewind {'ran' if rewound else 'was not needed'}); {MEMBERS[lead]} leads")
