@@ -123,7 +123,7 @@ macro_rules! in_tx {
 }
 
 tokio::task_local! {
-    /// Set while a transaction of [`in_tx!`] runs: the id of the last audit entry it wrote.
+    /// Set while a transaction of [`in_tx!`](crate::in_tx) runs: the id of the last audit entry it wrote.
     static JOURNALED: std::cell::Cell<Option<uuid::Uuid>>;
 }
 
