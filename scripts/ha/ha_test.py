@@ -401,6 +401,21 @@ class Test:
             else:
                 nxt = time.monotonic()
 
+    def watch_ready(self):
+        """Samples /ready of every Stratum process (the API's and the workers' operations
+        port) four times a second: (time, port, status)."""
+        self.ready = []
+        ports = API + WORKER_OPS
+
+        def run():
+            while not self.stop.is_set():
+                for port in ports:
+                    st, _ = http_json("GET", f"http://127.0.0.1:{port}/ready", timeout=6)
+                    self.ready.append((time.monotonic(), port, st))
+                time.sleep(0.25)
+
+        threading.Thread(target=run, daemon=True).start()
+
     def start_load(self):
         self.threads = [threading.Thread(target=self.writer, args=(w,), daemon=True) for w in range(WRITERS)]
         for t in self.threads:
@@ -484,11 +499,24 @@ class Test:
         st, v = http_json("GET", f"http://127.0.0.1:{API[0]}/api/v1/audit-logs/verify", self.key, timeout=60)
         verified = st == 200 and v and v.get("ok") is True
         dead = [n for n, p in self.procs.items() if p.poll() is not None]
+        # /ready said 503 while no primary was reachable (on the unplanned failover, long
+        # enough to be sampled), and 200 again on every process before the checks.
+        ready = [x for x in list(self.ready) if x[0] >= t_fault]
+        ready_503 = sorted({p for _, p, st in ready if st == 503})
+        ready_now = {p: st for _, p, st in ready}
+        not_ready = sorted(p for p, st in ready_now.items() if st != 200)
+        if fault == "kill9" and not ready_503:
+            log("kill9: /ready never answered 503 during the outage")
+            self.failed = True
+        if not_ready:
+            log(f"{fault}: /ready is not 200 on {not_ready}")
+            self.failed = True
         rate = len([r for r in phase]) / max(cut - t_fault, 1e-9)
         log(f"{fault}: acked={len(acked)} refused_503={len(refused)} unanswered={len(other)} {kinds} "
             f"phase_requests={len(phase)} ({rate:.0f}/s) max_stall_s={stall:.2f} "
             f"refused_applied={refused_applied} refused_delivered={refused_delivered} "
-            f"stale_tenants={stale} verify={v if not verified else 'ok'} dead={dead}")
+            f"stale_tenants={stale} verify={v if not verified else 'ok'} dead={dead} "
+            f"ready_503_on={ready_503}")
         print(f"ha {fault}: unavailable_s={unavailable:.2f} acknowledged_lost={acked_lost} "
               f"deliveries_lost={len(missing)} duplicates={duplicates}", flush=True)
         if acked_lost or missing or refused_applied or refused_delivered or stale or not verified or dead:
@@ -609,6 +637,7 @@ def main():
     try:
         t.start()
         t.setup_tenants()
+        t.watch_ready()
         t.start_load()
         time.sleep(a.settle)
         seen = 0
