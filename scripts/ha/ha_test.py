@@ -154,10 +154,14 @@ class Test:
         e.update(env or {})
         if as_owner:
             e["HOME"] = self.dir
-        return subprocess.Popen(
+        p = subprocess.Popen(
             argv, stdout=logf, stderr=subprocess.STDOUT, env=e, cwd=self.dir,
             start_new_session=True, **kw,
         )
+        # For scripts/ha/run.sh to stop what an interrupted run left behind.
+        with open(os.path.join(self.dir, "pids"), "a") as f:
+            f.write(f"{p.pid}\n")
+        return p
 
     def patroni_config(self, i):
         m = MEMBERS[i]

@@ -34,6 +34,12 @@ fi
 
 # A previous run that was interrupted may have left members running in the folder.
 if [ -d "$DIR" ]; then
+  # Its processes (each started in the folder, in a session of its own) go first.
+  if [ -f "$DIR/pids" ]; then
+    while read -r pid; do
+      [ "$(readlink "/proc/$pid/cwd" 2>/dev/null)" = "$DIR" ] && kill -KILL -- "-$pid" 2>/dev/null || true
+    done < "$DIR/pids"
+  fi
   for pidfile in "$DIR"/pg*/data/postmaster.pid; do
     [ -f "$pidfile" ] && kill -QUIT "$(head -1 "$pidfile")" 2>/dev/null || true
   done
