@@ -19,7 +19,7 @@ TEST_PSQL   := psql -X -q -v ON_ERROR_STOP=1 -d $(STRATUM_TEST_DATABASE_URL)/pos
 CARGO       ?= cargo
 DOMAIN_CRATES := stratum-core stratum-crypto stratum-audit stratum-consent stratum-webhooks stratum-tenancy stratum-maintenance
 
-.PHONY: test-clients clients-openapi clients-deps clients-package db-test-clean db-test-down browser-deps conformance openapi-check deploy-check fmt-check clippy doc help db-up db-down db-test-up run build test test-unit lint fmt schema-check boundary-check bench tools clean
+.PHONY: ha-test test-clients clients-openapi clients-deps clients-package db-test-clean db-test-down browser-deps conformance openapi-check deploy-check fmt-check clippy doc help db-up db-down db-test-up run build test test-unit lint fmt schema-check boundary-check bench tools clean
 
 help:
 	@echo "make run     build, start PostgreSQL, migrate and serve on http://127.0.0.1:3001"
@@ -28,6 +28,7 @@ help:
 	@echo "make conformance   Schemathesis and Standard Webhooks against the release binary"
 	@echo "make bench   benchmarks under bench/ (print figures)"
 	@echo "make test-clients  the Rust, TypeScript and Python clients (clients/) against a live server"
+	@echo "make ha-test the failover test: Patroni + etcd cluster on loopback, switchover, kill -9, failback under load"
 	@echo "make db-up / db-down            this checkout's dev PostgreSQL on 127.0.0.1:25432"
 	@echo "make db-test-up / db-test-down  this checkout's test PostgreSQL (fsync=off) on 127.0.0.1:25433"
 	@echo "make db-test-clean              drop this checkout's leftover test databases (stratum_t_<checkout hash>_*)"
@@ -201,6 +202,12 @@ clients-package: clients-deps
 
 test-clients: db-test-up clients-package
 	@CARGO_TARGET_DIR=$(CLIENTS_TARGET) clients/run-tests.sh
+
+# The failover test (scripts/ha/): its own etcd and two Patroni-managed PostgreSQL members
+# on 127.0.0.1:26000-26099 (STRATUM_HA_PORT_BASE moves them), the release binary, a PATCH
+# load, then a switchover, a kill -9 of the primary and a failback; one line per fault.
+ha-test: build
+	@scripts/ha/run.sh $${CARGO_TARGET_DIR:-target}/release/stratum
 
 # Benchmarks run on the durable dev cluster.
 bench: db-up

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Checks the deploy manifests: they parse, validate against the real schemas
 (Kubernetes via kubernetes-validate, Compose via the compose-spec schema bundled with
-check-jsonschema), and every probe, port, command and secret points at something real."""
+check-jsonschema), and every probe, port, command and secret points at something real; the
+Patroni configuration and the CloudNativePG cluster describe the replicated database of
+docs/OPERATIONS.md (three members, synchronous replication, pg_rewind possible)."""
 
 import pathlib
 import re
@@ -124,7 +126,69 @@ def check_dockerfile():
         fail("Dockerfile: does not ship the stratum binary")
 
 
+def check_patroni():
+    files = sorted((DEPLOY / "patroni").glob("*.yml"))
+    if len(files) != 3:
+        fail(f"patroni: {len(files)} member configurations, not 3")
+        return
+    members = [(f.name, yaml.safe_load(f.read_text())) for f in files]
+    if len({d["scope"] for _, d in members}) != 1:
+        fail("patroni: members of different scopes")
+    for key in ("name",):
+        if len({d[key] for _, d in members}) != 3:
+            fail(f"patroni: member {key}s are not distinct")
+    for path in (("postgresql", "connect_address"), ("restapi", "connect_address")):
+        if len({d[path[0]][path[1]] for _, d in members}) != 3:
+            fail(f"patroni: {'.'.join(path)} not distinct")
+    for name, d in members:
+        hosts = d.get("etcd3", {}).get("hosts", [])
+        if len(hosts) < 3:
+            fail(f"{name}: etcd3 needs three hosts (a quorum that survives one loss), has {hosts}")
+        dcs = d["bootstrap"]["dcs"]
+        if dcs.get("synchronous_mode") is not True:
+            fail(f"{name}: synchronous_mode must be true (RPO 0)")
+        if dcs.get("maximum_lag_on_failover", 1) != 0:
+            fail(f"{name}: maximum_lag_on_failover must be 0")
+        ttl, loop, retry = dcs["ttl"], dcs["loop_wait"], dcs["retry_timeout"]
+        if ttl < 20 or loop + 2 * retry > ttl:
+            fail(f"{name}: ttl {ttl} must be >= 20 and >= loop_wait + 2 * retry_timeout")
+        pg = dcs["postgresql"]
+        if pg.get("use_pg_rewind") is not True:
+            fail(f"{name}: use_pg_rewind must be true (a failed primary rejoins)")
+        checksums = "data-checksums" in d["bootstrap"].get("initdb", [])
+        if not checksums and pg.get("parameters", {}).get("wal_log_hints") != "on":
+            fail(f"{name}: pg_rewind needs data checksums or wal_log_hints")
+        if not any(r.split()[:2] == ["host", "replication"] for r in d["postgresql"]["pg_hba"]):
+            fail(f"{name}: pg_hba lets no standby replicate")
+        auth = d["postgresql"]["authentication"]
+        for role in ("superuser", "replication", "rewind"):
+            if role not in auth:
+                fail(f"{name}: no {role} credentials")
+
+
+def check_cloudnative_pg():
+    f = DEPLOY / "k8s" / "cloudnative-pg" / "cluster.yaml"
+    d = yaml.safe_load(f.read_text())
+    if d.get("apiVersion") != "postgresql.cnpg.io/v1" or d.get("kind") != "Cluster":
+        fail(f"{f.name}: not a CloudNativePG Cluster")
+        return
+    spec = d["spec"]
+    if spec.get("instances", 0) < 3:
+        fail(f"{f.name}: fewer than three instances")
+    sync = spec.get("postgresql", {}).get("synchronous", {})
+    if sync.get("number", 0) < 1 or sync.get("method") not in ("any", "first"):
+        fail(f"{f.name}: no synchronous standby")
+    if spec.get("bootstrap", {}).get("initdb", {}).get("database") != "stratum":
+        fail(f"{f.name}: does not create the stratum database")
+    if spec.get("affinity", {}).get("podAntiAffinityType") != "required":
+        fail(f"{f.name}: instances may share a node")
+    if not spec.get("storage", {}).get("size"):
+        fail(f"{f.name}: no storage size")
+
+
 check_k8s()
+check_patroni()
+check_cloudnative_pg()
 check_compose()
 check_dockerfile()
 if failures:

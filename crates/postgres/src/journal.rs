@@ -82,6 +82,7 @@ pub async fn append(conn: &AsyncPgConnection, record: &AuditRecord) -> QueryResu
     if fanned.n > 0 {
         crate::wake::mark();
     }
+    crate::tx::note_journaled(record.id);
     Ok(fanned.n as u64)
 }
 

@@ -74,18 +74,44 @@ macro_rules! in_tx {
                 Err(e) => Err(<$err>::from($crate::error::map_pool_error(e))),
                 Ok(mut pooled) => {
                     let c: &mut ::diesel_async::AsyncPgConnection = &mut pooled;
+                    // The block's value is kept aside until the commit answers: a connection
+                    // lost at COMMIT leaves the outcome open, and a commit that took effect
+                    // must answer what the block made, not "nothing changed".
+                    let mut kept = ::core::option::Option::None;
+                    let slot = &mut kept;
                     // Wake-ups wait for the commit (see `wake`).
-                    let (out, due) =
-                        $crate::wake::deferred(::diesel_async::AsyncConnection::transaction::<
+                    let ((out, due), journaled) = $crate::tx::journaled($crate::wake::deferred(
+                        ::diesel_async::AsyncConnection::transaction::<
                             _,
                             $crate::tx::TxError<$err>,
                             _,
                         >(
                             c,
-                            async move |$conn: &mut ::diesel_async::AsyncPgConnection| $body,
-                        ))
-                        .await;
+                            async move |$conn: &mut ::diesel_async::AsyncPgConnection| {
+                                let value: ::core::result::Result<_, $crate::tx::TxError<$err>> =
+                                    async { $body }.await;
+                                *slot = ::core::option::Option::Some(value?);
+                                ::core::result::Result::Ok(())
+                            },
+                        ),
+                    ))
+                    .await;
                     drop(pooled);
+                    let out = match (out, kept) {
+                        (::core::result::Result::Ok(()), ::core::option::Option::Some(v)) => {
+                            ::core::result::Result::Ok(v)
+                        }
+                        (
+                            ::core::result::Result::Err($crate::tx::TxError::Db(e)),
+                            ::core::option::Option::Some(v),
+                        ) => $crate::tx::settle_commit(&$pool, e, journaled, v).await,
+                        (::core::result::Result::Err(e), _) => ::core::result::Result::Err(e),
+                        (::core::result::Result::Ok(()), ::core::option::Option::None) => {
+                            ::core::result::Result::Err($crate::tx::TxError::Db(
+                                ::diesel::result::Error::BrokenTransactionManager,
+                            ))
+                        }
+                    };
                     if due && out.is_ok() {
                         $crate::wake::committed(&$pool);
                     }
@@ -94,6 +120,86 @@ macro_rules! in_tx {
             }
         }
     }};
+}
+
+tokio::task_local! {
+    /// Set while a transaction of [`in_tx!`](crate::in_tx) runs: the id of the last audit entry it wrote.
+    static JOURNALED: std::cell::Cell<Option<uuid::Uuid>>;
+}
+
+/// Runs `f` (a transaction) noting the audit entries it writes; returns its output and the
+/// id of the last one.
+pub async fn journaled<F: std::future::Future>(f: F) -> (F::Output, Option<uuid::Uuid>) {
+    JOURNALED
+        .scope(std::cell::Cell::new(None), async move {
+            let out = f.await;
+            (out, JOURNALED.with(std::cell::Cell::get))
+        })
+        .await
+}
+
+/// Records that the running task's transaction wrote the audit entry `id`.
+pub fn note_journaled(id: uuid::Uuid) {
+    let _outside_in_tx = JOURNALED.try_with(|c| c.set(Some(id)));
+}
+
+/// How long a write whose COMMIT lost its connection waits for a primary to tell whether
+/// the commit took effect: a failover's worth (Patroni's `ttl` plus a loop).
+pub const COMMIT_SETTLE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The outcome of a transaction whose block ran to its end (`value`) but whose COMMIT
+/// failed with `e`. A refused commit is a failure; a commit whose connection was lost may
+/// have taken effect (the server flushed it, then went away, possibly after its standby
+/// had it). When the transaction wrote an audit entry (`journaled`), the primary the pool
+/// reaches next answers whether that entry exists: the write took effect (its value is
+/// the answer) or it did not (unavailable, nothing changed). Left open past
+/// [`COMMIT_SETTLE`], the error stands.
+pub async fn settle_commit<T, E>(
+    pool: &Pool,
+    e: DieselError,
+    journaled: Option<uuid::Uuid>,
+    value: T,
+) -> Result<T, TxError<E>> {
+    let Some(id) = journaled else {
+        return Err(TxError::Db(e));
+    };
+    if !crate::error::outcome_unknown(&e) {
+        return Err(TxError::Db(e));
+    }
+    tracing::warn!(error = %e, audit_id = %id, "connection lost at commit; asking the primary whether it took effect");
+    let deadline = tokio::time::Instant::now() + COMMIT_SETTLE;
+    while tokio::time::Instant::now() < deadline {
+        match entry_exists(pool, id).await {
+            Ok(true) => {
+                tracing::warn!(audit_id = %id, "the commit took effect");
+                return Ok(value);
+            }
+            Ok(false) => {
+                tracing::warn!(audit_id = %id, "the commit did not take effect");
+                return Err(TxError::Db(e));
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+        }
+    }
+    tracing::error!(audit_id = %id, "the outcome of a commit is unknown");
+    Err(TxError::Db(e))
+}
+
+async fn entry_exists(pool: &Pool, id: uuid::Uuid) -> Result<bool, ()> {
+    #[derive(diesel::QueryableByName)]
+    struct Found {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        found: bool,
+    }
+    let mut conn = pool.get().await.map_err(|_| ())?;
+    let f: Found = diesel_async::RunQueryDsl::get_result(
+        diesel::sql_query("SELECT EXISTS (SELECT 1 FROM audit_logs WHERE id = $1) AS found")
+            .bind::<diesel::sql_types::Uuid, _>(id),
+        &mut conn,
+    )
+    .await
+    .map_err(|_| ())?;
+    Ok(f.found)
 }
 
 /// Checks out a connection for reads.

@@ -1,0 +1,368 @@
+//! The pool across a failover, against a real PostgreSQL: a pooled connection to a server
+//! that stopped taking writes (a demoted primary) is dropped rather than reused, a server
+//! that cannot be reached makes writes unavailable (changing nothing) until it is back, and
+//! a multi-host URL skips the servers that do not answer.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests fail loudly by design"
+)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use diesel::sql_types::{Integer, Text};
+use diesel::QueryableByName;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use serde_json::json;
+use stratum_core::{Caller, StoreError};
+use stratum_postgres::{connect, PgTenantStore, Pool, PoolConfig};
+use stratum_tenancy::{TenancyError, Tenant, TenantChange, TenantStore};
+use stratum_testkit::TestDb;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+#[derive(QueryableByName)]
+struct Session {
+    #[diesel(sql_type = Integer)]
+    pid: i32,
+    #[diesel(sql_type = Text)]
+    read_only: String,
+}
+
+async fn session(pool: &Pool) -> Session {
+    let mut c = pool.get().await.unwrap();
+    diesel::sql_query(
+        "SELECT pg_backend_pid() AS pid, current_setting('transaction_read_only') AS read_only",
+    )
+    .get_result(&mut c)
+    .await
+    .unwrap()
+}
+
+async fn tenant(url: &str) -> Uuid {
+    let id = Uuid::now_v7();
+    let mut c = AsyncPgConnection::establish(url).await.unwrap();
+    diesel::sql_query(format!(
+        "INSERT INTO tenants (id, name, slug, ancestry_path, depth, metadata)
+         VALUES ('{id}', 'T', 't{}', '/{id}/', 0, '{{}}')",
+        id.simple()
+    ))
+    .execute(&mut c)
+    .await
+    .unwrap();
+    id
+}
+
+fn rename(id: Uuid, name: &str) -> TenantChange {
+    let name = name.to_owned();
+    Box::new(move |before: &Tenant| {
+        let mut after = before.clone();
+        after.name = name;
+        let journal = Caller::system()
+            .journal("tenant.updated", "tenant")
+            .resource(id)
+            .tenant(Some(id))
+            .after(Some(json!({"name": after.name})));
+        Ok(Some((after, journal)))
+    })
+}
+
+async fn name_of(url: &str, id: Uuid) -> String {
+    #[derive(QueryableByName)]
+    struct Name {
+        #[diesel(sql_type = Text)]
+        name: String,
+    }
+    let mut c = AsyncPgConnection::establish(url).await.unwrap();
+    let n: Name = diesel::sql_query(format!("SELECT name FROM tenants WHERE id = '{id}'"))
+        .get_result(&mut c)
+        .await
+        .unwrap();
+    n.name
+}
+
+#[tokio::test]
+async fn a_pooled_connection_that_went_read_only_is_dropped_not_reused() {
+    let db = TestDb::new().await;
+    let id = tenant(&db.url).await;
+    let cfg = PoolConfig {
+        max_size: 1,
+        ..Default::default()
+    };
+    let pool = connect(&db.url, &cfg).unwrap();
+    let store = PgTenantStore::new(pool.clone());
+
+    // The one pooled connection now behaves like a session on a demoted primary.
+    let first = session(&pool).await;
+    {
+        let mut c = pool.get().await.unwrap();
+        diesel::sql_query("SET default_transaction_read_only = on")
+            .execute(&mut c)
+            .await
+            .unwrap();
+    }
+    // Precondition: the pool hands that same, now read-only, connection out again.
+    let again = session(&pool).await;
+    assert_eq!(again.pid, first.pid, "the pool reuses its idle connection");
+    assert_eq!(again.read_only, "on");
+
+    // A write on it is refused by the server: unavailable, not an internal error, and
+    // nothing changed.
+    match store.modify(id, rename(id, "refused")).await {
+        Err(TenancyError::Store(StoreError::Unavailable)) => {}
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    assert_eq!(name_of(&db.url, id).await, "T");
+
+    // The next checkout does not get that connection back: a new one, which takes writes.
+    let next = session(&pool).await;
+    assert_ne!(next.pid, first.pid, "the read-only connection was dropped");
+    assert_eq!(next.read_only, "off");
+    store.modify(id, rename(id, "accepted")).await.unwrap();
+    assert_eq!(name_of(&db.url, id).await, "accepted");
+}
+
+/// A TCP relay to the database that can be cut (every connection closed, new ones
+/// refused) and restored on the same port: the primary as the pool sees it during a
+/// failover.
+struct Relay {
+    port: u16,
+    upstream: String,
+    task: Mutex<Option<JoinHandle<()>>>,
+    links: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl Relay {
+    async fn start(upstream: &str) -> Arc<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let relay = Arc::new(Self {
+            port: listener.local_addr().unwrap().port(),
+            upstream: upstream.to_owned(),
+            task: Mutex::new(None),
+            links: Arc::new(Mutex::new(Vec::new())),
+        });
+        relay.serve(listener).await;
+        relay
+    }
+
+    async fn serve(&self, listener: TcpListener) {
+        let upstream = self.upstream.clone();
+        let links = self.links.clone();
+        *self.task.lock().await = Some(tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                let link = tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                links.lock().await.push(link);
+            }
+        }));
+    }
+
+    async fn cut(&self) {
+        if let Some(t) = self.task.lock().await.take() {
+            t.abort();
+            let _ = t.await;
+        }
+        for link in self.links.lock().await.drain(..) {
+            link.abort();
+        }
+    }
+
+    async fn restore(&self) {
+        let listener = TcpListener::bind(("127.0.0.1", self.port)).await.unwrap();
+        self.serve(listener).await;
+    }
+}
+
+#[tokio::test]
+async fn while_the_primary_is_unreachable_writes_are_unavailable_then_resume() {
+    let db = TestDb::new().await;
+    let id = tenant(&db.url).await;
+    let server = stratum_testkit::server_url();
+    let authority = server
+        .rsplit('@')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_owned();
+    let relay = Relay::start(&authority).await;
+    let via_relay = db
+        .url
+        .replace(&authority, &format!("127.0.0.1:{}", relay.port));
+    assert_ne!(via_relay, db.url, "the URL goes through the relay");
+    let pool = connect(
+        &via_relay,
+        &PoolConfig {
+            max_size: 2,
+            wait_timeout: Duration::from_secs(2),
+        },
+    )
+    .unwrap();
+    let store = PgTenantStore::new(pool.clone());
+    store.modify(id, rename(id, "before")).await.unwrap();
+    assert_eq!(pool.status().size, 1, "precondition: a pooled connection");
+
+    relay.cut().await;
+    for _ in 0..3 {
+        match store.modify(id, rename(id, "during")).await {
+            Err(TenancyError::Store(StoreError::Unavailable)) => {}
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        name_of(&db.url, id).await,
+        "before",
+        "no failed write took effect"
+    );
+
+    relay.restore().await;
+    // The same pool, never rebuilt, writes again.
+    store.modify(id, rename(id, "after")).await.unwrap();
+    assert_eq!(name_of(&db.url, id).await, "after");
+}
+
+#[tokio::test]
+async fn a_multi_host_url_skips_a_server_that_does_not_answer() {
+    let db = TestDb::new().await;
+    let id = tenant(&db.url).await;
+    let server = stratum_testkit::server_url();
+    let authority = server
+        .rsplit('@')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_owned();
+    // Port 1 on the loopback refuses connections: a member that is down.
+    let url = format!(
+        "{}?target_session_attrs=read-write",
+        db.url
+            .replace(&authority, &format!("127.0.0.1:1,{authority}"))
+    );
+    assert!(url.contains("127.0.0.1:1,"), "{url}");
+    let store = PgTenantStore::new(connect(&url, &PoolConfig::default()).unwrap());
+    store.modify(id, rename(id, "multi")).await.unwrap();
+    assert_eq!(name_of(&db.url, id).await, "multi");
+}
+
+/// What a [`CommitCutter`] does to the next COMMIT it sees.
+const PASS: u8 = 0;
+/// Forward the COMMIT, let the server commit, then close before its answer comes back.
+const CUT_AFTER_COMMIT: u8 = 1;
+/// Close instead of forwarding the COMMIT: the server rolls back.
+const CUT_BEFORE_COMMIT: u8 = 2;
+
+/// A TCP relay to the database that loses the connection around one COMMIT: the primary
+/// going away while a client waits for its commit's answer.
+async fn commit_cutter(upstream: String, mode: Arc<std::sync::atomic::AtomicU8>) -> u16 {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let (upstream, mode) = (upstream.clone(), mode.clone());
+            tokio::spawn(async move {
+                let Ok(outbound) = TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                let (mut ci, mut co) = inbound.into_split();
+                let (mut si, mut so) = outbound.into_split();
+                let back = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut si, &mut co).await;
+                });
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match ci.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    let chunk = &buf[..n];
+                    let m = std::sync::atomic::AtomicU8::load(&mode, Ordering::SeqCst);
+                    if m != PASS && chunk.windows(6).any(|w| w == b"COMMIT") {
+                        mode.store(PASS, Ordering::SeqCst);
+                        if m == CUT_AFTER_COMMIT {
+                            so.write_all(chunk).await.unwrap();
+                            // Long enough for the server to commit; its answer is dropped.
+                            back.abort();
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                        }
+                        back.abort();
+                        return;
+                    }
+                    if so.write_all(chunk).await.is_err() {
+                        break;
+                    }
+                }
+                back.abort();
+            });
+        }
+    });
+    port
+}
+
+async fn through_cutter(db: &TestDb) -> (PgTenantStore, Arc<std::sync::atomic::AtomicU8>) {
+    let server = stratum_testkit::server_url();
+    let authority = server
+        .rsplit('@')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_owned();
+    let mode = Arc::new(std::sync::atomic::AtomicU8::new(PASS));
+    let port = commit_cutter(authority.clone(), mode.clone()).await;
+    let url = db.url.replace(&authority, &format!("127.0.0.1:{port}"));
+    let pool = connect(&url, &PoolConfig::default()).unwrap();
+    (PgTenantStore::new(pool), mode)
+}
+
+#[tokio::test]
+async fn a_commit_whose_answer_was_lost_but_took_effect_answers_its_result() {
+    let db = TestDb::new().await;
+    let id = tenant(&db.url).await;
+    let (store, mode) = through_cutter(&db).await;
+    store.modify(id, rename(id, "first")).await.unwrap();
+
+    mode.store(CUT_AFTER_COMMIT, std::sync::atomic::Ordering::SeqCst);
+    let out = store.modify(id, rename(id, "committed")).await;
+    // Precondition: the relay did lose the connection at that COMMIT, after the server had it.
+    assert_eq!(
+        std::sync::atomic::AtomicU8::load(&mode, std::sync::atomic::Ordering::SeqCst),
+        PASS,
+        "the COMMIT was cut"
+    );
+    assert_eq!(
+        name_of(&db.url, id).await,
+        "committed",
+        "the commit took effect"
+    );
+    // So the caller is told it did, with the value the change made.
+    let tenant = out.expect("a commit that took effect is not an error");
+    assert_eq!(tenant.name, "committed");
+}
+
+#[tokio::test]
+async fn a_commit_lost_before_the_server_had_it_is_unavailable_and_changed_nothing() {
+    let db = TestDb::new().await;
+    let id = tenant(&db.url).await;
+    let (store, mode) = through_cutter(&db).await;
+    store.modify(id, rename(id, "first")).await.unwrap();
+
+    mode.store(CUT_BEFORE_COMMIT, std::sync::atomic::Ordering::SeqCst);
+    let out = store.modify(id, rename(id, "rolled_back")).await;
+    assert_eq!(
+        std::sync::atomic::AtomicU8::load(&mode, std::sync::atomic::Ordering::SeqCst),
+        PASS,
+        "the COMMIT was cut"
+    );
+    match out {
+        Err(TenancyError::Store(StoreError::Unavailable)) => {}
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    assert_eq!(name_of(&db.url, id).await, "first");
+}
