@@ -10,8 +10,8 @@ mod common;
 
 use actix_web::dev::{Service, ServiceResponse};
 use actix_web::http::{Method, StatusCode};
-use actix_web::test::{call_service, init_service, read_body, TestRequest};
-use common::{call, harness, sql, ADMIN};
+use actix_web::test::{call_service, read_body, TestRequest};
+use common::{app, call, harness, sql, ADMIN};
 use serde_json::{json, Value};
 
 /// The export's lines, parsed, and its content type.
@@ -48,7 +48,7 @@ where
 #[tokio::test(flavor = "multi_thread")]
 async fn entries_are_sealed_verified_and_exported() {
     let h = harness().await;
-    let app = init_service(stratum_api::app(h.state.clone())).await;
+    let app = app!(h);
     let mut tenants = Vec::new();
     for slug in ["a", "b"] {
         let t = call(

@@ -10,8 +10,8 @@
 mod common;
 
 use actix_web::http::{Method, StatusCode};
-use actix_web::test::{init_service, TestRequest};
-use common::{call, harness, Reply, ADMIN};
+use actix_web::test::TestRequest;
+use common::{app, call, harness, Reply, ADMIN};
 use futures_util::future::join_all;
 use serde_json::{json, Value};
 
@@ -20,12 +20,6 @@ const POST: Method = Method::POST;
 const PATCH: Method = Method::PATCH;
 const PUT: Method = Method::PUT;
 const DELETE: Method = Method::DELETE;
-
-macro_rules! app {
-    ($h:expr) => {
-        init_service(stratum_api::app($h.state.clone())).await
-    };
-}
 
 /// One request with an optional `If-Match`, whatever it answers.
 async fn call_if<S, B>(

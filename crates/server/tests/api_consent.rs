@@ -8,19 +8,12 @@
 mod common;
 
 use actix_web::http::{Method, StatusCode};
-use actix_web::test::init_service;
-use common::{call, harness, sql, ADMIN};
+use common::{app, call, harness, sql, ADMIN};
 use serde_json::{json, Value};
 
 const GET: Method = Method::GET;
 const POST: Method = Method::POST;
 const DELETE: Method = Method::DELETE;
-
-macro_rules! app {
-    ($h:expr) => {
-        init_service(stratum_api::app($h.state.clone())).await
-    };
-}
 
 fn id(v: &Value) -> String {
     let id = v["id"].as_str();

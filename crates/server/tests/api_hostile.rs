@@ -12,9 +12,9 @@ mod common;
 use std::net::SocketAddr;
 
 use actix_web::http::{Method, StatusCode};
-use actix_web::test::{init_service, TestRequest};
+use actix_web::test::TestRequest;
 use common::{
-    call, call_any, call_raw, harness, harness_with, harness_with_args, sql, Reply, ADMIN,
+    app, call, call_any, call_raw, harness, harness_with, harness_with_args, sql, Reply, ADMIN,
 };
 use serde_json::{json, Value};
 
@@ -22,12 +22,6 @@ const GET: Method = Method::GET;
 const POST: Method = Method::POST;
 const PATCH: Method = Method::PATCH;
 const PUT: Method = Method::PUT;
-
-macro_rules! app {
-    ($h:expr) => {
-        init_service(stratum_api::app($h.state.clone())).await
-    };
-}
 
 fn id(v: &Value) -> String {
     v["id"].as_str().expect("an id").to_owned()

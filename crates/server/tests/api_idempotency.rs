@@ -11,17 +11,11 @@ mod common;
 
 use actix_web::dev::{Service, ServiceResponse};
 use actix_web::http::{Method, StatusCode};
-use actix_web::test::{init_service, TestRequest};
-use common::{call, harness, sql, ADMIN};
+use actix_web::test::TestRequest;
+use common::{app, call, harness, sql, ADMIN};
 use serde_json::{json, Value};
 
 const POST: Method = Method::POST;
-
-macro_rules! app {
-    ($h:expr) => {
-        init_service(stratum_api::app($h.state.clone())).await
-    };
-}
 
 struct Reply {
     status: StatusCode,

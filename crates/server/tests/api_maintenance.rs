@@ -11,8 +11,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use actix_web::http::{Method, StatusCode};
-use actix_web::test::init_service;
-use common::{call, call_any, call_raw, harness, sql, ADMIN, ENCRYPTION_KEY};
+use common::{app, call, call_any, call_raw, harness, sql, ADMIN, ENCRYPTION_KEY};
 use diesel::sql_types::{Array, Text, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 use serde_json::{json, Value};
@@ -26,12 +25,6 @@ const PUT: Method = Method::PUT;
 const PURGE: &str = "/api/v1/maintenance/purge-expired";
 const ROTATE: &str = "/api/v1/maintenance/rotate-encryption-key";
 const NEW_KEY: &str = "the-next-encryption-key-0123456789abcdefgh";
-
-macro_rules! app {
-    ($h:expr) => {
-        init_service(stratum_api::app($h.state.clone())).await
-    };
-}
 
 fn key(master: &str) -> EncryptionKey {
     EncryptionKey::derive(master).unwrap()

@@ -10,8 +10,7 @@
 mod common;
 
 use actix_web::http::{Method, StatusCode};
-use actix_web::test::init_service;
-use common::{call, harness, sql, ADMIN};
+use common::{app, call, harness, sql, ADMIN};
 use serde_json::{json, Value};
 use stratum_webhooks::Replayer;
 
@@ -21,12 +20,6 @@ const PATCH: Method = Method::PATCH;
 
 fn id(v: &Value) -> String {
     v["id"].as_str().expect("an id").to_owned()
-}
-
-macro_rules! app {
-    ($h:expr) => {
-        init_service(stratum_api::app($h.state.clone())).await
-    };
 }
 
 fn replayer(url: &str, batch: i64) -> Replayer {

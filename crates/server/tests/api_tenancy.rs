@@ -8,8 +8,7 @@
 mod common;
 
 use actix_web::http::{Method, StatusCode};
-use actix_web::test::init_service;
-use common::{call, call_any, call_raw, harness, sql, ADMIN};
+use common::{app, call, call_any, call_raw, harness, sql, ADMIN};
 use serde_json::{json, Value};
 
 const GET: Method = Method::GET;
@@ -20,12 +19,6 @@ const DELETE: Method = Method::DELETE;
 
 fn id(v: &Value) -> String {
     v["id"].as_str().expect("an id").to_owned()
-}
-
-macro_rules! app {
-    ($h:expr) => {
-        init_service(stratum_api::app($h.state.clone())).await
-    };
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,6 +1,8 @@
 //! In-process API tests: the real application over a fresh PostgreSQL database.
 #![allow(
     dead_code,
+    unused_imports,
+    unused_macros,
     reason = "each test binary uses a different part of the harness"
 )]
 
@@ -14,7 +16,15 @@ use stratum_api::AppState;
 use stratum_crypto::{Keyring, SharedKeyring};
 use stratum_testkit::TestDb;
 
-pub mod sql;
+pub use stratum_testkit::sql;
+
+/// The application over a harness's state, ready for [`call`]: `let app = app!(h);`.
+macro_rules! app {
+    ($h:expr) => {
+        actix_web::test::init_service(stratum_api::app($h.state.clone())).await
+    };
+}
+pub(crate) use app;
 
 /// The bootstrap admin key of every test app.
 pub const ADMIN: &str = "sk_test_bootstrap_admin_key_0123456789abcdef";
