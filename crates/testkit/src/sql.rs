@@ -3,11 +3,6 @@
 //!
 //! The plain names take the database URL and open a connection of their own; the `_on`
 //! forms run on a connection the test holds (inside its transaction, if it opened one).
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    reason = "test support fails loudly by design"
-)]
 
 use diesel::sql_types::{BigInt, Text};
 use diesel::QueryableByName;

@@ -61,7 +61,13 @@ pub async fn harness_with_args(
     webhook.timeout_ms = 3000;
     args(&mut webhook);
     let out = stratum_server::wiring::outbound(&webhook).unwrap();
-    let mut state = stratum_server::wiring::app_state(pool.clone(), keyring, Some(ADMIN), out);
+    let settings = stratum_server::wiring::ApiSettings {
+        admin_api_key: Some(ADMIN.to_owned()),
+        ..Default::default()
+    };
+    let metrics = std::sync::Arc::new(stratum_api::metrics::Metrics::new());
+    let mut state =
+        stratum_server::wiring::app_state(pool.clone(), keyring, out, metrics, settings);
     adjust(&mut state);
     Harness {
         db,
