@@ -8,18 +8,17 @@
 
 mod common;
 
-use actix_web::dev::{Service, ServiceResponse};
 use actix_web::http::{Method, StatusCode};
 use actix_web::test::{call_service, read_body, TestRequest};
-use common::{app, call, harness, sql, ADMIN};
+use common::{app, call, harness, sql, TestApp, ADMIN};
 use serde_json::{json, Value};
 
 /// The export's lines, parsed, and its content type.
-async fn export<S, B>(app: &S, query: &str, key: &str) -> (StatusCode, String, Vec<Value>)
-where
-    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
-    B: actix_web::body::MessageBody,
-{
+async fn export<S: TestApp<B>, B: actix_web::body::MessageBody>(
+    app: &S,
+    query: &str,
+    key: &str,
+) -> (StatusCode, String, Vec<Value>) {
     let res = call_service(
         app,
         TestRequest::get()

@@ -8,13 +8,10 @@
 
 mod common;
 
-use actix_web::http::{Method, StatusCode};
-use common::{app, call, call_any, harness, sql, ADMIN};
+use actix_web::http::StatusCode;
+use common::{app, call, call_any, harness, sql, ADMIN, GET, POST};
 use serde_json::json;
 use uuid::Uuid;
-
-const GET: Method = Method::GET;
-const POST: Method = Method::POST;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_console_is_served_without_a_key_with_a_strict_policy() {
