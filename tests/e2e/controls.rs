@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use stratum_e2e::{
-    count, default_env, eventually, sql, texts, Behaviour, Receiver, Stratum, TestDb,
+    count, default_env, enqueue, eventually, texts, Behaviour, Receiver, Stratum, TestDb,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -233,26 +233,6 @@ async fn a_breaker_open_past_the_window_disables_the_webhook_with_audit_and_even
         .await
     );
     assert_eq!(breaker(&app, &dead).await["state"], "closed");
-}
-
-/// Enqueues `n` pending deliveries of one event each to `webhook_id` and wakes the workers.
-async fn enqueue(db: &TestDb, webhook_id: &str, n: usize) {
-    sql(
-        &db.url,
-        &format!(
-            "WITH ev AS (
-                 INSERT INTO webhook_events (id, event_type, tenant_id, payload)
-                 SELECT stratum_uuid_v7(), 'tenant.updated', NULL, jsonb_build_object('n', g)
-                   FROM generate_series(1, {n}) g
-                 RETURNING id
-             )
-             INSERT INTO webhook_deliveries (id, webhook_id, event_id, event_type)
-             SELECT stratum_uuid_v7(), '{webhook_id}', ev.id, 'tenant.updated' FROM ev"
-        ),
-    )
-    .await
-    .unwrap();
-    sql(&db.url, "NOTIFY stratum_deliveries").await.unwrap();
 }
 
 /// The most arrivals in any one-second window [t, t + 1 s).

@@ -9,27 +9,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::json;
-use stratum_e2e::{count, default_env, eventually, sql, Behaviour, Receiver, Stratum, TestDb};
-
-/// Creates `n` pending deliveries of one event each to `webhook_id`, in one statement.
-async fn enqueue(db: &TestDb, webhook_id: &str, n: usize) {
-    sql(
-        &db.url,
-        &format!(
-            "WITH ev AS (
-                 INSERT INTO webhook_events (id, event_type, tenant_id, payload)
-                 SELECT stratum_uuid_v7(), 'tenant.updated', NULL, jsonb_build_object('n', g)
-                   FROM generate_series(1, {n}) g
-                 RETURNING id
-             )
-             INSERT INTO webhook_deliveries (id, webhook_id, event_id, event_type)
-             SELECT stratum_uuid_v7(), '{webhook_id}', ev.id, 'tenant.updated' FROM ev"
-        ),
-    )
-    .await
-    .unwrap();
-    sql(&db.url, "NOTIFY stratum_deliveries").await.unwrap();
-}
+use stratum_e2e::{count, default_env, enqueue, eventually, Behaviour, Receiver, Stratum, TestDb};
 
 fn per_delivery(rx: &Receiver, path: &str) -> HashMap<String, usize> {
     let mut m = HashMap::new();

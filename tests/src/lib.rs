@@ -13,6 +13,14 @@ use serde_json::Value;
 
 pub use stratum_testkit::TestDb;
 
+/// Creates `n` pending deliveries of one `tenant.updated` event each (payload `{"n": i}`) to
+/// `webhook_id`, in one statement, and wakes the workers.
+pub async fn enqueue(db: &TestDb, webhook_id: &str, n: usize) {
+    let webhook = uuid::Uuid::parse_str(webhook_id).unwrap_or_else(|e| panic!("{webhook_id}: {e}"));
+    stratum_testkit::fixtures::enqueue(&db.url, webhook, n).await;
+    stratum_testkit::sql::exec(&db.url, "NOTIFY stratum_deliveries").await;
+}
+
 /// The bootstrap admin key of every process the harness starts.
 pub const ADMIN: &str = "sk_e2e_bootstrap_admin_key_0123456789abcdef";
 /// The encryption key of every process the harness starts.
@@ -198,11 +206,21 @@ impl Stratum {
 
     /// SIGTERM, then waits for a graceful exit; returns whether it exited cleanly.
     pub fn terminate(&mut self) -> bool {
+        self.signal_term();
+        self.exited_cleanly(Duration::from_secs(30))
+    }
+
+    /// Sends SIGTERM and returns at once.
+    pub fn signal_term(&self) {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
             .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
+    }
+
+    /// Waits up to `timeout` for the process to exit; whether it exited with success.
+    pub fn exited_cleanly(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Ok(Some(s)) = self.child.try_wait() {
                 return s.success();

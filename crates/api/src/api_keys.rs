@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use stratum_tenancy::ApiKey;
 use uuid::Uuid;
 
-use crate::auth::GlobalAdmin;
+use crate::auth::Authed;
 use crate::error::ApiError;
 use crate::AppState;
 
@@ -60,7 +60,7 @@ struct ListQuery {
 )]
 async fn create(
     state: web::Data<AppState>,
-    GlobalAdmin(caller): GlobalAdmin,
+    Authed(caller): Authed,
     body: crate::extract::Json<CreateKey>,
 ) -> Res {
     let b = body.into_inner();
@@ -86,11 +86,7 @@ async fn create(
         (status = 404, response = crate::openapi::NotFound),
     )
 )]
-async fn list(
-    state: web::Data<AppState>,
-    GlobalAdmin(caller): GlobalAdmin,
-    q: web::Query<ListQuery>,
-) -> Res {
+async fn list(state: web::Data<AppState>, Authed(caller): Authed, q: web::Query<ListQuery>) -> Res {
     Ok(HttpResponse::Ok().json(state.api_keys.list(&caller, q.tenant_id).await?))
 }
 
@@ -106,11 +102,7 @@ async fn list(
         (status = 404, response = crate::openapi::NotFound),
     )
 )]
-async fn revoke(
-    state: web::Data<AppState>,
-    GlobalAdmin(caller): GlobalAdmin,
-    id: web::Path<Uuid>,
-) -> Res {
+async fn revoke(state: web::Data<AppState>, Authed(caller): Authed, id: web::Path<Uuid>) -> Res {
     state.api_keys.revoke(&caller, *id).await?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -9,7 +9,7 @@ use stratum_audit::{AuditFilter, AuditService};
 use stratum_core::{timefmt, Limit, TenantPath};
 use uuid::Uuid;
 
-use crate::auth::{Authed, GlobalAdmin};
+use crate::auth::Authed;
 use crate::error::ApiError;
 use crate::AppState;
 
@@ -214,7 +214,7 @@ async fn export(
         (status = 200, description = "The verification", body = stratum_audit::VerifyReport),
     )
 )]
-async fn verify(state: web::Data<AppState>, GlobalAdmin(caller): GlobalAdmin) -> Res {
+async fn verify(state: web::Data<AppState>, Authed(caller): Authed) -> Res {
     Ok(HttpResponse::Ok().json(state.audit.verify(&caller).await?))
 }
 

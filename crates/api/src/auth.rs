@@ -9,7 +9,7 @@ use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::http::header::AUTHORIZATION;
 use actix_web::middleware::Next;
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
-use stratum_core::{Caller, RequestMeta, Scope};
+use stratum_core::{Caller, RequestMeta};
 
 use crate::error::ApiError;
 use crate::middleware::RequestId;
@@ -134,28 +134,5 @@ impl FromRequest for Authed {
                 .map(Authed)
                 .ok_or_else(ApiError::unauthorized),
         )
-    }
-}
-
-/// A caller holding `admin` on a global key: what `/api-keys` and `/maintenance` need.
-#[derive(Debug, Clone)]
-pub struct GlobalAdmin(pub Caller);
-
-impl FromRequest for GlobalAdmin {
-    type Error = ApiError;
-    type Future = Ready<Result<Self, ApiError>>;
-
-    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let caller = req.extensions().get::<Caller>().cloned();
-        ready(match caller {
-            None => Err(ApiError::unauthorized()),
-            Some(c) if !c.actor.has_scope(Scope::Admin) => {
-                Err(ApiError::forbidden("this route needs the 'admin' scope"))
-            }
-            Some(c) if !c.actor.is_global() => Err(ApiError::forbidden(
-                "this route needs a key that is not tenant-scoped",
-            )),
-            Some(c) => Ok(GlobalAdmin(c)),
-        })
     }
 }

@@ -4,7 +4,7 @@ use actix_web::http::header::CONTENT_TYPE;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 
-use crate::auth::GlobalAdmin;
+use crate::auth::Authed;
 use crate::error::ApiError;
 use crate::AppState;
 
@@ -72,7 +72,7 @@ fn parse_purge_body(content_type: Option<&str>, bytes: &[u8]) -> Result<PurgeBod
 
 async fn purge_expired(
     state: web::Data<AppState>,
-    GlobalAdmin(caller): GlobalAdmin,
+    Authed(caller): Authed,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Res {
@@ -97,7 +97,7 @@ async fn purge_expired(
 
 async fn rotate_encryption_key(
     state: web::Data<AppState>,
-    GlobalAdmin(caller): GlobalAdmin,
+    Authed(caller): Authed,
     body: crate::extract::Json<RotateBody>,
 ) -> Res {
     let b = body.into_inner();

@@ -229,12 +229,10 @@ impl ConsentService {
 mod tests {
     use mockall::predicate::eq;
     use serde_json::json;
-    use stratum_core::clock::MockClock;
     use stratum_core::directory::MockTenantDirectory;
+    use stratum_core::testing;
     use stratum_core::TenantEntry;
-    use stratum_core::{
-        Actor, ActorKind, Journal, RequestMeta, Scope, StoreError, TenantPath, TenantScope,
-    };
+    use stratum_core::{Journal, RequestMeta, Scope, StoreError, TenantPath};
     use time::macros::datetime;
     use time::Duration;
 
@@ -266,9 +264,7 @@ mod tests {
     }
 
     fn clock() -> Arc<dyn Clock> {
-        let mut clock = MockClock::new();
-        clock.expect_now().return_const(NOW);
-        Arc::new(clock)
+        testing::fixed_clock(NOW)
     }
 
     fn service(tenant_id: Uuid, store: MockConsentStore) -> ConsentService {
@@ -280,32 +276,21 @@ mod tests {
     }
 
     fn key_caller() -> Caller {
-        Caller {
-            actor: Actor {
-                kind: ActorKind::ApiKey(Uuid::from_u128(7)),
-                scope: Scope::Write,
-                tenant: None,
-            },
-            meta: RequestMeta {
-                request_id: Some("req-1".into()),
-                ip: Some("203.0.113.9".into()),
-                user_agent: Some("tests".into()),
-            },
-        }
+        testing::key_caller(
+            Uuid::from_u128(7),
+            Scope::Write,
+            None,
+            testing::meta("req-1", "203.0.113.9", "tests"),
+        )
     }
 
     fn scoped_caller(to: Uuid) -> Caller {
-        Caller {
-            actor: Actor {
-                kind: ActorKind::ApiKey(Uuid::from_u128(8)),
-                scope: Scope::Write,
-                tenant: Some(TenantScope {
-                    id: to,
-                    path: TenantPath::root(to),
-                }),
-            },
-            meta: RequestMeta::default(),
-        }
+        testing::key_caller(
+            Uuid::from_u128(8),
+            Scope::Write,
+            Some(&TenantPath::root(to)),
+            RequestMeta::default(),
+        )
     }
 
     fn subject() -> SubjectId {

@@ -169,7 +169,8 @@ impl Caller {
     }
 
     /// `Forbidden` unless the caller holds `admin` on a key bound to no tenant: what
-    /// managing API keys and maintenance need.
+    /// managing API keys, maintenance and verifying the audit chain need. The one place
+    /// this rule is decided.
     pub fn require_global_admin(&self) -> Result<(), Forbidden> {
         if !self.actor.has_scope(Scope::Admin) {
             return Err(Forbidden("this route needs the 'admin' scope".into()));

@@ -17,6 +17,8 @@ pub mod precondition;
 pub mod probe;
 pub mod store_error;
 pub mod tenant_path;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod text;
 pub mod timefmt;
 

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use serde_json::json;
-use stratum_core::{Caller, Clock, Scope};
+use stratum_core::{Caller, Clock};
 use stratum_crypto::{envelope_key_id, EncryptionKey, Keyring, SharedKeyring};
 use time::Duration;
 
@@ -19,20 +19,6 @@ pub struct MaintenanceService {
     keyring: SharedKeyring,
     clock: Arc<dyn Clock>,
     retention: RetentionConfig,
-}
-
-fn authorize(caller: &Caller) -> Result<()> {
-    if !caller.actor.has_scope(Scope::Admin) {
-        return Err(MaintenanceError::Forbidden(
-            "maintenance needs the 'admin' scope".into(),
-        ));
-    }
-    if !caller.actor.is_global() {
-        return Err(MaintenanceError::Forbidden(
-            "maintenance needs a key that is not tenant-scoped".into(),
-        ));
-    }
-    Ok(())
 }
 
 /// True when `candidate` is the very key `current` (not merely one with the same short
@@ -102,7 +88,7 @@ impl MaintenanceService {
         caller: &Caller,
         retention_days: Option<i64>,
     ) -> Result<PurgeCounts> {
-        authorize(caller)?;
+        caller.require_global_admin()?;
         let days = retention_days.unwrap_or(self.retention.retention_days);
         if !(MIN_RETENTION_DAYS..=MAX_RETENTION_DAYS).contains(&days) {
             return Err(MaintenanceError::invalid(
@@ -146,7 +132,7 @@ impl MaintenanceService {
         old_key: &str,
         new_key: &str,
     ) -> Result<RotationCounts> {
-        authorize(caller)?;
+        caller.require_global_admin()?;
         if new_key.chars().count() < MIN_NEW_KEY_CHARS {
             return Err(MaintenanceError::invalid(
                 "new_key",

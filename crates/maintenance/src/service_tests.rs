@@ -5,11 +5,8 @@
 use std::sync::{Arc, Mutex};
 
 use serde_json::json;
-use stratum_core::clock::MockClock;
-use stratum_core::{
-    Actor, ActorKind, Caller, Clock, Journal, RequestMeta, Scope, StoreError, TenantPath,
-    TenantScope,
-};
+use stratum_core::testing;
+use stratum_core::{Caller, Clock, Journal, RequestMeta, Scope, StoreError, TenantPath};
 use stratum_crypto::{EncryptionKey, Keyring, SharedKeyring};
 use time::macros::datetime;
 use time::{Duration, OffsetDateTime};
@@ -28,50 +25,35 @@ fn key(master: &str) -> EncryptionKey {
 }
 
 fn clock() -> Arc<dyn Clock> {
-    let mut c = MockClock::new();
-    c.expect_now().return_const(NOW);
-    Arc::new(c)
+    testing::fixed_clock(NOW)
 }
 
 fn admin() -> Caller {
-    Caller {
-        actor: Actor {
-            kind: ActorKind::ApiKey(Uuid::from_u128(7)),
-            scope: Scope::Admin,
-            tenant: None,
-        },
-        meta: RequestMeta {
-            request_id: Some("req-1".into()),
-            ip: Some("203.0.113.9".into()),
-            user_agent: Some("tests".into()),
-        },
-    }
+    testing::key_caller(
+        Uuid::from_u128(7),
+        Scope::Admin,
+        None,
+        testing::meta("req-1", "203.0.113.9", "tests"),
+    )
 }
 
 fn scoped_admin() -> Caller {
-    let t = Uuid::now_v7();
-    Caller {
-        actor: Actor {
-            kind: ActorKind::ApiKey(Uuid::from_u128(8)),
-            scope: Scope::Admin,
-            tenant: Some(TenantScope {
-                id: t,
-                path: TenantPath::root(t),
-            }),
-        },
-        meta: RequestMeta::default(),
-    }
+    let t = TenantPath::root(Uuid::now_v7());
+    testing::key_caller(
+        Uuid::from_u128(8),
+        Scope::Admin,
+        Some(&t),
+        RequestMeta::default(),
+    )
 }
 
 fn global_writer() -> Caller {
-    Caller {
-        actor: Actor {
-            kind: ActorKind::ApiKey(Uuid::from_u128(9)),
-            scope: Scope::Write,
-            tenant: None,
-        },
-        meta: RequestMeta::default(),
-    }
+    testing::key_caller(
+        Uuid::from_u128(9),
+        Scope::Write,
+        None,
+        RequestMeta::default(),
+    )
 }
 
 fn ring(current: &str, previous: Option<&str>) -> SharedKeyring {

@@ -106,7 +106,7 @@ fn active_at(at: OffsetDateTime) -> Predicate {
 async fn lock_active_tenant(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<bool> {
     let found: Option<Uuid> = tenants::table
         .find(id)
-        .filter(tenants::status.eq("active"))
+        .filter(tenants::status.eq(crate::status::TENANT_ACTIVE))
         .select(tenants::id)
         .for_share()
         .first(conn)

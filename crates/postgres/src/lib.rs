@@ -18,6 +18,7 @@ pub mod pool;
 pub mod probe;
 pub mod replays;
 pub mod schema;
+pub mod status;
 pub mod tenancy;
 pub mod tx;
 pub mod wake;

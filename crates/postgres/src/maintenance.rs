@@ -46,10 +46,11 @@ struct PurgeStep<'a> {
 /// Finished deliveries of one partition (`table`); their attempts, in the same week's
 /// attempts partition, go by ON DELETE CASCADE.
 fn deliveries_step(table: &str) -> (String, String) {
+    const PENDING: &str = crate::status::DELIVERY_PENDING;
     (
-        format!("SELECT id FROM {table} WHERE status <> 'pending' AND completed_at < $1"),
+        format!("SELECT id FROM {table} WHERE status <> '{PENDING}' AND completed_at < $1"),
         format!(
-            "DELETE FROM {table} WHERE id = ANY($1) AND status <> 'pending' AND completed_at < $2"
+            "DELETE FROM {table} WHERE id = ANY($1) AND status <> '{PENDING}' AND completed_at < $2"
         ),
     )
 }

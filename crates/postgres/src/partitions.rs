@@ -156,9 +156,10 @@ pub(crate) async fn all_expired(
     cutoff: OffsetDateTime,
 ) -> diesel::QueryResult<bool> {
     let (d, e) = (week.deliveries(), week.events());
+    let pending = crate::status::DELIVERY_PENDING;
     let flag: Flag = diesel::sql_query(format!(
-        "SELECT NOT EXISTS (SELECT 1 FROM {d} WHERE status = 'pending')
-            AND NOT EXISTS (SELECT 1 FROM {d} WHERE status <> 'pending'
+        "SELECT NOT EXISTS (SELECT 1 FROM {d} WHERE status = '{pending}')
+            AND NOT EXISTS (SELECT 1 FROM {d} WHERE status <> '{pending}'
                                                 AND (completed_at >= $1 OR completed_at IS NULL))
             AND NOT EXISTS (SELECT 1 FROM {e} WHERE created_at >= $1) AS ok"
     ))

@@ -12,7 +12,7 @@ use stratum_core::{Journal, Limit, Scope, StoreError, TenantPath};
 use stratum_tenancy::{
     ApiKey, ApiKeyStore, ConfigStore, KeyPrincipal, PermissionMode, PermissionPolicy,
     PermissionStore, StoredConfigEntry, StoredValue, TenancyError, Tenant, TenantChange,
-    TenantStatus, TenantStore,
+    TenantStore,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -26,6 +26,7 @@ use crate::error::{is_unique_violation, map_query_error};
 use crate::in_tx;
 use crate::journal::{self, record};
 use crate::schema::{api_keys, config_entries, permission_policies, tenants};
+use crate::status;
 use crate::tx::{read_conn, TxError};
 use crate::Pool;
 
@@ -65,7 +66,7 @@ impl TenantRow {
             ancestry_path,
             depth: self.depth,
             metadata: self.metadata,
-            status: TenantStatus::parse(&self.status),
+            status: status::tenant(&self.status)?,
             deleted_at: self.deleted_at,
             created_at: self.created_at,
             updated_at: self.updated_at,
@@ -124,7 +125,7 @@ async fn lock_active_versioned(
 ) -> QueryResult<Option<(String, i64)>> {
     let q = tenants::table
         .find(id)
-        .filter(tenants::status.eq("active"))
+        .filter(tenants::status.eq(status::TENANT_ACTIVE))
         .select((tenants::ancestry_path, tenants::version));
     if exclusive {
         q.for_update().first(conn).await.optional()
@@ -206,7 +207,7 @@ async fn modify_batch(pool: &Pool, id: Uuid, jobs: Vec<ModifyJob>) {
         // Read what is replaced under the row lock, in the transaction that writes.
         let row: Option<TenantRow> = tenants::table
             .find(id)
-            .filter(tenants::status.eq("active"))
+            .filter(tenants::status.eq(status::TENANT_ACTIVE))
             .select(TenantRow::as_select())
             .for_no_key_update()
             .first(conn)
@@ -350,7 +351,7 @@ impl TenantStore for PgTenantStore {
         let mut conn = read_conn(&self.pool).await?;
         let rows = tenants::table
             .filter(tenants::id.eq_any(ids))
-            .filter(tenants::status.eq("active"))
+            .filter(tenants::status.eq(status::TENANT_ACTIVE))
             .select(TenantRow::as_select())
             .load(&mut conn)
             .await
@@ -366,7 +367,7 @@ impl TenantStore for PgTenantStore {
     ) -> Result<Vec<Tenant>, StoreError> {
         let mut conn = read_conn(&self.pool).await?;
         let mut q = tenants::table
-            .filter(tenants::status.eq("active"))
+            .filter(tenants::status.eq(status::TENANT_ACTIVE))
             .into_boxed();
         if let Some(p) = subtree {
             q = q.filter(tenants::ancestry_path.like(like_prefix(p.as_str())));
@@ -388,7 +389,7 @@ impl TenantStore for PgTenantStore {
         let mut conn = read_conn(&self.pool).await?;
         let rows = tenants::table
             .filter(tenants::parent_id.eq(id))
-            .filter(tenants::status.eq("active"))
+            .filter(tenants::status.eq(status::TENANT_ACTIVE))
             .order(tenants::id.asc())
             .select(TenantRow::as_select())
             .load(&mut conn)
@@ -402,7 +403,7 @@ impl TenantStore for PgTenantStore {
         let rows = tenants::table
             .filter(tenants::ancestry_path.like(like_prefix(path.as_str())))
             .filter(tenants::ancestry_path.ne(path.as_str()))
-            .filter(tenants::status.eq("active"))
+            .filter(tenants::status.eq(status::TENANT_ACTIVE))
             .order((tenants::depth.asc(), tenants::id.asc()))
             .select(TenantRow::as_select())
             .load(&mut conn)
@@ -488,7 +489,7 @@ impl TenantStore for PgTenantStore {
             }
             let children: i64 = tenants::table
                 .filter(tenants::parent_id.eq(id))
-                .filter(tenants::status.eq("active"))
+                .filter(tenants::status.eq(status::TENANT_ACTIVE))
                 .count()
                 .get_result(conn)
                 .await?;
@@ -497,7 +498,7 @@ impl TenantStore for PgTenantStore {
             }
             diesel::update(tenants::table.find(id))
                 .set((
-                    tenants::status.eq("archived"),
+                    tenants::status.eq(status::TENANT_ARCHIVED),
                     tenants::deleted_at.eq(Some(at)),
                     tenants::updated_at.eq(at),
                     tenants::version.eq(tenants::version + 1),
@@ -969,7 +970,7 @@ impl ApiKeyStore for PgApiKeyStore {
             key: k.into_domain(),
             // A key bound to an archived tenant has no tenant to see.
             tenant_path: path
-                .filter(|_| status.as_deref() == Some("active"))
+                .filter(|_| status.as_deref() == Some(crate::status::TENANT_ACTIVE))
                 .and_then(|p| TenantPath::parse(&p)),
         }))
     }

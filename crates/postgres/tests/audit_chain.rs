@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use diesel::sql_types::{BigInt, Nullable, Text, Uuid as SqlUuid};
 use diesel::QueryableByName;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde_json::json;
 use stratum_audit::chain::reason;
 use stratum_audit::{AuditLog, VerifyReport};
@@ -21,15 +21,10 @@ use stratum_maintenance::{MaintenanceStore, PurgeCutoffs};
 use stratum_postgres::{
     connect, record, run_sealer, seal_pass, PgAuditLog, PgMaintenanceStore, Pool, PoolConfig,
 };
+use stratum_testkit::sql::{conn, count, exec_on};
 use stratum_testkit::TestDb;
 use time::OffsetDateTime;
 use uuid::Uuid;
-
-#[derive(QueryableByName)]
-struct N {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
-}
 
 #[derive(QueryableByName)]
 struct Sealed {
@@ -39,20 +34,6 @@ struct Sealed {
     label: Option<String>,
     #[diesel(sql_type = Nullable<BigInt>)]
     seq: Option<i64>,
-}
-
-async fn conn(url: &str) -> AsyncPgConnection {
-    AsyncPgConnection::establish(url).await.unwrap()
-}
-
-async fn exec(c: &mut AsyncPgConnection, q: &str) {
-    diesel::sql_query(q).execute(c).await.unwrap();
-}
-
-async fn count(url: &str, q: &str) -> i64 {
-    let mut c = conn(url).await;
-    let rows: Vec<N> = diesel::sql_query(q).load(&mut c).await.unwrap();
-    rows[0].n
 }
 
 /// Every entry with its label (`after_state.label`) in chain order, unsealed last.
@@ -78,9 +59,9 @@ fn journal(label: &str) -> Journal {
 
 /// Writes one entry through the real write path in a transaction of its own.
 async fn write(c: &mut AsyncPgConnection, label: &str) {
-    exec(c, "BEGIN").await;
+    exec_on(c, "BEGIN").await;
     record(c, &journal(label)).await.unwrap();
-    exec(c, "COMMIT").await;
+    exec_on(c, "COMMIT").await;
 }
 
 fn pool(url: &str) -> Pool {
@@ -156,7 +137,7 @@ async fn concurrent_writers_are_sealed_into_one_gap_free_chain_in_commit_order()
     // A transaction that starts first (lower xid) and commits only after a later one has
     // committed and been sealed: commit order, not xid order, must decide.
     let mut old = conn(&db.url).await;
-    exec(&mut old, "BEGIN").await;
+    exec_on(&mut old, "BEGIN").await;
     record(&mut old, &journal("held-open")).await.unwrap();
     let mut young = conn(&db.url).await;
     write(&mut young, "overtaker").await;
@@ -170,13 +151,13 @@ async fn concurrent_writers_are_sealed_into_one_gap_free_chain_in_commit_order()
             let mut c = p.get().await.unwrap();
             let label = format!("w{i}");
             let began = Instant::now();
-            exec(&mut c, "BEGIN").await;
+            exec_on(&mut c, "BEGIN").await;
             record(&mut c, &journal(&label)).await.unwrap();
             // Spread the commits so that they interleave with the sealing passes and
             // commit in an order unrelated to their start.
             tokio::time::sleep(Duration::from_millis(((i * 7919) % 37) as u64)).await;
             let committed = i % 7 != 3;
-            exec(&mut c, if committed { "COMMIT" } else { "ROLLBACK" }).await;
+            exec_on(&mut c, if committed { "COMMIT" } else { "ROLLBACK" }).await;
             outcomes.lock().unwrap().push(Outcome {
                 label,
                 committed,
@@ -199,7 +180,7 @@ async fn concurrent_writers_are_sealed_into_one_gap_free_chain_in_commit_order()
     for w in writers {
         w.await.unwrap();
     }
-    exec(&mut old, "COMMIT").await;
+    exec_on(&mut old, "COMMIT").await;
 
     let deadline = Instant::now() + Duration::from_secs(20);
     while count(
@@ -267,7 +248,7 @@ async fn concurrent_writers_are_sealed_into_one_gap_free_chain_in_commit_order()
 async fn a_changed_row_is_found_at_its_entry() {
     let (db, p) = sealed_db(8).await;
     let id = id_at(&db.url, 4).await;
-    exec(
+    exec_on(
         &mut conn(&db.url).await,
         "UPDATE audit_logs SET after_state = jsonb_set(after_state, '{ratio}', '0.2') WHERE seq = 4",
     )
@@ -285,7 +266,7 @@ async fn a_changed_row_is_found_at_its_entry() {
 #[tokio::test(flavor = "multi_thread")]
 async fn deleted_rows_are_found_at_their_seq() {
     let (db, p) = sealed_db(8).await;
-    exec(
+    exec_on(
         &mut conn(&db.url).await,
         "DELETE FROM audit_logs WHERE seq = 6",
     )
@@ -297,7 +278,7 @@ async fn deleted_rows_are_found_at_their_seq() {
     );
 
     let (db, p) = sealed_db(8).await;
-    exec(
+    exec_on(
         &mut conn(&db.url).await,
         "DELETE FROM audit_logs WHERE seq = 8",
     )
@@ -310,9 +291,9 @@ async fn deleted_rows_are_found_at_their_seq() {
 async fn reordered_rows_are_found() {
     let (db, p) = sealed_db(8).await;
     let mut c = conn(&db.url).await;
-    exec(&mut c, "UPDATE audit_logs SET seq = -1 WHERE seq = 3").await;
-    exec(&mut c, "UPDATE audit_logs SET seq = 3 WHERE seq = 5").await;
-    exec(&mut c, "UPDATE audit_logs SET seq = 5 WHERE seq = -1").await;
+    exec_on(&mut c, "UPDATE audit_logs SET seq = -1 WHERE seq = 3").await;
+    exec_on(&mut c, "UPDATE audit_logs SET seq = 3 WHERE seq = 5").await;
+    exec_on(&mut c, "UPDATE audit_logs SET seq = 5 WHERE seq = -1").await;
     let bad = verify(&p).await.first_bad.unwrap();
     assert_eq!((bad.seq, bad.reason.as_str()), (Some(3), reason::CHANGED));
 }
@@ -322,7 +303,7 @@ async fn forged_rows_are_found() {
     // With a seq of its own after the head, and a hash that even chains.
     let (db, p) = sealed_db(5).await;
     let forged = Uuid::now_v7();
-    exec(
+    exec_on(
         &mut conn(&db.url).await,
         &format!(
             "INSERT INTO audit_logs (id, actor_id, actor_type, action, resource_type, seq, hash)
@@ -342,7 +323,7 @@ async fn forged_rows_are_found() {
     // Unsealed, dated in the past, slipped in behind the sealer.
     let (db, p) = sealed_db(5).await;
     let forged = Uuid::now_v7();
-    exec(
+    exec_on(
         &mut conn(&db.url).await,
         &format!(
             "INSERT INTO audit_logs (id, actor_id, actor_type, action, resource_type, created_at)
@@ -367,7 +348,7 @@ async fn verify_stays_ok_after_a_purge_and_the_checkpoint_is_audited() {
     }
     // Backdated before sealing, so that the chain covers the old dates: the third entry
     // stays inside the window and so does everything after it in the chain.
-    exec(
+    exec_on(
         &mut c,
         "UPDATE audit_logs SET created_at = now() - interval '400 days'
           WHERE after_state->>'label' LIKE 'old%'",
@@ -378,7 +359,7 @@ async fn verify_stays_ok_after_a_purge_and_the_checkpoint_is_audited() {
     assert_eq!(at2[1].label.as_deref(), Some("old2"));
     // Old and never sealed: no chain holds it, age alone decides.
     write(&mut c, "old-unsealed").await;
-    exec(
+    exec_on(
         &mut c,
         "UPDATE audit_logs SET created_at = now() - interval '400 days'
           WHERE after_state->>'label' = 'old-unsealed'",
@@ -437,7 +418,7 @@ async fn verify_stays_ok_after_a_purge_and_the_checkpoint_is_audited() {
     assert_eq!(cp.hash, cp.audited);
 
     // Tampering after the checkpoint is still found.
-    exec(&mut c, "UPDATE audit_logs SET action = 'x' WHERE seq = 3").await;
+    exec_on(&mut c, "UPDATE audit_logs SET action = 'x' WHERE seq = 3").await;
     let bad = verify(&p).await.first_bad.unwrap();
     assert_eq!((bad.seq, bad.reason.as_str()), (Some(3), reason::CHANGED));
 }

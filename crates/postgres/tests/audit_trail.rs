@@ -10,23 +10,17 @@
 
 use std::collections::BTreeSet;
 
-use diesel::sql_types::{Array, Bool, Jsonb, Nullable, Text, Uuid as SqlUuid};
+use diesel::sql_types::{Jsonb, Nullable, Text, Uuid as SqlUuid};
 use diesel::QueryableByName;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde_json::{json, Value};
 use stratum_audit::Audience;
 use stratum_core::{Caller, EventType, Journal, TenantPath};
 use stratum_postgres::stratum_trail;
+use stratum_testkit::fixtures::WebhookRow;
+use stratum_testkit::sql::{conn, exec_on};
 use stratum_testkit::TestDb;
 use uuid::Uuid;
-
-async fn conn(url: &str) -> AsyncPgConnection {
-    AsyncPgConnection::establish(url).await.unwrap()
-}
-
-async fn exec(c: &mut AsyncPgConnection, q: &str) {
-    diesel::sql_query(q).execute(c).await.unwrap();
-}
 
 /// Inserts an active tenant at `path` (its leaf is its id).
 async fn tenant(c: &mut AsyncPgConnection, path: &TenantPath) {
@@ -48,13 +42,7 @@ async fn tenant(c: &mut AsyncPgConnection, path: &TenantPath) {
 }
 
 /// A webhook as the test registers it.
-#[derive(Debug, Clone)]
-struct Hook {
-    id: Uuid,
-    tenant: Option<Uuid>,
-    events: Vec<String>,
-    active: bool,
-}
+type Hook = WebhookRow;
 
 async fn webhook(
     c: &mut AsyncPgConnection,
@@ -62,23 +50,11 @@ async fn webhook(
     events: &[&str],
     active: bool,
 ) -> Hook {
-    let hook = Hook {
-        id: Uuid::now_v7(),
-        tenant,
-        events: events.iter().map(|e| (*e).to_owned()).collect(),
-        active,
-    };
-    diesel::sql_query(
-        "INSERT INTO webhooks (id, tenant_id, url, events, secret_encrypted, active)
-         VALUES ($1, $2, 'https://receiver.example/hook', $3, 'sealed', $4)",
-    )
-    .bind::<SqlUuid, _>(hook.id)
-    .bind::<Nullable<SqlUuid>, _>(hook.tenant)
-    .bind::<Array<Text>, _>(&hook.events)
-    .bind::<Bool, _>(hook.active)
-    .execute(c)
-    .await
-    .unwrap();
+    let hook = WebhookRow::new()
+        .tenant(tenant)
+        .events(events)
+        .active(active);
+    hook.insert_on(c).await;
     hook
 }
 
@@ -134,9 +110,9 @@ async fn events(c: &mut AsyncPgConnection) -> Vec<Event> {
 
 /// Appends `journal` through Stratum's trail in a transaction of its own, committed.
 async fn append_committed(c: &mut AsyncPgConnection, journal: &Journal) -> u64 {
-    exec(c, "BEGIN").await;
+    exec_on(c, "BEGIN").await;
     let n = stratum_trail().append(c, journal).await.unwrap();
-    exec(c, "COMMIT").await;
+    exec_on(c, "COMMIT").await;
     n
 }
 
@@ -197,7 +173,7 @@ async fn the_sql_fan_out_selects_exactly_the_webhooks_the_audience_rule_names() 
         ("tenant.moved", None, vec![]),
     ];
     for (event_type, path, extra) in cases {
-        exec(&mut c, "DELETE FROM webhook_deliveries").await;
+        exec_on(&mut c, "DELETE FROM webhook_deliveries").await;
         let journal = Caller::system()
             .journal(event_type, "tenant")
             .tenant(path.and_then(TenantPath::leaf))
@@ -246,9 +222,9 @@ async fn an_append_rolls_back_with_its_transaction() {
             EventType::from_static("tenant.created"),
             json!({"name": "gone"}),
         );
-    exec(&mut c, "BEGIN").await;
+    exec_on(&mut c, "BEGIN").await;
     assert_eq!(stratum_trail().append(&mut c, &journal).await.unwrap(), 1);
-    exec(&mut c, "ROLLBACK").await;
+    exec_on(&mut c, "ROLLBACK").await;
     assert!(audit_rows(&mut c).await.is_empty());
     assert!(events(&mut c).await.is_empty());
     assert!(delivered_to(&mut c, "tenant.created").await.is_empty());

@@ -8,11 +8,10 @@
 
 use std::time::Duration;
 
-use diesel::sql_types::{BigInt, Text};
-use diesel::QueryableByName;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use stratum_core::{Caller, Journal};
 use stratum_postgres::{connect, PgDeliveryQueue, PgWebhookStore, Pool};
+use stratum_testkit::sql::{count, exec, texts};
 use stratum_testkit::TestDb;
 use stratum_webhooks::{
     AttemptOutcome, BreakerConfig, ClaimedDelivery, Completion, DeliveryQueue, Verdict,
@@ -21,34 +20,9 @@ use stratum_webhooks::{
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-#[derive(QueryableByName)]
-struct N {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
-}
-
-#[derive(QueryableByName)]
-struct S {
-    #[diesel(sql_type = Text)]
-    s: String,
-}
-
-/// Runs one or more statements.
-async fn exec(url: &str, q: &str) {
-    let mut c = AsyncPgConnection::establish(url).await.unwrap();
-    c.batch_execute(q).await.unwrap();
-}
-
-async fn count(url: &str, q: &str) -> i64 {
-    let mut c = AsyncPgConnection::establish(url).await.unwrap();
-    let rows: Vec<N> = diesel::sql_query(q).load(&mut c).await.unwrap();
-    rows.into_iter().next().unwrap().n
-}
-
+/// The one text column `t` of the first row.
 async fn text(url: &str, q: &str) -> String {
-    let mut c = AsyncPgConnection::establish(url).await.unwrap();
-    let rows: Vec<S> = diesel::sql_query(q).load(&mut c).await.unwrap();
-    rows.into_iter().next().unwrap().s
+    texts(url, q).await.remove(0)
 }
 
 /// A webhook subscribed to `tenant.updated`, with extra column settings (`, col = value`).
@@ -138,7 +112,7 @@ async fn the_breaker_opens_at_the_threshold_lets_one_probe_through_and_closes_on
     let first = claim(&q).await;
     assert_eq!(first.len(), 12);
     fail_all(&q, &first[..4]).await;
-    let state = format!("SELECT state AS s FROM webhook_controls WHERE webhook_id = '{w}'");
+    let state = format!("SELECT state AS t FROM webhook_controls WHERE webhook_id = '{w}'");
     assert_eq!(text(&db.url, &state).await, "closed");
     fail_all(&q, &first[4..5]).await;
     assert_eq!(text(&db.url, &state).await, "open");
@@ -215,7 +189,7 @@ async fn a_failed_probe_reopens_for_twice_as_long_and_a_long_open_breaker_disabl
     assert_eq!(
         text(
             &db.url,
-            &format!("SELECT disabled_reason AS s FROM webhooks WHERE id = '{w}'")
+            &format!("SELECT disabled_reason AS t FROM webhooks WHERE id = '{w}'")
         )
         .await,
         "failing"
@@ -229,7 +203,7 @@ async fn a_failed_probe_reopens_for_twice_as_long_and_a_long_open_breaker_disabl
     );
     // Audited by the system, with the event to the tenant's other webhook only.
     assert_eq!(
-        text(&db.url, &format!("SELECT actor_type || ':' || actor_id AS s FROM audit_logs WHERE action = 'webhook.disabled' AND resource_id = '{w}'")).await,
+        text(&db.url, &format!("SELECT actor_type || ':' || actor_id AS t FROM audit_logs WHERE action = 'webhook.disabled' AND resource_id = '{w}'")).await,
         format!("{}:{}", Caller::system().actor.kind_name(), Caller::system().actor.id())
     );
     assert_eq!(
@@ -254,7 +228,7 @@ async fn a_410_disables_with_reason_gone_and_the_disabled_event() {
     assert_eq!(
         text(
             &db.url,
-            &format!("SELECT disabled_reason AS s FROM webhooks WHERE id = '{w}' AND NOT active")
+            &format!("SELECT disabled_reason AS t FROM webhooks WHERE id = '{w}' AND NOT active")
         )
         .await,
         "gone"
@@ -550,7 +524,7 @@ async fn concurrent_rotations_each_keep_the_secret_they_replaced() {
     assert_eq!(
         text(
             &db.url,
-            &format!("SELECT previous_secrets[1] AS s FROM webhooks WHERE id = '{w}'")
+            &format!("SELECT previous_secrets[1] AS t FROM webhooks WHERE id = '{w}'")
         )
         .await,
         "v1:x:y"

@@ -5,30 +5,13 @@
     reason = "tests fail loudly by design"
 )]
 
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use stratum_postgres::{connect, PgDeliveryStore};
+use stratum_testkit::fixtures::WebhookRow;
+use stratum_testkit::sql::exec;
 use stratum_testkit::TestDb;
 use stratum_webhooks::DeliveryStore;
 use time::OffsetDateTime;
 use uuid::Uuid;
-
-async fn exec(url: &str, q: &str) {
-    let mut c = AsyncPgConnection::establish(url).await.unwrap();
-    diesel::sql_query(q).execute(&mut c).await.unwrap();
-}
-
-async fn webhook(url: &str) -> Uuid {
-    let id = Uuid::now_v7();
-    exec(
-        url,
-        &format!(
-            "INSERT INTO webhooks (id, url, events, secret_encrypted, active)
-             VALUES ('{id}', 'https://example.com/{id}', '{{tenant.updated}}', 'v1:x:y', true)"
-        ),
-    )
-    .await;
-    id
-}
 
 /// A delivery of `webhook` in `status`; returns its id.
 async fn delivery(url: &str, webhook: Uuid, status: &str) -> Uuid {
@@ -76,7 +59,10 @@ async fn attempt(
 async fn health_counts_the_window_the_median_the_last_error_and_the_queue() {
     let db = TestDb::new().await;
     let store = PgDeliveryStore::new(connect(&db.url, &Default::default()).unwrap());
-    let (w, other) = (webhook(&db.url).await, webhook(&db.url).await);
+    let (w, other) = (
+        WebhookRow::new().insert(&db.url).await,
+        WebhookRow::new().insert(&db.url).await,
+    );
 
     // Nothing yet: zeros, no median, no error.
     let since = OffsetDateTime::now_utc() - time::Duration::hours(1);
@@ -119,7 +105,10 @@ async fn health_counts_the_window_the_median_the_last_error_and_the_queue() {
 async fn attempts_come_oldest_first_and_only_for_the_webhook_that_owns_the_delivery() {
     let db = TestDb::new().await;
     let store = PgDeliveryStore::new(connect(&db.url, &Default::default()).unwrap());
-    let (w, other) = (webhook(&db.url).await, webhook(&db.url).await);
+    let (w, other) = (
+        WebhookRow::new().insert(&db.url).await,
+        WebhookRow::new().insert(&db.url).await,
+    );
     let d = delivery(&db.url, w, "failed").await;
     attempt(&db.url, d, 1, Some(500), 12, None, 30).await;
     attempt(&db.url, d, 2, None, 7, Some("timed out"), 20).await;

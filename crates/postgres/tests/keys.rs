@@ -10,13 +10,15 @@
 use std::time::Duration;
 
 use diesel::sql_types::BigInt;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 use stratum_core::{Caller, StoreError};
 use stratum_crypto::EncryptionKey;
 use stratum_maintenance::{MaintenanceError, MaintenanceStore, Reencrypt};
 use stratum_postgres::keys::{ROTATION_LOCK, SECRETS_LOCK};
 use stratum_postgres::{PgConfigStore, PgMaintenanceStore, Pool};
 use stratum_tenancy::{ConfigStore, StoredConfigEntry, StoredValue, TenancyError};
+use stratum_testkit::fixtures::tenant;
+use stratum_testkit::sql::{conn, exec_on, texts_on};
 use stratum_testkit::TestDb;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -29,38 +31,10 @@ fn key(master: &str) -> EncryptionKey {
     EncryptionKey::derive(master).unwrap()
 }
 
-async fn raw(db: &TestDb) -> AsyncPgConnection {
-    <AsyncPgConnection as AsyncConnection>::establish(&db.url)
-        .await
-        .unwrap()
-}
-
-async fn exec(c: &mut AsyncPgConnection, q: &str) {
-    diesel::sql_query(q).execute(c).await.unwrap();
-}
-
-async fn texts(c: &mut AsyncPgConnection, q: &str) -> Vec<String> {
-    #[derive(diesel::QueryableByName)]
-    struct T {
-        #[diesel(sql_type = diesel::sql_types::Text)]
-        t: String,
-    }
-    let rows: Vec<T> = diesel::sql_query(q).load(c).await.unwrap();
-    rows.into_iter().map(|r| r.t).collect()
-}
-
 async fn setup() -> (TestDb, Pool, Uuid) {
     let db = TestDb::new().await;
     let pool = stratum_postgres::connect(&db.url, &Default::default()).unwrap();
-    let tenant = Uuid::now_v7();
-    exec(
-        &mut raw(&db).await,
-        &format!(
-            "INSERT INTO tenants (id, name, slug, ancestry_path, depth)
-             VALUES ('{tenant}', 'acme', 'acme', '/{tenant}/', 0)"
-        ),
-    )
-    .await;
+    let tenant = tenant(&db.url, "acme").await;
     (db, pool, tenant)
 }
 
@@ -115,8 +89,8 @@ async fn a_rotation_while_another_runs_is_refused_and_changes_nothing() {
         .await
         .unwrap();
     // Another rotation holds the rotation lock.
-    let mut other = raw(&db).await;
-    exec(&mut other, "BEGIN").await;
+    let mut other = conn(&db.url).await;
+    exec_on(&mut other, "BEGIN").await;
     diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
         .bind::<BigInt, _>(ROTATION_LOCK)
         .execute(&mut other)
@@ -124,17 +98,17 @@ async fn a_rotation_while_another_runs_is_refused_and_changes_nothing() {
         .unwrap();
     let e = rotate(&store, OLD, NEW).await.unwrap_err();
     assert!(matches!(e, MaintenanceError::RotationInProgress), "{e:?}");
-    exec(&mut other, "ROLLBACK").await;
-    let mut c = raw(&db).await;
+    exec_on(&mut other, "ROLLBACK").await;
+    let mut c = conn(&db.url).await;
     assert_eq!(
-        texts(
+        texts_on(
             &mut c,
             "SELECT active_key_id AS t FROM encryption_keys_state"
         )
         .await,
         vec![key(OLD).key_id().to_owned()]
     );
-    let stored = texts(&mut c, "SELECT encrypted_value AS t FROM config_entries").await;
+    let stored = texts_on(&mut c, "SELECT encrypted_value AS t FROM config_entries").await;
     assert!(stored[0].starts_with(&format!("v1:{}:", key(OLD).key_id())));
     // Once it is gone, the rotation runs.
     rotate(&store, OLD, NEW).await.unwrap();
@@ -157,16 +131,16 @@ async fn a_rotation_checks_the_active_key_inside_its_transaction() {
     // The first rotation committed: a second one from the same old key is refused.
     let e = rotate(&store, OLD, OTHER).await.unwrap_err();
     assert!(matches!(e, MaintenanceError::InvalidOldKey), "{e:?}");
-    let mut c = raw(&db).await;
+    let mut c = conn(&db.url).await;
     assert_eq!(
-        texts(
+        texts_on(
             &mut c,
             "SELECT active_key_id AS t FROM encryption_keys_state"
         )
         .await,
         vec![key(NEW).key_id().to_owned()]
     );
-    let stored = texts(&mut c, "SELECT encrypted_value AS t FROM config_entries").await;
+    let stored = texts_on(&mut c, "SELECT encrypted_value AS t FROM config_entries").await;
     assert_eq!(key(NEW).decrypt_str(&stored[0]).unwrap(), "\"s3cret\"");
 }
 
@@ -190,8 +164,8 @@ async fn a_secret_under_a_superseded_key_cannot_commit() {
         }
         other => panic!("{other:?}"),
     }
-    let mut c = raw(&db).await;
-    assert!(texts(&mut c, "SELECT key AS t FROM config_entries")
+    let mut c = conn(&db.url).await;
+    assert!(texts_on(&mut c, "SELECT key AS t FROM config_entries")
         .await
         .is_empty());
     configs
@@ -210,14 +184,14 @@ async fn a_writer_of_secrets_waits_for_the_rotation_in_flight() {
         .unwrap();
     // A rotation in flight: it holds the secrets lock exclusively and has switched the
     // active key, not yet committed.
-    let mut rotation = raw(&db).await;
-    exec(&mut rotation, "BEGIN").await;
+    let mut rotation = conn(&db.url).await;
+    exec_on(&mut rotation, "BEGIN").await;
     diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
         .bind::<BigInt, _>(SECRETS_LOCK)
         .execute(&mut rotation)
         .await
         .unwrap();
-    exec(
+    exec_on(
         &mut rotation,
         &format!(
             "UPDATE encryption_keys_state SET active_key_id = '{}'",
@@ -232,9 +206,9 @@ async fn a_writer_of_secrets_waits_for_the_rotation_in_flight() {
             .await
     });
     // The writer is queued behind the rotation (not merely slow to start).
-    let mut watch = raw(&db).await;
+    let mut watch = conn(&db.url).await;
     loop {
-        let waiting = texts(
+        let waiting = texts_on(
             &mut watch,
             "SELECT mode AS t FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
                AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
@@ -249,7 +223,7 @@ async fn a_writer_of_secrets_waits_for_the_rotation_in_flight() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    exec(&mut rotation, "COMMIT").await;
+    exec_on(&mut rotation, "COMMIT").await;
     // It then sees the new active key: its value under the old key does not commit.
     match writer.await.unwrap() {
         Err(TenancyError::Store(StoreError::KeyNotActive { active_key_id })) => {
@@ -257,7 +231,7 @@ async fn a_writer_of_secrets_waits_for_the_rotation_in_flight() {
         }
         other => panic!("{other:?}"),
     }
-    assert!(texts(&mut watch, "SELECT key AS t FROM config_entries")
+    assert!(texts_on(&mut watch, "SELECT key AS t FROM config_entries")
         .await
         .is_empty());
 }

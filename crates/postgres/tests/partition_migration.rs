@@ -8,31 +8,16 @@
 
 use diesel::migration::{Migration, MigrationSource};
 use diesel::pg::Pg;
-use diesel::sql_types::BigInt;
-use diesel::QueryableByName;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use diesel_migrations::MigrationHarness;
 use stratum_core::Caller;
 use stratum_maintenance::{MaintenanceStore, PurgeCutoffs};
 use stratum_postgres::migrate::MIGRATIONS;
 use stratum_postgres::{connect, run_migrations, PgMaintenanceStore};
+use stratum_testkit::sql::count_on;
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
-
-#[derive(QueryableByName)]
-struct N {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
-}
-
-async fn count(c: &mut AsyncPgConnection, q: &str) -> i64 {
-    diesel::sql_query(q)
-        .get_result::<N>(c)
-        .await
-        .unwrap_or_else(|e| panic!("{q}: {e}"))
-        .n
-}
 
 /// An empty database of this checkout's test prefix, dropped at the end.
 struct Scratch {
@@ -139,15 +124,15 @@ async fn migration_16_moves_existing_rows_into_weekly_partitions() {
     run_migrations(&db.url).await.unwrap();
     let mut c = AsyncPgConnection::establish(&db.url).await.unwrap();
     assert_eq!(
-        count(&mut c, "SELECT count(*) AS n FROM webhook_events").await,
+        count_on(&mut c, "SELECT count(*) AS n FROM webhook_events").await,
         204
     );
     assert_eq!(
-        count(&mut c, "SELECT count(*) AS n FROM webhook_deliveries").await,
+        count_on(&mut c, "SELECT count(*) AS n FROM webhook_deliveries").await,
         205
     );
     assert_eq!(
-        count(
+        count_on(
             &mut c,
             "SELECT count(*) AS n FROM webhook_delivery_attempts"
         )
@@ -157,7 +142,7 @@ async fn migration_16_moves_existing_rows_into_weekly_partitions() {
     // Every row in a weekly partition but the v4 event's and its delivery's; deliveries and
     // attempts in their event's week.
     assert_eq!(
-        count(
+        count_on(
             &mut c,
             "SELECT count(*) AS n FROM webhook_events
               WHERE tableoid = 'stratum_partitions.webhook_events_default'::regclass"
@@ -166,7 +151,7 @@ async fn migration_16_moves_existing_rows_into_weekly_partitions() {
         1
     );
     assert_eq!(
-        count(
+        count_on(
             &mut c,
             "SELECT count(*) AS n
                FROM webhook_deliveries d JOIN webhook_events e ON e.id = d.event_id
@@ -177,7 +162,7 @@ async fn migration_16_moves_existing_rows_into_weekly_partitions() {
         0
     );
     assert_eq!(
-        count(
+        count_on(
             &mut c,
             "SELECT count(*) AS n
                FROM webhook_delivery_attempts a JOIN webhook_deliveries d ON d.id = a.delivery_id
@@ -205,7 +190,7 @@ async fn migration_16_moves_existing_rows_into_weekly_partitions() {
     // Once the replay's delivery is finished too, the week goes whole.
     let weeks =
         "SELECT count(*) AS n FROM pg_inherits WHERE inhparent = 'webhook_events'::regclass";
-    let before = count(&mut c, weeks).await;
+    let before = count_on(&mut c, weeks).await;
     c.batch_execute(
         "UPDATE webhook_deliveries SET status = 'success', completed_at = now() - interval '100 days'
           WHERE replay_id IS NOT NULL",
@@ -224,9 +209,9 @@ async fn migration_16_moves_existing_rows_into_weekly_partitions() {
         .await
         .unwrap();
     assert_eq!((counts.deliveries, counts.events), (1, 1));
-    assert_eq!(count(&mut c, weeks).await, before - 1);
+    assert_eq!(count_on(&mut c, weeks).await, before - 1);
     assert_eq!(
-        count(&mut c, "SELECT count(*) AS n FROM webhook_events").await,
+        count_on(&mut c, "SELECT count(*) AS n FROM webhook_events").await,
         4
     );
     drop(c);

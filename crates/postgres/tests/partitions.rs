@@ -7,22 +7,18 @@
     reason = "tests fail loudly by design"
 )]
 
-use diesel::sql_types::{BigInt, Bool, Text};
+use diesel::sql_types::{Bool, Text};
 use diesel::QueryableByName;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use stratum_core::Caller;
 use stratum_maintenance::{MaintenanceStore, PurgeCounts, PurgeCutoffs};
 use stratum_postgres::partitions::create_partitions;
 use stratum_postgres::{connect, PgMaintenanceStore};
+use stratum_testkit::fixtures::WebhookRow;
+use stratum_testkit::sql::{conn, count_on, exec_on};
 use stratum_testkit::TestDb;
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
-
-#[derive(QueryableByName)]
-struct N {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
-}
 
 #[derive(QueryableByName)]
 struct Name {
@@ -34,24 +30,6 @@ struct Name {
 struct Flag {
     #[diesel(sql_type = Bool)]
     ok: bool,
-}
-
-async fn conn(db: &TestDb) -> AsyncPgConnection {
-    AsyncPgConnection::establish(&db.url).await.unwrap()
-}
-
-async fn exec(c: &mut AsyncPgConnection, q: &str) {
-    c.batch_execute(q)
-        .await
-        .unwrap_or_else(|e| panic!("{q}: {e}"));
-}
-
-async fn count(c: &mut AsyncPgConnection, q: &str) -> i64 {
-    diesel::sql_query(q)
-        .get_result::<N>(c)
-        .await
-        .unwrap_or_else(|e| panic!("{q}: {e}"))
-        .n
 }
 
 async fn exists(c: &mut AsyncPgConnection, table: &str) -> bool {
@@ -76,19 +54,6 @@ async fn week_of(c: &mut AsyncPgConnection, days_ago: i64) -> String {
     .name
 }
 
-async fn webhook(c: &mut AsyncPgConnection) -> Uuid {
-    let id = Uuid::now_v7();
-    exec(
-        c,
-        &format!(
-            "INSERT INTO webhooks (id, url, events, secret_encrypted)
-             VALUES ('{id}', 'https://example.com/h', '{{tenant.updated}}', 'v1:x:y')"
-        ),
-    )
-    .await;
-    id
-}
-
 /// `n` events minted `days_ago` days back (ids and created_at), each with one delivery to
 /// `hook` in `status`, completed `completed_days_ago` back (NULL: not completed), and one
 /// attempt.
@@ -103,7 +68,7 @@ async fn load(
     let completed = completed_days_ago.map_or("NULL".to_owned(), |d| {
         format!("now() - interval '{d} days'")
     });
-    exec(
+    exec_on(
         c,
         &format!(
             "WITH ev AS (
@@ -157,15 +122,15 @@ async fn weeks_back(c: &mut AsyncPgConnection, days: i64) {
 #[tokio::test]
 async fn purge_drops_expired_weeks_and_counts_every_row() {
     let db = TestDb::new().await;
-    let mut c = conn(&db).await;
+    let mut c = conn(&db.url).await;
     weeks_back(&mut c, 150).await;
-    let hook = webhook(&mut c).await;
+    let hook = WebhookRow::new().insert_on(&mut c).await;
     // 120 days old: a week that ended long before the 90-day cutoff.
     load(&mut c, hook, 300, 120, "success", Some(119)).await;
     load(&mut c, hook, 20, 120, "failed", Some(118)).await;
     let old = week_of(&mut c, 120).await;
     // Current week, back-dated: expired by their dates, deleted row by row.
-    exec(
+    exec_on(
         &mut c,
         &format!(
             "WITH ev AS (
@@ -179,7 +144,7 @@ async fn purge_drops_expired_weeks_and_counts_every_row() {
     )
     .await;
     // Outside every week created (1970): the default partitions, row by row.
-    exec(
+    exec_on(
         &mut c,
         &format!(
             "INSERT INTO webhook_events (id, event_type, payload, created_at)
@@ -212,15 +177,15 @@ async fn purge_drops_expired_weeks_and_counts_every_row() {
         );
     }
     assert_eq!(
-        count(&mut c, "SELECT count(*) AS n FROM webhook_deliveries").await,
+        count_on(&mut c, "SELECT count(*) AS n FROM webhook_deliveries").await,
         5
     );
     assert_eq!(
-        count(&mut c, "SELECT count(*) AS n FROM webhook_events").await,
+        count_on(&mut c, "SELECT count(*) AS n FROM webhook_events").await,
         5
     );
     assert_eq!(
-        count(
+        count_on(
             &mut c,
             "SELECT count(*) AS n FROM webhook_delivery_attempts"
         )
@@ -229,7 +194,7 @@ async fn purge_drops_expired_weeks_and_counts_every_row() {
     );
     // The purge's own audit entry has the same counts.
     assert_eq!(
-        count(
+        count_on(
             &mut c,
             "SELECT (after_state->>'deliveries')::bigint AS n FROM audit_logs
               WHERE action = 'maintenance.purge_expired'"
@@ -246,9 +211,9 @@ async fn purge_drops_expired_weeks_and_counts_every_row() {
 #[tokio::test]
 async fn a_pending_delivery_keeps_its_old_week() {
     let db = TestDb::new().await;
-    let mut c = conn(&db).await;
+    let mut c = conn(&db.url).await;
     weeks_back(&mut c, 150).await;
-    let hook = webhook(&mut c).await;
+    let hook = WebhookRow::new().insert_on(&mut c).await;
     load(&mut c, hook, 40, 120, "success", Some(119)).await;
     load(&mut c, hook, 1, 120, "pending", None).await;
     let old = week_of(&mut c, 120).await;
@@ -257,7 +222,7 @@ async fn a_pending_delivery_keeps_its_old_week() {
     assert_eq!((counts.deliveries, counts.events), (40, 40));
     assert!(exists(&mut c, &format!("webhook_deliveries_{old}")).await);
     assert_eq!(
-        count(
+        count_on(
             &mut c,
             "SELECT count(*) AS n FROM webhook_deliveries WHERE status = 'pending'"
         )
@@ -265,11 +230,11 @@ async fn a_pending_delivery_keeps_its_old_week() {
         1
     );
     assert_eq!(
-        count(&mut c, "SELECT count(*) AS n FROM webhook_events").await,
+        count_on(&mut c, "SELECT count(*) AS n FROM webhook_events").await,
         1
     );
     assert_eq!(
-        count(
+        count_on(
             &mut c,
             "SELECT count(*) AS n FROM webhook_delivery_attempts"
         )
@@ -283,13 +248,13 @@ async fn a_pending_delivery_keeps_its_old_week() {
 #[tokio::test]
 async fn a_replayed_delivery_keeps_its_old_event() {
     let db = TestDb::new().await;
-    let mut c = conn(&db).await;
+    let mut c = conn(&db.url).await;
     weeks_back(&mut c, 150).await;
-    let hook = webhook(&mut c).await;
+    let hook = WebhookRow::new().insert_on(&mut c).await;
     load(&mut c, hook, 10, 120, "success", Some(119)).await;
     let old = week_of(&mut c, 120).await;
     let replay = Uuid::now_v7();
-    exec(
+    exec_on(
         &mut c,
         &format!(
             "INSERT INTO webhook_replays (id, webhook_id, since, until, event_types, total)
@@ -305,7 +270,7 @@ async fn a_replayed_delivery_keeps_its_old_event() {
     assert_eq!((counts.deliveries, counts.events), (10, 9));
     assert!(exists(&mut c, &format!("webhook_events_{old}")).await);
     assert_eq!(
-        count(
+        count_on(
             &mut c,
             &format!(
                 "SELECT count(*) AS n FROM webhook_events e
@@ -317,7 +282,7 @@ async fn a_replayed_delivery_keeps_its_old_event() {
         1
     );
     assert_eq!(
-        count(&mut c, "SELECT count(*) AS n FROM webhook_deliveries").await,
+        count_on(&mut c, "SELECT count(*) AS n FROM webhook_deliveries").await,
         1
     );
 }
@@ -327,7 +292,7 @@ async fn a_replayed_delivery_keeps_its_old_event() {
 #[tokio::test(flavor = "multi_thread")]
 async fn partitions_ahead_are_created_once_by_concurrent_creators() {
     let db = TestDb::new().await;
-    let (mut a, mut b) = (conn(&db).await, conn(&db).await);
+    let (mut a, mut b) = (conn(&db.url).await, conn(&db.url).await);
     // Far enough ahead that no earlier run created them: 30 to 40 weeks from now.
     let from = OffsetDateTime::now_utc() + Duration::weeks(30);
     let until = from + Duration::weeks(10);
@@ -340,13 +305,13 @@ async fn partitions_ahead_are_created_once_by_concurrent_creators() {
     assert_eq!(x + y, 11);
     assert_eq!(create_partitions(&mut a, from, until).await.unwrap(), 0);
     assert_eq!(
-        count(
+        count_on(
             &mut a,
             "SELECT count(*) AS n FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
               WHERE i.inhparent = 'webhook_deliveries'::regclass"
         )
         .await,
-        count(
+        count_on(
             &mut a,
             "SELECT count(*) AS n FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
               WHERE i.inhparent = 'webhook_events'::regclass"
@@ -361,10 +326,10 @@ async fn partitions_ahead_are_created_once_by_concurrent_creators() {
 #[tokio::test]
 async fn rows_outside_every_week_land_in_the_default_partitions() {
     let db = TestDb::new().await;
-    let mut c = conn(&db).await;
-    let hook = webhook(&mut c).await;
+    let mut c = conn(&db.url).await;
+    let hook = WebhookRow::new().insert_on(&mut c).await;
     // 60 weeks ahead: no week created there.
-    exec(
+    exec_on(
         &mut c,
         &format!(
             "INSERT INTO webhook_events (id, event_type, payload)
@@ -376,7 +341,7 @@ async fn rows_outside_every_week_land_in_the_default_partitions() {
     .await;
     for t in ["webhook_events", "webhook_deliveries"] {
         assert_eq!(
-            count(
+            count_on(
                 &mut c,
                 &format!(
                     "SELECT count(*) AS n FROM {t}
@@ -402,15 +367,15 @@ async fn rows_outside_every_week_land_in_the_default_partitions() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_purge_and_a_fan_out_in_flight_both_commit() {
     let db = TestDb::new().await;
-    let mut c = conn(&db).await;
+    let mut c = conn(&db.url).await;
     weeks_back(&mut c, 150).await;
-    let hook = webhook(&mut c).await;
+    let hook = WebhookRow::new().insert_on(&mut c).await;
     load(&mut c, hook, 30, 120, "success", Some(119)).await;
     let old = week_of(&mut c, 120).await;
 
-    let mut fan_out = conn(&db).await;
+    let mut fan_out = conn(&db.url).await;
     let event = Uuid::now_v7();
-    exec(
+    exec_on(
         &mut fan_out,
         &format!(
             "BEGIN;
@@ -438,7 +403,7 @@ async fn a_purge_and_a_fan_out_in_flight_both_commit() {
     // Wait until the purge is at its lock: holding webhook_deliveries, waiting for
     // webhook_events (which the fan-out holds).
     let mut waited = 0;
-    while count(
+    while count_on(
         &mut c,
         "SELECT count(*) AS n FROM pg_locks
           WHERE NOT granted AND relation = 'webhook_events'::regclass",
@@ -450,7 +415,7 @@ async fn a_purge_and_a_fan_out_in_flight_both_commit() {
         assert!(waited < 1000, "the purge never waited for webhook_events");
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
-    exec(
+    exec_on(
         &mut fan_out,
         &format!(
             "INSERT INTO webhook_deliveries (id, webhook_id, event_id, event_type)
@@ -463,7 +428,7 @@ async fn a_purge_and_a_fan_out_in_flight_both_commit() {
     assert_eq!((counts.deliveries, counts.events), (30, 30));
     assert!(!exists(&mut c, &format!("webhook_deliveries_{old}")).await);
     assert_eq!(
-        count(
+        count_on(
             &mut c,
             &format!("SELECT count(*) AS n FROM webhook_deliveries WHERE event_id = '{event}'")
         )
@@ -478,20 +443,23 @@ async fn a_purge_and_a_fan_out_in_flight_both_commit() {
 #[tokio::test]
 async fn the_previous_releases_claim_and_completion_still_work() {
     let db = TestDb::new().await;
-    let mut c = conn(&db).await;
-    let hook = webhook(&mut c).await;
+    let mut c = conn(&db.url).await;
+    let hook = WebhookRow::new().insert_on(&mut c).await;
     load(&mut c, hook, 5, 0, "pending", None).await;
-    exec(&mut c, "DELETE FROM webhook_delivery_attempts").await;
-    exec(
+    exec_on(&mut c, "DELETE FROM webhook_delivery_attempts").await;
+    exec_on(
         &mut c,
         "CREATE TEMP TABLE claimed AS
          SELECT id, '00000000-0000-0000-0000-000000000001'::uuid AS lease
            FROM stratum_claim_deliveries(50, '{}', 8, '00000000-0000-0000-0000-000000000001', 500, '1 minute')",
     )
     .await;
-    assert_eq!(count(&mut c, "SELECT count(*) AS n FROM claimed").await, 5);
     assert_eq!(
-        count(
+        count_on(&mut c, "SELECT count(*) AS n FROM claimed").await,
+        5
+    );
+    assert_eq!(
+        count_on(
             &mut c,
             "SELECT count(*) AS n FROM stratum_complete_deliveries(
                  ARRAY(SELECT id FROM claimed ORDER BY id), ARRAY(SELECT lease FROM claimed ORDER BY id),
@@ -505,7 +473,7 @@ async fn the_previous_releases_claim_and_completion_still_work() {
         5
     );
     assert_eq!(
-        count(
+        count_on(
             &mut c,
             "SELECT count(*) AS n FROM webhook_deliveries d
                JOIN webhook_delivery_attempts a ON a.delivery_id = d.id AND a.event_id = d.event_id

@@ -7,59 +7,15 @@
 
 use std::time::Duration;
 
-use diesel::sql_types::BigInt;
 use diesel::QueryableByName;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, RunQueryDsl};
 use stratum_postgres::{connect, migrations_current, run_migrations, PgDeliveryQueue, Pool};
+use stratum_testkit::fixtures::{enqueue, WebhookRow};
+use stratum_testkit::sql::{conn, count, count_on, exec};
 use stratum_testkit::TestDb;
 use stratum_webhooks::{AttemptOutcome, Completion, DeliveryQueue, Verdict};
 use time::OffsetDateTime;
 use uuid::Uuid;
-
-#[derive(QueryableByName)]
-struct N {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
-}
-
-async fn exec(url: &str, q: &str) {
-    let mut c = AsyncPgConnection::establish(url).await.unwrap();
-    diesel::sql_query(q).execute(&mut c).await.unwrap();
-}
-
-async fn count(url: &str, q: &str) -> i64 {
-    let mut c = AsyncPgConnection::establish(url).await.unwrap();
-    let rows: Vec<N> = diesel::sql_query(q).load(&mut c).await.unwrap();
-    rows.into_iter().next().unwrap().n
-}
-
-async fn webhook(url: &str, active: bool) -> Uuid {
-    let id = Uuid::now_v7();
-    exec(
-        url,
-        &format!(
-            "INSERT INTO webhooks (id, url, events, secret_encrypted, active)
-             VALUES ('{id}', 'https://example.com/{id}', '{{tenant.updated}}', 'v1:x:y', {active})"
-        ),
-    )
-    .await;
-    id
-}
-
-async fn enqueue(url: &str, webhook: Uuid, n: usize) {
-    exec(
-        url,
-        &format!(
-            "WITH ev AS (
-                 INSERT INTO webhook_events (id, event_type, payload)
-                 SELECT stratum_uuid_v7(), 'tenant.updated', jsonb_build_object('n', g) FROM generate_series(1, {n}) g
-                 RETURNING id)
-             INSERT INTO webhook_deliveries (id, webhook_id, event_id, event_type)
-             SELECT stratum_uuid_v7(), '{webhook}', ev.id, 'tenant.updated' FROM ev"
-        ),
-    )
-    .await;
-}
 
 fn pool(db: &TestDb) -> Pool {
     connect(&db.url, &Default::default()).unwrap()
@@ -101,7 +57,7 @@ async fn concurrent_migrations_do_not_race() {
         migrations,
         "each migration ran exactly once"
     );
-    let mut c = AsyncPgConnection::establish(&url).await.unwrap();
+    let mut c = conn(&url).await;
     assert!(migrations_current(&mut c).await.unwrap());
     drop(c);
     assert_eq!(run_migrations(&url).await.unwrap(), 0);
@@ -113,9 +69,9 @@ async fn concurrent_claims_are_disjoint_and_respect_limits() {
     let db = TestDb::new().await;
     let q = PgDeliveryQueue::new(pool(&db));
     let (w1, w2, off) = (
-        webhook(&db.url, true).await,
-        webhook(&db.url, true).await,
-        webhook(&db.url, false).await,
+        WebhookRow::new().active(true).insert(&db.url).await,
+        WebhookRow::new().active(true).insert(&db.url).await,
+        WebhookRow::new().active(false).insert(&db.url).await,
     );
     enqueue(&db.url, w1, 300).await;
     enqueue(&db.url, w2, 300).await;
@@ -155,7 +111,7 @@ async fn concurrent_claims_are_disjoint_and_respect_limits() {
 async fn completions_are_compare_and_set_on_the_lease() {
     let db = TestDb::new().await;
     let q = PgDeliveryQueue::new(pool(&db));
-    let w = webhook(&db.url, true).await;
+    let w = WebhookRow::new().active(true).insert(&db.url).await;
     enqueue(&db.url, w, 4).await;
     let claimed = q
         .claim(10, 10, vec![], Duration::from_secs(60))
@@ -226,7 +182,7 @@ async fn completions_are_compare_and_set_on_the_lease() {
 async fn expired_leases_become_claimable_again() {
     let db = TestDb::new().await;
     let q = PgDeliveryQueue::new(pool(&db));
-    let w = webhook(&db.url, true).await;
+    let w = WebhookRow::new().active(true).insert(&db.url).await;
     enqueue(&db.url, w, 3).await;
     let first = q
         .claim(10, 10, vec![], Duration::from_millis(200))
@@ -260,9 +216,9 @@ async fn an_older_backlog_of_a_skipped_or_inactive_webhook_starves_no_one() {
     let db = TestDb::new().await;
     let q = PgDeliveryQueue::new(pool(&db));
     let (slow, off, fresh) = (
-        webhook(&db.url, true).await,
-        webhook(&db.url, false).await,
-        webhook(&db.url, true).await,
+        WebhookRow::new().active(true).insert(&db.url).await,
+        WebhookRow::new().active(false).insert(&db.url).await,
+        WebhookRow::new().active(true).insert(&db.url).await,
     );
     // The slow and inactive webhooks' deliveries are older than anything else.
     enqueue(&db.url, slow, 2000).await;
@@ -286,9 +242,9 @@ async fn claims_go_round_robin_across_webhooks_within_their_rooms() {
     let db = TestDb::new().await;
     let q = PgDeliveryQueue::new(pool(&db));
     let (big, b, c) = (
-        webhook(&db.url, true).await,
-        webhook(&db.url, true).await,
-        webhook(&db.url, true).await,
+        WebhookRow::new().active(true).insert(&db.url).await,
+        WebhookRow::new().active(true).insert(&db.url).await,
+        WebhookRow::new().active(true).insert(&db.url).await,
     );
     // The big webhook's backlog is older than everything else.
     enqueue(&db.url, big, 1000).await;
@@ -321,7 +277,7 @@ async fn concurrent_claimers_never_lease_a_delivery_twice() {
     let q = PgDeliveryQueue::new(pool(&db));
     let mut hooks = Vec::new();
     for _ in 0..10 {
-        let w = webhook(&db.url, true).await;
+        let w = WebhookRow::new().active(true).insert(&db.url).await;
         enqueue(&db.url, w, 200).await;
         hooks.push(w);
     }
@@ -359,7 +315,7 @@ async fn concurrent_claimers_never_lease_a_delivery_twice() {
     assert_eq!(n, 2000, "every delivery leased once");
     // The database agrees: every row carries exactly the lease its claimer was given.
     let leased: std::collections::HashMap<Uuid, Uuid> = all.into_iter().collect();
-    let mut c = AsyncPgConnection::establish(&db.url).await.unwrap();
+    let mut c = conn(&db.url).await;
     #[derive(QueryableByName)]
     struct Lease {
         #[diesel(sql_type = diesel::sql_types::Uuid)]
@@ -378,25 +334,25 @@ async fn concurrent_claimers_never_lease_a_delivery_twice() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_claim_writes_the_lease_without_touching_the_indexes() {
     let db = TestDb::new().await;
-    let w = webhook(&db.url, true).await;
+    let w = WebhookRow::new().active(true).insert(&db.url).await;
     enqueue(&db.url, w, 250).await;
     // The claim and the statistics of its own transaction, on one connection.
-    let mut c = AsyncPgConnection::establish(&db.url).await.unwrap();
+    let mut c = conn(&db.url).await;
     let (claimed, heap_only) = c
         .transaction::<_, diesel::result::Error, _>(async |c| {
-            let claimed: N = diesel::sql_query(
+            let claimed = count_on(
+                c,
                 "SELECT count(*) AS n FROM stratum_claim_per_webhook(
                      250, 250, '{}', '{}', gen_random_uuid(), interval '1 minute')",
             )
-            .get_result(c)
-            .await?;
-            let heap_only: N = diesel::sql_query(
+            .await;
+            let heap_only = count_on(
+                c,
                 "SELECT coalesce(sum(pg_stat_get_xact_tuples_hot_updated(inhrelid)), 0)::bigint AS n
                    FROM pg_inherits WHERE inhparent = 'webhook_deliveries'::regclass",
             )
-            .get_result(c)
-            .await?;
-            Ok((claimed.n, heap_only.n))
+            .await;
+            Ok((claimed, heap_only))
         })
         .await
         .unwrap();
@@ -413,7 +369,7 @@ async fn a_claim_writes_the_lease_without_touching_the_indexes() {
 async fn a_leased_delivery_is_in_flight_not_due_until_its_lease_runs_out() {
     let db = TestDb::new().await;
     let q = PgDeliveryQueue::new(pool(&db));
-    let w = webhook(&db.url, true).await;
+    let w = WebhookRow::new().active(true).insert(&db.url).await;
     enqueue(&db.url, w, 5).await;
     let before = stratum_postgres::queue_snapshot(&pool(&db)).await.unwrap();
     assert_eq!((before.pending, before.due), (5, 5));

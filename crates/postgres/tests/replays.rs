@@ -10,6 +10,8 @@ use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use stratum_core::Caller;
 use stratum_postgres::{connect, PgReplayStore};
+use stratum_testkit::fixtures::WebhookRow;
+use stratum_testkit::sql::exec;
 use stratum_testkit::TestDb;
 use stratum_webhooks::{Replay, ReplayStatus, ReplayStore};
 use time::{Duration, OffsetDateTime};
@@ -23,26 +25,13 @@ struct Job {
     event_types: Vec<Option<String>>,
 }
 
-async fn exec(url: &str, q: &str) {
-    let mut c = AsyncPgConnection::establish(url).await.unwrap();
-    diesel::sql_query(q).execute(&mut c).await.unwrap();
-}
-
 /// The job covers what the webhook subscribes to when the job commits: a type the service
 /// read before a concurrent PATCH narrowed the subscriptions is neither counted nor kept.
 #[tokio::test]
 async fn a_replay_covers_only_what_the_webhook_subscribes_to_at_its_commit() {
     let db = TestDb::new().await;
-    let hook = Uuid::now_v7();
     // Subscribed to tenant.updated only (tenant.created was dropped by a PATCH meanwhile).
-    exec(
-        &db.url,
-        &format!(
-            "INSERT INTO webhooks (id, url, events, secret_encrypted, active)
-             VALUES ('{hook}', 'https://example.com/h', '{{tenant.updated}}', 'v1:x:y', true)"
-        ),
-    )
-    .await;
+    let hook = WebhookRow::new().insert(&db.url).await;
     exec(
         &db.url,
         "INSERT INTO webhook_events (id, event_type, payload, created_at)

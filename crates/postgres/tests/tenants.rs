@@ -7,6 +7,8 @@
     reason = "tests fail loudly by design"
 )]
 
+mod common;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::mpsc;
@@ -15,53 +17,16 @@ use std::task::{Context, Poll};
 use diesel::sql_types::{BigInt, Text};
 use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use serde_json::json;
-use stratum_core::Caller;
 use stratum_postgres::{connect, PgTenantStore};
 use stratum_tenancy::{TenancyError, Tenant, TenantChange, TenantStore};
+use stratum_testkit::fixtures::tenant;
+use stratum_testkit::sql::exec;
 use stratum_testkit::TestDb;
 use uuid::Uuid;
 
+use common::rename;
+
 type Pending<'a> = Pin<Box<dyn Future<Output = Result<Tenant, TenancyError>> + Send + 'a>>;
-
-async fn exec(url: &str, q: &str) {
-    let mut c = AsyncPgConnection::establish(url).await.unwrap();
-    diesel::sql_query(q).execute(&mut c).await.unwrap();
-}
-
-async fn tenant(url: &str, slug: &str) -> Uuid {
-    let id = Uuid::now_v7();
-    exec(
-        url,
-        &format!(
-            "INSERT INTO tenants (id, name, slug, ancestry_path, depth, metadata)
-             VALUES ('{id}', 'T', '{slug}', '/{id}/', 0, '{{}}')"
-        ),
-    )
-    .await;
-    id
-}
-
-/// A change setting the name (and the slug, when given), journalled with both states.
-fn rename(id: Uuid, name: &str, slug: Option<&str>) -> TenantChange {
-    let (name, slug) = (name.to_owned(), slug.map(str::to_owned));
-    Box::new(move |before: &Tenant| {
-        let mut after = before.clone();
-        after.name = name;
-        if let Some(s) = slug {
-            after.slug = s;
-        }
-        let journal = Caller::system()
-            .journal("tenant.updated", "tenant")
-            .resource(id)
-            .tenant(Some(id))
-            .before(Some(
-                json!({"name": before.name, "version": before.version}),
-            ))
-            .after(Some(json!({"name": after.name})));
-        Ok(Some((after, journal)))
-    })
-}
 
 /// Polls `f` once: a write joins its tenant's queue before its first await.
 fn poll_once(f: &mut Pending<'_>) {

@@ -8,6 +8,8 @@
     reason = "tests fail loudly by design"
 )]
 
+mod common;
+
 use std::time::Duration;
 
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
@@ -16,57 +18,35 @@ use serde_json::json;
 use stratum_core::{Caller, EventType};
 use stratum_postgres::tx::TxError;
 use stratum_postgres::{connect, PgTenantStore, DELIVERY_CHANNEL};
-use stratum_tenancy::{TenancyError, Tenant, TenantChange, TenantStore};
+use stratum_tenancy::{TenancyError, TenantChange, TenantStore};
+use stratum_testkit::fixtures::{tenant, WebhookRow};
+use stratum_testkit::sql::count;
 use stratum_testkit::TestDb;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
 const UPDATED: EventType = EventType::from_static("tenant.updated");
 
-async fn exec(url: &str, q: &str) {
-    let mut c = AsyncPgConnection::establish(url).await.unwrap();
-    diesel::sql_query(q).execute(&mut c).await.unwrap();
-}
-
 /// A tenant with a webhook subscribed to its updates: each write to it fans out.
 async fn tenant_with_webhook(url: &str, slug: &str) -> Uuid {
-    let id = Uuid::now_v7();
-    exec(
-        url,
-        &format!(
-            "INSERT INTO tenants (id, name, slug, ancestry_path, depth, metadata)
-             VALUES ('{id}', 'T', '{slug}', '/{id}/', 0, '{{}}')"
-        ),
-    )
-    .await;
-    exec(
-        url,
-        &format!(
-            "INSERT INTO webhooks (id, tenant_id, url, events, secret_encrypted)
-             VALUES ('{}', '{id}', 'https://receiver.example/hook', ARRAY['tenant.updated'], 'x')",
-            Uuid::now_v7()
-        ),
-    )
-    .await;
+    let id = tenant(url, slug).await;
+    WebhookRow::new().tenant(Some(id)).insert(url).await;
     id
 }
 
+/// A rename that emits `tenant.updated`.
 fn rename(id: Uuid, name: &str, slug: Option<&str>) -> TenantChange {
-    let (name, slug) = (name.to_owned(), slug.map(str::to_owned));
-    Box::new(move |before: &Tenant| {
-        let mut after = before.clone();
-        after.name = name;
-        if let Some(s) = slug {
-            after.slug = s;
-        }
-        let journal = Caller::system()
-            .journal("tenant.updated", "tenant")
-            .resource(id)
-            .tenant(Some(id))
-            .after(Some(json!({"name": after.name})))
-            .emit(UPDATED, json!({"id": id, "name": after.name}));
-        Ok(Some((after, journal)))
+    common::rename_then(id, name, slug, |journal, after| {
+        journal.emit(UPDATED, json!({"id": after.id, "name": after.name}))
     })
+}
+
+async fn pending_deliveries(url: &str) -> i64 {
+    count(
+        url,
+        "SELECT count(*) AS n FROM webhook_deliveries WHERE status = 'pending'",
+    )
+    .await
 }
 
 /// A connection listening on the delivery channel; each notification is sent on the
@@ -87,21 +67,6 @@ async fn listener(url: &str) -> mpsc::UnboundedReceiver<()> {
         }
     });
     rx
-}
-
-async fn pending_deliveries(url: &str) -> i64 {
-    #[derive(diesel::QueryableByName)]
-    struct N {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        n: i64,
-    }
-    let mut c = AsyncPgConnection::establish(url).await.unwrap();
-    let r: N =
-        diesel::sql_query("SELECT count(*) AS n FROM webhook_deliveries WHERE status = 'pending'")
-            .get_result(&mut c)
-            .await
-            .unwrap();
-    r.n
 }
 
 async fn woken(rx: &mut mpsc::UnboundedReceiver<()>, within: Duration) -> bool {

@@ -1,6 +1,7 @@
 //! The `stratum` binary's library half: configuration and the composition root, shared
 //! with the in-process API tests.
 
+pub mod background;
 pub mod config;
 pub mod idempotency;
 pub mod ops;

@@ -8,18 +8,17 @@
 
 mod common;
 
-use actix_web::dev::{Service, ServiceResponse};
 use actix_web::http::{Method, StatusCode};
-use actix_web::test::{call_service, init_service, read_body, TestRequest};
-use common::{call, harness, sql, ADMIN};
+use actix_web::test::{call_service, read_body, TestRequest};
+use common::{app, call, harness, sql, TestApp, ADMIN};
 use serde_json::{json, Value};
 
 /// The export's lines, parsed, and its content type.
-async fn export<S, B>(app: &S, query: &str, key: &str) -> (StatusCode, String, Vec<Value>)
-where
-    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
-    B: actix_web::body::MessageBody,
-{
+async fn export<S: TestApp<B>, B: actix_web::body::MessageBody>(
+    app: &S,
+    query: &str,
+    key: &str,
+) -> (StatusCode, String, Vec<Value>) {
     let res = call_service(
         app,
         TestRequest::get()
@@ -48,7 +47,7 @@ where
 #[tokio::test(flavor = "multi_thread")]
 async fn entries_are_sealed_verified_and_exported() {
     let h = harness().await;
-    let app = init_service(stratum_api::app(h.state.clone())).await;
+    let app = app!(h);
     let mut tenants = Vec::new();
     for slug in ["a", "b"] {
         let t = call(

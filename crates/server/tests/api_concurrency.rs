@@ -10,39 +10,19 @@
 mod common;
 
 use actix_web::http::{Method, StatusCode};
-use actix_web::test::{init_service, TestRequest};
-use common::{call, harness, Reply, ADMIN};
+use actix_web::test::TestRequest;
+use common::{app, call, harness, send, Reply, TestApp, ADMIN, DELETE, GET, PATCH, POST, PUT};
 use futures_util::future::join_all;
 use serde_json::{json, Value};
 
-const GET: Method = Method::GET;
-const POST: Method = Method::POST;
-const PATCH: Method = Method::PATCH;
-const PUT: Method = Method::PUT;
-const DELETE: Method = Method::DELETE;
-
-macro_rules! app {
-    ($h:expr) => {
-        init_service(stratum_api::app($h.state.clone())).await
-    };
-}
-
 /// One request with an optional `If-Match`, whatever it answers.
-async fn call_if<S, B>(
+async fn call_if<S: TestApp<B>, B: actix_web::body::MessageBody>(
     app: &S,
     method: Method,
     path: &str,
     if_match: Option<&str>,
     body: Option<Value>,
-) -> Reply
-where
-    S: actix_web::dev::Service<
-        actix_http::Request,
-        Response = actix_web::dev::ServiceResponse<B>,
-        Error = actix_web::Error,
-    >,
-    B: actix_web::body::MessageBody,
-{
+) -> Reply {
     let mut req = TestRequest::default()
         .method(method)
         .uri(path)
@@ -53,27 +33,15 @@ where
     if let Some(b) = body {
         req = req.set_json(b);
     }
-    let res = actix_web::test::call_service(app, req.to_request()).await;
-    let status = res.status();
-    let headers = res.headers().clone();
-    let bytes = actix_web::test::read_body(res).await;
-    Reply {
-        status,
-        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        headers,
-    }
+    send(app, req.to_request()).await
 }
 
 /// Creates a resource with a POST as the admin; returns its id.
-async fn create<S, B>(app: &S, path: &str, body: Value) -> String
-where
-    S: actix_web::dev::Service<
-        actix_http::Request,
-        Response = actix_web::dev::ServiceResponse<B>,
-        Error = actix_web::Error,
-    >,
-    B: actix_web::body::MessageBody,
-{
+async fn create<S: TestApp<B>, B: actix_web::body::MessageBody>(
+    app: &S,
+    path: &str,
+    body: Value,
+) -> String {
     let r = call(app, POST, path, Some(ADMIN), Some(body)).await;
     assert_eq!(r.status, StatusCode::CREATED, "POST {path}: {}", r.body);
     r.body["id"].as_str().unwrap().to_owned()
@@ -89,15 +57,12 @@ fn etag(r: &Reply) -> String {
 }
 
 /// Every audit entry of one resource and action, through the API.
-async fn entries<S, B>(app: &S, resource_type: &str, resource_id: &str, action: &str) -> Vec<Value>
-where
-    S: actix_web::dev::Service<
-        actix_http::Request,
-        Response = actix_web::dev::ServiceResponse<B>,
-        Error = actix_web::Error,
-    >,
-    B: actix_web::body::MessageBody,
-{
+async fn entries<S: TestApp<B>, B: actix_web::body::MessageBody>(
+    app: &S,
+    resource_type: &str,
+    resource_id: &str,
+    action: &str,
+) -> Vec<Value> {
     let r = call(
         app,
         GET,

@@ -7,26 +7,9 @@
 
 mod common;
 
-use actix_web::http::{Method, StatusCode};
-use actix_web::test::init_service;
-use common::{call, harness, sql, ADMIN};
+use actix_web::http::StatusCode;
+use common::{app, call, harness, id, sql, ADMIN, DELETE, GET, POST};
 use serde_json::{json, Value};
-
-const GET: Method = Method::GET;
-const POST: Method = Method::POST;
-const DELETE: Method = Method::DELETE;
-
-macro_rules! app {
-    ($h:expr) => {
-        init_service(stratum_api::app($h.state.clone())).await
-    };
-}
-
-fn id(v: &Value) -> String {
-    let id = v["id"].as_str();
-    assert!(id.is_some(), "no id in {v}");
-    id.unwrap_or_default().to_owned()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn grant_regrant_list_revoke() {

@@ -8,19 +8,15 @@
 
 mod common;
 
-use actix_web::http::{Method, StatusCode};
-use actix_web::test::init_service;
-use common::{call, call_any, harness, sql, ADMIN};
+use actix_web::http::StatusCode;
+use common::{app, call, call_any, harness, sql, ADMIN, GET, POST};
 use serde_json::json;
 use uuid::Uuid;
-
-const GET: Method = Method::GET;
-const POST: Method = Method::POST;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_console_is_served_without_a_key_with_a_strict_policy() {
     let h = harness().await;
-    let app = init_service(stratum_api::app(h.state.clone())).await;
+    let app = app!(h);
 
     let r = call(&app, GET, "/", None, None).await;
     assert_eq!(r.status, StatusCode::PERMANENT_REDIRECT);
@@ -95,7 +91,7 @@ async fn tenant(
 #[tokio::test(flavor = "multi_thread")]
 async fn health_and_attempts_follow_the_webhooks_visibility() {
     let h = harness().await;
-    let app = init_service(stratum_api::app(h.state.clone())).await;
+    let app = app!(h);
     let (a, b) = (tenant(&app, "acme").await, tenant(&app, "bravo").await);
     let (w, d, e) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
     let url = &h.db.url;

@@ -9,20 +9,9 @@
 
 mod common;
 
-use actix_web::http::{Method, StatusCode};
-use actix_web::test::init_service;
-use common::{call, harness, sql, ADMIN};
+use actix_web::http::StatusCode;
+use common::{app, call, harness, sql, ADMIN, GET, PATCH, POST};
 use serde_json::{json, Value};
-
-const GET: Method = Method::GET;
-const POST: Method = Method::POST;
-const PATCH: Method = Method::PATCH;
-
-macro_rules! app {
-    ($h:expr) => {
-        init_service(stratum_api::app($h.state.clone())).await
-    };
-}
 
 fn hook(extra: Value) -> Value {
     let mut body = json!({"url": "https://hooks.example.com/in", "events": ["tenant.created"]});

@@ -12,26 +12,12 @@ mod common;
 use std::net::SocketAddr;
 
 use actix_web::http::{Method, StatusCode};
-use actix_web::test::{init_service, TestRequest};
+use actix_web::test::TestRequest;
 use common::{
-    call, call_any, call_raw, harness, harness_with, harness_with_args, sql, Reply, ADMIN,
+    app, call, call_any, call_raw, harness, harness_with, harness_with_args, id, sql, Reply,
+    TestApp, ADMIN, GET, PATCH, POST, PUT,
 };
 use serde_json::{json, Value};
-
-const GET: Method = Method::GET;
-const POST: Method = Method::POST;
-const PATCH: Method = Method::PATCH;
-const PUT: Method = Method::PUT;
-
-macro_rules! app {
-    ($h:expr) => {
-        init_service(stratum_api::app($h.state.clone())).await
-    };
-}
-
-fn id(v: &Value) -> String {
-    v["id"].as_str().expect("an id").to_owned()
-}
 
 /// A 400 `VALIDATION_ERROR` with the error body; `field`, when given, is named in `details`.
 fn assert_400(r: &Reply, field: Option<&str>, what: &str) {
@@ -59,15 +45,7 @@ struct World {
     policy: String,
 }
 
-async fn world<S, B>(app: &S) -> World
-where
-    S: actix_web::dev::Service<
-        actix_http::Request,
-        Response = actix_web::dev::ServiceResponse<B>,
-        Error = actix_web::Error,
-    >,
-    B: actix_web::body::MessageBody,
-{
+async fn world<S: TestApp<B>, B: actix_web::body::MessageBody>(app: &S) -> World {
     let t = call(
         app,
         POST,
@@ -583,15 +561,7 @@ async fn invented_methods_and_paths_add_no_metrics_series() {
     eprintln!("hostile cases: {n}");
 }
 
-async fn call_text<S, B>(app: &S, path: &str) -> String
-where
-    S: actix_web::dev::Service<
-        actix_http::Request,
-        Response = actix_web::dev::ServiceResponse<B>,
-        Error = actix_web::Error,
-    >,
-    B: actix_web::body::MessageBody,
-{
+async fn call_text<S: TestApp<B>, B: actix_web::body::MessageBody>(app: &S, path: &str) -> String {
     let res = actix_web::test::call_service(app, TestRequest::get().uri(path).to_request()).await;
     String::from_utf8(actix_web::test::read_body(res).await.to_vec()).unwrap()
 }

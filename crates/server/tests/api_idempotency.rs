@@ -9,19 +9,10 @@
 
 mod common;
 
-use actix_web::dev::{Service, ServiceResponse};
-use actix_web::http::{Method, StatusCode};
-use actix_web::test::{init_service, TestRequest};
-use common::{call, harness, sql, ADMIN};
+use actix_web::http::StatusCode;
+use actix_web::test::TestRequest;
+use common::{app, call, harness, send, sql, TestApp, ADMIN, POST};
 use serde_json::{json, Value};
-
-const POST: Method = Method::POST;
-
-macro_rules! app {
-    ($h:expr) => {
-        init_service(stratum_api::app($h.state.clone())).await
-    };
-}
 
 struct Reply {
     status: StatusCode,
@@ -35,11 +26,13 @@ impl Reply {
     }
 }
 
-async fn post<S, B>(app: &S, path: &str, api_key: &str, idem: Option<&str>, body: Value) -> Reply
-where
-    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
-    B: actix_web::body::MessageBody,
-{
+async fn post<S: TestApp<B>, B: actix_web::body::MessageBody>(
+    app: &S,
+    path: &str,
+    api_key: &str,
+    idem: Option<&str>,
+    body: Value,
+) -> Reply {
     let mut req = TestRequest::default()
         .method(POST)
         .uri(path)
@@ -48,17 +41,14 @@ where
     if let Some(k) = idem {
         req = req.insert_header(("Idempotency-Key", k));
     }
-    let res = actix_web::test::call_service(app, req.to_request()).await;
-    let status = res.status();
-    let replayed = res
-        .headers()
-        .get("idempotent-replayed")
-        .is_some_and(|v| v == "true");
-    let bytes = actix_web::test::read_body(res).await;
+    let r = send(app, req.to_request()).await;
     Reply {
-        status,
-        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        replayed,
+        replayed: r
+            .headers
+            .get("idempotent-replayed")
+            .is_some_and(|v| v == "true"),
+        status: r.status,
+        body: r.body,
     }
 }
 

@@ -10,28 +10,17 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use actix_web::http::{Method, StatusCode};
-use actix_web::test::init_service;
-use common::{call, call_any, call_raw, harness, sql, ADMIN, ENCRYPTION_KEY};
+use actix_web::http::StatusCode;
+use common::{app, call, call_any, call_raw, harness, sql, ADMIN, ENCRYPTION_KEY, GET, POST, PUT};
 use diesel::sql_types::{Array, Text, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 use serde_json::{json, Value};
 use stratum_crypto::{envelope_key_id, EncryptionKey};
 use uuid::Uuid;
 
-const GET: Method = Method::GET;
-const POST: Method = Method::POST;
-const PUT: Method = Method::PUT;
-
 const PURGE: &str = "/api/v1/maintenance/purge-expired";
 const ROTATE: &str = "/api/v1/maintenance/rotate-encryption-key";
 const NEW_KEY: &str = "the-next-encryption-key-0123456789abcdefgh";
-
-macro_rules! app {
-    ($h:expr) => {
-        init_service(stratum_api::app($h.state.clone())).await
-    };
-}
 
 fn key(master: &str) -> EncryptionKey {
     EncryptionKey::derive(master).unwrap()

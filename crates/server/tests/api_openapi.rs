@@ -11,8 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use actix_web::http::{Method, StatusCode};
-use actix_web::test::init_service;
-use common::{call, call_any, harness, ADMIN};
+use common::{app, call, call_any, harness, ADMIN};
 use regex_lite::Regex;
 use serde_json::Value;
 
@@ -23,7 +22,7 @@ fn document() -> Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_document_is_served_without_a_key() {
     let h = harness().await;
-    let app = init_service(stratum_api::app(h.state.clone())).await;
+    let app = app!(h);
 
     let r = call(&app, Method::GET, "/api/v1/openapi.json", None, None).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);

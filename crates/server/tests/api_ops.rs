@@ -10,15 +10,15 @@ mod common;
 use std::sync::Arc;
 
 use actix_web::http::{Method, StatusCode};
-use actix_web::test::{call_service, init_service, read_body, TestRequest};
-use common::{call, harness, harness_with, ADMIN};
+use actix_web::test::{call_service, read_body, TestRequest};
+use common::{app, call, harness, harness_with, ADMIN};
 use serde_json::json;
 use stratum_api::ratelimit::{RateLimitConfig, RateLimiter};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_count_requests_by_route_template() {
     let h = harness().await;
-    let app = init_service(stratum_api::app(h.state.clone())).await;
+    let app = app!(h);
     let t = call(
         &app,
         Method::POST,
@@ -77,7 +77,7 @@ async fn keys_are_rate_limited_except_the_bootstrap_key() {
     })
     .await;
     let key = {
-        let app = init_service(stratum_api::app(h.state.clone())).await;
+        let app = app!(h);
         let k = call(
             &app,
             Method::POST,
@@ -88,7 +88,7 @@ async fn keys_are_rate_limited_except_the_bootstrap_key() {
         .await;
         k.body["plaintext_key"].as_str().unwrap().to_owned()
     };
-    let app = init_service(stratum_api::app(h.state.clone())).await;
+    let app = app!(h);
     for _ in 0..3 {
         assert_eq!(
             call(&app, Method::GET, "/api/v1/tenants", Some(&key), None)
@@ -126,7 +126,7 @@ async fn keys_are_rate_limited_except_the_bootstrap_key() {
 #[tokio::test(flavor = "multi_thread")]
 async fn request_ids_are_echoed_or_minted_and_ready_checks_the_database() {
     let h = harness().await;
-    let app = init_service(stratum_api::app(h.state.clone())).await;
+    let app = app!(h);
     let res = call_service(
         &app,
         TestRequest::get()
@@ -158,7 +158,7 @@ async fn request_ids_are_echoed_or_minted_and_ready_checks_the_database() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wrong_method_gets_405_with_the_error_body() {
     let h = harness().await;
-    let app = init_service(stratum_api::app(h.state.clone())).await;
+    let app = app!(h);
     let r = call(&app, Method::PUT, "/api/v1/tenants", Some(ADMIN), None).await;
     assert_eq!(
         (r.status, r.code()),

@@ -9,25 +9,10 @@
 
 mod common;
 
-use actix_web::http::{Method, StatusCode};
-use actix_web::test::init_service;
-use common::{call, harness, sql, ADMIN};
+use actix_web::http::StatusCode;
+use common::{app, call, harness, id, sql, ADMIN, GET, PATCH, POST};
 use serde_json::{json, Value};
 use stratum_webhooks::Replayer;
-
-const GET: Method = Method::GET;
-const POST: Method = Method::POST;
-const PATCH: Method = Method::PATCH;
-
-fn id(v: &Value) -> String {
-    v["id"].as_str().expect("an id").to_owned()
-}
-
-macro_rules! app {
-    ($h:expr) => {
-        init_service(stratum_api::app($h.state.clone())).await
-    };
-}
 
 fn replayer(url: &str, batch: i64) -> Replayer {
     let pool = stratum_postgres::connect(url, &Default::default()).unwrap();

@@ -8,25 +8,10 @@
 mod common;
 
 use actix_web::http::{Method, StatusCode};
-use actix_web::test::init_service;
-use common::{call, call_any, call_raw, harness, sql, ADMIN};
+use common::{
+    app, call, call_any, call_raw, harness, id, sql, ADMIN, DELETE, GET, PATCH, POST, PUT,
+};
 use serde_json::{json, Value};
-
-const GET: Method = Method::GET;
-const POST: Method = Method::POST;
-const PATCH: Method = Method::PATCH;
-const PUT: Method = Method::PUT;
-const DELETE: Method = Method::DELETE;
-
-fn id(v: &Value) -> String {
-    v["id"].as_str().expect("an id").to_owned()
-}
-
-macro_rules! app {
-    ($h:expr) => {
-        init_service(stratum_api::app($h.state.clone())).await
-    };
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn authentication_and_scopes() {

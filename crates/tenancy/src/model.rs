@@ -57,19 +57,19 @@ pub enum TenantStatus {
 
 impl TenantStatus {
     /// The stored name.
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Self::Active => "active",
             Self::Archived => "archived",
         }
     }
 
-    /// Parses a stored name.
-    pub fn parse(s: &str) -> Self {
-        if s == "archived" {
-            Self::Archived
-        } else {
-            Self::Active
+    /// Parses a stored name; `None` for a name that is not a status.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "active" => Some(Self::Active),
+            "archived" => Some(Self::Archived),
+            _ => None,
         }
     }
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
-use stratum_core::clock::MockClock;
+use stratum_core::testing::{self, fixed_clock, put_in, slot, taken, Slot};
 use stratum_core::{
     Actor, ActorKind, Caller, Clock, Journal, Limit, Precondition, RequestMeta, Scope, StoreError,
     TenantPath, TenantScope, REDACTED,
@@ -25,50 +25,17 @@ const EARLIER: OffsetDateTime = datetime!(2026-01-01 08:00:00 UTC);
 // Fixtures
 // ---------------------------------------------------------------------------------------
 
-/// Where a mock's `returning` closure parks what the port received.
-type Slot<T> = Arc<Mutex<Option<T>>>;
-
-fn slot<T>() -> Slot<T> {
-    Arc::new(Mutex::new(None))
-}
-
-fn put_in<T>(slot: &Slot<T>, value: T) {
-    *slot.lock().unwrap() = Some(value);
-}
-
-fn taken<T>(slot: &Slot<T>) -> T {
-    slot.lock()
-        .unwrap()
-        .take()
-        .expect("the port was not called")
-}
-
 fn clock() -> Arc<dyn Clock> {
-    let mut clock = MockClock::new();
-    clock.expect_now().return_const(NOW);
-    Arc::new(clock)
+    fixed_clock(NOW)
 }
 
 fn meta() -> RequestMeta {
-    RequestMeta {
-        request_id: Some("req-7f3a".to_owned()),
-        ip: Some("203.0.113.9".to_owned()),
-        user_agent: Some("tenancy-tests/1.0".to_owned()),
-    }
+    testing::meta("req-7f3a", "203.0.113.9", "tenancy-tests/1.0")
 }
 
 /// A global API key with `scope`; also returns the key id the journal must name.
 fn global_caller(scope: Scope) -> (Caller, Uuid) {
-    let key_id = Uuid::now_v7();
-    let caller = Caller {
-        actor: Actor {
-            kind: ActorKind::ApiKey(key_id),
-            scope,
-            tenant: None,
-        },
-        meta: meta(),
-    };
-    (caller, key_id)
+    testing::global_caller(scope, meta())
 }
 
 fn admin() -> Caller {
@@ -77,17 +44,7 @@ fn admin() -> Caller {
 
 /// A key bound to `t`'s subtree.
 fn scoped_caller(t: &Tenant, scope: Scope) -> Caller {
-    Caller {
-        actor: Actor {
-            kind: ActorKind::ApiKey(Uuid::now_v7()),
-            scope,
-            tenant: Some(TenantScope {
-                id: t.id,
-                path: t.ancestry_path.clone(),
-            }),
-        },
-        meta: meta(),
-    }
+    testing::scoped_caller(&t.ancestry_path, scope, meta())
 }
 
 fn tenant_at(path: TenantPath, parent_id: Option<Uuid>) -> Tenant {

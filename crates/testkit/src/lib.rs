@@ -1,11 +1,15 @@
 //! Test helpers: a fresh PostgreSQL database per test, cloned from a template migrated once
-//! per migration set, so database tests run in parallel (and across nextest's processes).
+//! per migration set, so database tests run in parallel (and across nextest's processes);
+//! raw SQL helpers ([`sql`]) and rows written with SQL ([`fixtures`]).
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
+
+pub mod fixtures;
+pub mod sql;
 
 /// The server the tests use: `STRATUM_TEST_DATABASE_URL`, by default this checkout's test
 /// cluster (`make db-test-up`, 127.0.0.1:25433).

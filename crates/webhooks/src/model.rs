@@ -331,7 +331,7 @@ pub enum DeliveryStatus {
 
 impl DeliveryStatus {
     /// The stored name.
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
             Self::Success => "success",

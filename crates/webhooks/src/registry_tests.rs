@@ -7,12 +7,12 @@ use std::sync::{Arc, Mutex};
 
 use mockall::predicate::eq;
 use serde_json::{json, Value};
-use stratum_core::clock::MockClock;
 use stratum_core::directory::MockTenantDirectory;
+use stratum_core::testing::{self, fixed_clock, put_in, slot, taken, Slot};
 use stratum_core::TenantEntry;
 use stratum_core::{
-    Actor, ActorKind, Caller, Clock, EventCatalogue, EventType, Journal, Limit, Precondition,
-    RequestMeta, Scope, StoreError, TenantPath, TenantScope, REDACTED,
+    Caller, Clock, EventCatalogue, EventType, Journal, Limit, Precondition, RequestMeta, Scope,
+    StoreError, TenantPath, REDACTED,
 };
 use stratum_crypto::{signing_key_bytes, verify_standard, verify_stratum, Keyring, SharedKeyring};
 use time::macros::datetime;
@@ -33,28 +33,8 @@ const TOLERANCE: i64 = 300;
 // Fixtures
 // ---------------------------------------------------------------------------------------
 
-/// Where a mock's `returning` closure parks what the port received.
-type Slot<T> = Arc<Mutex<Option<T>>>;
-
-fn slot<T>() -> Slot<T> {
-    Arc::new(Mutex::new(None))
-}
-
-fn put_in<T>(slot: &Slot<T>, value: T) {
-    *slot.lock().unwrap() = Some(value);
-}
-
-fn taken<T>(slot: &Slot<T>) -> T {
-    slot.lock()
-        .unwrap()
-        .take()
-        .expect("the port was not called")
-}
-
 fn clock() -> Arc<dyn Clock> {
-    let mut clock = MockClock::new();
-    clock.expect_now().return_const(NOW);
-    Arc::new(clock)
+    fixed_clock(NOW)
 }
 
 fn keyring() -> Keyring {
@@ -62,44 +42,23 @@ fn keyring() -> Keyring {
 }
 
 fn meta() -> RequestMeta {
-    RequestMeta {
-        request_id: Some("req-wh-42".to_owned()),
-        ip: Some("198.51.100.7".to_owned()),
-        user_agent: Some("webhook-tests/1.0".to_owned()),
-    }
+    testing::meta("req-wh-42", "198.51.100.7", "webhook-tests/1.0")
 }
 
-/// A global API key; also returns the key id the journal must name.
+/// A global API key with write scope (what webhook management asks for); also returns the
+/// key id the journal must name.
 fn global_caller() -> (Caller, Uuid) {
-    let key_id = Uuid::now_v7();
-    let caller = Caller {
-        actor: Actor {
-            kind: ActorKind::ApiKey(key_id),
-            scope: Scope::Write,
-            tenant: None,
-        },
-        meta: meta(),
-    };
-    (caller, key_id)
+    testing::global_caller(Scope::Write, meta())
 }
 
+/// A global API key with admin scope.
 fn admin() -> Caller {
-    global_caller().0
+    testing::global_caller(Scope::Admin, meta()).0
 }
 
-/// A key bound to `t`'s subtree.
+/// A write key bound to `t`'s subtree.
 fn scoped_caller(t: &Tenant) -> Caller {
-    Caller {
-        actor: Actor {
-            kind: ActorKind::ApiKey(Uuid::now_v7()),
-            scope: Scope::Write,
-            tenant: Some(TenantScope {
-                id: t.id,
-                path: t.ancestry_path.clone(),
-            }),
-        },
-        meta: meta(),
-    }
+    testing::scoped_caller(&t.ancestry_path, Scope::Write, meta())
 }
 
 /// The events the embedding application registers in these tests.

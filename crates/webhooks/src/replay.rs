@@ -32,7 +32,7 @@ pub enum ReplayStatus {
 
 impl ReplayStatus {
     /// The stored name.
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Self::Running => "running",
             Self::Completed => "completed",

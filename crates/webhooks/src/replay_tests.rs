@@ -3,10 +3,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use stratum_core::clock::MockClock;
-use stratum_core::{
-    Actor, ActorKind, Caller, Journal, RequestMeta, Scope, TenantPath, TenantScope,
-};
+use stratum_core::testing;
+use stratum_core::{Caller, Journal, RequestMeta, Scope, TenantPath};
 use time::macros::datetime;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -37,28 +35,11 @@ fn webhook(tenant: Option<Uuid>) -> Webhook {
 }
 
 fn global() -> Caller {
-    Caller {
-        actor: Actor {
-            kind: ActorKind::ApiKey(Uuid::now_v7()),
-            scope: Scope::Write,
-            tenant: None,
-        },
-        meta: RequestMeta::default(),
-    }
+    testing::global_caller(Scope::Write, RequestMeta::default()).0
 }
 
 fn scoped(id: Uuid) -> Caller {
-    Caller {
-        actor: Actor {
-            kind: ActorKind::ApiKey(Uuid::now_v7()),
-            scope: Scope::Write,
-            tenant: Some(TenantScope {
-                id,
-                path: TenantPath::root(id),
-            }),
-        },
-        meta: RequestMeta::default(),
-    }
+    testing::scoped_caller(&TenantPath::root(id), Scope::Write, RequestMeta::default())
 }
 
 type Seen = Arc<Mutex<Option<(Replay, Vec<String>, Journal)>>>;
@@ -73,9 +54,11 @@ fn service(w: Webhook, path: Option<TenantPath>, seen: Seen) -> ReplayService {
         *seen.lock().unwrap() = Some((r.clone(), types, j));
         Ok(r)
     });
-    let mut clock = MockClock::new();
-    clock.expect_now().return_const(NOW);
-    ReplayService::new(Arc::new(store), Arc::new(replays), Arc::new(clock))
+    ReplayService::new(
+        Arc::new(store),
+        Arc::new(replays),
+        testing::fixed_clock(NOW),
+    )
 }
 
 fn input(

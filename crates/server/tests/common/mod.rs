@@ -1,6 +1,8 @@
 //! In-process API tests: the real application over a fresh PostgreSQL database.
 #![allow(
     dead_code,
+    unused_imports,
+    unused_macros,
     reason = "each test binary uses a different part of the harness"
 )]
 
@@ -14,7 +16,29 @@ use stratum_api::AppState;
 use stratum_crypto::{Keyring, SharedKeyring};
 use stratum_testkit::TestDb;
 
-pub mod sql;
+pub use stratum_testkit::sql;
+
+/// The application over a harness's state, ready for [`call`]: `let app = app!(h);`.
+macro_rules! app {
+    ($h:expr) => {
+        actix_web::test::init_service(stratum_api::app($h.state.clone())).await
+    };
+}
+pub(crate) use app;
+
+pub const GET: Method = Method::GET;
+pub const POST: Method = Method::POST;
+pub const PUT: Method = Method::PUT;
+pub const PATCH: Method = Method::PATCH;
+pub const DELETE: Method = Method::DELETE;
+
+/// The `id` of a resource in a response body.
+pub fn id(v: &Value) -> String {
+    v["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no id in {v}"))
+        .to_owned()
+}
 
 /// The bootstrap admin key of every test app.
 pub const ADMIN: &str = "sk_test_bootstrap_admin_key_0123456789abcdef";
@@ -51,7 +75,13 @@ pub async fn harness_with_args(
     webhook.timeout_ms = 3000;
     args(&mut webhook);
     let out = stratum_server::wiring::outbound(&webhook).unwrap();
-    let mut state = stratum_server::wiring::app_state(pool.clone(), keyring, Some(ADMIN), out);
+    let settings = stratum_server::wiring::ApiSettings {
+        admin_api_key: Some(ADMIN.to_owned()),
+        ..Default::default()
+    };
+    let metrics = std::sync::Arc::new(stratum_api::metrics::Metrics::new());
+    let mut state =
+        stratum_server::wiring::app_state(pool.clone(), keyring, out, metrics, settings);
     adjust(&mut state);
     Harness {
         db,
@@ -74,18 +104,25 @@ impl Reply {
     }
 }
 
+/// An application under test, as `app!` builds it.
+pub trait TestApp<B>:
+    Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>
+{
+}
+
+impl<S, B> TestApp<B> for S where
+    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>
+{
+}
+
 /// Sends one request; any 5xx fails the test.
-pub async fn call<S, B>(
+pub async fn call<S: TestApp<B>, B: MessageBody>(
     app: &S,
     method: Method,
     path: &str,
     key: Option<&str>,
     body: Option<Value>,
-) -> Reply
-where
-    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
-    B: MessageBody,
-{
+) -> Reply {
     let reply = call_any(app, method, path, key, body).await;
     assert!(
         !reply.status.is_server_error(),
@@ -97,17 +134,13 @@ where
 }
 
 /// Sends one request, whatever it answers.
-pub async fn call_any<S, B>(
+pub async fn call_any<S: TestApp<B>, B: MessageBody>(
     app: &S,
     method: Method,
     path: &str,
     key: Option<&str>,
     body: Option<Value>,
-) -> Reply
-where
-    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
-    B: MessageBody,
-{
+) -> Reply {
     let mut req = TestRequest::default().method(method).uri(path);
     if let Some(k) = key {
         req = req.insert_header(("X-API-Key", k));
@@ -115,7 +148,13 @@ where
     if let Some(b) = body {
         req = req.set_json(b);
     }
-    let res = actix_web::test::call_service(app, req.to_request()).await;
+    send(app, req.to_request()).await
+}
+
+/// Sends a request built by the test, whatever it answers; an empty or non-JSON body is
+/// `Null`.
+pub async fn send<S: TestApp<B>, B: MessageBody>(app: &S, req: actix_http::Request) -> Reply {
+    let res = actix_web::test::call_service(app, req).await;
     let status = res.status();
     let headers = res.headers().clone();
     let bytes = actix_web::test::read_body(res).await;
@@ -132,18 +171,14 @@ where
 }
 
 /// Sends raw bytes with a content type.
-pub async fn call_raw<S, B>(
+pub async fn call_raw<S: TestApp<B>, B: MessageBody>(
     app: &S,
     method: Method,
     path: &str,
     key: &str,
     ctype: &str,
     bytes: Vec<u8>,
-) -> Reply
-where
-    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
-    B: MessageBody,
-{
+) -> Reply {
     let req = TestRequest::default()
         .method(method)
         .uri(path)
@@ -151,14 +186,5 @@ where
         .insert_header(("Content-Type", ctype))
         .set_payload(bytes)
         .to_request();
-    let res = actix_web::test::call_service(app, req).await;
-    let status = res.status();
-    let headers = res.headers().clone();
-    let bytes = actix_web::test::read_body(res).await;
-    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    Reply {
-        status,
-        body,
-        headers,
-    }
+    send(app, req).await
 }

@@ -139,15 +139,6 @@ impl ApiKeyService {
         }))
     }
 
-    fn require_global_admin(caller: &Caller) -> Result<()> {
-        if !caller.actor.is_global() || !caller.actor.has_scope(Scope::Admin) {
-            return Err(TenancyError::Forbidden(
-                "api keys need an admin key that is not tenant-scoped".into(),
-            ));
-        }
-        Ok(())
-    }
-
     /// Mints a key.
     pub async fn create(
         &self,
@@ -156,7 +147,7 @@ impl ApiKeyService {
         name: Option<String>,
         scopes: Option<Vec<String>>,
     ) -> Result<MintedKey> {
-        Self::require_global_admin(caller)?;
+        caller.require_global_admin()?;
         let scopes = parse_scopes(scopes.as_deref())?;
         let name = validate_key_name(name)?;
         if let Some(t) = tenant_id {
@@ -186,13 +177,13 @@ impl ApiKeyService {
 
     /// Lists keys.
     pub async fn list(&self, caller: &Caller, tenant_id: Option<Uuid>) -> Result<Vec<ApiKey>> {
-        Self::require_global_admin(caller)?;
+        caller.require_global_admin()?;
         Ok(self.store.list(tenant_id).await?)
     }
 
     /// Revokes a key.
     pub async fn revoke(&self, caller: &Caller, id: Uuid) -> Result<()> {
-        Self::require_global_admin(caller)?;
+        caller.require_global_admin()?;
         let before = self
             .store
             .get(id)

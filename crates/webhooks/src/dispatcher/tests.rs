@@ -3,7 +3,6 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use serde_json::json;
-use stratum_core::clock::MockClock;
 use stratum_core::StoreError;
 use stratum_crypto::{generate_whsec, verify_standard, verify_stratum};
 use time::macros::datetime;
@@ -25,9 +24,7 @@ fn keyring() -> Keyring {
 }
 
 fn fixed_clock() -> Arc<dyn Clock> {
-    let mut clock = MockClock::new();
-    clock.expect_now().return_const(NOW);
-    Arc::new(clock)
+    stratum_core::testing::fixed_clock(NOW)
 }
 
 fn delivery(secret_encrypted: String, webhook_id: Uuid, attempts: i32) -> ClaimedDelivery {
