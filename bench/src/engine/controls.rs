@@ -19,7 +19,7 @@ use super::{
     defaults, diff_ms, drive, latency_phase, latency_phase_for, merge, round2, settle, Cpu,
     EngineArgs, Load, Phase, Rig, Row,
 };
-use crate::harness::{connect, ms, round1, Percentiles, Server};
+use crate::harness::{connect, ms, round1, Api, Percentiles, Server};
 
 /// Creates a webhook on `tenant` subscribed to `tenant.updated`, delivering to the
 /// receiver's `path`, with `extra` fields in the request body; returns its id.
@@ -39,18 +39,25 @@ async fn create_hook(rig: &Rig, path: &str, tenant: &str, extra: Value) -> Resul
         .with_context(|| format!("no id in the created webhook: {v}"))
 }
 
-/// Polls `GET /webhooks/:id/health` every 100 ms until its breaker reports `open`; the
-/// instant it was first seen open, or `None` at `deadline`.
-async fn wait_open(rig: &Rig, id: &str, deadline: Instant) -> Result<Option<Instant>> {
-    let path = format!("/webhooks/{id}/health");
-    while Instant::now() < deadline {
-        let (status, v) = rig.api.call(reqwest::Method::GET, &path, None).await?;
-        if status == 200 && v["breaker"]["state"] == "open" {
-            return Ok(Some(Instant::now()));
+/// Polls `GET /webhooks/:id/health` every 100 ms on a task of its own until its breaker
+/// reports `open`; the task ends with the instant it was first seen open, or `None` at
+/// `deadline`.
+fn watch_open(
+    api: Api,
+    id: String,
+    deadline: Instant,
+) -> tokio::task::JoinHandle<Result<Option<Instant>>> {
+    tokio::spawn(async move {
+        let path = format!("/webhooks/{id}/health");
+        while Instant::now() < deadline {
+            let (status, v) = api.call(reqwest::Method::GET, &path, None).await?;
+            if status == 200 && v["breaker"]["state"] == "open" {
+                return Ok(Some(Instant::now()));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok(None)
+        Ok(None)
+    })
 }
 
 fn p99(p: &Phase) -> f64 {
@@ -88,8 +95,13 @@ pub(super) async fn breaker_row(a: &EngineArgs) -> Result<Row> {
     let owner = rig.owner.clone();
     let dead = create_hook(&rig, "dead", &owner, json!({})).await?;
     let added = Instant::now();
+    let watch = watch_open(
+        rig.api.clone(),
+        dead.clone(),
+        added + Duration::from_secs(180),
+    );
     let opening = latency_phase_for(a, &mut rig, a.opening_secs).await?;
-    let opened = wait_open(&rig, &dead, added + Duration::from_secs(180)).await?;
+    let opened = watch.await??;
     let open = latency_phase(a, &mut rig).await?;
     let window = Duration::from_secs(a.breaker_window_secs.max(1));
     if let Some(t) = opened {
