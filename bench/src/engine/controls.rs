@@ -128,6 +128,18 @@ pub(super) async fn breaker_row(a: &EngineArgs) -> Result<Row> {
             .count();
         (before, inside)
     });
+    // When each attempt reached the receiver, in seconds from the breaker seen open (or from
+    // the webhook's creation when it never opened).
+    let zero = opened.unwrap_or(added);
+    let mut timeline: Vec<String> = arrivals
+        .iter()
+        .take(40)
+        .map(|t| format!("{:+.1}", diff_ms(*t, zero) / 1e3))
+        .collect();
+    if arrivals.len() > 40 {
+        timeline.push("...".to_owned());
+    }
+    let timeline = timeline.join(" ");
     let per_min = counts.map_or(f64::NAN, |(_, n)| n as f64 * 60.0 / window.as_secs_f64());
     let opened_after = opened.map_or(f64::NAN, |t| diff_ms(t, added) / 1e3);
 
@@ -170,11 +182,11 @@ pub(super) async fn breaker_row(a: &EngineArgs) -> Result<Row> {
     };
     let breaker_text = match (opened, counts) {
         (Some(_), Some((before, inside))) => format!(
-            "breaker open {opened_after:.1} s after the webhook was added ({before} attempts before); {inside} attempts in the {} s after it opened = {per_min:.1} per minute",
+            "breaker open {opened_after:.1} s after the webhook was added ({before} attempts before); {inside} attempts in the {} s after it opened = {per_min:.1} per minute (attempts at s from it seen open: {timeline})",
             window.as_secs()
         ),
         _ => format!(
-            "breaker NOT open 180 s after the webhook was added ({} attempts)",
+            "breaker NOT open 180 s after the webhook was added ({} attempts, at s from its creation: {timeline})",
             arrivals.len()
         ),
     };
@@ -202,6 +214,7 @@ pub(super) async fn breaker_row(a: &EngineArgs) -> Result<Row> {
                 "attempts_in_window": counts.map(|c| c.1),
                 "window_s": window.as_secs(),
                 "attempts_per_min_open": json_num(per_min),
+                "attempts_at_s": timeline,
                 "healthy_without": without.d.latency.map(|p| p.json()),
                 "healthy_opening": opening.d.latency.map(|p| p.json()),
                 "healthy_open": open.d.latency.map(|p| p.json()),
@@ -457,7 +470,7 @@ pub(super) async fn rate_limit_row(a: &EngineArgs) -> Result<Row> {
                 "rate_limit": a.rate_limit,
                 "worst_second": worst,
                 "worst_whole_second": worst_bucket,
-                "over_limit": worst > limit,
+                "within_10_pct": worst <= limit + limit / 10,
                 "deliveries_per_s": round1(d.per_s()),
             }),
             &[d.json(), cpu.json(wall)],
