@@ -19,7 +19,7 @@ use super::{
     defaults, diff_ms, drive, latency_phase, latency_phase_for, merge, round2, settle, Cpu,
     EngineArgs, Load, Phase, Rig, Row,
 };
-use crate::harness::{connect, ms, round1, Api, Percentiles, Server};
+use crate::harness::{connect, ms, query_f64, round1, unix_now, Api, Percentiles, Server};
 
 /// Creates a webhook on `tenant` subscribed to `tenant.updated`, delivering to the
 /// receiver's `path`, with `extra` fields in the request body; returns its id.
@@ -128,13 +128,29 @@ pub(super) async fn breaker_row(a: &EngineArgs) -> Result<Row> {
             .count();
         (before, inside)
     });
-    // When each attempt reached the receiver, in seconds from the breaker seen open (or from
-    // the webhook's creation when it never opened).
-    let zero = opened.unwrap_or(added);
+    // When each attempt reached the receiver, in seconds from the breaker's `opened_at` as
+    // the server recorded it (same host, so the wall clocks agree), else from the
+    // webhook's creation.
+    let sql = connect(&rig.db.url).await?;
+    let opened_at = query_f64(
+        &sql,
+        &format!(
+            "SELECT (SELECT extract(epoch FROM opened_at)::float8 FROM webhook_controls
+                      WHERE webhook_id = '{dead}')"
+        ),
+    )
+    .await?;
+    let (now_unix, now) = (unix_now(), Instant::now());
+    let zero = opened_at.unwrap_or(now_unix - now.duration_since(added).as_secs_f64());
     let mut timeline: Vec<String> = arrivals
         .iter()
         .take(40)
-        .map(|t| format!("{:+.1}", diff_ms(*t, zero) / 1e3))
+        .map(|t| {
+            format!(
+                "{:+.2}",
+                now_unix - now.duration_since(*t).as_secs_f64() - zero
+            )
+        })
         .collect();
     if arrivals.len() > 40 {
         timeline.push("...".to_owned());
@@ -152,7 +168,6 @@ pub(super) async fn breaker_row(a: &EngineArgs) -> Result<Row> {
         )
         .await?;
     let breaker = health["breaker"].clone();
-    let sql = connect(&rig.db.url).await?;
     let row = sql
         .query_one(
             "SELECT count(*), count(*) FILTER (WHERE status = 'pending'),
@@ -182,7 +197,7 @@ pub(super) async fn breaker_row(a: &EngineArgs) -> Result<Row> {
     };
     let breaker_text = match (opened, counts) {
         (Some(_), Some((before, inside))) => format!(
-            "breaker open {opened_after:.1} s after the webhook was added ({before} attempts before); {inside} attempts in the {} s after it opened = {per_min:.1} per minute (attempts at s from it seen open: {timeline})",
+            "breaker open {opened_after:.1} s after the webhook was added ({before} attempts before); {inside} attempts in the {} s after it opened = {per_min:.1} per minute (attempts reached the receiver at s from its opened_at: {timeline})",
             window.as_secs()
         ),
         _ => format!(
