@@ -64,6 +64,12 @@ fn p99(p: &Phase) -> f64 {
     p.d.latency.map_or(f64::INFINITY, |l| l.p99)
 }
 
+/// CPU ms of the bench database's PostgreSQL backends per PATCH of a phase (the write,
+/// its deliveries, and whatever the claims cost).
+fn pg_per_patch(p: &Phase) -> f64 {
+    p.cpu.postgres_own * 1e3 / (p.d.expected.max(1) as f64)
+}
+
 fn json_num(x: f64) -> Value {
     if x.is_finite() {
         json!(round2(x))
@@ -187,11 +193,12 @@ pub(super) async fn breaker_row(a: &EngineArgs) -> Result<Row> {
     let phase = |p: &Phase| {
         p.d.latency.map_or("no deliveries".to_owned(), |l| {
             format!(
-                "p50 {} p99 {} ({:.0} PATCH/s, busy {:.0}%)",
+                "p50 {} p99 {} ({:.0} PATCH/s, busy {:.0}%, its PostgreSQL backends {:.2} ms CPU per PATCH)",
                 ms(l.p50),
                 ms(l.p99),
                 p.achieved,
-                p.cpu.busy_pct
+                p.cpu.busy_pct,
+                pg_per_patch(p)
             )
         })
     };
@@ -233,6 +240,7 @@ pub(super) async fn breaker_row(a: &EngineArgs) -> Result<Row> {
                 "healthy_without": without.d.latency.map(|p| p.json()),
                 "healthy_opening": opening.d.latency.map(|p| p.json()),
                 "healthy_open": open.d.latency.map(|p| p.json()),
+                "pg_ms_per_patch": [json_num(pg_per_patch(&without)), json_num(pg_per_patch(&opening)), json_num(pg_per_patch(&open))],
                 "p99_ratio_opening": json_num(r_opening),
                 "p99_ratio_open": json_num(r_open),
                 "dead_deliveries": total,
