@@ -132,11 +132,18 @@ fn headline(v: &Value) -> String {
             num(v, &["export_rss_before_mib"]),
             num(v, &["export_rss_peak_mib"]),
         ),
-        "engine" => format!(
-            "{}{}",
-            engine_headline(v),
-            controls_headline(v)
-        ),
+        "engine" => {
+            // A run of rows j-l alone has none of issue 11's rows to show.
+            let issue_11 = ["a", "b", "c", "d", "e", "f", "g", "h"]
+                .iter()
+                .any(|k| v.get(*k).is_some());
+            let controls = controls_headline(v);
+            if issue_11 {
+                format!("{}{controls}", engine_headline(v))
+            } else {
+                format!("defaults:{}", controls.trim_start_matches(" /"))
+            }
+        }
         _ => v.to_string(),
     }
 }
