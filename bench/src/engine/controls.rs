@@ -126,14 +126,6 @@ pub(super) async fn breaker_row(a: &EngineArgs) -> Result<Row> {
         .lock()
         .map(|d| d.clone())
         .unwrap_or_default();
-    let counts = opened.map(|t| {
-        let before = arrivals.iter().filter(|x| **x < t).count();
-        let inside = arrivals
-            .iter()
-            .filter(|x| **x >= t && **x < t + window)
-            .count();
-        (before, inside)
-    });
     // When each attempt reached the receiver, in seconds from the breaker's `opened_at` as
     // the server recorded it (same host, so the wall clocks agree), else from the
     // webhook's creation.
@@ -148,16 +140,20 @@ pub(super) async fn breaker_row(a: &EngineArgs) -> Result<Row> {
     .await?;
     let (now_unix, now) = (unix_now(), Instant::now());
     let zero = opened_at.unwrap_or(now_unix - now.duration_since(added).as_secs_f64());
-    let mut timeline: Vec<String> = arrivals
+    let rel: Vec<f64> = arrivals
         .iter()
-        .take(40)
-        .map(|t| {
-            format!(
-                "{:+.2}",
-                now_unix - now.duration_since(*t).as_secs_f64() - zero
-            )
-        })
+        .map(|t| now_unix - now.duration_since(*t).as_secs_f64() - zero)
         .collect();
+    // Attempts before the breaker opened, and in the window that starts when it did (the
+    // run waited `window` from when it was seen open, which is later).
+    let counts = opened.and(opened_at).map(|_| {
+        let w = window.as_secs_f64();
+        (
+            rel.iter().filter(|x| **x < 0.0).count(),
+            rel.iter().filter(|x| (0.0..w).contains(*x)).count(),
+        )
+    });
+    let mut timeline: Vec<String> = rel.iter().take(40).map(|x| format!("{x:+.2}")).collect();
     if arrivals.len() > 40 {
         timeline.push("...".to_owned());
     }
@@ -204,7 +200,7 @@ pub(super) async fn breaker_row(a: &EngineArgs) -> Result<Row> {
     };
     let breaker_text = match (opened, counts) {
         (Some(_), Some((before, inside))) => format!(
-            "breaker open {opened_after:.1} s after the webhook was added ({before} attempts before); {inside} attempts in the {} s after it opened = {per_min:.1} per minute (attempts reached the receiver at s from its opened_at: {timeline})",
+            "breaker open {opened_after:.1} s after the webhook was added ({before} attempts before its opened_at); {inside} attempts in the {} s from its opened_at = {per_min:.1} per minute (attempts reached the receiver at s from its opened_at: {timeline})",
             window.as_secs()
         ),
         _ => format!(
