@@ -1,8 +1,10 @@
 //! The delivery engine at the settings a user gets (issue 11's table): the API writing
 //! while the worker delivers, a hot tenant, spread tenants, a slow receiver beside normal
 //! ones, API writes alone, a pure drain, the purge of a million expired deliveries and the
-//! server's memory. Every row prints the machine's busy share and the CPU split, and every
-//! delivery row counts, at the receiver, each (webhook, PATCH) pair: lost and duplicated.
+//! server's memory; then issue 22's delivery controls (a timing-out webhook's circuit
+//! breaker, a FIFO lane, a rate limit over two workers). Every row prints the machine's busy
+//! share and the CPU split, and every delivery row counts, at the receiver, each
+//! (webhook, PATCH) pair: lost and duplicated.
 //!
 //! The server runs with no delivery setting in its environment (`STRATUM_WORKER_*`,
 //! `STRATUM_WEBHOOK_MAX_IN_FLIGHT_*` unset), so whatever defaults the binary has are what
@@ -23,10 +25,12 @@ use crate::harness::{
 };
 use crate::receiver::{Hook, Receiver};
 
+mod controls;
+
 /// Settings of the engine scenario (the defaults are issue 11's shapes).
 #[derive(Debug, Clone, clap::Args)]
 pub struct EngineArgs {
-    /// Rows to run (a..i; default: all).
+    /// Rows to run (a..l; default: all).
     #[arg(long, value_delimiter = ',')]
     pub rows: Vec<char>,
     /// PATCHes of the throughput rows (a, b).
@@ -68,6 +72,23 @@ pub struct EngineArgs {
     /// Threads of the in-process receiver's runtime.
     #[arg(long, default_value_t = 1)]
     pub receiver_threads: usize,
+    /// Row j: seconds of load right after the timing-out webhook is added, while its
+    /// breaker opens (more than the server's 10 s attempt timeout).
+    #[arg(long, default_value_t = 15)]
+    pub opening_secs: u32,
+    /// Row j: the window after the breaker opened over which attempts to the timing-out
+    /// webhook are counted.
+    #[arg(long, default_value_t = 60)]
+    pub breaker_window_secs: u64,
+    /// Row k: PATCHes enqueued before the FIFO drain, one delivery each.
+    #[arg(long, default_value_t = 2_000)]
+    pub fifo_patches: u64,
+    /// Row l: the webhook's `rate_limit_per_second`.
+    #[arg(long, default_value_t = 100)]
+    pub rate_limit: u32,
+    /// Row l: PATCHes enqueued before the rate-limited drain, one delivery each.
+    #[arg(long, default_value_t = 1_500)]
+    pub limited_patches: u64,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -302,6 +323,8 @@ impl Drop for RssSampler {
 struct Receipts {
     seen: Mutex<Vec<(u32, u64, Instant)>>,
     slow: AtomicU64,
+    /// When each request to the webhook that never answers in time (row j) arrived.
+    dead: Mutex<Vec<Instant>>,
     unparsed: AtomicU64,
 }
 
@@ -312,6 +335,13 @@ impl Receipts {
             if path == "slow" {
                 me.slow.fetch_add(1, Ordering::Relaxed);
                 return Some(slow);
+            }
+            if path == "dead" {
+                if let Ok(mut dead) = me.dead.lock() {
+                    dead.push(at);
+                }
+                // Far beyond any attempt timeout: the server gives up first.
+                return Some(Duration::from_secs(3600));
             }
             let hook = path.strip_prefix('w').and_then(|n| n.parse::<u32>().ok());
             let seq = serde_json::from_slice::<Value>(body)
@@ -348,6 +378,9 @@ struct Rig {
     owner: String,
     /// Normal webhooks.
     hooks: u32,
+    /// Webhook `i` belongs to tenant `i` (and gets only its PATCHes) instead of every
+    /// webhook getting every PATCH.
+    per_tenant: bool,
     rss: RssSampler,
     next_seq: u64,
 }
@@ -411,6 +444,7 @@ impl Rig {
             tenants,
             owner,
             hooks,
+            per_tenant: false,
             rss,
             next_seq: 0,
         })
@@ -554,13 +588,21 @@ async fn settle(rig: &Rig, outcomes: &[Outcome], hooks: u32, drain: Duration) ->
         .filter(|o| o.ok)
         .map(|o| (o.seq, o.done))
         .collect();
-    let expected = ok.len() * hooks as usize;
+    let tenants = rig.tenants.len().max(1) as u64;
+    let per_tenant = rig.per_tenant;
+    // Whether (webhook, PATCH) is a pair the webhook should receive.
+    let wanted = |h: u32, s: u64| h < hooks && (!per_tenant || u64::from(h) == s % tenants);
+    let expected = if per_tenant {
+        ok.len()
+    } else {
+        ok.len() * hooks as usize
+    };
     let deadline = Instant::now() + drain;
     loop {
         let got = rig.receipts.snapshot();
         let distinct: HashSet<(u32, u64)> = got
             .iter()
-            .filter(|(h, s, _)| *h < hooks && ok.contains_key(s))
+            .filter(|(h, s, _)| wanted(*h, *s) && ok.contains_key(s))
             .map(|(h, s, _)| (*h, *s))
             .collect();
         if distinct.len() >= expected || Instant::now() > deadline {
@@ -573,7 +615,7 @@ async fn settle(rig: &Rig, outcomes: &[Outcome], hooks: u32, drain: Duration) ->
     let mut total = 0usize;
     let (mut first, mut last): (Option<Instant>, Option<Instant>) = (None, None);
     for (h, s, at) in got {
-        if h >= hooks || !ok.contains_key(&s) {
+        if !wanted(h, s) || !ok.contains_key(&s) {
             continue;
         }
         total += 1;
@@ -745,20 +787,18 @@ async fn throughput_row(a: &EngineArgs, key: char, spread: usize) -> Result<Row>
     })
 }
 
-/// One open-loop phase at `--rate` on a rig: event -> receipt over the normal webhooks.
+/// One open-loop phase at `--rate` for `--latency-secs` on a rig: event -> receipt over
+/// the normal webhooks.
 async fn latency_phase(a: &EngineArgs, rig: &mut Rig) -> Result<Phase> {
+    latency_phase_for(a, rig, a.latency_secs).await
+}
+
+/// [`latency_phase`] for `secs` seconds.
+async fn latency_phase_for(a: &EngineArgs, rig: &mut Rig, secs: u32) -> Result<Phase> {
     let cpu0 = Cpu::take(&[rig.server.pid()], rig.db.name());
     rig.rss.take_max_mib();
     let t0 = Instant::now();
-    let outcomes = drive(
-        rig,
-        Load::Open {
-            rate: a.rate,
-            secs: a.latency_secs,
-        },
-        a.connections,
-    )
-    .await?;
+    let outcomes = drive(rig, Load::Open { rate: a.rate, secs }, a.connections).await?;
     let achieved = api_rate(&outcomes);
     // From the scheduled send: a PATCH that waited for a free connection counts that wait.
     let api = Percentiles::of(
@@ -1159,8 +1199,19 @@ pub async fn run(a: EngineArgs) -> Result<()> {
     if want('h') && a.purge > 0 {
         push(purge_row(&a).await?);
     }
+    if want('j') {
+        push(controls::breaker_row(&a).await?);
+    }
+    if want('k') {
+        push(controls::fifo_row(&a).await?);
+    }
+    if want('l') {
+        push(controls::rate_limit_row(&a).await?);
+    }
+    // Row i is issue 11's: the rows of its table (a-h), so it compares with earlier runs.
     let max_rss = rows
         .iter()
+        .filter(|r| r.key <= 'h')
         .map(|r| (r.rss_mib, r.key))
         .fold((0.0f64, '-'), |m, x| if x.0 > m.0 { x } else { m });
     println!();
@@ -1175,7 +1226,7 @@ pub async fn run(a: EngineArgs) -> Result<()> {
     }
     if want('i') {
         println!(
-            "  (i) RSS of the server under load (max over the rows above, sampled every 100 ms): {:.1} MiB (row {})",
+            "  (i) RSS of the server under load (max over rows a-h, sampled every 100 ms): {:.1} MiB (row {})",
             max_rss.0, max_rss.1
         );
     }

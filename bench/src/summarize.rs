@@ -132,7 +132,25 @@ fn headline(v: &Value) -> String {
             num(v, &["export_rss_before_mib"]),
             num(v, &["export_rss_peak_mib"]),
         ),
-        "engine" => format!(
+        "engine" => {
+            // A run of rows j-l alone has none of issue 11's rows to show.
+            let issue_11 = ["a", "b", "c", "d", "e", "f", "g", "h"]
+                .iter()
+                .any(|k| v.get(*k).is_some());
+            let controls = controls_headline(v);
+            if issue_11 {
+                format!("{}{controls}", engine_headline(v))
+            } else {
+                format!("defaults:{}", controls.trim_start_matches(" /"))
+            }
+        }
+        _ => v.to_string(),
+    }
+}
+
+/// Issue 11's rows of the engine table.
+fn engine_headline(v: &Value) -> String {
+    format!(
             "defaults: (a) {}/s spread, lost {} / (b) {}/s one tenant, lost {} / (c) p50 {} p99 {} / (d) p50 {} p99 {} / (e) {} of 5 within 1.5x / (f) {} req/s p99 {} / (g) drain {}/s / (h) purge {} s / (i) RSS {} MiB (busy share per row in the scenario's table)",
             num(v, &["a", "deliveries_per_s"]),
             num(v, &["a", "lost"]),
@@ -148,9 +166,35 @@ fn headline(v: &Value) -> String {
             num(v, &["g", "deliveries_per_s"]),
             num(v, &["h", "seconds"]),
             num(v, &["i_rss_max_mib"]),
-        ),
-        _ => v.to_string(),
+    )
+}
+
+/// Issue 22's rows of the engine table (j, k, l), those that ran.
+fn controls_headline(v: &Value) -> String {
+    let mut s = String::new();
+    if v.get("j").is_some() {
+        s.push_str(&format!(
+            " / (j) open breaker {} attempts/min, healthy p99 {}x once open ({}x while opening)",
+            num(v, &["j", "attempts_per_min_open"]),
+            num(v, &["j", "p99_ratio_open"]),
+            num(v, &["j", "p99_ratio_opening"]),
+        ));
     }
+    if v.get("k").is_some() {
+        s.push_str(&format!(
+            " / (k) FIFO {}/s, {} out of order",
+            num(v, &["k", "deliveries_per_s"]),
+            num(v, &["k", "out_of_order"]),
+        ));
+    }
+    if v.get("l").is_some() {
+        s.push_str(&format!(
+            " / (l) limit {}/s over 2 workers: worst second {}",
+            num(v, &["l", "rate_limit"]),
+            num(v, &["l", "worst_second"]),
+        ));
+    }
+    s
 }
 
 /// Prints the table.
