@@ -236,6 +236,7 @@ pub fn dispatcher(
         // Long enough for a claimed delivery to wait for its webhook's slot and then be
         // sent; short enough that a crashed worker's deliveries come back soon.
         lease: cfg.timeout() * 3 + Duration::from_secs(5),
+        breaker_threshold: cfg.breaker_threshold,
         ..DispatcherConfig::default()
     };
     let queue = PgDeliveryQueue::new(pool).with_breaker(cfg.breaker());

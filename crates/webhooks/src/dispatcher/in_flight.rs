@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use super::{DispatcherStats, Inner};
 use crate::concurrency::{AimdConfig, AimdLimit, Signal};
+use crate::Verdict;
 use crate::{ClaimedDelivery, Completion, WebhookConcurrency};
 
 /// How long a webhook with nothing in flight keeps its learnt limit.
@@ -47,6 +48,12 @@ struct GateState {
     sending: usize,
     /// When `claimed` last fell to zero.
     idle_since: Option<Instant>,
+    /// Failed attempts in a row here since the last success.
+    failures: u32,
+    /// When `failures` reached the breaker's threshold (the breaker opened, or is about to):
+    /// deliveries claimed before it are given back unsent, since the breaker admits only a
+    /// probe claimed after it opened.
+    tripped_at: Option<Instant>,
 }
 
 impl WebhookGate {
@@ -62,8 +69,31 @@ impl WebhookGate {
                 claimed: 0,
                 sending: 0,
                 idle_since: None,
+                failures: 0,
+                tripped_at: None,
             }),
         }
+    }
+
+    /// Counts one attempt's result against the breaker's `threshold` (0: off).
+    fn record_result(&self, ok: bool, threshold: u32) {
+        let mut s = lock(&self.state);
+        if ok {
+            s.failures = 0;
+            s.tripped_at = None;
+        } else {
+            s.failures = s.failures.saturating_add(1);
+            if threshold > 0 && s.failures == threshold {
+                s.tripped_at = Some(Instant::now());
+            }
+        }
+    }
+
+    /// Whether a delivery claimed at `claimed_at` was claimed before the breaker tripped.
+    fn claimed_before_trip(&self, claimed_at: Instant) -> bool {
+        lock(&self.state)
+            .tripped_at
+            .is_some_and(|tripped| claimed_at < tripped)
     }
 
     /// The current limit.
@@ -226,6 +256,7 @@ impl InFlight {
             s.idle_since = None;
         }
         self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        let claimed = Instant::now();
         let handle = self.tasks.spawn(async move {
             // A rate-limited delivery waits for its slot first (claimed with the lease, so
             // no other worker takes it meanwhile).
@@ -245,6 +276,10 @@ impl InFlight {
                 .filter(|late| *late > super::RATE_SLOT_TOLERANCE);
             let (completion, sent) = if waited > inner.config.lease / 2 {
                 (inner.give_back(&d, waited), false)
+            } else if gate.claimed_before_trip(claimed) {
+                // Claimed before this webhook's failures opened its breaker: the breaker
+                // now admits only its probe, so this one waits for the breaker, unattempted.
+                (inner.give_back(&d, waited), false)
             } else if let Some(late) = late {
                 // Sent this late, it would share a second with later slots: the rate limit
                 // holds only if each attempt starts near its slot. It goes back for a new one.
@@ -258,6 +293,12 @@ impl InFlight {
                     Duration::from_millis(u64::from(completion.outcome.duration_ms)),
                 )
             });
+            if sent {
+                gate.record_result(
+                    completion.verdict == Verdict::Success,
+                    inner.config.breaker_threshold,
+                );
+            }
             gate.release(permit, sample);
             if done.send((completion, urgent)).await.is_err() {
                 warn!(%webhook_id, "completion writer is gone; the lease will expire and the delivery will be retried");

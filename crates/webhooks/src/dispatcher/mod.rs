@@ -82,6 +82,10 @@ pub struct DispatcherConfig {
     pub completion_flush: Duration,
     /// The `User-Agent` the delivery client should send.
     pub user_agent: String,
+    /// `STRATUM_WEBHOOK_BREAKER_THRESHOLD` (0: off): after this many failed attempts in a
+    /// row to a webhook, deliveries this process claimed before them are given back unsent
+    /// (the breaker shared in storage admits only its probe).
+    pub breaker_threshold: u32,
 }
 
 impl Default for DispatcherConfig {
@@ -96,6 +100,7 @@ impl Default for DispatcherConfig {
             completion_batch: 256,
             completion_flush: Duration::from_millis(5),
             user_agent: format!("Stratum-Webhooks/{}", env!("CARGO_PKG_VERSION")),
+            breaker_threshold: crate::BreakerConfig::default().threshold,
         }
     }
 }

@@ -1303,3 +1303,46 @@ async fn a_fifo_head_is_written_without_waiting_for_company_and_wakes_the_claim_
     );
     assert_eq!(*written.batch_sizes.lock().unwrap(), vec![1, 1]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn deliveries_claimed_before_the_breaker_tripped_go_back_unsent() {
+    let webhook = Uuid::new_v4();
+    let secret = keyring().encrypt_str(PLAIN_SECRET).unwrap();
+    let deliveries: Vec<_> = (0..5)
+        .map(|_| delivery(secret.clone(), webhook, 0))
+        .collect();
+    let written = Written::default();
+    let mut queue = MockDeliveryQueue::new();
+    let mut pending = Some(deliveries.clone());
+    queue
+        .expect_claim()
+        .returning(move |_, _, _, _| Ok(pending.take().unwrap_or_default()));
+    let sink = written.clone();
+    queue
+        .expect_complete()
+        .returning(move |batch| Ok(sink.push(batch, 5)));
+    let mut client = MockDeliveryClient::new();
+    // One at a time: the second failure trips the threshold of 2.
+    client.expect_send().times(2).return_const(status(503));
+    let config = DispatcherConfig {
+        initial_per_webhook: 1,
+        per_webhook: 1,
+        breaker_threshold: 2,
+        ..run_config()
+    };
+    let dispatcher = dispatcher_with(queue, client, config);
+
+    run_until_written(&dispatcher, &written).await;
+
+    let completions = written.take();
+    assert_each_once(&completions, &deliveries);
+    let released = completions
+        .iter()
+        .filter(|c| matches!(c.verdict, Verdict::Release { .. }))
+        .count();
+    assert_eq!(released, 3, "claimed before the trip: back, unattempted");
+    assert!(completions
+        .iter()
+        .filter(|c| matches!(c.verdict, Verdict::Release { .. }))
+        .all(|c| c.attempt == 0));
+}
