@@ -42,6 +42,9 @@ if [ -z "${STRATUM_BIN:-}" ]; then
   export STRATUM_BIN="$OUT/stratum"
 fi
 echo "bench: server binary $STRATUM_BIN; PostgreSQL: $(ps -o args= -C postgres 2>/dev/null | grep -m1 -- ' -D ' | grep -o -- '-c fsync=off' || echo 'fsync on')" >&2
+# The machine's yardstick first, from the same run, so every figure below can be read as a
+# ratio to it.
+bench/yardstick.sh | tee "$OUT/yardstick.out"
 failed=()
 for s in "${scenarios[@]}"; do
   echo
@@ -52,6 +55,7 @@ done
 
 echo
 echo "== summary ($(nproc) cores, $(date -u +%Y-%m-%dT%H:%M:%SZ))"
+grep '^== yardstick' "$OUT/yardstick.out" || true
 outs=()
 for s in "${scenarios[@]}"; do [ -f "$OUT/$s.out" ] && outs+=("$OUT/$s.out"); done
 [ ${#outs[@]} -gt 0 ] && "$BENCH" summarize "${outs[@]}"
