@@ -13,6 +13,17 @@ use actix_web::http::StatusCode;
 use common::{app, call, harness, sql, ADMIN, GET, PATCH, POST};
 use serde_json::{json, Value};
 
+/// How many previous secrets webhook `id` keeps.
+async fn previous_secrets(url: &str, id: &str) -> i64 {
+    sql::count(
+        url,
+        &format!(
+            "SELECT cardinality(previous_secrets)::bigint AS n FROM webhooks WHERE id = '{id}'"
+        ),
+    )
+    .await
+}
+
 fn hook(extra: Value) -> Value {
     let mut body = json!({"url": "https://hooks.example.com/in", "events": ["tenant.created"]});
     for (k, v) in extra.as_object().unwrap() {
@@ -146,13 +157,7 @@ async fn rotate_secret_answers_the_webhook_keeps_the_old_secret_and_audits_no_se
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert!(r.body.get("secret").is_none());
     assert_eq!(
-        sql::count(
-            &h.db.url,
-            &format!(
-                "SELECT cardinality(previous_secrets)::bigint AS n FROM webhooks WHERE id = '{id}'"
-            )
-        )
-        .await,
+        previous_secrets(&h.db.url, &id).await,
         1,
         "the first secret is still in its grace period; the second went at once"
     );
@@ -231,16 +236,7 @@ async fn a_key_of_another_subtree_cannot_rotate_and_if_match_guards_rotation() {
     let path = format!("/api/v1/webhooks/{id}/rotate-secret");
     let r = call(&app, POST, &path, Some(&b_key), Some(json!({}))).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
-    assert_eq!(
-        sql::count(
-            &h.db.url,
-            &format!(
-                "SELECT cardinality(previous_secrets)::bigint AS n FROM webhooks WHERE id = '{id}'"
-            )
-        )
-        .await,
-        0
-    );
+    assert_eq!(previous_secrets(&h.db.url, &id).await, 0);
     let r = common::call_any(&app, POST, &path, k, Some(json!({}))).await;
     assert_eq!(r.status, StatusCode::OK);
     // A stale If-Match is 412 and writes nothing.
@@ -253,16 +249,7 @@ async fn a_key_of_another_subtree_cannot_rotate_and_if_match_guards_rotation() {
         .to_request();
     let resp = actix_web::test::call_service(&app, req).await;
     assert_eq!(resp.status(), StatusCode::PRECONDITION_FAILED);
-    assert_eq!(
-        sql::count(
-            &h.db.url,
-            &format!(
-                "SELECT cardinality(previous_secrets)::bigint AS n FROM webhooks WHERE id = '{id}'"
-            )
-        )
-        .await,
-        1
-    );
+    assert_eq!(previous_secrets(&h.db.url, &id).await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -290,16 +277,7 @@ async fn concurrent_rotations_keep_every_replaced_secret_in_order() {
     for r in futures_util::future::join_all(calls).await {
         assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     }
-    assert_eq!(
-        sql::count(
-            &h.db.url,
-            &format!(
-                "SELECT cardinality(previous_secrets)::bigint AS n FROM webhooks WHERE id = '{id}'"
-            )
-        )
-        .await,
-        8
-    );
+    assert_eq!(previous_secrets(&h.db.url, &id).await, 8);
     assert_eq!(
         sql::count(&h.db.url, &format!("SELECT count(DISTINCT s)::bigint AS n FROM webhooks, unnest(array_append(previous_secrets, secret_encrypted)) s WHERE id = '{id}'")).await,
         9,
