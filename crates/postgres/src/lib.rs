@@ -3,6 +3,7 @@
 //! the embedded migrations.
 
 pub mod audit;
+pub mod cached;
 pub mod chain;
 mod combine;
 pub mod consent;
@@ -25,6 +26,7 @@ pub mod wake;
 pub mod webhooks;
 
 pub use audit::PgAuditLog;
+pub use cached::{Cached, CachedExt};
 pub use chain::{run_sealer, seal_pass};
 pub use consent::PgConsentStore;
 pub use error::{map_pool_error, map_query_error};

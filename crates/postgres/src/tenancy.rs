@@ -21,6 +21,7 @@ use futures_util::future::{try_join, try_join_all};
 use stratum_audit::AuditRecord;
 use tokio::sync::oneshot;
 
+use crate::cached::CachedExt;
 use crate::combine::Combiner;
 use crate::error::{is_unique_violation, map_query_error};
 use crate::in_tx;
@@ -303,6 +304,7 @@ async fn write_tenant(
             tenants::updated_at.eq(state.updated_at),
             tenants::version.eq(state.version),
         ))
+        .cached()
         .execute(&mut shared);
     let appends = try_join_all(records.iter().map(|r| journal::append(conn, r)));
     let (updated, _) = try_join(update, appends)
@@ -674,6 +676,7 @@ impl ConfigStore for PgConfigStore {
                         .values(&row)
                         .on_conflict_do_nothing()
                         .returning((config_entries::created_at, config_entries::version))
+                        .cached()
                         .get_result(conn)
                         .await
                         .optional()?
@@ -692,6 +695,7 @@ impl ConfigStore for PgConfigStore {
                     config_entries::version.eq(config_entries::version + 1),
                 ))
                 .returning((config_entries::created_at, config_entries::version))
+                .cached()
                 .get_result(conn)
                 .await
                 .optional()?,
@@ -857,6 +861,7 @@ impl PermissionStore for PgPermissionStore {
                 permission_policies::version.eq(permission_policies::version + 1),
             ))
             .returning(permission_policies::version)
+            .cached()
             .get_result(conn)
             .await
             .optional()?;

@@ -19,6 +19,7 @@ use stratum_webhooks::{
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::cached::CachedExt;
 use crate::error::{is_fk_violation, map_query_error};
 use crate::in_tx;
 use crate::journal::record;
@@ -1100,6 +1101,7 @@ impl DeliveryQueue for PgDeliveryQueue {
             .bind::<Array<BigInt>, _>(&rooms)
             .bind::<SqlUuid, _>(lease_id)
             .bind::<Interval, _>(lease_interval)
+            .cached()
             .load(&mut conn)
             .await
             .map_err(map_query_error)?
@@ -1201,6 +1203,7 @@ impl DeliveryQueue for PgDeliveryQueue {
             .bind::<Array<diesel::sql_types::Bool>, _>(&counted)
             .bind::<Array<Integer>, _>(&durations)
             .bind::<Array<Nullable<Text>>, _>(&bodies)
+            .cached()
             .get_result(conn)
             .await?;
             disable_webhooks(conn, &gone, DisabledReason::Gone, now).await?;
@@ -1247,6 +1250,7 @@ impl PgDeliveryQueue {
                  RETURNING o.was",
             )
             .bind::<Array<SqlUuid>, _>(&clean)
+            .cached()
             .load::<WasRow>(conn)
             .await?
             .into_iter()
@@ -1299,6 +1303,7 @@ impl PgDeliveryQueue {
                     webhook_controls::next_probe_at.eq(b.next_probe_at),
                     webhook_controls::cooldown_ms.eq(b.cooldown_ms),
                 ))
+                .cached()
                 .execute(conn)
                 .await?;
         }
