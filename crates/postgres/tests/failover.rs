@@ -277,14 +277,19 @@ async fn commit_cutter(upstream: String, mode: Arc<std::sync::atomic::AtomicU8>)
                     let _ = tokio::io::copy(&mut si, &mut co).await;
                 });
                 let mut buf = vec![0u8; 64 * 1024];
+                // The name of this connection's prepared COMMIT, once it was parsed.
+                let mut prepared: Option<Vec<u8>> = None;
                 loop {
                     let n = match ci.read(&mut buf).await {
                         Ok(0) | Err(_) => break,
                         Ok(n) => n,
                     };
                     let chunk = &buf[..n];
+                    if let Some(name) = parsed_commit(chunk) {
+                        prepared = Some(name);
+                    }
                     let m = std::sync::atomic::AtomicU8::load(&mode, Ordering::SeqCst);
-                    if m != PASS && chunk.windows(6).any(|w| w == b"COMMIT") {
+                    if m != PASS && is_commit(chunk, prepared.as_deref()) {
                         mode.store(PASS, Ordering::SeqCst);
                         if m == CUT_AFTER_COMMIT {
                             so.write_all(chunk).await.unwrap();
@@ -304,6 +309,38 @@ async fn commit_cutter(upstream: String, mode: Arc<std::sync::atomic::AtomicU8>)
         }
     });
     port
+}
+
+/// The statement name of a `Parse` message for `COMMIT` in `chunk` (`'P'`, a length of
+/// four bytes, the name, a NUL, the text, a NUL).
+fn parsed_commit(chunk: &[u8]) -> Option<Vec<u8>> {
+    (0..chunk.len().saturating_sub(5))
+        .filter(|&k| chunk[k] == b'P')
+        .find_map(|k| {
+            let rest = &chunk[k + 5..];
+            let end = rest.iter().position(|&b| b == 0)?;
+            rest[end + 1..]
+                .starts_with(b"COMMIT\0")
+                .then(|| rest[..end].to_vec())
+        })
+}
+
+/// Whether `chunk` carries a COMMIT: as text (a simple query or a `Parse`), or as a `Bind`
+/// of the connection's prepared COMMIT (`'B'`, a length, the unnamed portal's NUL, the
+/// statement name, a NUL).
+fn is_commit(chunk: &[u8], prepared: Option<&[u8]>) -> bool {
+    if chunk.windows(6).any(|w| w == b"COMMIT") {
+        return true;
+    }
+    let Some(name) = prepared else {
+        return false;
+    };
+    (0..chunk.len().saturating_sub(6)).any(|k| {
+        chunk[k] == b'B'
+            && chunk[k + 5] == 0
+            && chunk[k + 6..].starts_with(name)
+            && chunk.get(k + 6 + name.len()) == Some(&0)
+    })
 }
 
 async fn through_cutter(db: &TestDb) -> (PgTenantStore, Arc<std::sync::atomic::AtomicU8>) {
