@@ -126,7 +126,10 @@ pub async fn favicon() -> HttpResponse {
             header::CONTENT_TYPE,
             HeaderValue::from_static("image/svg+xml"),
         ))
-        .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("max-age=86400")))
+        .insert_header((
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("max-age=86400"),
+        ))
         .insert_header((
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),

@@ -690,9 +690,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         )
         .service(web::resource("/webhooks/{id}/deliveries").route(web::get().to(deliveries)))
         .service(web::resource("/webhooks/{id}/health").route(web::get().to(health)))
-        .service(
-            web::resource("/webhooks/{id}/health/series").route(web::get().to(health_series)),
-        )
+        .service(web::resource("/webhooks/{id}/health/series").route(web::get().to(health_series)))
         .service(
             web::resource("/webhooks/{id}/deliveries/{delivery_id}").route(web::get().to(delivery)),
         )

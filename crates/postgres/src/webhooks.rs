@@ -11,11 +11,11 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde_json::{json, Value};
 use stratum_core::{EventType, Journal, Limit, PageError, StoreError, TenantPath};
 use stratum_webhooks::{
-    disabled_journal, Breaker, BreakerConfig, BreakerState, BreakerTransitions, ClaimedDelivery,
-    Completion, Delivery, DeliveryAttempt, DeliveryOrdering, DeliveryQueue, DeliveryStats,
-    DeliveryStatus, DeliveryStore, DisabledReason, EventRef, FailedDelivery, HealthFigures,
-    BucketFigures,
-    PreviousSecret, Verdict, Webhook, WebhookError, WebhookRef, WebhookStore, WebhookUrl,
+    disabled_journal, Breaker, BreakerConfig, BreakerState, BreakerTransitions, BucketFigures,
+    ClaimedDelivery, Completion, Delivery, DeliveryAttempt, DeliveryOrdering, DeliveryQueue,
+    DeliveryStats, DeliveryStatus, DeliveryStore, DisabledReason, EventRef, FailedDelivery,
+    HealthFigures, PreviousSecret, Verdict, Webhook, WebhookError, WebhookRef, WebhookStore,
+    WebhookUrl,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;

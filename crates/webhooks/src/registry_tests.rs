@@ -2330,7 +2330,12 @@ async fn health_series_rounds_a_partial_bucket_up_and_aligns_to_the_bucket() {
     ports
         .deliveries
         .expect_health_series()
-        .with(eq(w.id), eq(NOW - time::Duration::minutes(5)), eq(300), eq(2))
+        .with(
+            eq(w.id),
+            eq(NOW - time::Duration::minutes(5)),
+            eq(300),
+            eq(2),
+        )
         .times(1)
         .returning(|_, _, _, _| Ok(Vec::new()));
     let s = ports
