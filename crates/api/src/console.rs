@@ -191,6 +191,8 @@ mod tests {
     #[test]
     fn the_page_loads_nothing_from_other_hosts_and_has_no_inline_script() {
         for (name, _, body) in FILES {
+            // The SVG namespace names the charts' element type; nothing is fetched from it.
+            let body = body.replace("\"http://www.w3.org/2000/svg\"", "");
             for needle in ["http://", "https://", "//cdn", "innerHTML", "eval("] {
                 assert!(!body.contains(needle), "{name} contains {needle}");
             }
