@@ -868,6 +868,7 @@
     $("deliveries-more").addEventListener("click", () => loadDeliveries(location.hash.split("/")[1], true).catch(fail));
     $("dlq-refresh").addEventListener("click", () => loadDlq().catch(fail));
     $("delivery-retry").addEventListener("click", retryDelivery);
+    $("delivery-refresh").addEventListener("click", () => loadDelivery(...location.hash.split("/").slice(1, 3)).catch(fail));
     $("series-range").addEventListener("change", () => loadWebhookChart(location.hash.split("/")[1]).catch(fail));
     $("retry-all").addEventListener("click", retryAll);
     $("replay-form").addEventListener("submit", startReplay);
