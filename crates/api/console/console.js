@@ -288,7 +288,11 @@
         const flush = () => { if (pts.length) svg.append(svgEl("polyline", { class: cls, points: pts.join(" ") })); pts = []; };
         s.buckets.forEach((b, i) => {
           if (b[key] === null || b[key] === undefined) flush();
-          else pts.push((i * barW + barW / 2).toFixed(1) + "," + ly(b[key]).toFixed(1));
+          else {
+            const [px, py] = [i * barW + barW / 2, ly(b[key])];
+            pts.push(px.toFixed(1) + "," + py.toFixed(1));
+            svg.append(svgEl("circle", { class: cls + " dot", cx: px.toFixed(1), cy: py.toFixed(1), r: 2 }));
+          }
         });
         flush();
       }
