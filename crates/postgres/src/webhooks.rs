@@ -27,6 +27,7 @@ use crate::journal::record;
 use crate::schema::{
     tenants, webhook_controls, webhook_deliveries, webhook_delivery_attempts, webhooks,
 };
+use crate::status;
 use crate::tenancy::like_prefix;
 use crate::tx::{read_conn, TxError};
 use crate::Pool;
@@ -198,7 +199,7 @@ impl WebhookStore for PgWebhookStore {
             if let Some(t) = w.tenant_id {
                 let active: Option<String> = tenants::table
                     .find(t)
-                    .filter(tenants::status.eq("active"))
+                    .filter(tenants::status.eq(status::TENANT_ACTIVE))
                     .select(tenants::ancestry_path)
                     .for_share()
                     .first(conn)
@@ -916,7 +917,7 @@ impl DeliveryStore for PgDeliveryStore {
             let n = diesel::update(
                 webhook_deliveries::table
                     .filter(webhook_deliveries::id.eq(id))
-                    .filter(webhook_deliveries::status.eq("failed")),
+                    .filter(webhook_deliveries::status.eq(status::DELIVERY_FAILED)),
             )
             .set(requeue())
             .execute(conn)
@@ -947,7 +948,8 @@ impl DeliveryStore for PgDeliveryStore {
     ) -> Result<u64, WebhookError> {
         in_tx!(self.pool, WebhookError, |conn| {
             let q = diesel::update(
-                webhook_deliveries::table.filter(webhook_deliveries::status.eq("failed")),
+                webhook_deliveries::table
+                    .filter(webhook_deliveries::status.eq(status::DELIVERY_FAILED)),
             );
             let n = match subtree {
                 None => q.set(requeue()).execute(conn).await?,
@@ -958,7 +960,7 @@ impl DeliveryStore for PgDeliveryStore {
                         .select(webhooks::id);
                     diesel::update(
                         webhook_deliveries::table
-                            .filter(webhook_deliveries::status.eq("failed"))
+                            .filter(webhook_deliveries::status.eq(status::DELIVERY_FAILED))
                             .filter(webhook_deliveries::webhook_id.eq_any(visible)),
                     )
                     .set(requeue())
@@ -1021,7 +1023,7 @@ async fn close_breaker(conn: &mut AsyncPgConnection, webhook_id: Uuid) -> QueryR
 
 fn requeue() -> Requeue {
     (
-        webhook_deliveries::status.eq("pending"),
+        webhook_deliveries::status.eq(status::DELIVERY_PENDING),
         webhook_deliveries::attempts.eq(0),
         webhook_deliveries::next_retry_at.eq(diesel::dsl::now),
         webhook_deliveries::completed_at.eq(None),
@@ -1250,14 +1252,14 @@ impl DeliveryQueue for PgDeliveryQueue {
         let mut gone: Vec<Uuid> = Vec::new();
         for c in &completions {
             let (status, at, done, is_attempt) = match &c.verdict {
-                Verdict::Success => ("success", now, Some(now), true),
-                Verdict::Retry { at } => ("pending", *at, None, true),
-                Verdict::Failed => ("failed", now, Some(now), true),
+                Verdict::Success => (status::DELIVERY_SUCCESS, now, Some(now), true),
+                Verdict::Retry { at } => (status::DELIVERY_PENDING, *at, None, true),
+                Verdict::Failed => (status::DELIVERY_FAILED, now, Some(now), true),
                 Verdict::Gone => {
                     gone.push(c.webhook_id);
-                    ("failed", now, Some(now), true)
+                    (status::DELIVERY_FAILED, now, Some(now), true)
                 }
-                Verdict::Release { at } => ("pending", *at, None, false),
+                Verdict::Release { at } => (status::DELIVERY_PENDING, *at, None, false),
             };
             ids.push(c.delivery_id);
             event_ids.push(c.event_id);
