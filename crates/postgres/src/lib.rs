@@ -21,7 +21,6 @@ pub mod replays;
 pub mod schema;
 pub mod status;
 pub mod tenancy;
-mod tenant_write;
 pub mod tx;
 pub mod wake;
 pub mod webhooks;

@@ -14,12 +14,12 @@ use stratum_core::StoreError;
 use stratum_tenancy::{TenancyError, Tenant, TenantChange};
 use uuid::Uuid;
 
+use super::{slug_taken, TenantRow};
 use crate::cached::CachedExt;
 use crate::error::map_pool_error;
 use crate::journal;
 use crate::schema::tenants;
 use crate::status;
-use crate::tenancy::{slug_taken, TenantRow};
 use crate::tx::TxError;
 use crate::{Pool, PooledConn};
 
