@@ -16,7 +16,7 @@ use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde_json::json;
 use stratum_core::{Caller, StoreError};
-use stratum_postgres::{connect, PgTenantStore, Pool, PoolConfig};
+use stratum_postgres::{connect, idempotency, PgTenantStore, Pool, PoolConfig};
 use stratum_tenancy::{TenancyError, Tenant, TenantChange, TenantStore};
 use stratum_testkit::TestDb;
 use tokio::net::{TcpListener, TcpStream};
@@ -307,6 +307,11 @@ async fn commit_cutter(upstream: String, mode: Arc<std::sync::atomic::AtomicU8>)
 }
 
 async fn through_cutter(db: &TestDb) -> (PgTenantStore, Arc<std::sync::atomic::AtomicU8>) {
+    let (pool, mode) = pool_through_cutter(db).await;
+    (PgTenantStore::new(pool), mode)
+}
+
+async fn pool_through_cutter(db: &TestDb) -> (Pool, Arc<std::sync::atomic::AtomicU8>) {
     let server = stratum_testkit::server_url();
     let authority = server
         .rsplit('@')
@@ -317,8 +322,7 @@ async fn through_cutter(db: &TestDb) -> (PgTenantStore, Arc<std::sync::atomic::A
     let mode = Arc::new(std::sync::atomic::AtomicU8::new(PASS));
     let port = commit_cutter(authority.clone(), mode.clone()).await;
     let url = db.url.replace(&authority, &format!("127.0.0.1:{port}"));
-    let pool = connect(&url, &PoolConfig::default()).unwrap();
-    (PgTenantStore::new(pool), mode)
+    (connect(&url, &PoolConfig::default()).unwrap(), mode)
 }
 
 #[tokio::test]
@@ -365,4 +369,110 @@ async fn a_commit_lost_before_the_server_had_it_is_unavailable_and_changed_nothi
         other => panic!("expected Unavailable, got {other:?}"),
     }
     assert_eq!(name_of(&db.url, id).await, "first");
+}
+
+/// The response a request with an Idempotency-Key would store.
+fn response(body: &str) -> idempotency::StoredResponse {
+    idempotency::StoredResponse {
+        fingerprint: "f".repeat(64),
+        status: 200,
+        body: body.to_owned(),
+    }
+}
+
+/// Runs a rename of `id` the way a request with the Idempotency-Key `key` does: inside the
+/// key's transaction, then commits it with its response, with the COMMIT treated by `cut`.
+async fn keyed_rename(
+    pool: &Pool,
+    mode: &std::sync::atomic::AtomicU8,
+    cut: u8,
+    id: Uuid,
+    key: &str,
+    name: &str,
+) -> Result<idempotency::StoredResponse, StoreError> {
+    let store = PgTenantStore::new(pool.clone());
+    let idempotency::Lookup::New(tx) = idempotency::begin(pool, "ha", key).await.unwrap() else {
+        panic!("a new key");
+    };
+    let renamed = stratum_postgres::tx::with_ambient(
+        tx.shared().unwrap(),
+        store.modify(id, rename(id, name)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(renamed.name, name);
+    mode.store(cut, std::sync::atomic::Ordering::SeqCst);
+    let out = tx.commit("ha", key, &response(name)).await;
+    // Precondition: the relay treated that COMMIT as told (a cut resets the mode).
+    assert_eq!(
+        mode.load(std::sync::atomic::Ordering::SeqCst),
+        PASS,
+        "the COMMIT met the relay"
+    );
+    out
+}
+
+async fn keys_held(url: &str, key: &str) -> Vec<String> {
+    #[derive(QueryableByName)]
+    struct Body {
+        #[diesel(sql_type = Text)]
+        response_body: String,
+    }
+    let mut c = AsyncPgConnection::establish(url).await.unwrap();
+    let rows: Vec<Body> = diesel::sql_query(format!(
+        "SELECT response_body FROM idempotency_keys WHERE principal = 'ha' AND key = '{key}'"
+    ))
+    .load(&mut c)
+    .await
+    .unwrap();
+    rows.into_iter().map(|b| b.response_body).collect()
+}
+
+#[tokio::test]
+async fn an_idempotent_request_whose_commit_answer_was_lost_but_took_effect_is_acknowledged() {
+    let db = TestDb::new().await;
+    let id = tenant(&db.url).await;
+    let (pool, mode) = pool_through_cutter(&db).await;
+
+    let out = keyed_rename(&pool, &mode, CUT_AFTER_COMMIT, id, "k1", "keyed").await;
+    // The commit took effect: the change and its key are there ...
+    assert_eq!(
+        name_of(&db.url, id).await,
+        "keyed",
+        "the commit took effect"
+    );
+    assert_eq!(keys_held(&db.url, "k1").await, vec!["keyed".to_owned()]);
+    // ... so the request is acknowledged with the response its key holds, not refused
+    // (a refusal would tell the client that nothing changed).
+    assert_eq!(
+        out.expect("a commit that took effect is acknowledged"),
+        response("keyed")
+    );
+    // And a retry replays exactly that response.
+    match idempotency::begin(&pool, "ha", "k1").await.unwrap() {
+        idempotency::Lookup::Stored(s) => assert_eq!(s, response("keyed")),
+        _ => panic!("the key is stored"),
+    }
+}
+
+#[tokio::test]
+async fn an_idempotent_request_whose_commit_was_lost_before_the_server_had_it_changed_nothing() {
+    let db = TestDb::new().await;
+    let id = tenant(&db.url).await;
+    let (pool, mode) = pool_through_cutter(&db).await;
+
+    let out = keyed_rename(&pool, &mode, CUT_BEFORE_COMMIT, id, "k2", "lost").await;
+    match out {
+        Err(StoreError::Unavailable) => {}
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    assert_eq!(name_of(&db.url, id).await, "T", "nothing changed");
+    assert!(
+        keys_held(&db.url, "k2").await.is_empty(),
+        "the key is unused"
+    );
+    // A retry with the key runs the request anew (it is not a replay of anything).
+    let again = keyed_rename(&pool, &mode, PASS, id, "k2", "retried").await;
+    assert_eq!(again.unwrap(), response("retried"));
+    assert_eq!(name_of(&db.url, id).await, "retried");
 }
