@@ -20,6 +20,8 @@ completion the fault swallowed goes again once its lease expires), so every dupl
 be one of them. Standard library only.
 
 Usage: ha_test.py --bin target/release/stratum   (scripts/ha/run.sh prepares and calls it)
+       ha_test.py ... --sync-bench 'COMMAND'      (no faults: COMMAND against the primary with a
+                                                   synchronous standby, then an asynchronous one)
        ha_test.py receiver --port P --out FILE    (the webhook receiver, run by the test)
 """
 
@@ -378,6 +380,8 @@ class Test:
         wait_for("pg0 to bootstrap as the primary", lambda: self.leader() == 0, 90)
         self.start_patroni(1)
         wait_for("pg1 to stream as a synchronous standby", self.has_sync_standby, 90)
+
+    def start_stratum(self):
         subprocess.run([os.path.join(self.pgbin, "psql"), "-X", "-q", "-h", "127.0.0.1", "-p",
                         str(PG[0]), "-U", "postgres", "-d", "postgres", "-c",
                         "CREATE DATABASE stratum"], check=True)
@@ -740,6 +744,24 @@ def sync_cost(t, secs):
     log(f"write latency, synchronous standby: {with_sync}; asynchronous standby: {without}")
 
 
+def sync_bench(t, command, runs):
+    """Runs `command` (a benchmark that reads STRATUM_TEST_DATABASE_URL) against the
+    cluster's primary `runs` times with a synchronous standby and as many with the standby
+    asynchronous, alternated (on, off, on, off, ...)."""
+    for n in range(runs):
+        for sync in (True, False):
+            t.patronictl("edit-config", "--set", f"synchronous_mode={'true' if sync else 'false'}", "--force")
+            wait_for("the standby's mode", lambda: t.has_sync_standby() == sync, 60)
+            lead = t.leader()
+            url = f"postgres://postgres@127.0.0.1:{PG[lead]}"
+            label = "synchronous" if sync else "asynchronous"
+            log(f"sync-bench run {n + 1}/{runs}: {label} standby ({MEMBERS[lead]} leads): {command}")
+            print(f"== sync-bench run {n + 1}: {label} standby", flush=True)
+            r = subprocess.run(command, shell=True, env={**os.environ, "STRATUM_TEST_DATABASE_URL": url})
+            if r.returncode != 0:
+                t.failed = True
+
+
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "receiver":
         p = argparse.ArgumentParser()
@@ -757,11 +779,23 @@ def main():
     p.add_argument("--settle", type=float, default=5.0)
     p.add_argument("--latency-secs", type=float, default=0,
                    help="after the faults, compare write latency with and without a synchronous standby")
+    p.add_argument("--sync-bench", metavar="COMMAND",
+                   help="no faults: run COMMAND against the cluster's primary with a synchronous "
+                        "standby and with an asynchronous one, alternated")
+    p.add_argument("--sync-bench-runs", type=int, default=2)
     a = p.parse_args()
     started = time.monotonic()
     t = Test(a)
+    if a.sync_bench:
+        try:
+            t.start()
+            sync_bench(t, a.sync_bench, a.sync_bench_runs)
+        finally:
+            t.shutdown()
+        return 1 if t.failed else 0
     try:
         t.start()
+        t.start_stratum()
         t.setup_tenants()
         t.watch_ready()
         t.start_load()
