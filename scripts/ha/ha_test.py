@@ -10,14 +10,16 @@ write is in the audit log and the tenants' final state, that every acknowledged 
 event reached the receiver, that no write refused with 503 took effect, that the audit
 chain verifies and that no process restarted. One line per fault:
 
-    ha <fault>: unavailable_s=<x> acknowledged_lost=<n> deliveries_lost=<n> duplicates=<n> in_flight=<n>
+    ha <fault>: unavailable_s=<x> acknowledged_lost=<n> deliveries_lost=<n> duplicates=<n> in_flight=<n> retried=<n>
 
 and a non-zero exit when anything was lost. `in_flight` counts the deliveries leased (claimed,
 their completion not yet written) when the fault struck, as the database itself holds them:
 the promotion candidate's last state while it was still a standby, and the new primary's
 leases taken before it was seen leading. Only those can be sent twice (a send whose
 completion the fault swallowed goes again once its lease expires), so every duplicate must
-be one of them. Standard library only.
+be one of them, except a retry: a duplicate whose earlier send was recorded as a failed
+attempt (the receiver answered after the send timeout), counted apart as `retried`.
+Standard library only.
 
 Usage: ha_test.py --bin target/release/stratum   (scripts/ha/run.sh prepares and calls it)
        ha_test.py ... --sync-bench 'COMMAND'      (no faults: COMMAND against the primary with a
@@ -305,7 +307,7 @@ class Test:
         """Samples the leases on the member about to be promoted while it is still a
         standby: its last sample after the old primary stopped is the old primary's final
         state (every claim commits, synchronously replicated, before its send)."""
-        state = {"leases": None, "samples": 0, "stop": threading.Event()}
+        state = {"leases": None, "samples": 0, "promoted_at": None, "stop": threading.Event()}
 
         def run():
             while not state["stop"].is_set():
@@ -315,6 +317,7 @@ class Test:
                     time.sleep(0.05)
                     continue
                 if not standby:
+                    state["promoted_at"] = time.time()
                     return
                 if caught_up:
                     state["leases"] = leases
@@ -327,13 +330,15 @@ class Test:
 
     def in_flight_after(self, fault, watch, lead, t_seen_wall):
         """The deliveries leased when the fault struck: the candidate's last sample as a
-        standby, and the leases that the new primary (`lead`) holds from before it was seen
-        leading at `t_seen_wall` (a planned switchover can end the old primary after the
-        candidate's last sample; those leases run LEASE_S, longer than the switchover)."""
+        standby, and the leases that the new primary (`lead`) holds from before it was
+        promoted (seen by the sampler, else `t_seen_wall`): a planned switchover can end the
+        old primary after the candidate's last sample; those leases run LEASE_S, longer
+        than the switchover."""
         watch["thread"].join(timeout=30)
         watch["stop"].set()
+        promoted = watch["promoted_at"] or t_seen_wall
         _, _, now = self.leases_on(PG[lead])
-        mine = {i for i, until in now.items() if until - LEASE_S <= t_seen_wall}
+        mine = {i for i, until in now.items() if until - LEASE_S <= promoted}
         sampled = set(watch["leases"] or {})
         ids = sampled | mine
         log(f"{fault}: in flight at the fault: {len(ids)} deliveries leased "
@@ -542,11 +547,19 @@ class Test:
     def check(self, fault, t_fault, seen_receipts, in_flight):
         # Precondition: writes were in flight when the fault struck (sent before, answered
         # after), and so were deliveries (leased, their completion not yet written).
-        open_at_fault = sum(1 for r in self.snapshot() if r[2] <= t_fault < r[3])
+        # The fault strikes at the kill for kill9; a planned one when the old primary stops
+        # taking writes, seen as the start of the first request that failed.
+        recs = self.snapshot()
+        strike = t_fault
+        if fault != "kill9":
+            failed = [r[2] for r in recs if r[2] >= t_fault and r[4] != "ok"]
+            strike = min(failed) if failed else t_fault
+        open_at_fault = sum(1 for r in recs if r[2] <= strike < r[3])
         if open_at_fault == 0 or not in_flight:
             raise SystemExit(f"ha {fault}: precondition failed: {open_at_fault} PATCHes and "
                              f"{len(in_flight)} deliveries in flight at the fault")
-        log(f"{fault}: precondition: {open_at_fault} PATCHes sent before the fault were answered after it")
+        log(f"{fault}: precondition: {open_at_fault} PATCHes in flight when the fault struck "
+            f"({strike - t_fault:.2f} s after it was started)")
         # Every delivery in flight at the fault is settled (its lease ran out and it was sent
         # again, or its completion was written) before duplicates are counted, so that a
         # resend lands in this fault's count and not in the next one's.
@@ -611,12 +624,35 @@ class Test:
                 duplicates += 1
                 duplicated.add(r[0])
             seen_ids.add(r[0])
-        # Duplicates are bounded by what was in flight: each is a delivery leased at the
-        # fault, sent again at most once.
-        unexplained = sorted(duplicated - in_flight)
-        if duplicates > len(in_flight) or unexplained:
-            log(f"{fault}: {duplicates} duplicates exceed the {len(in_flight)} deliveries in "
-                f"flight at the fault (not in flight: {unexplained[:5]})")
+        # A send counts as an attempt once its completion is written. A duplicate whose
+        # earlier send was recorded as a failed attempt (the receiver's answer came after
+        # the send timeout) is an ordinary retry; one whose earlier send left no attempt is
+        # a send whose completion the fault swallowed. Those are bounded by what was in
+        # flight: each is a delivery leased at the fault, sent again at most once.
+        attempts = {}
+        if duplicated:
+            dids = "{" + ",".join(sorted(duplicated)) + "}"
+            for line in self.psql(
+                    "SELECT delivery_id, count(*), count(*) FILTER (WHERE status_code IS NULL "
+                    "OR status_code NOT BETWEEN 200 AND 299), string_agg(DISTINCT left(coalesce("
+                    "error, ''), 60), ';') FROM webhook_delivery_attempts "
+                    f"WHERE delivery_id = ANY('{dids}'::uuid[]) GROUP BY 1").splitlines():
+                i, n, bad, errors = line.split("|", 3)
+                attempts[i] = (int(n), int(bad), errors)
+        received = {}
+        for r in rc:
+            if r[0] in duplicated:
+                received[r[0]] = received.get(r[0], 0) + 1
+        unrecorded = {i: received[i] - attempts.get(i, (0, 0, ""))[0] for i in duplicated}
+        swallowed = sum(n for n in unrecorded.values() if n > 0)
+        retried = duplicates - swallowed
+        errors = sorted({attempts[i][2] for i in duplicated if i in attempts and attempts[i][1]})
+        unexplained = sorted(i for i, n in unrecorded.items() if n > 0 and i not in in_flight)
+        log(f"{fault}: duplicates: {swallowed} of sends whose completion was lost, {retried} "
+            f"retries after a failed attempt {errors[:3]}")
+        if swallowed > len(in_flight) or unexplained:
+            log(f"{fault}: {swallowed} sends whose completion was lost exceed the "
+                f"{len(in_flight)} deliveries in flight at the fault (not in flight: {unexplained[:5]})")
             self.failed = True
         refused_delivered = len(refused & delivered)
         st, v = http_json("GET", f"http://127.0.0.1:{API[0]}/api/v1/audit-logs/verify", self.key, timeout=60)
@@ -641,7 +677,8 @@ class Test:
             f"stale_tenants={stale} verify={v if not verified else 'ok'} dead={dead} "
             f"ready_503_on={ready_503}")
         print(f"ha {fault}: unavailable_s={unavailable:.2f} acknowledged_lost={acked_lost} "
-              f"deliveries_lost={len(missing)} duplicates={duplicates} in_flight={len(in_flight)}",
+              f"deliveries_lost={len(missing)} duplicates={duplicates} in_flight={len(in_flight)} "
+              f"retried={retried}",
               flush=True)
         if acked_lost or missing or refused_applied or refused_delivered or stale or not verified or dead:
             self.failed = True
