@@ -619,35 +619,31 @@ class Test:
         seen_ids = {r[0] for r in rc[:seen_receipts]}
         duplicates = 0
         duplicated = set()
+        dup_count = {}
         for r in new:
             if r[0] in seen_ids:
                 duplicates += 1
                 duplicated.add(r[0])
+                dup_count[r[0]] = dup_count.get(r[0], 0) + 1
             seen_ids.add(r[0])
-        # A send counts as an attempt once its completion is written. A duplicate whose
-        # earlier send was recorded as a failed attempt (the receiver's answer came after
-        # the send timeout) is an ordinary retry; one whose earlier send left no attempt is
-        # a send whose completion the fault swallowed. Those are bounded by what was in
-        # flight: each is a delivery leased at the fault, sent again at most once.
-        attempts = {}
+        # A duplicate whose delivery has an attempt recorded as failed (the receiver's answer
+        # came after the send timeout) is an ordinary retry. Any other is a send whose
+        # completion the fault swallowed, sent again after its lease: those are bounded by
+        # what was in flight (each is a delivery leased at the fault, sent again at most once).
+        failed_attempts = {}
         if duplicated:
             dids = "{" + ",".join(sorted(duplicated)) + "}"
             for line in self.psql(
-                    "SELECT delivery_id, count(*), count(*) FILTER (WHERE status_code IS NULL "
-                    "OR status_code NOT BETWEEN 200 AND 299), string_agg(DISTINCT left(coalesce("
-                    "error, ''), 60), ';') FROM webhook_delivery_attempts "
-                    f"WHERE delivery_id = ANY('{dids}'::uuid[]) GROUP BY 1").splitlines():
-                i, n, bad, errors = line.split("|", 3)
-                attempts[i] = (int(n), int(bad), errors)
-        received = {}
-        for r in rc:
-            if r[0] in duplicated:
-                received[r[0]] = received.get(r[0], 0) + 1
-        unrecorded = {i: received[i] - attempts.get(i, (0, 0, ""))[0] for i in duplicated}
-        swallowed = sum(n for n in unrecorded.values() if n > 0)
-        retried = duplicates - swallowed
-        errors = sorted({attempts[i][2] for i in duplicated if i in attempts and attempts[i][1]})
-        unexplained = sorted(i for i, n in unrecorded.items() if n > 0 and i not in in_flight)
+                    "SELECT delivery_id, string_agg(DISTINCT left(coalesce(error, 'status ' || "
+                    "status_code), 60), ';') FROM webhook_delivery_attempts "
+                    f"WHERE delivery_id = ANY('{dids}'::uuid[]) AND (status_code IS NULL "
+                    "OR status_code NOT BETWEEN 200 AND 299) GROUP BY 1").splitlines():
+                i, errors = line.split("|", 1)
+                failed_attempts[i] = errors
+        retried = sum(n for i, n in dup_count.items() if i in failed_attempts)
+        swallowed = duplicates - retried
+        errors = sorted(set(failed_attempts.values()))
+        unexplained = sorted(i for i in duplicated if i not in failed_attempts and i not in in_flight)
         log(f"{fault}: duplicates: {swallowed} of sends whose completion was lost, {retried} "
             f"retries after a failed attempt {errors[:3]}")
         if swallowed > len(in_flight) or unexplained:
