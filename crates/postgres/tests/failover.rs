@@ -18,6 +18,7 @@ use serde_json::json;
 use stratum_core::{Caller, StoreError};
 use stratum_postgres::{connect, idempotency, PgTenantStore, Pool, PoolConfig};
 use stratum_tenancy::{TenancyError, Tenant, TenantChange, TenantStore};
+use stratum_testkit::cutter::{CommitCutter, Cut};
 use stratum_testkit::TestDb;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
@@ -250,96 +251,29 @@ async fn a_multi_host_url_skips_a_server_that_does_not_answer() {
     assert_eq!(name_of(&db.url, id).await, "multi");
 }
 
-/// What a [`CommitCutter`] does to the next COMMIT it sees.
-const PASS: u8 = 0;
-/// Forward the COMMIT, let the server commit, then close before its answer comes back.
-const CUT_AFTER_COMMIT: u8 = 1;
-/// Close instead of forwarding the COMMIT: the server rolls back.
-const CUT_BEFORE_COMMIT: u8 = 2;
-
-/// A TCP relay to the database that loses the connection around one COMMIT: the primary
-/// going away while a client waits for its commit's answer.
-async fn commit_cutter(upstream: String, mode: Arc<std::sync::atomic::AtomicU8>) -> u16 {
-    use std::sync::atomic::Ordering;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((inbound, _)) = listener.accept().await {
-            let (upstream, mode) = (upstream.clone(), mode.clone());
-            tokio::spawn(async move {
-                let Ok(outbound) = TcpStream::connect(&upstream).await else {
-                    return;
-                };
-                let (mut ci, mut co) = inbound.into_split();
-                let (mut si, mut so) = outbound.into_split();
-                let back = tokio::spawn(async move {
-                    let _ = tokio::io::copy(&mut si, &mut co).await;
-                });
-                let mut buf = vec![0u8; 64 * 1024];
-                loop {
-                    let n = match ci.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => n,
-                    };
-                    let chunk = &buf[..n];
-                    let m = std::sync::atomic::AtomicU8::load(&mode, Ordering::SeqCst);
-                    if m != PASS && chunk.windows(6).any(|w| w == b"COMMIT") {
-                        mode.store(PASS, Ordering::SeqCst);
-                        if m == CUT_AFTER_COMMIT {
-                            so.write_all(chunk).await.unwrap();
-                            // Long enough for the server to commit; its answer is dropped.
-                            back.abort();
-                            tokio::time::sleep(Duration::from_millis(300)).await;
-                        }
-                        back.abort();
-                        return;
-                    }
-                    if so.write_all(chunk).await.is_err() {
-                        break;
-                    }
-                }
-                back.abort();
-            });
-        }
-    });
-    port
+async fn through_cutter(db: &TestDb) -> (PgTenantStore, CommitCutter) {
+    let (pool, cutter) = pool_through_cutter(db).await;
+    (PgTenantStore::new(pool), cutter)
 }
 
-async fn through_cutter(db: &TestDb) -> (PgTenantStore, Arc<std::sync::atomic::AtomicU8>) {
-    let (pool, mode) = pool_through_cutter(db).await;
-    (PgTenantStore::new(pool), mode)
-}
-
-async fn pool_through_cutter(db: &TestDb) -> (Pool, Arc<std::sync::atomic::AtomicU8>) {
-    let server = stratum_testkit::server_url();
-    let authority = server
-        .rsplit('@')
-        .next()
-        .unwrap()
-        .trim_end_matches('/')
-        .to_owned();
-    let mode = Arc::new(std::sync::atomic::AtomicU8::new(PASS));
-    let port = commit_cutter(authority.clone(), mode.clone()).await;
-    let url = db.url.replace(&authority, &format!("127.0.0.1:{port}"));
-    (connect(&url, &PoolConfig::default()).unwrap(), mode)
+async fn pool_through_cutter(db: &TestDb) -> (Pool, CommitCutter) {
+    let cutter = CommitCutter::start().await.unwrap();
+    let url = cutter.url(&db.url);
+    assert_ne!(url, db.url, "the URL goes through the relay");
+    (connect(&url, &PoolConfig::default()).unwrap(), cutter)
 }
 
 #[tokio::test]
 async fn a_commit_whose_answer_was_lost_but_took_effect_answers_its_result() {
     let db = TestDb::new().await;
     let id = tenant(&db.url).await;
-    let (store, mode) = through_cutter(&db).await;
+    let (store, cutter) = through_cutter(&db).await;
     store.modify(id, rename(id, "first")).await.unwrap();
 
-    mode.store(CUT_AFTER_COMMIT, std::sync::atomic::Ordering::SeqCst);
+    cutter.arm(Cut::AfterCommit);
     let out = store.modify(id, rename(id, "committed")).await;
     // Precondition: the relay did lose the connection at that COMMIT, after the server had it.
-    assert_eq!(
-        std::sync::atomic::AtomicU8::load(&mode, std::sync::atomic::Ordering::SeqCst),
-        PASS,
-        "the COMMIT was cut"
-    );
+    assert!(cutter.met(), "the COMMIT was cut");
     assert_eq!(
         name_of(&db.url, id).await,
         "committed",
@@ -354,16 +288,12 @@ async fn a_commit_whose_answer_was_lost_but_took_effect_answers_its_result() {
 async fn a_commit_lost_before_the_server_had_it_is_unavailable_and_changed_nothing() {
     let db = TestDb::new().await;
     let id = tenant(&db.url).await;
-    let (store, mode) = through_cutter(&db).await;
+    let (store, cutter) = through_cutter(&db).await;
     store.modify(id, rename(id, "first")).await.unwrap();
 
-    mode.store(CUT_BEFORE_COMMIT, std::sync::atomic::Ordering::SeqCst);
+    cutter.arm(Cut::BeforeCommit);
     let out = store.modify(id, rename(id, "rolled_back")).await;
-    assert_eq!(
-        std::sync::atomic::AtomicU8::load(&mode, std::sync::atomic::Ordering::SeqCst),
-        PASS,
-        "the COMMIT was cut"
-    );
+    assert!(cutter.met(), "the COMMIT was cut");
     match out {
         Err(TenancyError::Store(StoreError::Unavailable)) => {}
         other => panic!("expected Unavailable, got {other:?}"),
@@ -384,8 +314,8 @@ fn response(body: &str) -> idempotency::StoredResponse {
 /// key's transaction, then commits it with its response, with the COMMIT treated by `cut`.
 async fn keyed_rename(
     pool: &Pool,
-    mode: &std::sync::atomic::AtomicU8,
-    cut: u8,
+    cutter: &CommitCutter,
+    cut: Cut,
     id: Uuid,
     key: &str,
     name: &str,
@@ -401,14 +331,10 @@ async fn keyed_rename(
     .await
     .unwrap();
     assert_eq!(renamed.name, name);
-    mode.store(cut, std::sync::atomic::Ordering::SeqCst);
+    cutter.arm(cut);
     let out = tx.commit("ha", key, &response(name)).await;
-    // Precondition: the relay treated that COMMIT as told (a cut resets the mode).
-    assert_eq!(
-        mode.load(std::sync::atomic::Ordering::SeqCst),
-        PASS,
-        "the COMMIT met the relay"
-    );
+    // Precondition: the relay treated that COMMIT as armed.
+    assert!(cutter.met(), "the COMMIT met the relay");
     out
 }
 
@@ -432,9 +358,9 @@ async fn keys_held(url: &str, key: &str) -> Vec<String> {
 async fn an_idempotent_request_whose_commit_answer_was_lost_but_took_effect_is_acknowledged() {
     let db = TestDb::new().await;
     let id = tenant(&db.url).await;
-    let (pool, mode) = pool_through_cutter(&db).await;
+    let (pool, cutter) = pool_through_cutter(&db).await;
 
-    let out = keyed_rename(&pool, &mode, CUT_AFTER_COMMIT, id, "k1", "keyed").await;
+    let out = keyed_rename(&pool, &cutter, Cut::AfterCommit, id, "k1", "keyed").await;
     // The commit took effect: the change and its key are there ...
     assert_eq!(
         name_of(&db.url, id).await,
@@ -459,9 +385,9 @@ async fn an_idempotent_request_whose_commit_answer_was_lost_but_took_effect_is_a
 async fn an_idempotent_request_whose_commit_was_lost_before_the_server_had_it_changed_nothing() {
     let db = TestDb::new().await;
     let id = tenant(&db.url).await;
-    let (pool, mode) = pool_through_cutter(&db).await;
+    let (pool, cutter) = pool_through_cutter(&db).await;
 
-    let out = keyed_rename(&pool, &mode, CUT_BEFORE_COMMIT, id, "k2", "lost").await;
+    let out = keyed_rename(&pool, &cutter, Cut::BeforeCommit, id, "k2", "lost").await;
     match out {
         Err(StoreError::Unavailable) => {}
         other => panic!("expected Unavailable, got {other:?}"),
@@ -472,7 +398,7 @@ async fn an_idempotent_request_whose_commit_was_lost_before_the_server_had_it_ch
         "the key is unused"
     );
     // A retry with the key runs the request anew (it is not a replay of anything).
-    let again = keyed_rename(&pool, &mode, PASS, id, "k2", "retried").await;
+    let again = keyed_rename(&pool, &cutter, Cut::Pass, id, "k2", "retried").await;
     assert_eq!(again.unwrap(), response("retried"));
     assert_eq!(name_of(&db.url, id).await, "retried");
 }
