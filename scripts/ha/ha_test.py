@@ -58,6 +58,7 @@ WRITERS = 16
 RATE = float(os.environ.get("STRATUM_HA_RATE", "240"))  # PATCHes per second, all writers
 TTL = 20  # Patroni's leader key lifetime (its minimum): bounds the unplanned failover.
 WEBHOOK_TIMEOUT_MS = 2000
+RECEIVER_DELAY_S = float(os.environ.get("STRATUM_HA_RECEIVER_DELAY_MS", "50")) / 1000
 # A worker's lease on the deliveries it claims (crates/server/src/wiring.rs: three send
 # timeouts plus 5 s).
 LEASE_S = 3 * WEBHOOK_TIMEOUT_MS / 1000 + 5
@@ -90,6 +91,9 @@ def receiver(port, out):
                 line = f"{self.headers.get('X-Stratum-Delivery')}\t-\t-\n"
             with lock:
                 f.write(line)
+            # A receiver that takes a moment, as real ones do: deliveries are in flight at
+            # any instant, so every fault strikes some.
+            time.sleep(RECEIVER_DELAY_S)
             self.send_response(200)
             self.send_header("Content-Length", "0")
             self.end_headers()
