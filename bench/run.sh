@@ -45,6 +45,9 @@ echo "bench: server binary $STRATUM_BIN; PostgreSQL: $(ps -o args= -C postgres 2
 # The machine's yardstick first, from the same run, so every figure below can be read as a
 # ratio to it.
 bench/yardstick.sh | tee "$OUT/yardstick.out"
+# The engine prints rows a and f as shares of it too.
+STRATUM_BENCH_YARDSTICK_TPS=$(sed -n 's/.*"pg_one_row_tps":\([0-9.]*\).*/\1/p' "$OUT/yardstick.out" | tail -1)
+export STRATUM_BENCH_YARDSTICK_TPS
 failed=()
 for s in "${scenarios[@]}"; do
   echo

@@ -724,7 +724,82 @@ impl Row {
             self.cpu.line(self.wall),
             self.rss_mib
         );
+        if let Some(line) = self.per_op_line() {
+            println!("      {line}");
+        }
     }
+
+    /// What the row counts as one operation, and how many it did: writes for row f,
+    /// deliveries where the row delivers, PATCHes otherwise.
+    fn ops(&self) -> Option<(f64, &'static str)> {
+        let n = |v: &Value| v.as_f64().filter(|n| *n > 0.0);
+        if self.key == 'f' {
+            return n(&self.json["api"]["n"]).map(|n| (n, "write"));
+        }
+        n(&self.json["deliveries"])
+            .map(|n| (n, "delivery"))
+            .or_else(|| n(&self.json["api"]["n"]).map(|n| (n, "PATCH")))
+    }
+
+    /// The row's rate as a share of the machine's yardstick (one-row transactions/s), for
+    /// the rows whose targets are stated that way (a: deliveries/s, f: writes/s).
+    fn yardstick_share(&self) -> Option<f64> {
+        let tps = yardstick_tps()?;
+        let rate = match self.key {
+            'a' => self.json["deliveries_per_s"].as_f64()?,
+            'f' => self.json["api_per_s"].as_f64()?,
+            _ => return None,
+        };
+        Some(rate / tps)
+    }
+
+    /// CPU per operation of the server and of its PostgreSQL backends, and the yardstick
+    /// share where there is one.
+    fn per_op_line(&self) -> Option<String> {
+        let (n, unit) = self.ops()?;
+        let us = |s: f64| s * 1e6 / n;
+        let mut line = format!(
+            "CPU per {unit}: stratum {:.0} us, PostgreSQL {:.0} us (its backends {:.0} us), together {:.0} us",
+            us(self.cpu.stratum),
+            us(self.cpu.postgres),
+            us(self.cpu.postgres_own),
+            us(self.cpu.stratum + self.cpu.postgres_own),
+        );
+        if let Some(share) = self.yardstick_share() {
+            line.push_str(&format!("; {share:.3} of the yardstick"));
+        }
+        Some(line)
+    }
+
+    /// [`Self::json`] with the per-operation figures.
+    fn json_with_per_op(&self) -> Value {
+        let mut v = self.json.clone();
+        if let (Some((n, unit)), Value::Object(m)) = (self.ops(), &mut v) {
+            m.insert("op".into(), json!(unit));
+            m.insert(
+                "cpu_stratum_us_per_op".into(),
+                json!(round1(self.cpu.stratum * 1e6 / n)),
+            );
+            m.insert(
+                "cpu_postgres_own_us_per_op".into(),
+                json!(round1(self.cpu.postgres_own * 1e6 / n)),
+            );
+            if let Some(share) = self.yardstick_share() {
+                m.insert("yardstick_share".into(), json!((share * 1e4).round() / 1e4));
+            }
+        }
+        v
+    }
+}
+
+/// The machine's yardstick from the same run (one-row `INSERT` transactions/s), when
+/// `bench/run.sh` passes it in `STRATUM_BENCH_YARDSTICK_TPS`.
+fn yardstick_tps() -> Option<f64> {
+    std::env::var("STRATUM_BENCH_YARDSTICK_TPS")
+        .ok()?
+        .parse::<f64>()
+        .ok()
+        .filter(|t| *t > 0.0)
 }
 
 /// Rows a and b: PATCHes as fast as 16 connections carry them, every one fanned out to
@@ -1223,6 +1298,9 @@ pub async fn run(a: EngineArgs) -> Result<()> {
             "        busy {:.0}% | CPU s: stratum {:.2} / PostgreSQL {:.2} (its backends {:.2}) / load generator+receiver {:.2} | RSS max {:.1} MiB",
             r.cpu.busy_pct, r.cpu.stratum, r.cpu.postgres, r.cpu.postgres_own, r.cpu.bench, r.rss_mib
         );
+        if let Some(line) = r.per_op_line() {
+            println!("        {line}");
+        }
     }
     if want('i') {
         println!(
@@ -1232,7 +1310,7 @@ pub async fn run(a: EngineArgs) -> Result<()> {
     }
     let mut fields = serde_json::Map::new();
     for r in &rows {
-        fields.insert(r.key.to_string(), r.json.clone());
+        fields.insert(r.key.to_string(), r.json_with_per_op());
     }
     fields.insert("i_rss_max_mib".into(), json!(round1(max_rss.0)));
     summary("engine", Value::Object(fields));

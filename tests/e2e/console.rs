@@ -896,3 +896,348 @@ async fn the_console_shows_and_sets_delivery_controls() {
 
     c.close().await.unwrap();
 }
+
+/// Waits until the page has finished what `script` waits for, and returns `script`'s value.
+async fn value(c: &Client, script: &str) -> Value {
+    c.execute(&format!("return {script};"), vec![])
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_console_shows_names_a_tenant_tree_health_over_time_and_a_delivery() {
+    // A three-level tree (Acme > Acme EU > Acme EU Berlin), a healthy webhook on Acme EU and
+    // a failing one on Acme. One change to Berlin reaches both: the healthy one gets it, the
+    // failing one uses its three attempts (which also open its breaker) and dead-letters it.
+    let db = TestDb::new().await;
+    let receiver = Receiver::start();
+    receiver.set("down", Behaviour::Status(500));
+    let mut env = default_env(&db);
+    for (k, v) in [
+        // The breaker stays open until a delivery comes to probe it, after the cool-down:
+        // the retry below.
+        ("STRATUM_WEBHOOK_BREAKER_THRESHOLD", "3"),
+        ("STRATUM_WEBHOOK_BREAKER_COOLDOWN_MS", "2000"),
+        ("STRATUM_WEBHOOK_BREAKER_COOLDOWN_MAX_MS", "2000"),
+    ] {
+        env.push((k.to_owned(), v.to_owned()));
+    }
+    let s = Stratum::start(&["serve"], &env).await.unwrap();
+    let mut parent: Option<String> = None;
+    let mut tree = Vec::new();
+    for (name, slug) in [
+        ("Acme", "acme"),
+        ("Acme EU", "acme_eu"),
+        ("Acme EU Berlin", "acme_eu_berlin"),
+    ] {
+        let t = call(
+            &s,
+            "POST",
+            "/tenants",
+            Some(json!({"name": name, "slug": slug, "parent_id": parent})),
+            201,
+        )
+        .await;
+        let id = t["id"].as_str().unwrap().to_owned();
+        parent = Some(id.clone());
+        tree.push(id);
+    }
+    let (acme, eu, berlin) = (tree[0].clone(), tree[1].clone(), tree[2].clone());
+    let mut hooks = Vec::new();
+    for (tenant, path, description) in [(&acme, "down", "Acme audit sink"), (&eu, "ok", "EU CRM")] {
+        let w = call(
+            &s,
+            "POST",
+            "/webhooks",
+            Some(
+                json!({"url": format!("{}/{path}", receiver.base), "tenant_id": tenant,
+                        "events": ["tenant.updated"], "description": description}),
+            ),
+            201,
+        )
+        .await;
+        hooks.push(w["id"].as_str().unwrap().to_owned());
+    }
+    let (failing, healthy) = (hooks[0].clone(), hooks[1].clone());
+    call(
+        &s,
+        "PATCH",
+        &format!("/tenants/{berlin}"),
+        Some(json!({"name": "Acme EU Berlin GmbH"})),
+        200,
+    )
+    .await;
+    let dead = eventually(WAIT, || async {
+        s.api("GET", "/webhooks/deliveries/failed", None)
+            .await
+            .map(|(_, v)| v.as_array().is_some_and(|a| a.len() == 1))
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(dead, "the failing webhook's delivery was not dead-lettered");
+    let failed = call(&s, "GET", "/webhooks/deliveries/failed", None, 200).await;
+    let delivery = failed[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(failed[0]["webhook_id"], json!(failing));
+    assert!(
+        receiver
+            .wait_for(WAIT, |r| r.iter().any(|x| x.path == "ok"))
+            .await,
+        "the healthy webhook got nothing"
+    );
+    // The preconditions of the marks and counts below, from the API.
+    let health = call(&s, "GET", &format!("/webhooks/{failing}/health"), None, 200).await;
+    assert_eq!(health["breaker"]["state"], json!("open"), "{health}");
+    assert_eq!(health["attempts"], json!(3), "{health}");
+
+    let driver = Driver::start().await;
+    let c = driver.browser().await;
+    c.goto(&format!("{}/console/", s.base)).await.unwrap();
+    sign_in(&c, ADMIN).await;
+
+    // Webhooks: tenant names where the ids were (the id on hover), and a 24-bucket chart
+    // per webhook whose buckets hold its attempts.
+    for (w, tenant, name, attempts) in [(&failing, &acme, "Acme", 3), (&healthy, &eu, "Acme EU", 1)]
+    {
+        let row = format!("tr[data-test=webhook-row][data-id='{w}']");
+        find(&c, &format!("{row}[data-chart-loaded=true]")).await;
+        let cell = format!("{row} td[data-test=tenant-cell] [data-test=tenant-name]");
+        let shown = text(&c, &cell).await;
+        assert!(shown.starts_with(name), "{shown}");
+        assert_eq!(
+            find(&c, &cell).await.attr("title").await.unwrap(),
+            Some(tenant.clone())
+        );
+        let row_text = text(&c, &row).await;
+        assert!(
+            !row_text.contains(tenant.as_str()),
+            "no bare tenant id: {row_text}"
+        );
+        let buckets = value(
+            &c,
+            &format!("document.querySelectorAll(\"{row} svg[data-test=chart-small] g[data-test=bucket]\").length"),
+        )
+        .await;
+        assert_eq!(buckets, json!(24), "a day in hours");
+        let sum = value(
+            &c,
+            &format!("[...document.querySelectorAll(\"{row} g[data-test=bucket]\")].reduce((n, g) => n + Number(g.dataset.attempts), 0)"),
+        )
+        .await;
+        assert_eq!(sum, json!(attempts), "{w}");
+    }
+    screenshot(&c, "views-webhooks").await;
+
+    // The failing webhook's page: a day in 15-minute buckets, the breaker's opening marked.
+    click(
+        &c,
+        &format!("tr[data-test=webhook-row][data-id='{failing}'] a[data-test=webhook-link]"),
+    )
+    .await;
+    find(&c, "#webhook-chart svg[data-test=chart-large]").await;
+    assert_eq!(
+        value(
+            &c,
+            "document.querySelectorAll('#webhook-chart g[data-test=bucket]').length"
+        )
+        .await,
+        json!(96)
+    );
+    find(
+        &c,
+        "#webhook-chart line[data-test=mark][data-kind=breaker-opened]",
+    )
+    .await;
+    assert!(text(&c, "#webhook-summary").await.contains("Acme"));
+    assert_eq!(
+        value(
+            &c,
+            "document.querySelector('nav a[aria-current=page]').dataset.page"
+        )
+        .await,
+        json!("webhooks")
+    );
+    // An hour in minutes: 60 buckets.
+    find(&c, "#series-range")
+        .await
+        .select_by_value("3600/60")
+        .await
+        .unwrap();
+    until(
+        &c,
+        "an hour in minutes",
+        "document.querySelectorAll('#webhook-chart g[data-test=bucket]').length === 60",
+    )
+    .await;
+    find(
+        &c,
+        &format!("tr[data-test=delivery-row][data-id='{delivery}']"),
+    )
+    .await;
+    screenshot(&c, "views-webhook").await;
+
+    // The dead letter's page: the body as sent, three failed attempts on the timeline, and
+    // a retry that delivers it once the receiver recovers.
+    click(
+        &c,
+        &format!("a[data-test=delivery-link][href='#delivery/{failing}/{delivery}']"),
+    )
+    .await;
+    find(&c, "#delivery-attempts li[data-test=timeline-attempt]").await;
+    let body: Value = serde_json::from_str(&text(&c, "#delivery-body").await).unwrap();
+    assert_eq!(body["event"], json!("tenant.updated"));
+    assert_eq!(body["tenant_id"], json!(berlin));
+    assert_eq!(body["data"]["name"], json!("Acme EU Berlin GmbH"));
+    assert_eq!(body["id"], failed[0]["event"]["id"]);
+    let summary = text(&c, "#delivery-summary").await;
+    assert!(summary.contains("Acme audit sink"), "{summary}");
+    assert!(summary.contains("Acme EU Berlin GmbH"), "{summary}");
+    assert_eq!(
+        value(&c, "document.querySelectorAll('#delivery-attempts li[data-test=timeline-attempt][data-status=\"500\"]').length").await,
+        json!(3)
+    );
+    assert_eq!(
+        value(&c, "document.getElementById('delivery-retry').hidden").await,
+        json!(false),
+        "a dead letter can be retried"
+    );
+    screenshot(&c, "views-delivery").await;
+    receiver.set("down", Behaviour::Ok);
+    click(&c, "#delivery-retry").await;
+    until(
+        &c,
+        "the retry is queued",
+        "document.getElementById('status').textContent.includes('queued again')",
+    )
+    .await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if value(
+            &c,
+            "document.querySelector('[data-test=delivery-status]')?.textContent",
+        )
+        .await
+            == json!("success")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the retried delivery did not succeed"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        click(&c, "#delivery-refresh").await;
+    }
+    until(
+        &c,
+        "a fourth attempt, answered 200",
+        "document.querySelectorAll('#delivery-attempts li[data-test=timeline-attempt][data-status=\"200\"]').length === 1 && \
+         document.getElementById('delivery-retry').hidden",
+    )
+    .await;
+
+    // The tenant tree: three levels, each tenant's own webhooks and those it gets through
+    // an ancestor.
+    click(&c, "a[href='#tree']").await;
+    find(&c, "ul[data-test=tree]").await;
+    let li = |id: &str| format!("li[data-test=tree-tenant][data-id='{id}']");
+    find(
+        &c,
+        &format!("{} > ul > {} > ul > {}", li(&acme), li(&eu), li(&berlin)),
+    )
+    .await;
+    let own =
+        |t: &str, w: &str| format!("{} > .hooks a[data-test=own-webhook][data-id='{w}']", li(t));
+    let through = |t: &str, w: &str| {
+        format!(
+            "{} > .hooks a[data-test=inherited-webhook][data-id='{w}']",
+            li(t)
+        )
+    };
+    find(&c, &own(&acme, &failing)).await;
+    find(&c, &own(&eu, &healthy)).await;
+    assert!(text(&c, &through(&eu, &failing))
+        .await
+        .contains("from Acme"));
+    find(&c, &through(&berlin, &failing)).await;
+    assert!(text(&c, &through(&berlin, &healthy))
+        .await
+        .contains("from Acme EU"));
+    assert_eq!(
+        value(
+            &c,
+            &format!(
+                "document.querySelectorAll(\"{} > .hooks a\").length",
+                li(&acme)
+            )
+        )
+        .await,
+        json!(1),
+        "the root gets nothing through an ancestor"
+    );
+    assert_eq!(
+        value(
+            &c,
+            "document.querySelector('nav a[aria-current=page]').dataset.page"
+        )
+        .await,
+        json!("tree")
+    );
+    screenshot(&c, "views-tree").await;
+
+    // The audit log: tenant names in the Tenant and Resource columns.
+    go(&c, "#audit").await;
+    find(&c, "#audit-resource")
+        .await
+        .send_keys("tenant")
+        .await
+        .unwrap();
+    click(&c, "#audit-search").await;
+    until(
+        &c,
+        "four tenant entries",
+        "document.querySelectorAll('tr[data-test=audit-row]').length === 4",
+    )
+    .await;
+    let cells = value(
+        &c,
+        "[...document.querySelectorAll('td[data-test=audit-tenant], td[data-test=audit-resource]')].map((td) => td.textContent).join(' | ')",
+    )
+    .await;
+    let cells = cells.as_str().unwrap();
+    for id in [&acme, &eu, &berlin] {
+        assert!(!cells.contains(id.as_str()), "no bare tenant id: {cells}");
+    }
+    assert!(cells.contains("Acme EU Berlin GmbH"), "{cells}");
+    screenshot(&c, "views-audit").await;
+
+    // The other pages, for their screenshots.
+    for page in ["dlq", "replay", "consent"] {
+        go(&c, &format!("#{page}")).await;
+        until(
+            &c,
+            page,
+            &format!("!document.getElementById('page-{page}').hidden"),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        screenshot(&c, &format!("views-{page}")).await;
+    }
+
+    // Nothing the page loaded came from another origin (the document, its files, the
+    // favicon and every API call).
+    let origin = s.base.trim_end_matches('/').to_owned();
+    let urls = value(
+        &c,
+        "performance.getEntries().map((e) => e.name).filter((n) => /^[a-z]+:/.test(n))",
+    )
+    .await;
+    let urls: Vec<String> = serde_json::from_value(urls).unwrap();
+    assert!(urls.len() > 10, "{urls:?}");
+    for u in &urls {
+        assert!(
+            u.starts_with(&format!("{origin}/")),
+            "{u} is not from {origin}"
+        );
+    }
+    c.close().await.unwrap();
+}

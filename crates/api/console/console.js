@@ -5,7 +5,10 @@
 (function () {
   const KEY = "stratum.apiKey";
   const $ = (id) => document.getElementById(id);
-  const pages = ["webhooks", "deliveries", "dlq", "replay", "audit", "consent"];
+  const pages = ["webhooks", "deliveries", "delivery", "tree", "dlq", "replay", "audit", "consent"];
+  /** The navigation item each page belongs to. */
+  const NAV_OF = { deliveries: "webhooks", delivery: "webhooks" };
+  const SVG = "http://www.w3.org/2000/svg";
 
   // ---- small helpers -------------------------------------------------------------------
 
@@ -23,6 +26,17 @@
       if (c === undefined || c === null) continue;
       e.append(c instanceof Node ? c : document.createTextNode(String(c)));
     }
+    return e;
+  }
+  /** An SVG element with attributes and children. */
+  function svgEl(tag, attrs, ...children) {
+    const e = document.createElementNS(SVG, tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === undefined || v === null) continue;
+      if (k === "dataset") Object.assign(e.dataset, v);
+      else e.setAttribute(k, String(v));
+    }
+    for (const c of children) if (c !== undefined && c !== null) e.append(c instanceof Node ? c : document.createTextNode(String(c)));
     return e;
   }
   const td = (text, cls) => el("td", { class: cls }, text === null || text === undefined ? "—" : text);
@@ -103,7 +117,11 @@
     showSignedIn(false);
     // Nothing the previous key could see stays on the page.
     for (const tbody of document.querySelectorAll("table tbody")) tbody.replaceChildren();
-    for (const id of ["replay-status", "audit-before", "audit-after", "dlq-stats", "deliveries-webhook", "tenant-options", "replay-webhook"]) $(id).replaceChildren();
+    for (const id of ["replay-status", "audit-before", "audit-after", "dlq-stats", "deliveries-webhook", "tenant-options", "replay-webhook",
+      "webhook-summary", "webhook-chart", "webhook-marks", "delivery-id", "delivery-summary", "delivery-body", "delivery-attempts", "tree"]) $(id).replaceChildren();
+    $("delivery-retry").hidden = true;
+    names.tenants.clear();
+    names.webhooks.clear();
     $("audit-detail").hidden = true;
     hideSecret();
     $("webhooks-empty").hidden = true;
@@ -137,17 +155,22 @@
   function route() {
     if (!key()) { showSignedIn(false); return; }
     showSignedIn(true);
-    const [name, arg] = location.hash.replace(/^#/, "").split("/");
+    const [name, arg, arg2] = location.hash.replace(/^#/, "").split("/");
     const page = pages.includes(name) ? name : "webhooks";
     for (const p of pages) $("page-" + p).hidden = p !== page;
     // A generated secret is shown once: leaving the webhooks page drops it.
     if (page !== "webhooks") hideSecret();
     for (const a of document.querySelectorAll("nav a")) {
-      if (a.dataset.page === page || (page === "deliveries" && a.dataset.page === "webhooks")) a.setAttribute("aria-current", "page");
+      if (a.dataset.page === (NAV_OF[page] || page)) a.setAttribute("aria-current", "page");
       else a.removeAttribute("aria-current");
     }
     status("");
-    const loaders = { webhooks: loadWebhooks, deliveries: () => loadDeliveries(arg, false), dlq: loadDlq, replay: loadReplay, audit: () => loadAudit(null), consent: () => {} };
+    // One batched lookup of the names per page: every tenant and webhook the key can see.
+    namesLoad = loadNames();
+    const loaders = {
+      webhooks: loadWebhooks, deliveries: () => loadWebhookPage(arg), delivery: () => loadDelivery(arg, arg2),
+      tree: loadTree, dlq: loadDlq, replay: loadReplay, audit: () => loadAudit(null), consent: () => {},
+    };
     Promise.resolve(loaders[page]()).catch(fail);
   }
 
@@ -160,10 +183,137 @@
     } catch (e) { /* optional: the lists still work with typed ids */ }
   }
 
+  // ---- names for ids ---------------------------------------------------------------------
+
+  // Every tenant and webhook the key can see, by id, fetched once per page shown.
+  const names = { tenants: new Map(), webhooks: new Map() };
+  let namesLoad = Promise.resolve();
+  const MAX_TENANT_PAGES = 50;
+
+  async function loadNames() {
+    const tenants = new Map();
+    let cursor = null;
+    for (let i = 0; i < MAX_TENANT_PAGES; i++) {
+      const { body } = await api("GET", "/tenants" + query({ limit: 100, cursor }));
+      for (const t of (body && body.data) || []) tenants.set(t.id, t);
+      if (!body || !body.has_more || !body.next_cursor) break;
+      cursor = body.next_cursor;
+    }
+    const { body: hooks } = await api("GET", "/webhooks");
+    names.tenants = tenants;
+    names.webhooks = new Map((hooks || []).map((w) => [w.id, w]));
+  }
+
+  /** Waits for the page's names; a failed lookup leaves the ids showing. */
+  async function namesReady() {
+    try { await namesLoad; } catch (e) { /* ids are shown instead */ }
+  }
+
+  /** A tenant's name and slug, the id on hover; "global" for none; the bare id when unknown. */
+  function tenantName(id) {
+    if (!id) return el("span", { dataset: { test: "global" } }, "global");
+    const t = names.tenants.get(id);
+    if (!t) return el("span", { class: "mono", title: id }, id);
+    return el("span", { class: "name", title: id, dataset: { test: "tenant-name", id } },
+      t.name, " ", el("span", { class: "slug" }, t.slug));
+  }
+
+  /** A webhook's description (or URL), the id and URL on hover; the bare id when unknown. */
+  function webhookName(id, fallback) {
+    const w = names.webhooks.get(id) || fallback;
+    if (!w) return el("span", { class: "mono", title: id }, id);
+    return el("span", { class: "name", title: w.url + "\n" + id, dataset: { test: "webhook-name", id } }, w.description || w.url);
+  }
+
+  // ---- charts ----------------------------------------------------------------------------
+
+  /** Times (ms since the epoch) of the breaker openings and disablings to mark on a chart. */
+  function breakerMarks(health, disabled) {
+    const marks = [];
+    const b = health && health.breaker;
+    if (b && b.state !== "closed" && b.opened_at) marks.push({ at: Date.parse(b.opened_at), label: "breaker opened (still " + b.state.replace("_", "-") + ")", kind: "breaker-opened" });
+    for (const a of disabled || []) marks.push({ at: Date.parse(a.created_at), label: "webhook disabled" + (a.after_state && a.after_state.disabled_reason ? " (" + a.after_state.disabled_reason + ")" : ""), kind: "disabled" });
+    return marks;
+  }
+
+  function bucketText(s, b) {
+    const start = Date.parse(b.start);
+    const end = new Date(start + s.bucket_seconds * 1000);
+    return new Date(start).toLocaleString() + " – " + end.toLocaleTimeString() + ": " + b.attempts + " attempt" + (b.attempts === 1 ? "" : "s") +
+      (b.attempts ? ", " + pct(b.success_rate) + " succeeded, p50 " + ms(b.p50_latency_ms) + ", p99 " + ms(b.p99_latency_ms) : "");
+  }
+
+  /** The series as an SVG chart: a bar per bucket (successes and failures stacked), for a
+   *  large chart the p50 and p99 latency lines, and a dashed line per mark. */
+  function chart(s, marks, large) {
+    const n = s.buckets.length;
+    const plotH = large ? 160 : 30;
+    const top = large ? 16 : 2;
+    const barW = large ? Math.max(4, Math.min(24, Math.floor(960 / n))) : Math.max(3, Math.floor(168 / n));
+    const W = n * barW;
+    const H = top + plotH + (large ? 20 : 2);
+    const maxAttempts = Math.max(1, ...s.buckets.map((b) => b.attempts));
+    const total = s.buckets.reduce((a, b) => a + b.attempts, 0);
+    const ok = s.buckets.reduce((a, b) => a + b.successes, 0);
+    const svg = svgEl("svg", {
+      class: "chart", width: W, height: H, viewBox: "0 0 " + W + " " + H, role: "img",
+      "aria-label": total + " attempts in " + n + " buckets, " + (total ? pct(ok / total) + " succeeded" : "none made"),
+      dataset: { test: large ? "chart-large" : "chart-small", buckets: n },
+    });
+    const y = (v) => top + plotH - (v / maxAttempts) * plotH;
+    if (large) {
+      svg.append(svgEl("line", { class: "grid", x1: 0, x2: W, y1: top + plotH + 0.5, y2: top + plotH + 0.5 }),
+        svgEl("text", { class: "axis", x: 2, y: 11 }, maxAttempts + " attempts"));
+    }
+    s.buckets.forEach((b, i) => {
+      const x = i * barW;
+      const g = svgEl("g", { dataset: { test: "bucket", start: b.start, attempts: b.attempts } }, svgEl("title", {}, bucketText(s, b)));
+      const w = Math.max(1, barW - 1);
+      if (b.attempts === 0) {
+        g.append(svgEl("rect", { class: "none", x, y: top + plotH - 1, width: w, height: 1 }));
+      } else {
+        const failed = b.attempts - b.successes;
+        g.append(svgEl("rect", { class: "ok", x, y: y(b.successes), width: w, height: top + plotH - y(b.successes) }));
+        if (failed) g.append(svgEl("rect", { class: "bad", x, y: y(b.attempts), width: w, height: y(b.successes) - y(b.attempts) }));
+      }
+      // A transparent full-height target so the title shows anywhere over the bucket.
+      g.append(svgEl("rect", { x, y: top, width: barW, height: plotH, fill: "transparent" }));
+      svg.append(g);
+    });
+    if (large) {
+      const maxMs = Math.max(1, ...s.buckets.map((b) => b.p99_latency_ms || 0));
+      const ly = (v) => top + plotH - (v / maxMs) * plotH;
+      for (const [key, cls] of [["p50_latency_ms", "p50"], ["p99_latency_ms", "p99"]]) {
+        let pts = [];
+        const flush = () => { if (pts.length) svg.append(svgEl("polyline", { class: cls, points: pts.join(" ") })); pts = []; };
+        s.buckets.forEach((b, i) => {
+          if (b[key] === null || b[key] === undefined) flush();
+          else {
+            const [px, py] = [i * barW + barW / 2, ly(b[key])];
+            pts.push(px.toFixed(1) + "," + py.toFixed(1));
+            svg.append(svgEl("circle", { class: cls + " dot", cx: px.toFixed(1), cy: py.toFixed(1), r: 2 }));
+          }
+        });
+        flush();
+      }
+      svg.append(svgEl("text", { class: "axis", x: W - 2, y: 11, "text-anchor": "end" }, "p99 max " + ms(maxMs)),
+        svgEl("text", { class: "axis", x: 0, y: H - 4 }, new Date(Date.parse(s.from)).toLocaleString()),
+        svgEl("text", { class: "axis", x: W, y: H - 4, "text-anchor": "end" }, new Date(Date.parse(s.until)).toLocaleString()));
+    }
+    const from = Date.parse(s.from), until = Date.parse(s.until);
+    for (const m of marks || []) {
+      if (!(m.at >= from && m.at < until)) continue;
+      const x = ((m.at - from) / (until - from)) * W;
+      svg.append(svgEl("line", { class: "mark", x1: x, x2: x, y1: top, y2: top + plotH, dataset: { test: "mark", kind: m.kind } },
+        svgEl("title", {}, m.label + " at " + new Date(m.at).toLocaleString())));
+    }
+    return svg;
+  }
+
   // ---- webhooks --------------------------------------------------------------------------
 
   let webhookCache = [];
-  const WEBHOOK_COLUMNS = 11;
+  const WEBHOOK_COLUMNS = 12;
   const DISABLED_REASONS = {
     gone: "gone: the receiver answered 410 Gone",
     failing: "failing: its breaker stayed open too long",
@@ -206,12 +356,14 @@
     const tbody = $("webhooks-table").tBodies[0];
     const current = ticket("webhooks");
     const { body } = await api("GET", "/webhooks");
+    await namesReady();
     if (!current()) return;
     webhookCache = body || [];
     tbody.replaceChildren();
     $("webhooks-empty").hidden = webhookCache.length > 0;
     for (const w of webhookCache) {
       const breakerCell = td("…");
+      const chartCell = el("td", { dataset: { test: "chart-cell" } }, "…");
       const healthCells = [td("…"), td("…"), td("…"), td("…")];
       const toggle = el("button", {
         type: "button", dataset: { test: "toggle-active" },
@@ -221,11 +373,19 @@
       const controls = el("button", { type: "button", dataset: { test: "controls" }, "aria-expanded": "false",
         onclick: () => toggleControls(w, panel, controls) }, "Controls");
       const row = el("tr", { dataset: { test: "webhook-row", id: w.id } },
-        td(w.url, "mono"), td(w.tenant_id || "global", "mono"), td(w.events.join(", ")),
-        activeCell(w), breakerCell, controlsCell(w), ...healthCells,
+        el("td", {}, el("a", { href: "#deliveries/" + w.id, dataset: { test: "webhook-link" } }, w.description || w.url),
+          w.description ? el("div", { class: "mono sub" }, w.url) : null),
+        el("td", { dataset: { test: "tenant-cell" } }, tenantName(w.tenant_id)), td(w.events.join(", ")),
+        chartCell, activeCell(w), breakerCell, controlsCell(w), ...healthCells,
         el("td", {}, toggle, " ", controls, " ", el("a", { href: "#deliveries/" + w.id, dataset: { test: "deliveries-link" } }, "Deliveries")));
       tbody.append(row, panel);
-      api("GET", "/webhooks/" + w.id + "/health").then(({ body: h }) => {
+      const health = api("GET", "/webhooks/" + w.id + "/health");
+      const series = api("GET", "/webhooks/" + w.id + "/health/series?window=86400&bucket=3600");
+      Promise.all([series, health.catch(() => null)]).then(([{ body: s }, h]) => {
+        chartCell.replaceChildren(chart(s, breakerMarks(h && h.body, []), false));
+        row.dataset.chartLoaded = "true";
+      }).catch((e) => { chartCell.textContent = "unavailable: " + e.message; });
+      health.then(({ body: h }) => {
         showBreaker(breakerCell, h.breaker);
         healthCells[0].textContent = pct(h.success_rate) + " (" + h.successes + "/" + h.attempts + ")";
         healthCells[1].textContent = ms(h.p50_latency_ms);
@@ -318,6 +478,52 @@
     $("webhook-secret-url").replaceChildren();
   }
 
+  // ---- one webhook: its health over time and its deliveries ------------------------------
+
+  /** A <dl> of label/value pairs. */
+  function summary(id, pairs) {
+    $(id).replaceChildren(...pairs.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v === null || v === undefined ? "—" : v)]));
+  }
+
+  async function loadWebhookPage(webhookId) {
+    if (!webhookId) { location.hash = "#webhooks"; return; }
+    const current = ticket("webhook-page");
+    $("webhook-summary").replaceChildren();
+    $("webhook-chart").replaceChildren();
+    $("webhook-marks").replaceChildren();
+    const deliveries = loadDeliveries(webhookId, false);
+    const { body: w } = await api("GET", "/webhooks/" + webhookId);
+    await namesReady();
+    if (!current()) return;
+    $("deliveries-webhook").replaceChildren(w.description || w.url);
+    summary("webhook-summary", [
+      ["URL", el("span", { class: "mono" }, w.url)], ["Id", el("span", { class: "mono" }, w.id)],
+      ["Tenant", tenantName(w.tenant_id)], ["Events", w.events.join(", ")],
+      ["Active", w.active ? "yes" : "no" + (w.disabled_reason ? " — " + (DISABLED_REASONS[w.disabled_reason] || w.disabled_reason) : "")],
+    ]);
+    await Promise.all([loadWebhookChart(webhookId), deliveries]);
+  }
+
+  async function loadWebhookChart(webhookId) {
+    const current = ticket("webhook-chart");
+    const [windowS, bucketS] = $("series-range").value.split("/");
+    const [{ body: s }, health] = await Promise.all([
+      api("GET", "/webhooks/" + webhookId + "/health/series" + query({ window: windowS, bucket: bucketS })),
+      api("GET", "/webhooks/" + webhookId + "/health").then((r) => r.body).catch(() => null),
+    ]);
+    // The breaker's transitions are not stored one by one: what is stored is when the
+    // current opening began and every disabling (audited as webhook.disabled).
+    let disabled = [];
+    try {
+      const { body } = await api("GET", "/audit-logs" + query({ action: "webhook.disabled", resource_type: "webhook", from: s.from, limit: 100 }));
+      disabled = (body || []).filter((a) => a.resource_id === webhookId);
+    } catch (e) { /* a key that cannot read the audit log sees the chart without those marks */ }
+    if (!current()) return;
+    const marks = breakerMarks(health, disabled);
+    $("webhook-chart").replaceChildren(chart(s, marks, true));
+    $("webhook-marks").replaceChildren(...marks.map((m) => el("li", { dataset: { test: "mark-item", kind: m.kind } }, m.label + " at " + new Date(m.at).toLocaleString())));
+  }
+
   // ---- deliveries of one webhook ---------------------------------------------------------
 
   let deliveriesCursor = null;
@@ -327,11 +533,7 @@
     const tbody = $("deliveries-table").tBodies[0];
     const current = ticket("deliveries");
     $("deliveries-table").setAttribute("aria-busy", "true");
-    if (!more) {
-      deliveriesCursor = null;
-      $("deliveries-webhook").textContent = webhookId;
-      api("GET", "/webhooks/" + webhookId).then(({ body: w }) => { $("deliveries-webhook").textContent = w.url; }).catch(() => {});
-    }
+    if (!more) deliveriesCursor = null;
     let body, headers;
     try {
       ({ body, headers } = await api("GET", "/webhooks/" + webhookId + "/deliveries" +
@@ -348,7 +550,7 @@
       const show = el("button", { type: "button", dataset: { test: "show-attempts" },
         onclick: () => toggleAttempts(webhookId, d.id, attemptsRow) }, "Attempts");
       tbody.append(el("tr", { dataset: { test: "delivery-row", id: d.id, status: d.status } },
-        td(d.id, "mono"), td(d.event_type), td(d.status, "status-" + d.status), td(d.attempts),
+        el("td", { class: "mono" }, el("a", { href: "#delivery/" + webhookId + "/" + d.id, dataset: { test: "delivery-link" } }, d.id)), td(d.event_type), td(d.status, "status-" + d.status), td(d.attempts),
         td(d.response_code), td(d.last_error), td(when(d.created_at)), el("td", {}, show)), attemptsRow);
     }
     if (!more && (!body || body.length === 0)) tbody.append(el("tr", {}, el("td", { colspan: 8 }, "No deliveries.")));
@@ -367,6 +569,99 @@
     } catch (e) { fail(e); }
   }
 
+  // ---- one delivery ----------------------------------------------------------------------
+
+  async function loadDelivery(webhookId, deliveryId) {
+    if (!webhookId || !deliveryId) { location.hash = "#webhooks"; return; }
+    const current = ticket("delivery");
+    for (const id of ["delivery-summary", "delivery-body", "delivery-attempts"]) $(id).replaceChildren();
+    $("delivery-retry").hidden = true;
+    $("delivery-id").textContent = deliveryId;
+    const [{ body: d }, { body: attempts }] = await Promise.all([
+      api("GET", "/webhooks/" + webhookId + "/deliveries/" + deliveryId),
+      api("GET", "/webhooks/" + webhookId + "/deliveries/" + deliveryId + "/attempts"),
+    ]);
+    await namesReady();
+    if (!current()) return;
+    summary("delivery-summary", [
+      ["Status", el("span", { class: "status-" + d.status, dataset: { test: "delivery-status" } }, d.status)],
+      ["Webhook", el("a", { href: "#deliveries/" + webhookId }, webhookName(webhookId, d.webhook))],
+      ["Event", d.event.type + " (" + d.event.id + ")"], ["Tenant", tenantName(d.event.tenant_id)],
+      ["Attempts", String(d.attempts)], ["Created", timeEl(d.created_at)],
+      [d.status === "pending" ? "Next attempt" : "Completed", timeEl(d.status === "pending" ? d.next_retry_at : d.completed_at)],
+      ["Last error", d.last_error],
+    ]);
+    $("delivery-retry").hidden = d.status !== "failed";
+    $("delivery-retry").dataset.id = d.id;
+    // The body the receiver gets (see "What a receiver gets"): the event as stored, which
+    // never holds a secret (sensitive values are redacted before they are stored).
+    const body = { id: d.event.id, event: d.event.type, timestamp: d.event.created_at, tenant_id: d.event.tenant_id, data: d.event.data };
+    $("delivery-body").textContent = JSON.stringify(body, null, 2);
+    const first = attempts.length ? Date.parse(attempts[0].created_at) : 0;
+    const longest = Math.max(1, ...attempts.map((a) => a.duration_ms));
+    $("delivery-attempts").replaceChildren(...attempts.map((a) => {
+      const ok = a.status_code !== null && a.status_code >= 200 && a.status_code < 300;
+      const bar = svgEl("svg", { class: "chart", width: 120, height: 10, role: "img", "aria-label": a.duration_ms + " ms" },
+        svgEl("rect", { class: ok ? "ok" : "bad", x: 0, y: 1, height: 8, width: Math.max(1, (a.duration_ms / longest) * 120) }));
+      const offset = Math.round((Date.parse(a.created_at) - first) / 1000);
+      return el("li", { class: ok ? "ok" : "bad", dataset: { test: "timeline-attempt", status: a.status_code === null ? "" : a.status_code } },
+        el("div", { class: "head" }, el("strong", {}, "#" + a.attempt), timeEl(a.created_at),
+          a.attempt > 1 || offset ? el("span", { class: "sub" }, "+" + offset + " s") : null,
+          el("span", { class: ok ? "status-success" : "status-failed" }, a.status_code === null ? "no answer" : "HTTP " + a.status_code),
+          bar, ms(a.duration_ms)),
+        a.error ? el("div", { class: "error" }, a.error) : null,
+        a.response_body ? el("pre", { class: "mono" }, a.response_body) : null);
+    }));
+    if (!attempts.length) $("delivery-attempts").append(el("li", {}, "No attempts yet."));
+  }
+
+  async function retryDelivery() {
+    const id = $("delivery-retry").dataset.id;
+    try {
+      await api("POST", "/webhooks/deliveries/" + id + "/retry");
+      status("Delivery " + id + " is queued again.");
+      await loadDelivery(...location.hash.split("/").slice(1, 3));
+    } catch (e) { fail(e); }
+  }
+
+  // ---- the tenant tree -------------------------------------------------------------------
+
+  async function loadTree() {
+    const current = ticket("tree");
+    await namesLoad;
+    if (!current()) return;
+    const tenants = [...names.tenants.values()];
+    const hooks = [...names.webhooks.values()];
+    const children = new Map();
+    for (const t of tenants) {
+      const parent = names.tenants.has(t.parent_id) ? t.parent_id : null;
+      if (!children.has(parent)) children.set(parent, []);
+      children.get(parent).push(t);
+    }
+    for (const list of children.values()) list.sort((a, b) => a.name.localeCompare(b.name));
+    const own = (id) => hooks.filter((w) => w.tenant_id === id);
+    const hookLink = (w, test, via) => el("a", { href: "#deliveries/" + w.id, title: w.url + "\n" + w.id, dataset: { test, id: w.id } },
+      (w.description || w.url) + (via ? " (" + via + ")" : ""));
+    const node = (t, inherited) => {
+      const mine = own(t.id);
+      const li = el("li", { dataset: { test: "tree-tenant", id: t.id, depth: t.depth } },
+        el("span", { class: "tenant name", title: t.id }, t.name), " ", el("span", { class: "mono sub" }, t.slug),
+        t.status && t.status !== "active" ? el("span", { class: "sub" }, " (" + t.status + ")") : null,
+        el("div", { class: "hooks" }, "Own webhooks: ", ...(mine.length ? mine.map((w) => hookLink(w, "own-webhook")) : ["none"])),
+        el("div", { class: "hooks" }, "Through an ancestor: ",
+          ...(inherited.length ? inherited.map(([w, via]) => hookLink(w, "inherited-webhook", via)) : ["none"])));
+      const kids = children.get(t.id) || [];
+      const passed = inherited.concat(mine.map((w) => [w, "from " + t.name]));
+      if (kids.length) li.append(el("ul", {}, ...kids.map((k) => node(k, passed))));
+      return li;
+    };
+    const global = hooks.filter((w) => !w.tenant_id).map((w) => [w, "global"]);
+    const roots = children.get(null) || [];
+    $("tree").replaceChildren(roots.length
+      ? el("ul", { class: "tree", dataset: { test: "tree" } }, ...roots.map((t) => node(t, global)))
+      : el("p", { class: "hint" }, "No tenants visible to this key."));
+  }
+
   // ---- dead-letter queue -----------------------------------------------------------------
 
   async function loadDlq() {
@@ -376,6 +671,7 @@
       api("GET", "/webhooks/deliveries/failed?limit=500"),
       api("GET", "/webhooks/deliveries/stats"),
     ]);
+    await namesReady();
     if (!current()) return;
     $("dlq-stats").textContent = "Deliveries: " + stats.total + " total, " + stats.pending + " pending, " +
       stats.success + " delivered, " + stats.failed + " failed.";
@@ -384,8 +680,9 @@
     for (const d of rows || []) {
       const retry = el("button", { type: "button", dataset: { test: "retry" }, onclick: () => retryOne(d.id) }, "Retry");
       tbody.append(el("tr", { dataset: { test: "dlq-row", id: d.id } },
-        td(d.id, "mono"), el("td", { class: "mono" }, el("a", { href: "#deliveries/" + d.webhook.id }, d.webhook.url)),
-        td(d.event.type), td(d.attempts), td(d.response_code), td(d.last_error), td(when(d.completed_at)), el("td", {}, retry)));
+        el("td", { class: "mono" }, el("a", { href: "#delivery/" + d.webhook.id + "/" + d.id, dataset: { test: "delivery-link" } }, d.id)),
+        el("td", {}, el("a", { href: "#deliveries/" + d.webhook.id }, webhookName(d.webhook.id, d.webhook))),
+        el("td", {}, tenantName(d.webhook.tenant_id)), td(d.event.type), td(d.attempts), td(d.response_code), td(d.last_error), td(when(d.completed_at)), el("td", {}, retry)));
     }
   }
 
@@ -413,8 +710,10 @@
   async function loadReplay() {
     const sel = $("replay-webhook");
     const { body } = await api("GET", "/webhooks");
+    await namesReady();
     const chosen = sel.value;
-    sel.replaceChildren(...(body || []).map((w) => el("option", { value: w.id }, w.url + (w.tenant_id ? " (tenant " + w.tenant_id + ")" : " (global)"))));
+    const owner = (id) => { const t = names.tenants.get(id); return t ? t.name + " (" + t.slug + ")" : "tenant " + id; };
+    sel.replaceChildren(...(body || []).map((w) => el("option", { value: w.id }, (w.description ? w.description + " — " : "") + w.url + (w.tenant_id ? " · " + owner(w.tenant_id) : " · global"))));
     if (chosen) sel.value = chosen;
     if (!$("replay-since").value) {
       const d = new Date(Date.now() - 3600 * 1000);
@@ -486,6 +785,7 @@
   async function loadAudit(cursor) {
     const current = ticket("audit");
     const { body, headers } = await api("GET", "/audit-logs" + query({ ...auditFilters(), cursor }));
+    await namesReady();
     if (!current()) return;
     auditCursor = headers.get("X-Next-Cursor");
     $("audit-next").hidden = !auditCursor;
@@ -496,10 +796,19 @@
     for (const a of body || []) {
       const show = el("button", { type: "button", dataset: { test: "audit-show" }, onclick: () => showAudit(a) }, "Before / after");
       tbody.append(el("tr", { dataset: { test: "audit-row", id: a.id } },
-        td(when(a.created_at)), td(a.action), td(a.resource_type + (a.resource_id ? " " + a.resource_id : ""), "mono"),
-        td(a.tenant_id, "mono"), td(a.actor_type + (a.actor_id ? " " + a.actor_id : ""), "mono"), el("td", {}, show)));
+        td(when(a.created_at)), td(a.action), el("td", { dataset: { test: "audit-resource" } }, a.resource_type, " ", resourceName(a)),
+        el("td", { dataset: { test: "audit-tenant" } }, a.tenant_id ? tenantName(a.tenant_id) : "—"), td(a.actor_type + (a.actor_id ? " " + a.actor_id : ""), "mono"), el("td", {}, show)));
     }
     if (!body || body.length === 0) tbody.append(el("tr", {}, el("td", { colspan: 6 }, "No matching entries.")));
+  }
+
+  /** The name of an audit entry's resource when it is a tenant or a webhook; else its id. */
+  function resourceName(a) {
+    if (!a.resource_id) return "";
+    if (a.resource_type === "tenant" && names.tenants.has(a.resource_id)) return tenantName(a.resource_id);
+    if (a.resource_type === "webhook" && names.webhooks.has(a.resource_id)) return webhookName(a.resource_id);
+    if (a.resource_type === "delivery") return el("span", { class: "mono", title: a.resource_id }, a.resource_id);
+    return el("span", { class: "mono" }, a.resource_id);
   }
 
   function showAudit(a) {
@@ -562,6 +871,9 @@
     onSubmit("deliveries-filter", () => loadDeliveries(location.hash.split("/")[1], false));
     $("deliveries-more").addEventListener("click", () => loadDeliveries(location.hash.split("/")[1], true).catch(fail));
     $("dlq-refresh").addEventListener("click", () => loadDlq().catch(fail));
+    $("delivery-retry").addEventListener("click", retryDelivery);
+    $("delivery-refresh").addEventListener("click", () => loadDelivery(...location.hash.split("/").slice(1, 3)).catch(fail));
+    $("series-range").addEventListener("change", () => loadWebhookChart(location.hash.split("/")[1]).catch(fail));
     $("retry-all").addEventListener("click", retryAll);
     $("replay-form").addEventListener("submit", startReplay);
     onSubmit("audit-filter", () => loadAudit(null));

@@ -164,6 +164,18 @@ struct DeliveriesQuery {
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
+struct SeriesQuery {
+    /// Length of the window ending now, in seconds (60-604,800).
+    #[param(minimum = 60, maximum = 604_800, default = 86_400)]
+    window: Option<i64>,
+    /// Length of one bucket, in seconds: at least 60, at most the window, and at most 1,000
+    /// buckets in the window. Default: 3,600, or the window when it is shorter.
+    #[param(minimum = 60, maximum = 604_800, default = 3_600)]
+    bucket: Option<i64>,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct FailedQuery {
     /// How many.
     #[param(minimum = 1, maximum = 500, default = 100)]
@@ -510,6 +522,59 @@ async fn health(state: web::Data<AppState>, Authed(caller): Authed, id: web::Pat
 
 #[utoipa::path(
     get,
+    path = "/api/v1/webhooks/{id}/health/series",
+    tag = "webhooks",
+    operation_id = "getWebhookHealthSeries",
+    description = "The webhook's delivery attempts over a window ending now, in equal buckets aligned to multiples of the bucket length since the Unix epoch, oldest first: attempts, successes, success rate and p50/p99 latency per bucket. Every bucket is present; an empty one has zero attempts and null rate and latencies. Computed from the stored attempts.",
+    params(("id" = Uuid, Path, description = "Webhook id"), SeriesQuery),
+    responses(
+        (status = 200, description = "The buckets", body = stratum_webhooks::HealthSeries),
+        (status = 400, response = crate::openapi::ValidationError),
+        (status = 404, response = crate::openapi::NotFound),
+    )
+)]
+async fn health_series(
+    state: web::Data<AppState>,
+    Authed(caller): Authed,
+    id: web::Path<Uuid>,
+    q: web::Query<SeriesQuery>,
+) -> Res {
+    let q = q.into_inner();
+    Ok(HttpResponse::Ok().json(
+        state
+            .webhooks
+            .health_series(&caller, *id, q.window, q.bucket)
+            .await?,
+    ))
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/webhooks/{id}/deliveries/{delivery_id}",
+    tag = "deliveries",
+    operation_id = "getWebhookDelivery",
+    description = "One delivery with its webhook and its event (the body sent is `{\"id\": event.id, \"event\": event.type, \"timestamp\": event.created_at, \"tenant_id\": event.tenant_id, \"data\": event.data}`); the same shape as a dead-letter queue entry.",
+    params(
+        ("id" = Uuid, Path, description = "Webhook id"),
+        ("delivery_id" = Uuid, Path, description = "Delivery id"),
+    ),
+    responses(
+        (status = 200, description = "The delivery, its webhook and its event", body = stratum_webhooks::FailedDelivery),
+        (status = 400, response = crate::openapi::ValidationError),
+        (status = 404, response = crate::openapi::NotFound),
+    )
+)]
+async fn delivery(
+    state: web::Data<AppState>,
+    Authed(caller): Authed,
+    path: web::Path<(Uuid, Uuid)>,
+) -> Res {
+    let (id, delivery_id) = path.into_inner();
+    Ok(HttpResponse::Ok().json(state.webhooks.delivery(&caller, id, delivery_id).await?))
+}
+
+#[utoipa::path(
+    get,
     path = "/api/v1/webhooks/{id}/deliveries/{delivery_id}/attempts",
     tag = "deliveries",
     operation_id = "listDeliveryAttempts",
@@ -625,6 +690,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         )
         .service(web::resource("/webhooks/{id}/deliveries").route(web::get().to(deliveries)))
         .service(web::resource("/webhooks/{id}/health").route(web::get().to(health)))
+        .service(web::resource("/webhooks/{id}/health/series").route(web::get().to(health_series)))
+        .service(
+            web::resource("/webhooks/{id}/deliveries/{delivery_id}").route(web::get().to(delivery)),
+        )
         .service(
             web::resource("/webhooks/{id}/deliveries/{delivery_id}/attempts")
                 .route(web::get().to(attempts)),

@@ -28,6 +28,7 @@ use stratum_core::StoreError;
 use uuid::Uuid;
 
 use crate::audit::{AuditRow, AUDIT_COLUMNS};
+use crate::cached::CachedExt;
 use crate::error::map_query_error;
 use crate::schema::audit_chain;
 use crate::tx::read_conn;
@@ -60,6 +61,7 @@ async fn seal_in_tx(conn: &mut AsyncPgConnection) -> QueryResult<u64> {
     // One snapshot for the whole pass: what it sees is exactly what had committed when
     // the pass began.
     diesel::sql_query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        .cached()
         .execute(conn)
         .await?;
     let head: Option<(i64, String)> = audit_chain::table
@@ -79,12 +81,13 @@ async fn seal_in_tx(conn: &mut AsyncPgConnection) -> QueryResult<u64> {
           WHERE seq IS NULL
           ORDER BY xid NULLS FIRST, created_at, id"
     ))
+    .cached()
     .execute(conn)
     .await?;
     let fetch = format!("FETCH FORWARD {SEAL_BATCH} FROM stratum_seal");
     let mut sealed = 0u64;
     loop {
-        let rows: Vec<AuditRow> = diesel::sql_query(&fetch).load(conn).await?;
+        let rows: Vec<AuditRow> = diesel::sql_query(&fetch).cached().load(conn).await?;
         if rows.is_empty() {
             break;
         }
@@ -110,6 +113,7 @@ async fn seal_in_tx(conn: &mut AsyncPgConnection) -> QueryResult<u64> {
         .bind::<Array<SqlUuid>, _>(&ids)
         .bind::<Array<BigInt>, _>(&seqs)
         .bind::<Array<Text>, _>(&hashes)
+        .cached()
         .execute(conn)
         .await?;
         if n != ids.len() {
@@ -124,6 +128,7 @@ async fn seal_in_tx(conn: &mut AsyncPgConnection) -> QueryResult<u64> {
         sealed += n as u64;
     }
     diesel::sql_query("CLOSE stratum_seal")
+        .cached()
         .execute(conn)
         .await?;
     if sealed > 0 {
@@ -133,6 +138,7 @@ async fn seal_in_tx(conn: &mut AsyncPgConnection) -> QueryResult<u64> {
                 audit_chain::hash.eq(&hash),
                 audit_chain::sealed_at.eq(diesel::dsl::now),
             ))
+            .cached()
             .execute(conn)
             .await?;
     }

@@ -10,6 +10,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use stratum_audit::{AuditRecord, AuditSink, AuditTrail, Redaction};
 use stratum_core::{Journal, StoreError};
 
+use crate::cached::CachedExt;
 use crate::error::map_query_error;
 
 /// The channel workers `LISTEN` on; a notification means new deliveries are due. The SQL
@@ -77,6 +78,7 @@ pub async fn append(conn: &AsyncPgConnection, record: &AuditRecord) -> QueryResu
     .bind::<Array<SqlUuid>, _>(event.map(|e| e.extra_audience.as_slice()).unwrap_or_default())
     // Notifies in the transaction only when no commit hook will (see `wake`).
     .bind::<Bool, _>(!deferred)
+    .cached()
     .get_result(&mut conn)
     .await?;
     if fanned.n > 0 {

@@ -10,6 +10,7 @@ use diesel::sql_types::{BigInt, Bool, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use stratum_core::StoreError;
 
+use crate::cached::CachedExt;
 use crate::tx::TxError;
 
 /// Advisory lock key held shared by writers of secrets and exclusively by a rotation.
@@ -52,6 +53,7 @@ pub(crate) async fn active_key_id(
 pub(crate) async fn recorded_key_id(conn: &mut AsyncPgConnection) -> QueryResult<Option<String>> {
     let row: Option<ActiveKey> =
         diesel::sql_query("SELECT active_key_id FROM encryption_keys_state WHERE singleton")
+            .cached()
             .get_result(conn)
             .await
             .optional()?;
@@ -66,6 +68,7 @@ pub(crate) async fn ensure_active_key<E: From<StoreError>>(
 ) -> Result<(), TxError<E>> {
     diesel::sql_query("SELECT pg_advisory_xact_lock_shared($1)")
         .bind::<BigInt, _>(SECRETS_LOCK)
+        .cached()
         .execute(conn)
         .await?;
     let Some(key_id) = stratum_crypto::envelope_key_id(stored) else {

@@ -3,6 +3,7 @@
 //! the embedded migrations.
 
 pub mod audit;
+pub mod cached;
 pub mod chain;
 mod combine;
 pub mod consent;
@@ -20,11 +21,13 @@ pub mod replays;
 pub mod schema;
 pub mod status;
 pub mod tenancy;
+mod tenant_write;
 pub mod tx;
 pub mod wake;
 pub mod webhooks;
 
 pub use audit::PgAuditLog;
+pub use cached::{Cached, CachedExt};
 pub use chain::{run_sealer, seal_pass};
 pub use consent::PgConsentStore;
 pub use error::{map_pool_error, map_query_error};

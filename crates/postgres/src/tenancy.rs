@@ -21,6 +21,7 @@ use futures_util::future::{try_join, try_join_all};
 use stratum_audit::AuditRecord;
 use tokio::sync::oneshot;
 
+use crate::cached::CachedExt;
 use crate::combine::Combiner;
 use crate::error::{is_unique_violation, map_query_error};
 use crate::in_tx;
@@ -38,7 +39,7 @@ fn fail<T>(e: TenancyError) -> TxResult<T> {
 
 #[derive(Queryable, Selectable, Insertable)]
 #[diesel(table_name = tenants)]
-struct TenantRow {
+pub(crate) struct TenantRow {
     id: Uuid,
     parent_id: Option<Uuid>,
     name: String,
@@ -54,7 +55,7 @@ struct TenantRow {
 }
 
 impl TenantRow {
-    fn into_domain(self) -> Result<Tenant, StoreError> {
+    pub(crate) fn into_domain(self) -> Result<Tenant, StoreError> {
         let ancestry_path = TenantPath::parse(&self.ancestry_path).ok_or_else(|| {
             StoreError::internal(format!("tenant {} has a malformed path", self.id))
         })?;
@@ -96,7 +97,7 @@ fn tenants_from(rows: Vec<TenantRow>) -> Result<Vec<Tenant>, StoreError> {
     rows.into_iter().map(TenantRow::into_domain).collect()
 }
 
-fn slug_taken(e: diesel::result::Error, slug: &str) -> TxError<TenancyError> {
+pub(crate) fn slug_taken(e: diesel::result::Error, slug: &str) -> TxError<TenancyError> {
     if is_unique_violation(&e) {
         TxError::Domain(TenancyError::Conflict(format!(
             "slug '{slug}' is already taken"
@@ -199,7 +200,15 @@ fn again(e: &TenancyError) -> TenancyError {
 /// change fails alone; so does, in a batch of several, a new slug that is taken (it is
 /// written at once, inside a savepoint); a storage failure fails the batch. Answers every
 /// write.
-async fn modify_batch(pool: &Pool, id: Uuid, jobs: Vec<ModifyJob>) {
+async fn modify_batch(pool: &Pool, id: Uuid, mut jobs: Vec<ModifyJob>) {
+    if jobs.len() == 1 && crate::tx::ambient().is_none() {
+        // The common case, in two round trips (see `tenant_write`).
+        let job = jobs.remove(0);
+        let _ = job
+            .reply
+            .send(crate::tenant_write::modify_one(pool, id, job.change).await);
+        return;
+    }
     let (changes, replies): (Vec<TenantChange>, Vec<_>) =
         jobs.into_iter().map(|j| (j.change, j.reply)).unzip();
     let n = changes.len();
@@ -303,6 +312,7 @@ async fn write_tenant(
             tenants::updated_at.eq(state.updated_at),
             tenants::version.eq(state.version),
         ))
+        .cached()
         .execute(&mut shared);
     let appends = try_join_all(records.iter().map(|r| journal::append(conn, r)));
     let (updated, _) = try_join(update, appends)
@@ -674,6 +684,7 @@ impl ConfigStore for PgConfigStore {
                         .values(&row)
                         .on_conflict_do_nothing()
                         .returning((config_entries::created_at, config_entries::version))
+                        .cached()
                         .get_result(conn)
                         .await
                         .optional()?
@@ -692,6 +703,7 @@ impl ConfigStore for PgConfigStore {
                     config_entries::version.eq(config_entries::version + 1),
                 ))
                 .returning((config_entries::created_at, config_entries::version))
+                .cached()
                 .get_result(conn)
                 .await
                 .optional()?,
@@ -857,6 +869,7 @@ impl PermissionStore for PgPermissionStore {
                 permission_policies::version.eq(permission_policies::version + 1),
             ))
             .returning(permission_policies::version)
+            .cached()
             .get_result(conn)
             .await
             .optional()?;

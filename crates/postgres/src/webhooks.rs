@@ -11,20 +11,23 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde_json::{json, Value};
 use stratum_core::{EventType, Journal, Limit, PageError, StoreError, TenantPath};
 use stratum_webhooks::{
-    disabled_journal, Breaker, BreakerConfig, BreakerState, BreakerTransitions, ClaimedDelivery,
-    Completion, Delivery, DeliveryAttempt, DeliveryOrdering, DeliveryQueue, DeliveryStats,
-    DeliveryStatus, DeliveryStore, DisabledReason, EventRef, FailedDelivery, HealthFigures,
-    PreviousSecret, Verdict, Webhook, WebhookError, WebhookRef, WebhookStore, WebhookUrl,
+    disabled_journal, Breaker, BreakerConfig, BreakerState, BreakerTransitions, BucketFigures,
+    ClaimedDelivery, Completion, Delivery, DeliveryAttempt, DeliveryOrdering, DeliveryQueue,
+    DeliveryStats, DeliveryStatus, DeliveryStore, DisabledReason, EventRef, FailedDelivery,
+    HealthFigures, PreviousSecret, Verdict, Webhook, WebhookError, WebhookRef, WebhookStore,
+    WebhookUrl,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::cached::CachedExt;
 use crate::error::{is_fk_violation, map_query_error};
 use crate::in_tx;
 use crate::journal::record;
 use crate::schema::{
     tenants, webhook_controls, webhook_deliveries, webhook_delivery_attempts, webhooks,
 };
+use crate::status;
 use crate::tenancy::like_prefix;
 use crate::tx::{read_conn, TxError};
 use crate::Pool;
@@ -196,7 +199,7 @@ impl WebhookStore for PgWebhookStore {
             if let Some(t) = w.tenant_id {
                 let active: Option<String> = tenants::table
                     .find(t)
-                    .filter(tenants::status.eq("active"))
+                    .filter(tenants::status.eq(status::TENANT_ACTIVE))
                     .select(tenants::ancestry_path)
                     .for_share()
                     .first(conn)
@@ -556,6 +559,51 @@ struct HealthRow {
     next_probe_at: Option<OffsetDateTime>,
 }
 
+#[derive(QueryableByName)]
+struct BucketRow {
+    #[diesel(sql_type = Timestamptz)]
+    start: OffsetDateTime,
+    #[diesel(sql_type = BigInt)]
+    attempts: i64,
+    #[diesel(sql_type = BigInt)]
+    successes: i64,
+    #[diesel(sql_type = Nullable<diesel::sql_types::Double>)]
+    p50: Option<f64>,
+    #[diesel(sql_type = Nullable<diesel::sql_types::Double>)]
+    p99: Option<f64>,
+}
+
+impl FailedRow {
+    fn into_detail(self) -> FailedDelivery {
+        let d: Delivery = self.delivery.into();
+        FailedDelivery {
+            webhook: WebhookRef {
+                id: d.webhook_id,
+                url: self.w_url,
+                tenant_id: self.w_tenant_id,
+            },
+            event: EventRef {
+                id: d.event_id,
+                event_type: d.event_type.clone(),
+                tenant_id: d.tenant_id,
+                data: self.e_payload,
+                created_at: self.e_created_at,
+            },
+            delivery: d,
+        }
+    }
+}
+
+/// The columns of a [`FailedRow`], over `webhook_deliveries d`, `webhooks w` and
+/// `webhook_events e`.
+const DETAIL_COLUMNS: &str =
+    "d.id, d.webhook_id, d.event_id, d.event_type, d.tenant_id, d.status, d.attempts,
+     d.next_retry_at, d.last_error, d.response_code, d.created_at, d.completed_at,
+     w.url AS w_url, w.tenant_id AS w_tenant_id, e.payload AS e_payload, e.created_at AS e_created_at
+     FROM webhook_deliveries d
+     JOIN webhooks w ON w.id = d.webhook_id
+     JOIN webhook_events e ON e.id = d.event_id";
+
 #[derive(Queryable, Selectable)]
 #[diesel(table_name = webhook_delivery_attempts)]
 struct AttemptRow {
@@ -645,6 +693,79 @@ impl DeliveryStore for PgDeliveryStore {
                 cooldown_ms: 0,
             },
         })
+    }
+
+    async fn health_series(
+        &self,
+        webhook_id: Uuid,
+        from: OffsetDateTime,
+        bucket_seconds: i64,
+        buckets: i64,
+    ) -> Result<Vec<BucketFigures>, StoreError> {
+        let mut conn = read_conn(&self.pool).await?;
+        // Each attempt of the window gets the index of its bucket; every index of the series
+        // is present, so an empty bucket is a row of zeros (percentile_cont of no rows is
+        // null). A failed attempt is one without a 2xx.
+        let rows: Vec<BucketRow> = diesel::sql_query(
+            "WITH params AS (
+                 SELECT $2::timestamptz AS since,
+                        make_interval(secs => $3::double precision) AS width,
+                        $4::bigint AS n),
+             recent AS (
+                 SELECT floor(extract(epoch FROM a.created_at - p.since) / $3::double precision)::bigint AS ix,
+                        a.status_code, a.duration_ms
+                   FROM webhook_delivery_attempts a
+                   JOIN webhook_deliveries d ON d.id = a.delivery_id
+                  CROSS JOIN params p
+                  WHERE d.webhook_id = $1
+                    AND a.created_at >= p.since
+                    AND a.created_at < p.since + p.width * p.n)
+             SELECT p.since + p.width * g.ix AS start,
+                    count(r.ix) AS attempts,
+                    count(r.ix) FILTER (WHERE r.status_code BETWEEN 200 AND 299) AS successes,
+                    percentile_cont(0.5) WITHIN GROUP (ORDER BY r.duration_ms) AS p50,
+                    percentile_cont(0.99) WITHIN GROUP (ORDER BY r.duration_ms) AS p99
+               FROM params p
+              CROSS JOIN generate_series(0::bigint, p.n - 1) AS g(ix)
+               LEFT JOIN recent r ON r.ix = g.ix
+              GROUP BY p.since, p.width, g.ix
+              ORDER BY g.ix",
+        )
+        .bind::<SqlUuid, _>(webhook_id)
+        .bind::<Timestamptz, _>(from)
+        .bind::<BigInt, _>(bucket_seconds)
+        .bind::<BigInt, _>(buckets)
+        .load(&mut conn)
+        .await
+        .map_err(map_query_error)?;
+        Ok(rows
+            .into_iter()
+            .map(|r| BucketFigures {
+                start: r.start,
+                attempts: r.attempts,
+                successes: r.successes,
+                p50_latency_ms: r.p50,
+                p99_latency_ms: r.p99,
+            })
+            .collect())
+    }
+
+    async fn detail(
+        &self,
+        webhook_id: Uuid,
+        delivery_id: Uuid,
+    ) -> Result<Option<FailedDelivery>, StoreError> {
+        let mut conn = read_conn(&self.pool).await?;
+        let row: Option<FailedRow> = diesel::sql_query(format!(
+            "SELECT {DETAIL_COLUMNS} WHERE d.id = $1 AND d.webhook_id = $2"
+        ))
+        .bind::<SqlUuid, _>(delivery_id)
+        .bind::<SqlUuid, _>(webhook_id)
+        .get_result(&mut conn)
+        .await
+        .optional()
+        .map_err(map_query_error)?;
+        Ok(row.map(FailedRow::into_detail))
     }
 
     async fn attempts(
@@ -759,12 +880,7 @@ impl DeliveryStore for PgDeliveryStore {
             Some(_) => format!("d.webhook_id IN ({})", VISIBLE_WEBHOOKS.replace("$1", "$2")),
         };
         let q = format!(
-            "SELECT d.id, d.webhook_id, d.event_id, d.event_type, d.tenant_id, d.status, d.attempts,
-                    d.next_retry_at, d.last_error, d.response_code, d.created_at, d.completed_at,
-                    w.url AS w_url, w.tenant_id AS w_tenant_id, e.payload AS e_payload, e.created_at AS e_created_at
-               FROM webhook_deliveries d
-               JOIN webhooks w ON w.id = d.webhook_id
-               JOIN webhook_events e ON e.id = d.event_id
+            "SELECT {DETAIL_COLUMNS}
               WHERE d.status = 'failed' AND {visible}
               ORDER BY d.created_at DESC, d.id DESC
               LIMIT $1"
@@ -780,27 +896,7 @@ impl DeliveryStore for PgDeliveryStore {
             }
         }
         .map_err(map_query_error)?;
-        Ok(rows
-            .into_iter()
-            .map(|r| {
-                let d: Delivery = r.delivery.into();
-                FailedDelivery {
-                    webhook: WebhookRef {
-                        id: d.webhook_id,
-                        url: r.w_url,
-                        tenant_id: r.w_tenant_id,
-                    },
-                    event: EventRef {
-                        id: d.event_id,
-                        event_type: d.event_type.clone(),
-                        tenant_id: d.tenant_id,
-                        data: r.e_payload,
-                        created_at: r.e_created_at,
-                    },
-                    delivery: d,
-                }
-            })
-            .collect())
+        Ok(rows.into_iter().map(FailedRow::into_detail).collect())
     }
 
     async fn get(&self, id: Uuid) -> Result<Option<(Delivery, Option<TenantPath>)>, StoreError> {
@@ -821,7 +917,7 @@ impl DeliveryStore for PgDeliveryStore {
             let n = diesel::update(
                 webhook_deliveries::table
                     .filter(webhook_deliveries::id.eq(id))
-                    .filter(webhook_deliveries::status.eq("failed")),
+                    .filter(webhook_deliveries::status.eq(status::DELIVERY_FAILED)),
             )
             .set(requeue())
             .execute(conn)
@@ -852,7 +948,8 @@ impl DeliveryStore for PgDeliveryStore {
     ) -> Result<u64, WebhookError> {
         in_tx!(self.pool, WebhookError, |conn| {
             let q = diesel::update(
-                webhook_deliveries::table.filter(webhook_deliveries::status.eq("failed")),
+                webhook_deliveries::table
+                    .filter(webhook_deliveries::status.eq(status::DELIVERY_FAILED)),
             );
             let n = match subtree {
                 None => q.set(requeue()).execute(conn).await?,
@@ -863,7 +960,7 @@ impl DeliveryStore for PgDeliveryStore {
                         .select(webhooks::id);
                     diesel::update(
                         webhook_deliveries::table
-                            .filter(webhook_deliveries::status.eq("failed"))
+                            .filter(webhook_deliveries::status.eq(status::DELIVERY_FAILED))
                             .filter(webhook_deliveries::webhook_id.eq_any(visible)),
                     )
                     .set(requeue())
@@ -926,7 +1023,7 @@ async fn close_breaker(conn: &mut AsyncPgConnection, webhook_id: Uuid) -> QueryR
 
 fn requeue() -> Requeue {
     (
-        webhook_deliveries::status.eq("pending"),
+        webhook_deliveries::status.eq(status::DELIVERY_PENDING),
         webhook_deliveries::attempts.eq(0),
         webhook_deliveries::next_retry_at.eq(diesel::dsl::now),
         webhook_deliveries::completed_at.eq(None),
@@ -1100,6 +1197,7 @@ impl DeliveryQueue for PgDeliveryQueue {
             .bind::<Array<BigInt>, _>(&rooms)
             .bind::<SqlUuid, _>(lease_id)
             .bind::<Interval, _>(lease_interval)
+            .cached()
             .load(&mut conn)
             .await
             .map_err(map_query_error)?
@@ -1154,14 +1252,14 @@ impl DeliveryQueue for PgDeliveryQueue {
         let mut gone: Vec<Uuid> = Vec::new();
         for c in &completions {
             let (status, at, done, is_attempt) = match &c.verdict {
-                Verdict::Success => ("success", now, Some(now), true),
-                Verdict::Retry { at } => ("pending", *at, None, true),
-                Verdict::Failed => ("failed", now, Some(now), true),
+                Verdict::Success => (status::DELIVERY_SUCCESS, now, Some(now), true),
+                Verdict::Retry { at } => (status::DELIVERY_PENDING, *at, None, true),
+                Verdict::Failed => (status::DELIVERY_FAILED, now, Some(now), true),
                 Verdict::Gone => {
                     gone.push(c.webhook_id);
-                    ("failed", now, Some(now), true)
+                    (status::DELIVERY_FAILED, now, Some(now), true)
                 }
-                Verdict::Release { at } => ("pending", *at, None, false),
+                Verdict::Release { at } => (status::DELIVERY_PENDING, *at, None, false),
             };
             ids.push(c.delivery_id);
             event_ids.push(c.event_id);
@@ -1201,6 +1299,7 @@ impl DeliveryQueue for PgDeliveryQueue {
             .bind::<Array<diesel::sql_types::Bool>, _>(&counted)
             .bind::<Array<Integer>, _>(&durations)
             .bind::<Array<Nullable<Text>>, _>(&bodies)
+            .cached()
             .get_result(conn)
             .await?;
             disable_webhooks(conn, &gone, DisabledReason::Gone, now).await?;
@@ -1247,6 +1346,7 @@ impl PgDeliveryQueue {
                  RETURNING o.was",
             )
             .bind::<Array<SqlUuid>, _>(&clean)
+            .cached()
             .load::<WasRow>(conn)
             .await?
             .into_iter()
@@ -1299,6 +1399,7 @@ impl PgDeliveryQueue {
                     webhook_controls::next_probe_at.eq(b.next_probe_at),
                     webhook_controls::cooldown_ms.eq(b.cooldown_ms),
                 ))
+                .cached()
                 .execute(conn)
                 .await?;
         }

@@ -276,3 +276,137 @@ async fn a_lone_write_with_a_taken_slug_is_a_conflict_and_writes_nothing() {
         .unwrap();
     assert_eq!((ok.slug.as_str(), ok.version), ("free", 2));
 }
+
+/// A change adding one to the tenant's `metadata.n`: a lost update shows as a smaller sum.
+fn increment(id: Uuid) -> TenantChange {
+    Box::new(move |before: &Tenant| {
+        let mut after = before.clone();
+        let n = before.metadata["n"].as_i64().unwrap_or(0) + 1;
+        after.metadata = serde_json::json!({ "n": n });
+        let journal = stratum_core::Caller::system()
+            .journal("tenant.updated", "tenant")
+            .resource(id)
+            .tenant(Some(id))
+            .before(Some(serde_json::json!({"version": before.version})))
+            .after(Some(serde_json::json!({"name": after.name, "n": n})));
+        Ok(Some((after, journal)))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lone_writes_from_many_processes_to_one_tenant_lose_nothing() {
+    let db = TestDb::new().await;
+    let id = tenant(&db.url, "hot").await;
+    // One store per process: no queue is shared, each write is a transaction of its own.
+    let stores: Vec<PgTenantStore> = (0..8)
+        .map(|_| PgTenantStore::new(connect(&db.url, &Default::default()).unwrap()))
+        .collect();
+    let writers = stores.into_iter().map(|store| {
+        tokio::spawn(async move {
+            for _ in 0..10 {
+                store.modify(id, increment(id)).await.unwrap();
+            }
+        })
+    });
+    for w in futures_util::future::join_all(writers).await {
+        w.unwrap();
+    }
+    let store = PgTenantStore::new(connect(&db.url, &Default::default()).unwrap());
+    let now = store.get(id).await.unwrap().unwrap();
+    assert_eq!((now.metadata["n"].as_i64(), now.version), (Some(80), 81));
+    let mut replaced: Vec<i64> = entries(&db.url, id)
+        .await
+        .iter()
+        .map(|e| e.before.parse().unwrap())
+        .collect();
+    replaced.sort_unstable();
+    assert_eq!(
+        replaced,
+        (1..=80).collect::<Vec<i64>>(),
+        "one entry per version"
+    );
+}
+
+#[derive(QueryableByName)]
+struct Pid {
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pid: i32,
+}
+
+/// Whether the pool's one connection is outside any transaction block, as the server's
+/// own view of its backend (`pg_stat_activity`, read from another connection) says.
+async fn outside_a_transaction(url: &str, pool: &stratum_postgres::Pool) -> bool {
+    let pid = {
+        let mut c = pool.get().await.unwrap();
+        diesel::sql_query("SELECT pg_backend_pid() AS pid")
+            .get_result::<Pid>(&mut c)
+            .await
+            .unwrap()
+            .pid
+    };
+    let states = stratum_testkit::sql::texts(
+        url,
+        &format!("SELECT state AS t FROM pg_stat_activity WHERE pid = {pid}"),
+    )
+    .await;
+    states == ["idle"]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_lone_write_ends_its_transaction_whatever_its_outcome() {
+    let db = TestDb::new().await;
+    let id = tenant(&db.url, "mine").await;
+    tenant(&db.url, "taken").await;
+    let pool = connect(
+        &db.url,
+        &stratum_postgres::PoolConfig {
+            max_size: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let store = PgTenantStore::new(pool.clone());
+    let refuse: TenantChange = Box::new(|_: &Tenant| Err(TenancyError::Stale));
+    let nothing: TenantChange = Box::new(|_: &Tenant| Ok(None));
+    let writes: Vec<(Uuid, TenantChange)> = vec![
+        (id, rename(id, "a", None)),
+        (id, refuse),
+        (id, nothing),
+        (id, rename(id, "b", Some("taken"))),
+        (Uuid::now_v7(), rename(id, "c", None)),
+        (id, rename(id, "d", None)),
+    ];
+    let mut outcomes = Vec::new();
+    for (target, change) in writes {
+        outcomes.push(store.modify(target, change).await.map(|t| t.version));
+        assert!(
+            outside_a_transaction(&db.url, &pool).await,
+            "a transaction was left open after {outcomes:?}"
+        );
+    }
+    assert!(matches!(outcomes[0], Ok(2)), "{outcomes:?}");
+    assert!(
+        matches!(outcomes[1], Err(TenancyError::Stale)),
+        "{outcomes:?}"
+    );
+    assert!(matches!(outcomes[2], Ok(2)), "{outcomes:?}");
+    assert!(
+        matches!(outcomes[3], Err(TenancyError::Conflict(_))),
+        "{outcomes:?}"
+    );
+    assert!(
+        matches!(outcomes[4], Err(TenancyError::TenantNotFound)),
+        "{outcomes:?}"
+    );
+    assert!(matches!(outcomes[5], Ok(3)), "{outcomes:?}");
+    let names: Vec<String> = entries(&db.url, id)
+        .await
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(
+        names,
+        ["a", "d"],
+        "only the two writes that took effect are audited"
+    );
+}

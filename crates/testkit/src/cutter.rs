@@ -87,14 +87,19 @@ async fn relay(inbound: TcpStream, upstream: String, mode: Arc<AtomicU8>) {
         let _closed = tokio::io::copy(&mut si, &mut co).await;
     });
     let mut buf = vec![0u8; 64 * 1024];
+    // The name of this connection's prepared COMMIT, once it was parsed.
+    let mut prepared: Option<Vec<u8>> = None;
     loop {
         let n = match ci.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
         let chunk = &buf[..n];
+        if let Some(name) = parsed_commit(chunk) {
+            prepared = Some(name);
+        }
         let m = mode.load(Ordering::SeqCst);
-        if m != Cut::Pass as u8 && chunk.windows(6).any(|w| w == b"COMMIT") {
+        if m != Cut::Pass as u8 && is_commit(chunk, prepared.as_deref()) {
             mode.store(Cut::Pass as u8, Ordering::SeqCst);
             if m == Cut::AfterCommit as u8 {
                 // The answer is dropped; the server gets the time to commit.
@@ -111,4 +116,36 @@ async fn relay(inbound: TcpStream, upstream: String, mode: Arc<AtomicU8>) {
         }
     }
     back.abort();
+}
+
+/// The statement name of a `Parse` message for `COMMIT` in `chunk` (`'P'`, a length of
+/// four bytes, the name, a NUL, the text, a NUL).
+fn parsed_commit(chunk: &[u8]) -> Option<Vec<u8>> {
+    (0..chunk.len().saturating_sub(5))
+        .filter(|&k| chunk[k] == b'P')
+        .find_map(|k| {
+            let rest = &chunk[k + 5..];
+            let end = rest.iter().position(|&b| b == 0)?;
+            rest[end + 1..]
+                .starts_with(b"COMMIT\0")
+                .then(|| rest[..end].to_vec())
+        })
+}
+
+/// Whether `chunk` carries a COMMIT: as text (a simple query or a `Parse`), or as a `Bind`
+/// of the connection's prepared COMMIT (`'B'`, a length, the unnamed portal's NUL, the
+/// statement name, a NUL).
+fn is_commit(chunk: &[u8], prepared: Option<&[u8]>) -> bool {
+    if chunk.windows(6).any(|w| w == b"COMMIT") {
+        return true;
+    }
+    let Some(name) = prepared else {
+        return false;
+    };
+    (0..chunk.len().saturating_sub(6)).any(|k| {
+        chunk[k] == b'B'
+            && chunk[k + 5] == 0
+            && chunk[k + 6..].starts_with(name)
+            && chunk.get(k + 6 + name.len()) == Some(&0)
+    })
 }

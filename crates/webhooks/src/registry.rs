@@ -68,7 +68,8 @@ pub struct EventRef {
     pub created_at: OffsetDateTime,
 }
 
-/// A dead-lettered delivery with its webhook and event joined in.
+/// A delivery with its webhook and event joined in (a dead-letter queue entry, or one
+/// delivery read on its own).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FailedDelivery {
@@ -150,6 +151,72 @@ pub struct HealthFigures {
 
 /// The window of [`WebhookHealth`]: the last hour.
 pub const HEALTH_WINDOW_SECONDS: i64 = 3600;
+
+/// One time bucket of a [`HealthSeries`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HealthBucket {
+    /// Start of the bucket (inclusive); it ends `bucket_seconds` later (exclusive).
+    #[serde(with = "rfc3339")]
+    pub start: OffsetDateTime,
+    /// Attempts made in the bucket.
+    pub attempts: i64,
+    /// Of those, the ones that got a 2xx.
+    pub successes: i64,
+    /// `successes / attempts`, 0-1; null without attempts.
+    pub success_rate: Option<f64>,
+    /// Median attempt duration; null without attempts.
+    pub p50_latency_ms: Option<f64>,
+    /// 99th percentile of the attempt durations; null without attempts.
+    pub p99_latency_ms: Option<f64>,
+}
+
+/// A webhook's delivery health over time: its attempts in equal buckets, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HealthSeries {
+    /// The webhook.
+    pub webhook_id: Uuid,
+    /// The window asked for, in seconds, ending now.
+    pub window_seconds: i64,
+    /// Length of each bucket, in seconds.
+    pub bucket_seconds: i64,
+    /// Start of the first bucket: bucket boundaries are multiples of `bucket_seconds` since
+    /// the Unix epoch, and the last bucket holds now.
+    #[serde(with = "rfc3339")]
+    pub from: OffsetDateTime,
+    /// End of the last bucket (exclusive).
+    #[serde(with = "rfc3339")]
+    pub until: OffsetDateTime,
+    /// Every bucket of `[from, until)`, oldest first, empty ones included (zero attempts).
+    pub buckets: Vec<HealthBucket>,
+}
+
+/// What the store counts for one [`HealthBucket`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct BucketFigures {
+    /// Start of the bucket.
+    pub start: OffsetDateTime,
+    /// Attempts in it.
+    pub attempts: i64,
+    /// Of those, 2xx answers.
+    pub successes: i64,
+    /// Median duration.
+    pub p50_latency_ms: Option<f64>,
+    /// 99th percentile duration.
+    pub p99_latency_ms: Option<f64>,
+}
+
+/// Default window of [`HealthSeries`]: a day.
+pub const SERIES_DEFAULT_WINDOW_SECONDS: i64 = 86_400;
+/// Longest window of [`HealthSeries`]: seven days.
+pub const SERIES_MAX_WINDOW_SECONDS: i64 = 7 * 86_400;
+/// Default bucket of [`HealthSeries`]: an hour.
+pub const SERIES_DEFAULT_BUCKET_SECONDS: i64 = 3_600;
+/// Shortest bucket (and window) of [`HealthSeries`]: a minute.
+pub const SERIES_MIN_BUCKET_SECONDS: i64 = 60;
+/// Most buckets in one [`HealthSeries`].
+pub const SERIES_MAX_BUCKETS: i64 = 1_000;
 
 /// The webhooks table.
 #[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
@@ -256,6 +323,24 @@ pub trait DeliveryStore: Send + Sync {
         webhook_id: Uuid,
         since: OffsetDateTime,
     ) -> std::result::Result<HealthFigures, StoreError>;
+
+    /// One delivery of `webhook_id` joined with its webhook and event; `None` when that
+    /// webhook has no such delivery.
+    async fn detail(
+        &self,
+        webhook_id: Uuid,
+        delivery_id: Uuid,
+    ) -> std::result::Result<Option<FailedDelivery>, StoreError>;
+
+    /// Attempt figures of one webhook in `buckets` consecutive buckets of `bucket_seconds`
+    /// starting at `from`, oldest first, one row per bucket (zeros for an empty one).
+    async fn health_series(
+        &self,
+        webhook_id: Uuid,
+        from: OffsetDateTime,
+        bucket_seconds: i64,
+        buckets: i64,
+    ) -> std::result::Result<Vec<BucketFigures>, StoreError>;
 
     /// The attempts of one delivery of `webhook_id`, oldest first; `None` when that
     /// webhook has no such delivery.
@@ -932,6 +1017,102 @@ impl WebhookService {
             last_error_at,
             queue_depth: f.queue_depth,
             breaker: f.breaker,
+        })
+    }
+
+    /// One delivery of a webhook the caller can see, with its webhook and the event it
+    /// carries (the body sent is built from that event).
+    pub async fn delivery(
+        &self,
+        caller: &Caller,
+        webhook_id: Uuid,
+        delivery_id: Uuid,
+    ) -> Result<FailedDelivery> {
+        caller.require(Scope::Read)?;
+        self.get(caller, webhook_id).await?;
+        self.deliveries
+            .detail(webhook_id, delivery_id)
+            .await?
+            .ok_or(WebhookError::DeliveryNotFound)
+    }
+
+    /// Attempt figures of a webhook the caller can see in buckets over a window ending now
+    /// (defaults: a day in hours). The window is 60 s to 7 days, the bucket at least 60 s and
+    /// at most the window, and there are at most 1,000 buckets; anything else is a
+    /// validation error.
+    pub async fn health_series(
+        &self,
+        caller: &Caller,
+        webhook_id: Uuid,
+        window_seconds: Option<i64>,
+        bucket_seconds: Option<i64>,
+    ) -> Result<HealthSeries> {
+        caller.require(Scope::Read)?;
+        let window = window_seconds.unwrap_or(SERIES_DEFAULT_WINDOW_SECONDS);
+        if !(SERIES_MIN_BUCKET_SECONDS..=SERIES_MAX_WINDOW_SECONDS).contains(&window) {
+            return Err(WebhookError::Validation {
+                field: "window",
+                message: format!(
+                    "must be {SERIES_MIN_BUCKET_SECONDS} to {SERIES_MAX_WINDOW_SECONDS} seconds"
+                ),
+            });
+        }
+        let bucket = bucket_seconds.unwrap_or(SERIES_DEFAULT_BUCKET_SECONDS.min(window));
+        if !(SERIES_MIN_BUCKET_SECONDS..=window).contains(&bucket) {
+            return Err(WebhookError::Validation {
+                field: "bucket",
+                message: format!(
+                    "must be {SERIES_MIN_BUCKET_SECONDS} seconds to the window ({window} seconds)"
+                ),
+            });
+        }
+        let count = (window + bucket - 1) / bucket;
+        if count > SERIES_MAX_BUCKETS {
+            return Err(WebhookError::Validation {
+                field: "bucket",
+                message: format!(
+                    "makes {count} buckets of the window; at most {SERIES_MAX_BUCKETS} are allowed"
+                ),
+            });
+        }
+        self.get(caller, webhook_id).await?;
+        let now = self.clock.now().unix_timestamp();
+        let last_start = now - now.rem_euclid(bucket);
+        let first_start = last_start - (count - 1) * bucket;
+        let at = |secs: i64| {
+            OffsetDateTime::from_unix_timestamp(secs).map_err(|_| WebhookError::Validation {
+                field: "window",
+                message: "reaches outside the representable time range".into(),
+            })
+        };
+        let from = at(first_start)?;
+        let until = at(last_start + bucket)?;
+        let rows = self
+            .deliveries
+            .health_series(webhook_id, from, bucket, count)
+            .await?;
+        #[allow(
+            clippy::cast_precision_loss,
+            reason = "attempt counts stay far below 2^52"
+        )]
+        let buckets = rows
+            .into_iter()
+            .map(|b| HealthBucket {
+                start: b.start,
+                attempts: b.attempts,
+                successes: b.successes,
+                success_rate: (b.attempts > 0).then(|| b.successes as f64 / b.attempts as f64),
+                p50_latency_ms: b.p50_latency_ms,
+                p99_latency_ms: b.p99_latency_ms,
+            })
+            .collect();
+        Ok(HealthSeries {
+            webhook_id,
+            window_seconds: window,
+            bucket_seconds: bucket,
+            from,
+            until,
+            buckets,
         })
     }
 

@@ -2277,3 +2277,144 @@ async fn turning_a_disabled_webhook_on_clears_its_reason_and_settings_apply() {
     assert_eq!(stored.ordering, DeliveryOrdering::Fifo);
     assert_eq!(updated.disabled_reason, None);
 }
+
+// ---------------------------------------------------------------------------------------
+// health series
+
+#[tokio::test]
+async fn health_series_defaults_to_a_day_in_hours_aligned_to_the_hour() {
+    let w = webhook_of(None);
+    let mut ports = Ports::new(&[]).with_webhook(&w, None);
+    // NOW is 12:00:00, on an hour boundary: the last bucket starts then.
+    let from = NOW - time::Duration::hours(23);
+    ports
+        .deliveries
+        .expect_health_series()
+        .with(eq(w.id), eq(from), eq(3600), eq(24))
+        .times(1)
+        .returning(|_, from, bucket, n| {
+            Ok((0..n)
+                .map(|i| BucketFigures {
+                    start: from + time::Duration::seconds(i * bucket),
+                    attempts: if i == 23 { 4 } else { 0 },
+                    successes: if i == 23 { 3 } else { 0 },
+                    p50_latency_ms: (i == 23).then_some(20.0),
+                    p99_latency_ms: (i == 23).then_some(90.0),
+                })
+                .collect())
+        });
+    let s = ports
+        .service()
+        .health_series(&admin(), w.id, None, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (s.window_seconds, s.bucket_seconds, s.from, s.until),
+        (86_400, 3600, from, NOW + time::Duration::hours(1))
+    );
+    assert_eq!(s.buckets.len(), 24);
+    assert_eq!(s.buckets[0].success_rate, None);
+    assert_eq!(s.buckets[0].attempts, 0);
+    assert_eq!(s.buckets[23].success_rate, Some(0.75));
+    assert_eq!(s.buckets[23].p99_latency_ms, Some(90.0));
+    let json = serde_json::to_value(&s).unwrap();
+    assert_eq!(json["from"], "2026-01-31T13:00:00.000Z");
+    assert_eq!(json["buckets"][0]["p50_latency_ms"], Value::Null);
+}
+
+#[tokio::test]
+async fn health_series_rounds_a_partial_bucket_up_and_aligns_to_the_bucket() {
+    let w = webhook_of(None);
+    let mut ports = Ports::new(&[]).with_webhook(&w, None);
+    // 7 minutes in 5-minute buckets: two buckets, the last one holding NOW.
+    ports
+        .deliveries
+        .expect_health_series()
+        .with(
+            eq(w.id),
+            eq(NOW - time::Duration::minutes(5)),
+            eq(300),
+            eq(2),
+        )
+        .times(1)
+        .returning(|_, _, _, _| Ok(Vec::new()));
+    let s = ports
+        .service()
+        .health_series(&admin(), w.id, Some(420), Some(300))
+        .await
+        .unwrap();
+    assert_eq!(s.until, NOW + time::Duration::minutes(5));
+}
+
+#[tokio::test]
+async fn health_series_refuses_bad_windows_and_buckets_without_reading() {
+    let w = webhook_of(None);
+    let mut ports = Ports::new(&[]).with_webhook(&w, None);
+    ports.deliveries.expect_health_series().never();
+    let service = ports.service();
+    for (window, bucket, field) in [
+        (Some(59), None, "window"),
+        (Some(0), None, "window"),
+        (Some(-3600), None, "window"),
+        (Some(7 * 86_400 + 1), None, "window"),
+        (None, Some(59), "bucket"),
+        (None, Some(0), "bucket"),
+        (Some(3600), Some(3601), "bucket"),
+        // 7 days in minutes: 10,080 buckets.
+        (Some(7 * 86_400), Some(60), "bucket"),
+    ] {
+        match service.health_series(&admin(), w.id, window, bucket).await {
+            Err(WebhookError::Validation { field: f, .. }) => {
+                assert_eq!(f, field, "{window:?} {bucket:?}");
+            }
+            other => panic!("{window:?} {bucket:?}: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn health_series_of_an_invisible_webhook_is_not_found_without_reading() {
+    let (mine, other) = (root(), root());
+    let (w, path) = owned_by(&other);
+    let mut ports = Ports::new(&[&mine, &other]).with_webhook(&w, path);
+    ports.deliveries.expect_health_series().never();
+    assert!(matches!(
+        ports
+            .service()
+            .health_series(&scoped_caller(&mine), w.id, None, None)
+            .await,
+        Err(WebhookError::NotFound)
+    ));
+}
+
+#[tokio::test]
+async fn a_delivery_of_an_invisible_webhook_is_not_found_without_reading_it() {
+    let (mine, other) = (root(), root());
+    let (w, path) = owned_by(&other);
+    let mut ports = Ports::new(&[&mine, &other]).with_webhook(&w, path);
+    ports.deliveries.expect_detail().never();
+    assert!(matches!(
+        ports
+            .service()
+            .delivery(&scoped_caller(&mine), w.id, Uuid::now_v7())
+            .await,
+        Err(WebhookError::NotFound)
+    ));
+}
+
+#[tokio::test]
+async fn a_delivery_the_webhook_does_not_have_is_delivery_not_found() {
+    let w = webhook_of(None);
+    let mut ports = Ports::new(&[]).with_webhook(&w, None);
+    let missing = Uuid::now_v7();
+    ports
+        .deliveries
+        .expect_detail()
+        .with(eq(w.id), eq(missing))
+        .times(1)
+        .returning(|_, _| Ok(None));
+    assert!(matches!(
+        ports.service().delivery(&admin(), w.id, missing).await,
+        Err(WebhookError::DeliveryNotFound)
+    ));
+}
