@@ -204,7 +204,8 @@ test-clients: db-test-up clients-package
 	@CARGO_TARGET_DIR=$(CLIENTS_TARGET) clients/run-tests.sh
 
 # The failover test (scripts/ha/): its own etcd and two Patroni-managed PostgreSQL members
-# on 127.0.0.1:26000-26099 (STRATUM_HA_PORT_BASE moves them), the release binary, a PATCH
+# on 127.0.0.1 ports derived from STRATUM_PG_PORT (STRATUM_HA_PORT_BASE sets them; see
+# scripts/ha/run.sh), the release binary, a PATCH
 # load, then a switchover, a kill -9 of the primary and a failback; one line per fault.
 ha-test: build
 	@scripts/ha/run.sh $${CARGO_TARGET_DIR:-target}/release/stratum

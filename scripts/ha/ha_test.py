@@ -10,11 +10,20 @@ write is in the audit log and the tenants' final state, that every acknowledged 
 event reached the receiver, that no write refused with 503 took effect, that the audit
 chain verifies and that no process restarted. One line per fault:
 
-    ha <fault>: unavailable_s=<x> acknowledged_lost=<n> deliveries_lost=<n> duplicates=<n>
+    ha <fault>: unavailable_s=<x> acknowledged_lost=<n> deliveries_lost=<n> duplicates=<n> in_flight=<n> retried=<n>
 
-and a non-zero exit when anything was lost. Standard library only.
+and a non-zero exit when anything was lost. `in_flight` counts the deliveries leased (claimed,
+their completion not yet written) when the fault struck, as the database itself holds them:
+the promotion candidate's last state while it was still a standby, and the new primary's
+leases taken before it was seen leading. Only those can be sent twice (a send whose
+completion the fault swallowed goes again once its lease expires), so every duplicate must
+be one of them, except a retry: a duplicate whose earlier send was recorded as a failed
+attempt (the receiver answered after the send timeout), counted apart as `retried`.
+Standard library only.
 
 Usage: ha_test.py --bin target/release/stratum   (scripts/ha/run.sh prepares and calls it)
+       ha_test.py ... --sync-bench 'COMMAND'      (no faults: COMMAND against the primary with a
+                                                   synchronous standby, then an asynchronous one)
        ha_test.py receiver --port P --out FILE    (the webhook receiver, run by the test)
 """
 
@@ -25,6 +34,7 @@ import os
 import pwd
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -33,7 +43,8 @@ import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-# Ports: 26000-26099 unless STRATUM_HA_PORT_BASE moves them.
+# Ports: BASE to BASE + 50 (scripts/ha/run.sh derives BASE from STRATUM_PG_PORT so that
+# checkouts with their own PostgreSQL port do not collide; STRATUM_HA_PORT_BASE sets it).
 BASE = int(os.environ.get("STRATUM_HA_PORT_BASE", "26000"))
 ETCD_CLIENT, ETCD_PEER = BASE, BASE + 1
 PG = [BASE + 10, BASE + 11]
@@ -46,6 +57,14 @@ TENANTS = 64
 WRITERS = 16
 RATE = float(os.environ.get("STRATUM_HA_RATE", "240"))  # PATCHes per second, all writers
 TTL = 20  # Patroni's leader key lifetime (its minimum): bounds the unplanned failover.
+WEBHOOK_TIMEOUT_MS = 2000
+RECEIVER_DELAY_S = float(os.environ.get("STRATUM_HA_RECEIVER_DELAY_MS", "50")) / 1000
+# A worker's lease on the deliveries it claims (crates/server/src/wiring.rs: three send
+# timeouts plus 5 s).
+LEASE_S = 3 * WEBHOOK_TIMEOUT_MS / 1000 + 5
+# The deliveries leased and not completed, with the last instant of their leases.
+LEASED_SQL = ("SELECT id, extract(epoch FROM lease_expires_at) FROM webhook_deliveries "
+              "WHERE status = 'pending' AND lease_id IS NOT NULL")
 
 
 def log(msg):
@@ -72,6 +91,9 @@ def receiver(port, out):
                 line = f"{self.headers.get('X-Stratum-Delivery')}\t-\t-\n"
             with lock:
                 f.write(line)
+            # A receiver that takes a moment, as real ones do: deliveries are in flight at
+            # any instant, so every fault strikes some.
+            time.sleep(RECEIVER_DELAY_S)
             self.send_response(200)
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -135,6 +157,7 @@ class Test:
         )
         self.records = []  # (token, tenant, t_start, t_end, outcome)
         self.rec_lock = threading.Lock()
+        self.open = {}  # token -> t_start of the PATCHes sent and not yet answered
         self.stop = threading.Event()
         self.receipts_file = os.path.join(self.dir, "receiver.tsv")
         self.failed = False
@@ -266,6 +289,78 @@ class Test:
         )
         return out.stdout
 
+    def leases_on(self, port):
+        """What the member at `port` holds of the deliveries leased and not completed:
+        (is a standby, has replayed all it received, {delivery id: lease end (epoch s)})."""
+        out = subprocess.run(
+            [os.path.join(self.pgbin, "psql"), "-X", "-q", "-At", "-h", "127.0.0.1", "-p",
+             str(port), "-U", "postgres", "-d", "stratum", "-c",
+             "SELECT pg_is_in_recovery(), coalesce(pg_last_wal_receive_lsn() <= "
+             "pg_last_wal_replay_lsn(), true), coalesce((SELECT string_agg(l.id::text || ':' "
+             f"|| l.until::text, ',') FROM ({LEASED_SQL}) AS l (id, until)), '')"],
+            check=True, capture_output=True, text=True, timeout=5,
+        ).stdout.strip()
+        standby, caught_up, rows = out.split("|")
+        leases = {}
+        for row in filter(None, rows.split(",")):
+            i, until = row.split(":")
+            leases[i] = float(until)
+        return standby == "t", caught_up == "t", leases
+
+    def watch_candidate(self, cand):
+        """Samples the leases on the member about to be promoted while it is still a
+        standby: its last sample after the old primary stopped is the old primary's final
+        state (every claim commits, synchronously replicated, before its send)."""
+        state = {"leases": None, "samples": 0, "promoted_at": None, "stop": threading.Event()}
+
+        def run():
+            while not state["stop"].is_set():
+                try:
+                    standby, caught_up, leases = self.leases_on(PG[cand])
+                except (subprocess.SubprocessError, ValueError, OSError):
+                    time.sleep(0.05)
+                    continue
+                if not standby:
+                    state["promoted_at"] = time.time()
+                    return
+                if caught_up:
+                    state["leases"] = leases
+                    state["samples"] += 1
+                time.sleep(0.05)
+
+        state["thread"] = threading.Thread(target=run, daemon=True)
+        state["thread"].start()
+        return state
+
+    def in_flight_after(self, fault, watch, lead, t_seen_wall):
+        """The deliveries leased when the fault struck: the candidate's last sample as a
+        standby, and the leases that the new primary (`lead`) holds from before it was
+        promoted (seen by the sampler, else `t_seen_wall`): a planned switchover can end the
+        old primary after the candidate's last sample; those leases run LEASE_S, longer
+        than the switchover."""
+        watch["thread"].join(timeout=30)
+        watch["stop"].set()
+        promoted = watch["promoted_at"] or t_seen_wall
+        _, _, now = self.leases_on(PG[lead])
+        mine = {i for i, until in now.items() if until - LEASE_S <= promoted}
+        sampled = set(watch["leases"] or {})
+        ids = sampled | mine
+        log(f"{fault}: in flight at the fault: {len(ids)} deliveries leased "
+            f"({len(sampled)} on the standby's last of {watch['samples']} samples, "
+            f"{len(mine)} on the new primary from before it led)")
+        return ids
+
+    def open_writes(self):
+        """Waits (up to 5 s) until at least one PATCH is sent and not yet answered, so that
+        the fault strikes while writes are in flight; the caller checks afterwards."""
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            with self.rec_lock:
+                if self.open:
+                    return len(self.open)
+            time.sleep(0.001)
+        return 0
+
     def patronictl(self, *args):
         cfg = os.path.join(self.dir, "pg0.yml")
         r = subprocess.run(["patronictl", "-c", cfg, *args], capture_output=True, text=True,
@@ -274,7 +369,12 @@ class Test:
         return r.returncode
 
     def start(self):
-        log(f"cluster in {self.dir}")
+        log(f"cluster in {self.dir}, ports {BASE}-{BASE + 50}")
+        for port in [ETCD_CLIENT, ETCD_PEER, BASE + 2, *PG, *REST, *API, *WORKER_OPS, RECEIVER]:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    raise SystemExit(f"ha: 127.0.0.1:{port} is taken; set STRATUM_HA_PORT_BASE "
+                                     "(or STRATUM_PG_PORT) to another base")
         self.procs["etcd"] = self.spawn("etcd", [
             "etcd", "--name", "ha", "--data-dir", os.path.join(self.dir, "etcd"),
             "--listen-client-urls", f"http://127.0.0.1:{ETCD_CLIENT}",
@@ -289,6 +389,8 @@ class Test:
         wait_for("pg0 to bootstrap as the primary", lambda: self.leader() == 0, 90)
         self.start_patroni(1)
         wait_for("pg1 to stream as a synchronous standby", self.has_sync_standby, 90)
+
+    def start_stratum(self):
         subprocess.run([os.path.join(self.pgbin, "psql"), "-X", "-q", "-h", "127.0.0.1", "-p",
                         str(PG[0]), "-U", "postgres", "-d", "postgres", "-c",
                         "CREATE DATABASE stratum"], check=True)
@@ -316,7 +418,7 @@ class Test:
             "STRATUM_ENCRYPTION_KEY": self.enc,
             "STRATUM_ADMIN_API_KEY": self.key,
             "STRATUM_WEBHOOK_ALLOW_PRIVATE_TARGETS": "true",
-            "STRATUM_WEBHOOK_TIMEOUT_MS": "2000",
+            "STRATUM_WEBHOOK_TIMEOUT_MS": str(WEBHOOK_TIMEOUT_MS),
             "STRATUM_WEBHOOK_BACKOFF_BASE_MS": "500",
             "STRATUM_WEBHOOK_BACKOFF_MAX_MS": "2000",
             "STRATUM_WEBHOOK_MAX_ATTEMPTS": "50",
@@ -381,6 +483,8 @@ class Test:
             # The client waits longer than a server takes to settle a commit whose answer was
             # lost (stratum_postgres::tx::COMMIT_SETTLE, 30 s): every write gets an answer.
             t0 = time.monotonic()
+            with self.rec_lock:
+                self.open[token] = t0
             outcome = "err"
             # A connection per request: a kept-alive one that the server closed while this
             # writer waited on the other server would fail a request it never received.
@@ -398,6 +502,7 @@ class Test:
             t1 = time.monotonic()
             with self.rec_lock:
                 self.records.append((token, tenant, t0, t1, outcome))
+                del self.open[token]
             nxt += period
             delay = nxt - time.monotonic()
             if delay > 0:
@@ -443,7 +548,29 @@ class Test:
         with self.rec_lock:
             return list(self.records)
 
-    def check(self, fault, t_fault, seen_receipts):
+    def check(self, fault, t_fault, seen_receipts, in_flight):
+        # Precondition: writes were in flight when the fault struck (sent before, answered
+        # after), and so were deliveries (leased, their completion not yet written).
+        # The fault strikes at the kill for kill9; a planned one when the old primary stops
+        # taking writes, seen as the start of the first request that failed.
+        recs = self.snapshot()
+        strike = t_fault
+        if fault != "kill9":
+            failed = [r[2] for r in recs if r[2] >= t_fault and r[4] != "ok"]
+            strike = min(failed) if failed else t_fault
+        open_at_fault = sum(1 for r in recs if r[2] <= strike < r[3])
+        if open_at_fault == 0 or not in_flight:
+            raise SystemExit(f"ha {fault}: precondition failed: {open_at_fault} PATCHes and "
+                             f"{len(in_flight)} deliveries in flight at the fault")
+        log(f"{fault}: precondition: {open_at_fault} PATCHes in flight when the fault struck "
+            f"({strike - t_fault:.2f} s after it was started)")
+        # Every delivery in flight at the fault is settled (its lease ran out and it was sent
+        # again, or its completion was written) before duplicates are counted, so that a
+        # resend lands in this fault's count and not in the next one's.
+        ids = "{" + ",".join(sorted(in_flight)) + "}"
+        wait_for(f"{fault}: the deliveries in flight at the fault to settle", lambda: self.psql(
+            f"SELECT count(*) FROM webhook_deliveries WHERE status = 'pending' "
+            f"AND id = ANY('{ids}'::uuid[])").strip() == "0", 90)
         cut = time.monotonic()
         recs = [r for r in self.snapshot() if r[3] <= cut]
         acked = {r[0] for r in recs if r[4] == "ok"}
@@ -495,10 +622,38 @@ class Test:
         new = rc[seen_receipts:]
         seen_ids = {r[0] for r in rc[:seen_receipts]}
         duplicates = 0
+        duplicated = set()
+        dup_count = {}
         for r in new:
             if r[0] in seen_ids:
                 duplicates += 1
+                duplicated.add(r[0])
+                dup_count[r[0]] = dup_count.get(r[0], 0) + 1
             seen_ids.add(r[0])
+        # A duplicate whose delivery has an attempt recorded as failed (the receiver's answer
+        # came after the send timeout) is an ordinary retry. Any other is a send whose
+        # completion the fault swallowed, sent again after its lease: those are bounded by
+        # what was in flight (each is a delivery leased at the fault, sent again at most once).
+        failed_attempts = {}
+        if duplicated:
+            dids = "{" + ",".join(sorted(duplicated)) + "}"
+            for line in self.psql(
+                    "SELECT delivery_id, string_agg(DISTINCT left(coalesce(error, 'status ' || "
+                    "status_code), 60), ';') FROM webhook_delivery_attempts "
+                    f"WHERE delivery_id = ANY('{dids}'::uuid[]) AND (status_code IS NULL "
+                    "OR status_code NOT BETWEEN 200 AND 299) GROUP BY 1").splitlines():
+                i, errors = line.split("|", 1)
+                failed_attempts[i] = errors
+        retried = sum(n for i, n in dup_count.items() if i in failed_attempts)
+        swallowed = duplicates - retried
+        errors = sorted(set(failed_attempts.values()))
+        unexplained = sorted(i for i in duplicated if i not in failed_attempts and i not in in_flight)
+        log(f"{fault}: duplicates: {swallowed} of sends whose completion was lost, {retried} "
+            f"retries after a failed attempt {errors[:3]}")
+        if swallowed > len(in_flight) or unexplained:
+            log(f"{fault}: {swallowed} sends whose completion was lost exceed the "
+                f"{len(in_flight)} deliveries in flight at the fault (not in flight: {unexplained[:5]})")
+            self.failed = True
         refused_delivered = len(refused & delivered)
         st, v = http_json("GET", f"http://127.0.0.1:{API[0]}/api/v1/audit-logs/verify", self.key, timeout=60)
         verified = st == 200 and v and v.get("ok") is True
@@ -522,7 +677,9 @@ class Test:
             f"stale_tenants={stale} verify={v if not verified else 'ok'} dead={dead} "
             f"ready_503_on={ready_503}")
         print(f"ha {fault}: unavailable_s={unavailable:.2f} acknowledged_lost={acked_lost} "
-              f"deliveries_lost={len(missing)} duplicates={duplicates}", flush=True)
+              f"deliveries_lost={len(missing)} duplicates={duplicates} in_flight={len(in_flight)} "
+              f"retried={retried}",
+              flush=True)
         if acked_lost or missing or refused_applied or refused_delivered or stale or not verified or dead:
             self.failed = True
         return len(rc)
@@ -548,11 +705,13 @@ class Test:
         other = 1 - lead
         self.precondition_load("switchover")
         log(f"switchover: precondition: {MEMBERS[lead]} is the primary, {MEMBERS[other]} a synchronous standby")
+        watch = self.watch_candidate(other)
+        self.open_writes()
         t = time.monotonic()
         if self.patronictl("switchover", "--leader", MEMBERS[lead], "--candidate", MEMBERS[other], "--force") != 0:
             raise SystemExit("ha switchover: patronictl failed")
         wait_for(f"{MEMBERS[other]} to lead", lambda: self.leader() == other, 60)
-        return t
+        return t, self.in_flight_after("switchover", watch, other, time.time())
 
     def kill9(self):
         lead = self.leader()
@@ -568,12 +727,14 @@ class Test:
         assert pat.poll() is None
         self.precondition_load("kill9")
         log(f"kill9: precondition: {m} is the primary (postmaster {postmaster}, patroni {pat.pid})")
+        watch = self.watch_candidate(1 - lead)
+        self.open_writes()
         t = time.monotonic()
         os.kill(pat.pid, signal.SIGKILL)
         os.kill(postmaster, signal.SIGKILL)
         self.killed = lead
         wait_for(f"{MEMBERS[1 - lead]} to lead", lambda: self.leader() == 1 - lead, 90)
-        return t
+        return t, self.in_flight_after("kill9", watch, 1 - lead, time.time())
 
     def rejoin_and_fail_back(self):
         old = self.killed
@@ -588,11 +749,13 @@ class Test:
         log(f"rejoin: {m} is a replica again (timeline {self.member(old).get('timeline')}, "
             f"pg_rewind {'ran' if rewound else 'was not needed'}); {MEMBERS[lead]} leads")
         self.precondition_load("failback")
+        watch = self.watch_candidate(old)
+        self.open_writes()
         t = time.monotonic()
         if self.patronictl("failover", "--candidate", m, "--force") != 0:
             raise SystemExit("ha failback: patronictl failed")
         wait_for(f"{m} to lead", lambda: self.leader() == old, 60)
-        return t
+        return t, self.in_flight_after("failback", watch, old, time.time())
 
 
 def latencies(t, secs):
@@ -618,6 +781,24 @@ def sync_cost(t, secs):
     log(f"write latency, synchronous standby: {with_sync}; asynchronous standby: {without}")
 
 
+def sync_bench(t, command, runs):
+    """Runs `command` (a benchmark that reads STRATUM_TEST_DATABASE_URL) against the
+    cluster's primary `runs` times with a synchronous standby and as many with the standby
+    asynchronous, alternated (on, off, on, off, ...)."""
+    for n in range(runs):
+        for sync in (True, False):
+            t.patronictl("edit-config", "--set", f"synchronous_mode={'true' if sync else 'false'}", "--force")
+            wait_for("the standby's mode", lambda: t.has_sync_standby() == sync, 60)
+            lead = t.leader()
+            url = f"postgres://postgres@127.0.0.1:{PG[lead]}"
+            label = "synchronous" if sync else "asynchronous"
+            log(f"sync-bench run {n + 1}/{runs}: {label} standby ({MEMBERS[lead]} leads): {command}")
+            print(f"== sync-bench run {n + 1}: {label} standby", flush=True)
+            r = subprocess.run(command, shell=True, env={**os.environ, "STRATUM_TEST_DATABASE_URL": url})
+            if r.returncode != 0:
+                t.failed = True
+
+
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "receiver":
         p = argparse.ArgumentParser()
@@ -635,11 +816,23 @@ def main():
     p.add_argument("--settle", type=float, default=5.0)
     p.add_argument("--latency-secs", type=float, default=0,
                    help="after the faults, compare write latency with and without a synchronous standby")
+    p.add_argument("--sync-bench", metavar="COMMAND",
+                   help="no faults: run COMMAND against the cluster's primary with a synchronous "
+                        "standby and with an asynchronous one, alternated")
+    p.add_argument("--sync-bench-runs", type=int, default=2)
     a = p.parse_args()
     started = time.monotonic()
     t = Test(a)
+    if a.sync_bench:
+        try:
+            t.start()
+            sync_bench(t, a.sync_bench, a.sync_bench_runs)
+        finally:
+            t.shutdown()
+        return 1 if t.failed else 0
     try:
         t.start()
+        t.start_stratum()
         t.setup_tenants()
         t.watch_ready()
         t.start_load()
@@ -647,9 +840,9 @@ def main():
         seen = 0
         for fault, run in (("switchover", t.switchover), ("kill9", t.kill9),
                            ("failback", t.rejoin_and_fail_back)):
-            t_fault = run()
+            t_fault, in_flight = run()
             time.sleep(a.settle)
-            seen = t.check(fault, t_fault, seen)
+            seen = t.check(fault, t_fault, seen, in_flight)
         if a.latency_secs:
             sync_cost(t, a.latency_secs)
         recs = t.snapshot()

@@ -4,7 +4,10 @@
 # under /tmp keyed to this checkout (the unprivileged user that owns PostgreSQL cannot
 # reach a checkout under /root) and runs scripts/ha/ha_test.py against the given binary.
 # Usage: scripts/ha/run.sh <path to the stratum binary>
-# STRATUM_HA_ARGS adds flags of ha_test.py (e.g. --latency-secs 15).
+# STRATUM_HA_ARGS adds flags of ha_test.py (e.g. --latency-secs 15). Its ports are
+# STRATUM_HA_PORT_BASE to +50; by default the base follows this checkout's PostgreSQL port
+# (STRATUM_PG_PORT, as for scripts/pg.sh), so that checkouts with their own port keep apart:
+# 26000 + (port mod 64) * 100, below the kernel's ephemeral range.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd -P)
@@ -12,6 +15,8 @@ BIN=${1:?usage: scripts/ha/run.sh <stratum binary>}
 PG_USER=${STRATUM_PG_OS_USER:-stratum-pg}
 HASH=$(printf '%s' "$ROOT" | sha256sum | cut -c1-12)
 DIR=${STRATUM_HA_DIR:-/tmp/stratum-ha-$HASH}
+PG_PORT=${STRATUM_PG_PORT:-25432}
+export STRATUM_HA_PORT_BASE=${STRATUM_HA_PORT_BASE:-$((26000 + (PG_PORT % 64) * 100))}
 
 sudo=""
 [ "$(id -u)" -ne 0 ] && sudo="sudo"

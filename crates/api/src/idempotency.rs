@@ -5,7 +5,10 @@
 //! request joins that transaction, and the key with the response is inserted into it just
 //! before the commit. So the change and its key commit together or not at all: a crash
 //! can never leave one without the other. Only 2xx responses are stored; any other answer
-//! rolls the transaction back and leaves the key unused.
+//! rolls the transaction back and leaves the key unused. When the commit's answer is lost
+//! (the database primary went away), the storage settles it before anything is answered:
+//! the request is acknowledged only when its key holds a response to it on the primary
+//! reached next, and then with that response; otherwise it answers 503 and changed nothing.
 //!
 //! Responses that would hold a secret in clear are never stored: `POST /api-keys`
 //! (`plaintext_key`) and `POST /webhooks` without a `secret` (the generated one) refuse a
@@ -72,13 +75,17 @@ pub trait KeyTransaction: Send {
     /// transaction.
     fn run<'a>(&'a self, work: LocalBoxFuture<'a, Handled>) -> LocalBoxFuture<'a, Handled>;
 
-    /// Stores the key with its response and commits everything the request did.
+    /// Stores the key with its response and commits everything the request did; answers
+    /// the response the key now holds. That is `response`, unless the commit's answer was
+    /// lost and the storage, asked afterwards, holds another response to the same request
+    /// under the key (a retry committed instead): the request is answered with that one.
+    /// An error means nothing the request did took effect.
     async fn commit(
         self: Box<Self>,
         principal: &str,
         key: &str,
         response: &StoredResponse,
-    ) -> Result<(), StoreError>;
+    ) -> Result<StoredResponse, StoreError>;
 
     /// Rolls back everything the request did; the key stays unused.
     async fn rollback(self: Box<Self>);
@@ -196,12 +203,7 @@ pub async fn idempotency(
                     ),
                 ));
             }
-            let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
-            let res = HttpResponse::build(status)
-                .content_type("application/json")
-                .insert_header((REPLAYED, "true"))
-                .body(stored.body);
-            return Ok(req.into_response(res));
+            return Ok(req.into_response(replay(stored)));
         }
         Ok(KeyLookup::New(tx)) => tx,
     };
@@ -250,18 +252,32 @@ pub async fn idempotency(
         status: status.as_u16(),
         body: String::from_utf8_lossy(&bytes).into_owned(),
     };
-    if let Err(e) = tx.commit(&principal, &key, &stored).await {
-        // Nothing the request did was committed.
-        let e: ApiError = e.into();
-        return Ok(ServiceResponse::new(
+    match tx.commit(&principal, &key, &stored).await {
+        Err(e) => {
+            // Nothing the request did was committed.
+            let e: ApiError = e.into();
+            Ok(ServiceResponse::new(
+                http_req,
+                actix_web::ResponseError::error_response(&e),
+            ))
+        }
+        Ok(held) if held == stored => Ok(ServiceResponse::new(
             http_req,
-            actix_web::ResponseError::error_response(&e),
-        ));
+            res.set_body(BoxBody::new(bytes)),
+        )),
+        // The commit's answer was lost and this request's work did not take effect, but a
+        // retry with the key did: answer what the key holds, as a replay would.
+        Ok(held) => Ok(ServiceResponse::new(http_req, replay(held))),
     }
-    Ok(ServiceResponse::new(
-        http_req,
-        res.set_body(BoxBody::new(bytes)),
-    ))
+}
+
+/// The answer of a stored response.
+fn replay(stored: StoredResponse) -> HttpResponse {
+    let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
+    HttpResponse::build(status)
+        .content_type("application/json")
+        .insert_header((REPLAYED, "true"))
+        .body(stored.body)
 }
 
 #[cfg(test)]

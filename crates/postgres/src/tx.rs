@@ -167,38 +167,82 @@ pub async fn settle_commit<T, E>(
         return Err(TxError::Db(e));
     }
     tracing::warn!(error = %e, audit_id = %id, "connection lost at commit; asking the primary whether it took effect");
-    let deadline = tokio::time::Instant::now() + COMMIT_SETTLE;
-    while tokio::time::Instant::now() < deadline {
-        match entry_exists(pool, id).await {
-            Ok(true) => {
-                tracing::warn!(audit_id = %id, "the commit took effect");
-                return Ok(value);
-            }
-            Ok(false) => {
-                tracing::warn!(audit_id = %id, "the commit did not take effect");
-                return Err(TxError::Db(e));
-            }
-            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+    match settle(pool, |conn| {
+        Box::pin(async move {
+            entry_exists(conn, id)
+                .await
+                .map(|found| found.then_some(()))
+        })
+    })
+    .await
+    {
+        Settled::Committed(()) => {
+            tracing::warn!(audit_id = %id, "the commit took effect");
+            Ok(value)
+        }
+        Settled::NotCommitted => {
+            tracing::warn!(audit_id = %id, "the commit did not take effect");
+            Err(TxError::Db(e))
+        }
+        Settled::Unknown => {
+            tracing::error!(audit_id = %id, "the outcome of a commit is unknown");
+            Err(TxError::Db(e))
         }
     }
-    tracing::error!(audit_id = %id, "the outcome of a commit is unknown");
-    Err(TxError::Db(e))
 }
 
-async fn entry_exists(pool: &Pool, id: uuid::Uuid) -> Result<bool, ()> {
+/// What the primary said of a commit whose answer was lost.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Settled<T> {
+    /// Its witness is there: the commit took effect.
+    Committed(T),
+    /// Its witness is not there: the commit did not take effect.
+    NotCommitted,
+    /// No primary answered within [`COMMIT_SETTLE`].
+    Unknown,
+}
+
+/// Asks the primary the pool reaches next, until one answers or [`COMMIT_SETTLE`] has
+/// passed, whether the witness of a commit whose answer was lost is there: `probe` reads
+/// the row only that commit can have written (an audit entry, an idempotency key) and
+/// answers `Some` when it is there. A failover's promoted standby holds every commit the
+/// old primary acknowledged to itself under synchronous replication, so its answer is
+/// final.
+pub async fn settle<T, P>(pool: &Pool, probe: P) -> Settled<T>
+where
+    P: for<'c> Fn(
+        &'c mut diesel_async::AsyncPgConnection,
+    ) -> futures_util::future::BoxFuture<'c, diesel::QueryResult<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + COMMIT_SETTLE;
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(mut conn) = pool.get().await {
+            match probe(&mut conn).await {
+                Ok(Some(found)) => return Settled::Committed(found),
+                Ok(None) => return Settled::NotCommitted,
+                Err(_) => {}
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    Settled::Unknown
+}
+
+async fn entry_exists(
+    conn: &mut diesel_async::AsyncPgConnection,
+    id: uuid::Uuid,
+) -> diesel::QueryResult<bool> {
     #[derive(diesel::QueryableByName)]
     struct Found {
         #[diesel(sql_type = diesel::sql_types::Bool)]
         found: bool,
     }
-    let mut conn = pool.get().await.map_err(|_| ())?;
     let f: Found = diesel_async::RunQueryDsl::get_result(
         diesel::sql_query("SELECT EXISTS (SELECT 1 FROM audit_logs WHERE id = $1) AS found")
             .bind::<diesel::sql_types::Uuid, _>(id),
-        &mut conn,
+        conn,
     )
-    .await
-    .map_err(|_| ())?;
+    .await?;
     Ok(f.found)
 }
 

@@ -16,8 +16,9 @@ use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde_json::json;
 use stratum_core::{Caller, StoreError};
-use stratum_postgres::{connect, PgTenantStore, Pool, PoolConfig};
+use stratum_postgres::{connect, idempotency, PgTenantStore, Pool, PoolConfig};
 use stratum_tenancy::{TenancyError, Tenant, TenantChange, TenantStore};
+use stratum_testkit::cutter::{CommitCutter, Cut};
 use stratum_testkit::TestDb;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
@@ -250,129 +251,29 @@ async fn a_multi_host_url_skips_a_server_that_does_not_answer() {
     assert_eq!(name_of(&db.url, id).await, "multi");
 }
 
-/// What a [`CommitCutter`] does to the next COMMIT it sees.
-const PASS: u8 = 0;
-/// Forward the COMMIT, let the server commit, then close before its answer comes back.
-const CUT_AFTER_COMMIT: u8 = 1;
-/// Close instead of forwarding the COMMIT: the server rolls back.
-const CUT_BEFORE_COMMIT: u8 = 2;
-
-/// A TCP relay to the database that loses the connection around one COMMIT: the primary
-/// going away while a client waits for its commit's answer.
-async fn commit_cutter(upstream: String, mode: Arc<std::sync::atomic::AtomicU8>) -> u16 {
-    use std::sync::atomic::Ordering;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((inbound, _)) = listener.accept().await {
-            let (upstream, mode) = (upstream.clone(), mode.clone());
-            tokio::spawn(async move {
-                let Ok(outbound) = TcpStream::connect(&upstream).await else {
-                    return;
-                };
-                let (mut ci, mut co) = inbound.into_split();
-                let (mut si, mut so) = outbound.into_split();
-                let back = tokio::spawn(async move {
-                    let _ = tokio::io::copy(&mut si, &mut co).await;
-                });
-                let mut buf = vec![0u8; 64 * 1024];
-                // The name of this connection's prepared COMMIT, once it was parsed.
-                let mut prepared: Option<Vec<u8>> = None;
-                loop {
-                    let n = match ci.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => n,
-                    };
-                    let chunk = &buf[..n];
-                    if let Some(name) = parsed_commit(chunk) {
-                        prepared = Some(name);
-                    }
-                    let m = std::sync::atomic::AtomicU8::load(&mode, Ordering::SeqCst);
-                    if m != PASS && is_commit(chunk, prepared.as_deref()) {
-                        mode.store(PASS, Ordering::SeqCst);
-                        if m == CUT_AFTER_COMMIT {
-                            so.write_all(chunk).await.unwrap();
-                            // Long enough for the server to commit; its answer is dropped.
-                            back.abort();
-                            tokio::time::sleep(Duration::from_millis(300)).await;
-                        }
-                        back.abort();
-                        return;
-                    }
-                    if so.write_all(chunk).await.is_err() {
-                        break;
-                    }
-                }
-                back.abort();
-            });
-        }
-    });
-    port
+async fn through_cutter(db: &TestDb) -> (PgTenantStore, CommitCutter) {
+    let (pool, cutter) = pool_through_cutter(db).await;
+    (PgTenantStore::new(pool), cutter)
 }
 
-/// The statement name of a `Parse` message for `COMMIT` in `chunk` (`'P'`, a length of
-/// four bytes, the name, a NUL, the text, a NUL).
-fn parsed_commit(chunk: &[u8]) -> Option<Vec<u8>> {
-    (0..chunk.len().saturating_sub(5))
-        .filter(|&k| chunk[k] == b'P')
-        .find_map(|k| {
-            let rest = &chunk[k + 5..];
-            let end = rest.iter().position(|&b| b == 0)?;
-            rest[end + 1..]
-                .starts_with(b"COMMIT\0")
-                .then(|| rest[..end].to_vec())
-        })
-}
-
-/// Whether `chunk` carries a COMMIT: as text (a simple query or a `Parse`), or as a `Bind`
-/// of the connection's prepared COMMIT (`'B'`, a length, the unnamed portal's NUL, the
-/// statement name, a NUL).
-fn is_commit(chunk: &[u8], prepared: Option<&[u8]>) -> bool {
-    if chunk.windows(6).any(|w| w == b"COMMIT") {
-        return true;
-    }
-    let Some(name) = prepared else {
-        return false;
-    };
-    (0..chunk.len().saturating_sub(6)).any(|k| {
-        chunk[k] == b'B'
-            && chunk[k + 5] == 0
-            && chunk[k + 6..].starts_with(name)
-            && chunk.get(k + 6 + name.len()) == Some(&0)
-    })
-}
-
-async fn through_cutter(db: &TestDb) -> (PgTenantStore, Arc<std::sync::atomic::AtomicU8>) {
-    let server = stratum_testkit::server_url();
-    let authority = server
-        .rsplit('@')
-        .next()
-        .unwrap()
-        .trim_end_matches('/')
-        .to_owned();
-    let mode = Arc::new(std::sync::atomic::AtomicU8::new(PASS));
-    let port = commit_cutter(authority.clone(), mode.clone()).await;
-    let url = db.url.replace(&authority, &format!("127.0.0.1:{port}"));
-    let pool = connect(&url, &PoolConfig::default()).unwrap();
-    (PgTenantStore::new(pool), mode)
+async fn pool_through_cutter(db: &TestDb) -> (Pool, CommitCutter) {
+    let cutter = CommitCutter::start().await.unwrap();
+    let url = cutter.url(&db.url);
+    assert_ne!(url, db.url, "the URL goes through the relay");
+    (connect(&url, &PoolConfig::default()).unwrap(), cutter)
 }
 
 #[tokio::test]
 async fn a_commit_whose_answer_was_lost_but_took_effect_answers_its_result() {
     let db = TestDb::new().await;
     let id = tenant(&db.url).await;
-    let (store, mode) = through_cutter(&db).await;
+    let (store, cutter) = through_cutter(&db).await;
     store.modify(id, rename(id, "first")).await.unwrap();
 
-    mode.store(CUT_AFTER_COMMIT, std::sync::atomic::Ordering::SeqCst);
+    cutter.arm(Cut::AfterCommit);
     let out = store.modify(id, rename(id, "committed")).await;
     // Precondition: the relay did lose the connection at that COMMIT, after the server had it.
-    assert_eq!(
-        std::sync::atomic::AtomicU8::load(&mode, std::sync::atomic::Ordering::SeqCst),
-        PASS,
-        "the COMMIT was cut"
-    );
+    assert!(cutter.met(), "the COMMIT was cut");
     assert_eq!(
         name_of(&db.url, id).await,
         "committed",
@@ -387,19 +288,117 @@ async fn a_commit_whose_answer_was_lost_but_took_effect_answers_its_result() {
 async fn a_commit_lost_before_the_server_had_it_is_unavailable_and_changed_nothing() {
     let db = TestDb::new().await;
     let id = tenant(&db.url).await;
-    let (store, mode) = through_cutter(&db).await;
+    let (store, cutter) = through_cutter(&db).await;
     store.modify(id, rename(id, "first")).await.unwrap();
 
-    mode.store(CUT_BEFORE_COMMIT, std::sync::atomic::Ordering::SeqCst);
+    cutter.arm(Cut::BeforeCommit);
     let out = store.modify(id, rename(id, "rolled_back")).await;
-    assert_eq!(
-        std::sync::atomic::AtomicU8::load(&mode, std::sync::atomic::Ordering::SeqCst),
-        PASS,
-        "the COMMIT was cut"
-    );
+    assert!(cutter.met(), "the COMMIT was cut");
     match out {
         Err(TenancyError::Store(StoreError::Unavailable)) => {}
         other => panic!("expected Unavailable, got {other:?}"),
     }
     assert_eq!(name_of(&db.url, id).await, "first");
+}
+
+/// The response a request with an Idempotency-Key would store.
+fn response(body: &str) -> idempotency::StoredResponse {
+    idempotency::StoredResponse {
+        fingerprint: "f".repeat(64),
+        status: 200,
+        body: body.to_owned(),
+    }
+}
+
+/// Runs a rename of `id` the way a request with the Idempotency-Key `key` does: inside the
+/// key's transaction, then commits it with its response, with the COMMIT treated by `cut`.
+async fn keyed_rename(
+    pool: &Pool,
+    cutter: &CommitCutter,
+    cut: Cut,
+    id: Uuid,
+    key: &str,
+    name: &str,
+) -> Result<idempotency::StoredResponse, StoreError> {
+    let store = PgTenantStore::new(pool.clone());
+    let idempotency::Lookup::New(tx) = idempotency::begin(pool, "ha", key).await.unwrap() else {
+        panic!("a new key");
+    };
+    let renamed = stratum_postgres::tx::with_ambient(
+        tx.shared().unwrap(),
+        store.modify(id, rename(id, name)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(renamed.name, name);
+    cutter.arm(cut);
+    let out = tx.commit("ha", key, &response(name)).await;
+    // Precondition: the relay treated that COMMIT as armed.
+    assert!(cutter.met(), "the COMMIT met the relay");
+    out
+}
+
+async fn keys_held(url: &str, key: &str) -> Vec<String> {
+    #[derive(QueryableByName)]
+    struct Body {
+        #[diesel(sql_type = Text)]
+        response_body: String,
+    }
+    let mut c = AsyncPgConnection::establish(url).await.unwrap();
+    let rows: Vec<Body> = diesel::sql_query(format!(
+        "SELECT response_body FROM idempotency_keys WHERE principal = 'ha' AND key = '{key}'"
+    ))
+    .load(&mut c)
+    .await
+    .unwrap();
+    rows.into_iter().map(|b| b.response_body).collect()
+}
+
+#[tokio::test]
+async fn an_idempotent_request_whose_commit_answer_was_lost_but_took_effect_is_acknowledged() {
+    let db = TestDb::new().await;
+    let id = tenant(&db.url).await;
+    let (pool, cutter) = pool_through_cutter(&db).await;
+
+    let out = keyed_rename(&pool, &cutter, Cut::AfterCommit, id, "k1", "keyed").await;
+    // The commit took effect: the change and its key are there ...
+    assert_eq!(
+        name_of(&db.url, id).await,
+        "keyed",
+        "the commit took effect"
+    );
+    assert_eq!(keys_held(&db.url, "k1").await, vec!["keyed".to_owned()]);
+    // ... so the request is acknowledged with the response its key holds, not refused
+    // (a refusal would tell the client that nothing changed).
+    assert_eq!(
+        out.expect("a commit that took effect is acknowledged"),
+        response("keyed")
+    );
+    // And a retry replays exactly that response.
+    match idempotency::begin(&pool, "ha", "k1").await.unwrap() {
+        idempotency::Lookup::Stored(s) => assert_eq!(s, response("keyed")),
+        _ => panic!("the key is stored"),
+    }
+}
+
+#[tokio::test]
+async fn an_idempotent_request_whose_commit_was_lost_before_the_server_had_it_changed_nothing() {
+    let db = TestDb::new().await;
+    let id = tenant(&db.url).await;
+    let (pool, cutter) = pool_through_cutter(&db).await;
+
+    let out = keyed_rename(&pool, &cutter, Cut::BeforeCommit, id, "k2", "lost").await;
+    match out {
+        Err(StoreError::Unavailable) => {}
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    assert_eq!(name_of(&db.url, id).await, "T", "nothing changed");
+    assert!(
+        keys_held(&db.url, "k2").await.is_empty(),
+        "the key is unused"
+    );
+    // A retry with the key runs the request anew (it is not a replay of anything).
+    let again = keyed_rename(&pool, &cutter, Cut::Pass, id, "k2", "retried").await;
+    assert_eq!(again.unwrap(), response("retried"));
+    assert_eq!(name_of(&db.url, id).await, "retried");
 }

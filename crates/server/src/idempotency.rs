@@ -55,13 +55,18 @@ impl KeyTransaction for PgKeyTransaction {
         principal: &str,
         key: &str,
         response: &StoredResponse,
-    ) -> Result<(), StoreError> {
+    ) -> Result<StoredResponse, StoreError> {
         let stored = pg::StoredResponse {
             fingerprint: response.fingerprint.clone(),
             status: response.status,
             body: response.body.clone(),
         };
-        self.0.commit(principal, key, &stored).await
+        let held = self.0.commit(principal, key, &stored).await?;
+        Ok(StoredResponse {
+            fingerprint: held.fingerprint,
+            status: held.status,
+            body: held.body,
+        })
     }
 
     async fn rollback(self: Box<Self>) {

@@ -1,6 +1,7 @@
 //! `Idempotency-Key` through the real application on real PostgreSQL: replay of the stored
-//! response, reuse with another body, a repeat while the first runs, per-key scope, and
-//! the key and the change committing together or not at all.
+//! response, reuse with another body, a repeat while the first runs, per-key scope, the
+//! key and the change committing together or not at all, and a commit whose answer the
+//! database's connection lost.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -11,8 +12,9 @@ mod common;
 
 use actix_web::http::StatusCode;
 use actix_web::test::TestRequest;
-use common::{app, call, harness, send, sql, TestApp, ADMIN, POST};
+use common::{app, call, harness, harness_with_db, send, sql, TestApp, ADMIN, POST};
 use serde_json::{json, Value};
+use stratum_testkit::cutter::{CommitCutter, Cut};
 
 struct Reply {
     status: StatusCode,
@@ -521,4 +523,72 @@ async fn keys_expire_after_24_hours_and_purge_removes_them() {
         sql::texts(&url, "SELECT key AS t FROM idempotency_keys ORDER BY key").await,
         vec!["fresh".to_owned()]
     );
+}
+
+/// A harness whose idempotency keys (and so every write of a request with a key, which
+/// runs on the key's transaction) reach the database through a [`CommitCutter`].
+async fn harness_through_cutter() -> (common::Harness, std::sync::Arc<CommitCutter>) {
+    let cutter = std::sync::Arc::new(CommitCutter::start().await.unwrap());
+    let c = cutter.clone();
+    let h = harness_with_db(move |db, state| {
+        let pool = stratum_postgres::connect(&c.url(&db.url), &Default::default()).unwrap();
+        state.idempotency =
+            std::sync::Arc::new(stratum_server::idempotency::PgIdempotency::new(pool));
+    })
+    .await;
+    (h, cutter)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_keyed_request_whose_commit_answer_was_lost_but_took_effect_is_acknowledged() {
+    let (h, cutter) = harness_through_cutter().await;
+    let app = app!(h);
+    let url = h.db.url.clone();
+    cutter.arm(Cut::AfterCommit);
+    let body = json!({"name": "A", "slug": "lost_answer"});
+    let first = post(&app, "/api/v1/tenants", ADMIN, Some("lost"), body.clone()).await;
+    // Precondition: the connection was lost at that request's COMMIT, after the server had it.
+    assert!(cutter.met(), "the COMMIT was cut");
+    assert_eq!(
+        tenants_named(&url, "lost_answer").await,
+        1,
+        "the commit took effect"
+    );
+    // So the request is acknowledged, not refused as if nothing had changed ...
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
+    assert_eq!(first.body["slug"], "lost_answer");
+    // ... and a repeat replays that very response.
+    let again = post(&app, "/api/v1/tenants", ADMIN, Some("lost"), body).await;
+    assert_eq!(again.status, StatusCode::CREATED);
+    assert!(again.replayed);
+    assert_eq!(again.body, first.body);
+    assert_eq!(tenants_named(&url, "lost_answer").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_keyed_request_whose_commit_never_reached_the_server_is_503_and_runs_again() {
+    let (h, cutter) = harness_through_cutter().await;
+    let app = app!(h);
+    let url = h.db.url.clone();
+    cutter.arm(Cut::BeforeCommit);
+    let body = json!({"name": "A", "slug": "lost_commit"});
+    let first = post(&app, "/api/v1/tenants", ADMIN, Some("gone"), body.clone()).await;
+    assert!(cutter.met(), "the COMMIT was cut");
+    assert_eq!(
+        first.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        first.body
+    );
+    assert_eq!(first.code(), "SERVICE_UNAVAILABLE");
+    assert_eq!(
+        tenants_named(&url, "lost_commit").await,
+        0,
+        "nothing changed"
+    );
+    // The key stayed unused: a repeat runs the request, it replays nothing.
+    let again = post(&app, "/api/v1/tenants", ADMIN, Some("gone"), body).await;
+    assert_eq!(again.status, StatusCode::CREATED, "{}", again.body);
+    assert!(!again.replayed);
+    assert_eq!(tenants_named(&url, "lost_commit").await, 1);
 }

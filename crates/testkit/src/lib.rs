@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
+pub mod cutter;
 pub mod fixtures;
 pub mod sql;
 

@@ -67,6 +67,19 @@ pub async fn harness_with_args(
     args: impl FnOnce(&mut stratum_server::config::WebhookArgs),
     adjust: impl FnOnce(&mut AppState),
 ) -> Harness {
+    harness_over(args, |_, state| adjust(state)).await
+}
+
+/// A harness whose state `adjust` may change knowing its database (e.g. to give an adapter
+/// a pool of its own), before it is shared.
+pub async fn harness_with_db(adjust: impl FnOnce(&TestDb, &mut AppState)) -> Harness {
+    harness_over(|_| {}, adjust).await
+}
+
+async fn harness_over(
+    args: impl FnOnce(&mut stratum_server::config::WebhookArgs),
+    adjust: impl FnOnce(&TestDb, &mut AppState),
+) -> Harness {
     let db = TestDb::new().await;
     let pool = stratum_postgres::connect(&db.url, &Default::default()).unwrap();
     let keyring = SharedKeyring::new(Keyring::from_env_values(ENCRYPTION_KEY, None).unwrap());
@@ -82,7 +95,7 @@ pub async fn harness_with_args(
     let metrics = std::sync::Arc::new(stratum_api::metrics::Metrics::new());
     let mut state =
         stratum_server::wiring::app_state(pool.clone(), keyring, out, metrics, settings);
-    adjust(&mut state);
+    adjust(&db, &mut state);
     Harness {
         db,
         state: web::Data::new(state),
