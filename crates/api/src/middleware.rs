@@ -251,6 +251,12 @@ pub async fn trace(
     if span.is_disabled() {
         return next.call(req).await;
     }
+    // Known before routing (the application's resource map), so it names the span from
+    // its start.
+    if let Some(route) = req.match_pattern() {
+        span.record("otel.name", format!("{method} {route}"));
+        span.record("http.route", route);
+    }
     let context = continue_trace(&span, req.headers());
     let out = stratum_core::trace_context::scope(
         context,
@@ -258,13 +264,7 @@ pub async fn trace(
     )
     .await;
     let status = match &out {
-        Ok(res) => {
-            if let Some(route) = res.request().match_pattern() {
-                span.record("otel.name", format!("{method} {route}"));
-                span.record("http.route", route);
-            }
-            res.status()
-        }
+        Ok(res) => res.status(),
         Err(e) => e.as_response_error().status_code(),
     };
     span.record("http.response.status_code", status.as_u16());

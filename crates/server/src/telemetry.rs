@@ -117,7 +117,9 @@ mod otel {
             .or_else(|_| std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL"))
         {
             if p != "http/protobuf" {
-                eprintln!("OTEL_EXPORTER_OTLP_PROTOCOL={p}: only http/protobuf is supported; using it");
+                eprintln!(
+                    "OTEL_EXPORTER_OTLP_PROTOCOL={p}: only http/protobuf is supported; using it"
+                );
             }
         }
         // An https endpoint needs a rustls provider; ring is the process's one.
