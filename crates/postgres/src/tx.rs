@@ -126,29 +126,44 @@ macro_rules! in_tx {
     }};
 }
 
-/// Runs `f` (the transaction of an [`in_tx!`](crate::in_tx)) inside a database client span
-/// (a child of the request's span when traced; a no-op when no trace export is on).
+/// Runs `f` (the transaction of an [`in_tx!`](crate::in_tx)) inside a database client span,
+/// a child of the request's span when the request is traced; outside a traced request
+/// (background work) and when no trace export is on, it makes no span.
 pub async fn traced<F: std::future::Future>(f: F) -> F::Output {
-    let span = tracing::info_span!(
-        target: "stratum::trace",
-        "transaction",
-        otel.kind = "client",
-        db.system.name = "postgresql",
-        db.operation.name = "transaction",
-    );
+    let span = child_span(|| {
+        tracing::info_span!(
+            target: "stratum::trace",
+            "transaction",
+            otel.kind = "client",
+            db.system.name = "postgresql",
+            db.operation.name = "transaction",
+        )
+    });
     tracing::Instrument::instrument(f, span).await
 }
 
-/// The span of one journal write (the audit entry, its event and its deliveries).
+/// The span of one journal write (the audit entry, its event and its deliveries), under the
+/// running transaction's span when there is one.
 pub fn journal_span() -> tracing::Span {
-    tracing::info_span!(
-        target: "stratum::trace",
-        "journal write",
-        otel.kind = "client",
-        db.system.name = "postgresql",
-        db.operation.name = "SELECT",
-        db.stored_procedure.name = "stratum_record",
-    )
+    child_span(|| {
+        tracing::info_span!(
+            target: "stratum::trace",
+            "journal write",
+            otel.kind = "client",
+            db.system.name = "postgresql",
+            db.operation.name = "SELECT",
+            db.stored_procedure.name = "stratum_record",
+        )
+    })
+}
+
+/// `make()` when a span is current (a traced request), else no span.
+fn child_span(make: impl FnOnce() -> tracing::Span) -> tracing::Span {
+    if tracing::Span::current().is_none() {
+        tracing::Span::none()
+    } else {
+        make()
+    }
 }
 
 tokio::task_local! {
