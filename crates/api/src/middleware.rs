@@ -237,7 +237,11 @@ pub async fn trace(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     use tracing::field::Empty;
-    let method = method_label(req.method());
+    // The conventions' name for a method outside the known set.
+    let method = match method_label(req.method()) {
+        OTHER => "_OTHER",
+        known => known,
+    };
     let span = tracing::info_span!(
         target: "stratum::trace",
         "HTTP request",
