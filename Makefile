@@ -111,7 +111,7 @@ boundary-check:
 	@bad=0; for c in $(DOMAIN_CRATES); do \
 	  tree=$$($(CARGO) tree -p $$c -e normal --prefix none) \
 	    || { echo "boundary check: \`cargo tree -p $$c\` failed" >&2; exit 1; }; \
-	  deps=$$(printf '%s\n' "$$tree" | grep -E '^(diesel|diesel-async|reqwest|actix-web|tokio-postgres|deadpool) ' | sort -u); \
+	  deps=$$(printf '%s\n' "$$tree" | grep -E '^(diesel|diesel-async|reqwest|actix-web|tokio-postgres|deadpool|opentelemetry|opentelemetry_sdk|tracing-opentelemetry) ' | sort -u); \
 	  if [ -n "$$deps" ]; then echo "boundary violated: $$c depends on: $$deps"; bad=1; fi; \
 	done; \
 	for c in stratum-webhooks stratum-consent stratum-audit; do \
@@ -123,7 +123,7 @@ boundary-check:
 	  || { echo "boundary check: \`cargo tree -p stratum-api\` failed" >&2; exit 1; }; \
 	deps=$$(printf '%s\n' "$$tree" | grep -E '^(stratum-postgres|diesel|diesel-async|tokio-postgres|deadpool) ' | sort -u); \
 	if [ -n "$$deps" ]; then echo "boundary violated: stratum-api depends on: $$deps"; bad=1; fi; \
-	[ $$bad -eq 0 ] && echo "boundary check: domain crates are free of diesel/reqwest/actix/tokio-postgres; webhooks, consent and audit do not depend on tenancy; the HTTP crate reaches storage only through ports"
+	[ $$bad -eq 0 ] && echo "boundary check: domain crates are free of diesel/reqwest/actix/tokio-postgres/opentelemetry; webhooks, consent and audit do not depend on tenancy; the HTTP crate reaches storage only through ports"
 
 # schema.rs must be what diesel generates from the migrations (on a scratch database of this
 # checkout's prefix on the test cluster).

@@ -92,6 +92,7 @@ impl InMemory {
                 tenant_id: None,
                 payload: payload.clone(),
                 event_created_at: now,
+                trace_context: None,
             })
             .collect();
         m.queue.extend(deliveries);

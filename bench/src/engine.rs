@@ -20,8 +20,8 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 use crate::harness::{
-    connect, ms, proc_cpu_secs, round1, rss_kib, summary, Api, BenchDb, Percentiles, Server,
-    ServerOpts,
+    connect, ms, proc_cpu_secs, round1, round3, rss_kib, summary, Api, BenchDb, Percentiles,
+    Server, ServerOpts,
 };
 use crate::receiver::{Hook, Receiver};
 
@@ -60,6 +60,10 @@ pub struct EngineArgs {
     /// Seconds of closed-loop API writes (f).
     #[arg(long, default_value_t = 8)]
     pub api_secs: u32,
+    /// Row f also runs on a second server exporting its traces (OTLP HTTP/protobuf, every
+    /// trace sampled) to an in-process sink on loopback, and prints both.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub api_traced: bool,
     /// PATCHes enqueued before the pure drain (g), each fanned out to --webhooks.
     #[arg(long, default_value_t = 4_000)]
     pub drain_patches: u64,
@@ -389,6 +393,16 @@ impl Rig {
     /// `spread` child tenants under one parent (0: one tenant), `hooks` webhooks on the
     /// parent (or the one tenant) subscribed to `tenant.updated`.
     async fn new(a: &EngineArgs, spread: usize, hooks: u32, no_worker: bool) -> Result<Self> {
+        Self::with_opts(a, spread, hooks, &defaults(no_worker)).await
+    }
+
+    /// [`Rig::new`] with the server started as `opts` says.
+    async fn with_opts(
+        a: &EngineArgs,
+        spread: usize,
+        hooks: u32,
+        opts: &ServerOpts,
+    ) -> Result<Self> {
         let receipts = Arc::new(Receipts::default());
         let rx = Receiver::start(
             a.receiver_threads,
@@ -396,7 +410,7 @@ impl Rig {
             Some(receipts.hook(Duration::from_secs(a.slow_secs))),
         )?;
         let db = BenchDb::create().await?;
-        let server = Server::start(&db, &defaults(no_worker)).await?;
+        let server = Server::start(&db, opts).await?;
         let api = server.api()?;
         let owner = api.create_tenant("bench_owner").await?;
         let tenants = if spread == 0 {
@@ -1050,9 +1064,68 @@ fn add_cpu(a: CpuSplit, b: CpuSplit) -> CpuSplit {
     }
 }
 
-/// Row f: closed-loop PATCHes over the spread tenants, one webhook, 16 connections.
+/// Row f: closed-loop PATCHes over the spread tenants, one webhook, 16 connections; with
+/// `--api-traced`, again on a server exporting every trace to a loopback OTLP sink.
 async fn api_row(a: &EngineArgs) -> Result<Row> {
-    let mut rig = Rig::new(a, a.tenants, 1, false).await?;
+    let (mut row, off) = api_phase(a, &defaults(false)).await?;
+    if !a.api_traced {
+        return Ok(row);
+    }
+    // The sink answers 200 to every export and counts requests and bytes.
+    let bytes = Arc::new(AtomicU64::new(0));
+    let counted = Arc::clone(&bytes);
+    let hook: Hook = Arc::new(move |_path: &str, body: &[u8], _at: Instant| {
+        counted.fetch_add(body.len() as u64, Ordering::Relaxed);
+        None
+    });
+    let sink = Receiver::start(1, Instant::now(), Some(hook))?;
+    let mut opts = defaults(false);
+    opts.extra_env = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(), sink.base.clone()),
+        ("OTEL_TRACES_SAMPLER".to_owned(), "always_on".to_owned()),
+    ];
+    let (traced_row, on) = api_phase(a, &opts).await?;
+    // The batch exporter sends every 5 s; what is still buffered at the end is not counted.
+    let exports = sink.stats.count();
+    let exported = bytes.load(Ordering::Relaxed);
+    let change = |on: f64, off: f64| {
+        if off > 0.0 {
+            (on / off - 1.0) * 100.0
+        } else {
+            f64::NAN
+        }
+    };
+    row.result = format!(
+        "off: {}\n      traced (OTLP, 100 % sampled): {}\n      traced vs off: {:+.1} % req/s, {:+.1} % stratum CPU per write ({:.3} -> {:.3} ms); {exports} exports, {:.1} MiB to the sink",
+        row.result,
+        traced_row.result,
+        change(on.rate, off.rate),
+        change(on.stratum_cpu_ms, off.stratum_cpu_ms),
+        off.stratum_cpu_ms,
+        on.stratum_cpu_ms,
+        exported as f64 / (1024.0 * 1024.0),
+    );
+    if let Value::Object(m) = &mut row.json {
+        m.insert("traced".to_owned(), traced_row.json);
+        m.insert(
+            "traced_change_pct".to_owned(),
+            json!({"api_per_s": round2(change(on.rate, off.rate)),
+                   "stratum_cpu_per_write": round2(change(on.stratum_cpu_ms, off.stratum_cpu_ms))}),
+        );
+        m.insert("traced_exports".to_owned(), json!(exports));
+    }
+    Ok(row)
+}
+
+/// The figures of one run of row f that the traced comparison needs.
+struct ApiPhase {
+    rate: f64,
+    stratum_cpu_ms: f64,
+}
+
+/// One run of row f on a server started as `opts` says.
+async fn api_phase(a: &EngineArgs, opts: &ServerOpts) -> Result<(Row, ApiPhase)> {
+    let mut rig = Rig::with_opts(a, a.tenants, 1, opts).await?;
     let cpu0 = Cpu::take(&[rig.server.pid()], rig.db.name());
     rig.rss.take_max_mib();
     let t0 = Instant::now();
@@ -1077,7 +1150,16 @@ async fn api_row(a: &EngineArgs) -> Result<Row> {
     } else {
         cpu.postgres_own * 1e3 / outcomes.len() as f64
     };
-    Ok(Row {
+    let stratum_cpu_ms = if outcomes.is_empty() {
+        0.0
+    } else {
+        cpu.stratum * 1e3 / outcomes.len() as f64
+    };
+    let phase = ApiPhase {
+        rate,
+        stratum_cpu_ms,
+    };
+    let row = Row {
         key: 'f',
         shape: format!(
             "API writes: PATCH over {} tenants, 1 webhook, {} connections, closed loop for {} s",
@@ -1095,10 +1177,12 @@ async fn api_row(a: &EngineArgs) -> Result<Row> {
         rss_mib: rig.rss.take_max_mib(),
         json: merge(
             json!({"api_per_s": round1(rate), "api": api.map(|p| p.json()), "api_failed": failed(&outcomes),
-                   "pg_cpu_ms_per_write": round2(per_write)}),
+                   "pg_cpu_ms_per_write": round2(per_write),
+                   "stratum_cpu_ms_per_write": round3(stratum_cpu_ms)}),
             &[d.json(), cpu.json(load_wall)],
         ),
-    })
+    };
+    Ok((row, phase))
 }
 
 /// Row g: the backlog of `--drain-patches` x `--webhooks` deliveries, enqueued through the

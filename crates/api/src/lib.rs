@@ -63,7 +63,7 @@ pub fn app(
                 .configure(routes),
         )
         .default_service(web::to(unknown_route))
-        // The last one wrapped runs first: request_id is outermost.
+        // The last one wrapped runs first: trace is outermost, then request_id.
         .wrap(actix_web::middleware::from_fn(middleware::body_deadline))
         .wrap(actix_web::middleware::from_fn(
             middleware::method_not_allowed_body,
@@ -71,6 +71,7 @@ pub fn app(
         .wrap(actix_web::middleware::from_fn(middleware::http_metrics))
         .wrap(actix_web::middleware::from_fn(middleware::access_log))
         .wrap(actix_web::middleware::from_fn(middleware::request_id))
+        .wrap(actix_web::middleware::from_fn(middleware::trace))
 }
 
 /// The `/api/v1` routes.

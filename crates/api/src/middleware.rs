@@ -1,5 +1,5 @@
 //! The middleware around every request, one job each (outermost first, as `crate::app`
-//! wraps them): [`request_id`], [`access_log`], [`http_metrics`], [`method_not_allowed_body`],
+//! wraps them): [`trace`], [`request_id`], [`access_log`], [`http_metrics`], [`method_not_allowed_body`],
 //! [`body_deadline`].
 
 use std::future::Future as _;
@@ -224,4 +224,101 @@ pub async fn access_log(
         "request"
     );
     Ok(res)
+}
+
+/// One server span per request for trace export (OpenTelemetry HTTP semantic conventions):
+/// `http.request.method`, `http.route` (the route template, never the path or query) and
+/// `http.response.status_code`, continuing the caller's W3C `traceparent`. Its context
+/// becomes the task's [`trace_context`](stratum_core::trace_context), so the events the
+/// request makes keep it. When no trace export is on, the span is disabled and the request
+/// passes straight through.
+pub async fn trace(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    use tracing::field::Empty;
+    // The conventions' name for a method outside the known set.
+    let method = match method_label(req.method()) {
+        OTHER => "_OTHER",
+        known => known,
+    };
+    let span = tracing::info_span!(
+        target: "stratum::trace",
+        "HTTP request",
+        otel.name = method,
+        otel.kind = "server",
+        otel.status_code = Empty,
+        http.request.method = method,
+        http.route = Empty,
+        http.response.status_code = Empty,
+    );
+    if span.is_disabled() {
+        return next.call(req).await;
+    }
+    // Known before routing (the application's resource map), so it names the span from
+    // its start.
+    if let Some(route) = req.match_pattern() {
+        span.record("otel.name", format!("{method} {route}"));
+        span.record("http.route", route);
+    }
+    let context = continue_trace(&span, req.headers());
+    let out = stratum_core::trace_context::scope(
+        context,
+        tracing::Instrument::instrument(next.call(req), span.clone()),
+    )
+    .await;
+    let status = match &out {
+        Ok(res) => res.status(),
+        Err(e) => e.as_response_error().status_code(),
+    };
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "error");
+    }
+    out
+}
+
+/// Makes `span` the child of the caller's `traceparent` (when the process propagates W3C
+/// trace context) and answers the span's own context as a `traceparent`.
+#[cfg(feature = "otel")]
+fn continue_trace(
+    span: &tracing::Span,
+    headers: &actix_web::http::header::HeaderMap,
+) -> Option<String> {
+    use opentelemetry::propagation::{Extractor, Injector};
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+    struct Incoming<'a>(&'a actix_web::http::header::HeaderMap);
+    impl Extractor for Incoming<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0.get(key).and_then(|v| v.to_str().ok())
+        }
+        fn keys(&self) -> Vec<&str> {
+            self.0.keys().map(|k| k.as_str()).collect()
+        }
+    }
+    struct Traceparent(Option<String>);
+    impl Injector for Traceparent {
+        fn set(&mut self, key: &str, value: String) {
+            if key == "traceparent" {
+                self.0 = Some(value);
+            }
+        }
+    }
+
+    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&Incoming(headers)));
+    // Only fails when no OpenTelemetry layer is installed: the span is then a root.
+    let _ = span.set_parent(parent);
+    let mut out = Traceparent(None);
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&span.context(), &mut out));
+    out.0
+}
+
+/// Without the `otel` feature spans are not exported and carry no trace context.
+#[cfg(not(feature = "otel"))]
+fn continue_trace(
+    _span: &tracing::Span,
+    _headers: &actix_web::http::header::HeaderMap,
+) -> Option<String> {
+    None
 }

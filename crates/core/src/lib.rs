@@ -21,6 +21,7 @@ pub mod tenant_path;
 pub mod testing;
 pub mod text;
 pub mod timefmt;
+pub mod trace_context;
 
 pub use actor::{Actor, ActorKind, Scope, TenantScope};
 pub use clock::{Clock, SystemClock};

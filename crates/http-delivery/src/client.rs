@@ -103,7 +103,11 @@ impl ReqwestDeliveryClient {
         })
     }
 
-    async fn attempt(&self, request: OutgoingRequest) -> AttemptOutcome {
+    async fn attempt(
+        &self,
+        request: OutgoingRequest,
+        traceparent: Option<String>,
+    ) -> AttemptOutcome {
         let url = match Url::parse(&request.url) {
             Ok(url) if matches!(url.scheme(), "http" | "https") => url,
             Ok(url) => return failed(format!("invalid url: unsupported scheme {}", url.scheme())),
@@ -124,10 +128,14 @@ impl ReqwestDeliveryClient {
                 return refused("refused target: url must use https".to_owned());
             }
         }
-        let headers = match self.headers(&request.headers) {
+        let mut headers = match self.headers(&request.headers) {
             Ok(headers) => headers,
             Err(reason) => return failed(reason),
         };
+        // The receiver's own trace continues this attempt's span.
+        if let Some(value) = traceparent.and_then(|v| HeaderValue::from_str(&v).ok()) {
+            headers.insert(HeaderName::from_static("traceparent"), value);
+        }
         let response = match self
             .client
             .post(url)
@@ -181,8 +189,12 @@ impl ReqwestDeliveryClient {
 impl DeliveryClient for ReqwestDeliveryClient {
     async fn send(&self, request: OutgoingRequest) -> AttemptOutcome {
         let started = Instant::now();
-        let mut outcome = self.attempt(request).await;
+        let span = crate::trace::attempt_span(&request);
+        let traceparent = crate::trace::link_and_propagate(&span, request.trace_context.as_deref());
+        let mut outcome =
+            tracing::Instrument::instrument(self.attempt(request, traceparent), span.clone()).await;
         outcome.duration_ms = u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX);
+        crate::trace::record_outcome(&span, &outcome);
         outcome
     }
 }

@@ -6,6 +6,7 @@
 mod client;
 mod resolve;
 mod ssrf;
+mod trace;
 
 pub use client::{ClientBuildError, ClientConfig, ReqwestDeliveryClient};
 pub use ssrf::{blocked_ip, blocked_name, parse_ip_literal, SsrfGuard};

@@ -53,13 +53,17 @@ pub fn stratum_trail() -> AuditTrail<AsyncPgConnection> {
 /// inside their own transaction blocks). Takes the connection shared, so a caller can
 /// pipeline it with the change's own statement (both sent before either answer arrives).
 pub async fn append(conn: &AsyncPgConnection, record: &AuditRecord) -> QueryResult<u64> {
+    tracing::Instrument::instrument(append_traced(conn, record), crate::tx::journal_span()).await
+}
+
+async fn append_traced(conn: &AsyncPgConnection, record: &AuditRecord) -> QueryResult<u64> {
     let mut conn = conn;
     let event = record.event.as_ref();
     // Inside `in_tx!` the workers are woken after the commit; elsewhere, by the
     // transaction's own NOTIFY.
     let deferred = crate::wake::deferring();
     let fanned: Fanned = diesel::sql_query(
-        "SELECT stratum_record($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) AS n",
+        "SELECT stratum_record($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) AS n",
     )
     .bind::<SqlUuid, _>(record.id)
     .bind::<Nullable<SqlUuid>, _>(record.tenant_id)
@@ -78,6 +82,8 @@ pub async fn append(conn: &AsyncPgConnection, record: &AuditRecord) -> QueryResu
     .bind::<Array<SqlUuid>, _>(event.map(|e| e.extra_audience.as_slice()).unwrap_or_default())
     // Notifies in the transaction only when no commit hook will (see `wake`).
     .bind::<Bool, _>(!deferred)
+    // The request that made the event, for the delivery attempts' span links.
+    .bind::<Nullable<Text>, _>(event.and_then(|_| stratum_core::trace_context::current()))
     .cached()
     .get_result(&mut conn)
     .await?;

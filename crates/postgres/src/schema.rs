@@ -194,6 +194,7 @@ diesel::table! {
         tenant_id -> Nullable<Uuid>,
         payload -> Jsonb,
         created_at -> Timestamptz,
+        trace_context -> Nullable<Text>,
     }
 }
 

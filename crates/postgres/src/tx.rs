@@ -63,10 +63,14 @@ macro_rules! in_tx {
         if let Some(shared) = $crate::tx::ambient() {
             let mut guard = shared.lock().await;
             let c: &mut ::diesel_async::AsyncPgConnection = &mut guard;
-            ::diesel_async::AsyncConnection::transaction::<_, $crate::tx::TxError<$err>, _>(
+            $crate::tx::traced(::diesel_async::AsyncConnection::transaction::<
+                _,
+                $crate::tx::TxError<$err>,
+                _,
+            >(
                 c,
                 async move |$conn: &mut ::diesel_async::AsyncPgConnection| $body,
-            )
+            ))
             .await
             .map_err($crate::tx::TxError::into_domain)
         } else {
@@ -80,8 +84,8 @@ macro_rules! in_tx {
                     let mut kept = ::core::option::Option::None;
                     let slot = &mut kept;
                     // Wake-ups wait for the commit (see `wake`).
-                    let ((out, due), journaled) = $crate::tx::journaled($crate::wake::deferred(
-                        ::diesel_async::AsyncConnection::transaction::<
+                    let ((out, due), journaled) = $crate::tx::traced($crate::tx::journaled(
+                        $crate::wake::deferred(::diesel_async::AsyncConnection::transaction::<
                             _,
                             $crate::tx::TxError<$err>,
                             _,
@@ -93,7 +97,7 @@ macro_rules! in_tx {
                                 *slot = ::core::option::Option::Some(value?);
                                 ::core::result::Result::Ok(())
                             },
-                        ),
+                        )),
                     ))
                     .await;
                     drop(pooled);
@@ -120,6 +124,46 @@ macro_rules! in_tx {
             }
         }
     }};
+}
+
+/// Runs `f` (the transaction of an [`in_tx!`](crate::in_tx)) inside a database client span,
+/// a child of the request's span when the request is traced; outside a traced request
+/// (background work) and when no trace export is on, it makes no span.
+pub async fn traced<F: std::future::Future>(f: F) -> F::Output {
+    let span = child_span(|| {
+        tracing::info_span!(
+            target: "stratum::trace",
+            "transaction",
+            otel.kind = "client",
+            db.system.name = "postgresql",
+            db.operation.name = "transaction",
+        )
+    });
+    tracing::Instrument::instrument(f, span).await
+}
+
+/// The span of one journal write (the audit entry, its event and its deliveries), under the
+/// running transaction's span when there is one.
+pub fn journal_span() -> tracing::Span {
+    child_span(|| {
+        tracing::info_span!(
+            target: "stratum::trace",
+            "journal write",
+            otel.kind = "client",
+            db.system.name = "postgresql",
+            db.operation.name = "SELECT",
+            db.stored_procedure.name = "stratum_record",
+        )
+    })
+}
+
+/// `make()` when a span is current (a traced request), else no span.
+fn child_span(make: impl FnOnce() -> tracing::Span) -> tracing::Span {
+    if tracing::Span::current().is_none() {
+        tracing::Span::none()
+    } else {
+        make()
+    }
 }
 
 tokio::task_local! {

@@ -1040,6 +1040,7 @@ pub struct PgDeliveryQueue {
     pool: Pool,
     breaker: BreakerConfig,
     transitions: std::sync::Arc<BreakerTransitions>,
+    trace_context: bool,
 }
 
 impl PgDeliveryQueue {
@@ -1049,7 +1050,15 @@ impl PgDeliveryQueue {
             pool,
             breaker: BreakerConfig::default(),
             transitions: std::sync::Arc::default(),
+            trace_context: false,
         }
+    }
+
+    /// Claims also read each event's trace context (for the attempts' span links); only
+    /// worth its join while traces are exported.
+    pub fn with_trace_context(mut self, on: bool) -> Self {
+        self.trace_context = on;
+        self
     }
 
     /// The circuit breaker's settings (`STRATUM_WEBHOOK_BREAKER_*`).
@@ -1162,7 +1171,20 @@ struct ClaimRow {
     payload: Value,
     #[diesel(sql_type = Timestamptz)]
     event_created_at: OffsetDateTime,
+    #[diesel(sql_type = Nullable<Text>)]
+    trace_context: Option<String>,
 }
+
+/// The claim; with the events' trace contexts, or NULL for them.
+const CLAIM: &str = "SELECT id, attempts, webhook_id, url, secret_encrypted, previous_secrets,
+        previous_secrets_expire_at, fifo, not_before, event_id, event_type, tenant_id,
+        payload, event_created_at, NULL::text AS trace_context
+   FROM stratum_claim_controlled($1, $2, $3, $4, $5, $6)";
+const CLAIM_TRACED: &str = "SELECT c.id, c.attempts, c.webhook_id, c.url, c.secret_encrypted,
+        c.previous_secrets, c.previous_secrets_expire_at, c.fifo, c.not_before, c.event_id,
+        c.event_type, c.tenant_id, c.payload, c.event_created_at, e.trace_context
+   FROM stratum_claim_controlled($1, $2, $3, $4, $5, $6) c
+   LEFT JOIN webhook_events e ON e.id = c.event_id";
 
 #[async_trait]
 impl DeliveryQueue for PgDeliveryQueue {
@@ -1185,12 +1207,11 @@ impl DeliveryQueue for PgDeliveryQueue {
         // It lives in a PL/pgSQL function so its plan is kept per connection.
         let mut conn = read_conn(&self.pool).await?;
         let rows: Vec<ClaimRow> = {
-            diesel::sql_query(
-                "SELECT id, attempts, webhook_id, url, secret_encrypted, previous_secrets,
-                        previous_secrets_expire_at, fifo, not_before, event_id, event_type, tenant_id,
-                        payload, event_created_at
-                   FROM stratum_claim_controlled($1, $2, $3, $4, $5, $6)",
-            )
+            diesel::sql_query(if self.trace_context {
+                CLAIM_TRACED
+            } else {
+                CLAIM
+            })
             .bind::<BigInt, _>(limit)
             .bind::<BigInt, _>(i64::try_from(per_webhook).unwrap_or(i64::MAX))
             .bind::<Array<SqlUuid>, _>(&webhooks)
@@ -1227,6 +1248,7 @@ impl DeliveryQueue for PgDeliveryQueue {
                 tenant_id: r.tenant_id,
                 payload: r.payload,
                 event_created_at: r.event_created_at,
+                trace_context: r.trace_context,
             })
             .collect())
     }

@@ -86,11 +86,11 @@ fn main() -> Result<()> {
         // Offline: no runtime, no database, no logging set-up to get in the way of stdout.
         return verify_file(&args.file);
     }
-    telemetry::init();
+    let telemetry = telemetry::init()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async move {
+    let outcome = rt.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::Worker(args) => worker(args).await,
@@ -102,7 +102,10 @@ fn main() -> Result<()> {
             }
             Command::Audit(AuditCommand::Verify(args)) => verify_file(&args.file),
         }
-    })
+    });
+    drop(rt);
+    telemetry.shutdown();
+    outcome
 }
 
 fn verify_file(path: &std::path::Path) -> Result<()> {

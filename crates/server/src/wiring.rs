@@ -239,7 +239,9 @@ pub fn dispatcher(
         breaker_threshold: cfg.breaker_threshold,
         ..DispatcherConfig::default()
     };
-    let queue = PgDeliveryQueue::new(pool).with_breaker(cfg.breaker());
+    let queue = PgDeliveryQueue::new(pool)
+        .with_breaker(cfg.breaker())
+        .with_trace_context(crate::telemetry::exporting());
     let transitions = queue.transitions();
     let dispatcher = Dispatcher::new(
         Arc::new(queue),

@@ -414,6 +414,9 @@ pub struct ClaimedDelivery {
     pub payload: Value,
     /// When the event happened.
     pub event_created_at: OffsetDateTime,
+    /// The trace context (W3C `traceparent`) of the request that made the event, when it
+    /// was traced and the queue reads it; opaque here.
+    pub trace_context: Option<String>,
 }
 
 /// One HTTP request to a receiver.
@@ -425,6 +428,10 @@ pub struct OutgoingRequest {
     pub headers: Vec<(String, String)>,
     /// The JSON body, exactly as signed.
     pub body: Vec<u8>,
+    /// Which attempt this is (1 for the first).
+    pub attempt: u32,
+    /// The trace context of the request that made the event ([`ClaimedDelivery::trace_context`]).
+    pub trace_context: Option<String>,
 }
 
 /// What one attempt produced.

@@ -928,6 +928,7 @@ impl WebhookService {
                     tenant_id: webhook.tenant_id,
                     payload: json!({"webhook_id": webhook.id, "message": "This is a test event from Stratum."}),
                     event_created_at: now,
+                    trace_context: stratum_core::trace_context::current(),
                 };
                 match build_request(&synthetic, &self.keyring.get(), now) {
                     // Another process rotated to a key this one does not hold: 503.

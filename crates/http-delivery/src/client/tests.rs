@@ -135,6 +135,8 @@ fn post(url: String) -> OutgoingRequest {
         url,
         headers: vec![("X-Test".to_owned(), "yes".to_owned())],
         body: br#"{"id":"e1"}"#.to_vec(),
+        attempt: 1,
+        trace_context: None,
     }
 }
 

@@ -90,6 +90,8 @@ pub fn build_request(
         url: d.url.clone(),
         headers,
         body,
+        attempt: u32::try_from(d.attempts).unwrap_or(0).saturating_add(1),
+        trace_context: d.trace_context.clone(),
     })
 }
 

@@ -43,6 +43,7 @@ fn delivery(secret_encrypted: String, webhook_id: Uuid, attempts: i32) -> Claime
         tenant_id: Some(Uuid::new_v4()),
         payload: json!({"name": "Acme", "slug": "acme", "nested": {"k": [1, 2]}}),
         event_created_at: EVENT_AT,
+        trace_context: None,
     }
 }
 
