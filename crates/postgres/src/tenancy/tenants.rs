@@ -101,6 +101,9 @@ pub(crate) fn slug_taken(e: diesel::result::Error, slug: &str) -> TxError<Tenanc
 struct ModifyJob {
     change: TenantChange,
     reply: oneshot::Sender<Result<Tenant, TenancyError>>,
+    /// The caller's span and trace context: the batch runs in another task.
+    span: tracing::Span,
+    trace: Option<String>,
 }
 
 /// Writes per batch on one tenant: bounds the time a batch holds the row lock.
@@ -145,74 +148,85 @@ async fn modify_batch(pool: &Pool, id: Uuid, mut jobs: Vec<ModifyJob>) {
     if jobs.len() == 1 && crate::tx::ambient().is_none() {
         // The common case, in two round trips (see `write`).
         let job = jobs.remove(0);
+        let write = stratum_core::trace_context::scope(
+            job.trace,
+            super::write::modify_one(pool, id, job.change),
+        );
         let _ = job
             .reply
-            .send(super::write::modify_one(pool, id, job.change).await);
+            .send(tracing::Instrument::instrument(write, job.span).await);
         return;
     }
+    // A batch of several runs under its first write's span and trace context.
+    let (span, trace) = (jobs[0].span.clone(), jobs[0].trace.clone());
     let (changes, replies): (Vec<TenantChange>, Vec<_>) =
         jobs.into_iter().map(|j| (j.change, j.reply)).unzip();
     let n = changes.len();
-    let outcome = in_tx!(pool, TenancyError, |conn| {
-        // Read what is replaced under the row lock, in the transaction that writes.
-        let row: Option<TenantRow> = tenants::table
-            .find(id)
-            .filter(tenants::status.eq(status::TENANT_ACTIVE))
-            .select(TenantRow::as_select())
-            .for_no_key_update()
-            .first(conn)
-            .await
-            .optional()?;
-        let Some(row) = row else {
-            return Ok((0..n).map(|_| Err(TenancyError::TenantNotFound)).collect());
-        };
-        let mut current = row
-            .into_domain()
-            .map_err(|e| TxError::Domain(TenancyError::from(e)))?;
-        let mut results: Vec<Result<Tenant, TenancyError>> = Vec::with_capacity(n);
-        // Journals of changes applied to `current` but not written yet.
-        let mut unwritten: Vec<AuditRecord> = Vec::new();
-        for change in changes {
-            let (mut next, journal) = match change(&current) {
-                Ok(Some(c)) => c,
-                Ok(None) => {
-                    results.push(Ok(current.clone()));
-                    continue;
-                }
-                Err(e) => {
-                    results.push(Err(e));
-                    continue;
-                }
+    let batch = async {
+        in_tx!(pool, TenancyError, |conn| {
+            // Read what is replaced under the row lock, in the transaction that writes.
+            let row: Option<TenantRow> = tenants::table
+                .find(id)
+                .filter(tenants::status.eq(status::TENANT_ACTIVE))
+                .select(TenantRow::as_select())
+                .for_no_key_update()
+                .first(conn)
+                .await
+                .optional()?;
+            let Some(row) = row else {
+                return Ok((0..n).map(|_| Err(TenancyError::TenantNotFound)).collect());
             };
-            next.version = current.version + 1;
-            let record = journal::audit_record(&journal);
-            if n > 1 && next.slug != current.slug {
-                // Only a new slug can fail on the database (taken): written at once, after
-                // what came before it, inside a savepoint, so it fails alone.
-                write_tenant(conn, &current, &unwritten).await?;
-                unwritten.clear();
-                let saved = conn
-                    .transaction::<_, TxError<TenancyError>, _>(async |c| {
-                        write_tenant(c, &next, std::slice::from_ref(&record)).await
-                    })
-                    .await;
-                match saved {
-                    Ok(()) => {}
-                    Err(TxError::Domain(e)) => {
+            let mut current = row
+                .into_domain()
+                .map_err(|e| TxError::Domain(TenancyError::from(e)))?;
+            let mut results: Vec<Result<Tenant, TenancyError>> = Vec::with_capacity(n);
+            // Journals of changes applied to `current` but not written yet.
+            let mut unwritten: Vec<AuditRecord> = Vec::new();
+            for change in changes {
+                let (mut next, journal) = match change(&current) {
+                    Ok(Some(c)) => c,
+                    Ok(None) => {
+                        results.push(Ok(current.clone()));
+                        continue;
+                    }
+                    Err(e) => {
                         results.push(Err(e));
                         continue;
                     }
-                    Err(db) => return Err(db),
+                };
+                next.version = current.version + 1;
+                let record = journal::audit_record(&journal);
+                if n > 1 && next.slug != current.slug {
+                    // Only a new slug can fail on the database (taken): written at once, after
+                    // what came before it, inside a savepoint, so it fails alone.
+                    write_tenant(conn, &current, &unwritten).await?;
+                    unwritten.clear();
+                    let saved = conn
+                        .transaction::<_, TxError<TenancyError>, _>(async |c| {
+                            write_tenant(c, &next, std::slice::from_ref(&record)).await
+                        })
+                        .await;
+                    match saved {
+                        Ok(()) => {}
+                        Err(TxError::Domain(e)) => {
+                            results.push(Err(e));
+                            continue;
+                        }
+                        Err(db) => return Err(db),
+                    }
+                } else {
+                    unwritten.push(record);
                 }
-            } else {
-                unwritten.push(record);
+                current = next;
+                results.push(Ok(current.clone()));
             }
-            current = next;
-            results.push(Ok(current.clone()));
-        }
-        write_tenant(conn, &current, &unwritten).await?;
-        Ok(results)
-    });
+            write_tenant(conn, &current, &unwritten).await?;
+            Ok(results)
+        })
+    };
+    let outcome =
+        stratum_core::trace_context::scope(trace, tracing::Instrument::instrument(batch, span))
+            .await;
     match outcome {
         Ok(results) => {
             for (reply, result) in replies.into_iter().zip(results) {
@@ -393,7 +407,12 @@ impl TenantStore for PgTenantStore {
 
     async fn modify(&self, id: Uuid, change: TenantChange) -> Result<Tenant, TenancyError> {
         let (reply, answer) = oneshot::channel();
-        let job = ModifyJob { change, reply };
+        let job = ModifyJob {
+            change,
+            reply,
+            span: tracing::Span::current(),
+            trace: stratum_core::trace_context::current(),
+        };
         if crate::tx::ambient().is_some() {
             // Inside a request-wide transaction: on its connection, in this task.
             modify_batch(&self.pool, id, vec![job]).await;

@@ -76,8 +76,7 @@ pub(crate) async fn modify_one(
         conn: Some(conn),
         ended: false,
     };
-    let (out, due) =
-        crate::tx::traced(crate::wake::deferred(write(&mut owned, id, change))).await;
+    let (out, due) = crate::tx::traced(crate::wake::deferred(write(&mut owned, id, change))).await;
     // Back to the pool (or closed) before anything else waits.
     drop(owned);
     let out = match out {
