@@ -19,10 +19,10 @@ use stratum_core::{
 use stratum_crypto::{generate_whsec, Keyring, SharedKeyring};
 use stratum_http_delivery::{ClientConfig, ReqwestDeliveryClient, SsrfGuard};
 use stratum_webhooks::{
-    ClaimedDelivery, Completion, Delivery, DeliveryAttempt, DeliveryQueue, DeliveryStats,
-    DeliveryStatus, DeliveryStore, Dispatcher, DispatcherConfig, FailedDelivery, HealthFigures,
-    NewWebhook, PreviousSecret, RegistryConfig, RetryPolicy, Verdict, Webhook, WebhookError,
-    WebhookService, WebhookStore,
+    BucketFigures, ClaimedDelivery, Completion, Delivery, DeliveryAttempt, DeliveryQueue,
+    DeliveryStats, DeliveryStatus, DeliveryStore, Dispatcher, DispatcherConfig, FailedDelivery,
+    HealthFigures, NewWebhook, PreviousSecret, RegistryConfig, RetryPolicy, Verdict, Webhook,
+    WebhookError, WebhookService, WebhookStore,
 };
 use time::OffsetDateTime;
 use tokio::sync::{watch, Notify};
@@ -265,6 +265,29 @@ impl DeliveryStore for InMemory {
 
     async fn health(&self, _: Uuid, _: OffsetDateTime) -> Result<HealthFigures, StoreError> {
         Ok(HealthFigures::default())
+    }
+
+    async fn detail(&self, _: Uuid, _: Uuid) -> Result<Option<FailedDelivery>, StoreError> {
+        Ok(None)
+    }
+
+    /// This store keeps no attempts: every bucket of the series is empty.
+    async fn health_series(
+        &self,
+        _: Uuid,
+        from: OffsetDateTime,
+        bucket_seconds: i64,
+        buckets: i64,
+    ) -> Result<Vec<BucketFigures>, StoreError> {
+        Ok((0..buckets)
+            .map(|i| BucketFigures {
+                start: from + time::Duration::seconds(i * bucket_seconds),
+                attempts: 0,
+                successes: 0,
+                p50_latency_ms: None,
+                p99_latency_ms: None,
+            })
+            .collect())
     }
 
     async fn attempts(&self, _: Uuid, _: Uuid) -> Result<Option<Vec<DeliveryAttempt>>, StoreError> {
