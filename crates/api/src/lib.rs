@@ -4,6 +4,7 @@
 pub mod api_keys;
 pub mod audit;
 pub mod auth;
+pub mod config;
 pub mod consent;
 pub mod console;
 pub mod error;
@@ -14,6 +15,7 @@ pub mod maintenance;
 pub mod metrics;
 pub mod middleware;
 pub mod openapi;
+pub mod permissions;
 pub mod ratelimit;
 pub mod state;
 pub mod tenants;
@@ -77,6 +79,8 @@ pub fn app(
 /// The `/api/v1` routes.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.configure(tenants::routes)
+        .configure(config::routes)
+        .configure(permissions::routes)
         .configure(api_keys::routes)
         .configure(audit::routes)
         .configure(consent::routes)

@@ -19,7 +19,7 @@ use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::error::ApiError;
-use crate::{api_keys, audit, consent, console, health, tenants, webhooks};
+use crate::{api_keys, audit, config, consent, console, health, permissions, tenants, webhooks};
 
 /// Paths that need no API key; every other operation requires `api_key` or `bearer`.
 pub const PUBLIC_PATHS: [&str; 7] = [
@@ -55,15 +55,15 @@ pub const PUBLIC_PATHS: [&str; 7] = [
         tenants::children,
         tenants::ancestors,
         tenants::descendants,
-        tenants::config_get,
-        tenants::config_put,
-        tenants::config_entry_get,
-        tenants::config_delete,
-        tenants::permissions_list,
-        tenants::permissions_create,
-        tenants::permissions_patch,
-        tenants::permissions_get,
-        tenants::permissions_delete,
+        config::config_get,
+        config::config_put,
+        config::config_entry_get,
+        config::config_delete,
+        permissions::permissions_list,
+        permissions::permissions_create,
+        permissions::permissions_patch,
+        permissions::permissions_get,
+        permissions::permissions_delete,
         webhooks::create,
         webhooks::list,
         webhooks::get,
