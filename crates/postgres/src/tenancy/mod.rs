@@ -19,8 +19,8 @@ mod write;
 pub use api_keys::PgApiKeyStore;
 pub use config::PgConfigStore;
 pub use permissions::PgPermissionStore;
+pub(crate) use tenants::slug_taken;
 pub use tenants::PgTenantStore;
-pub(crate) use tenants::{slug_taken, TenantRow};
 
 pub(crate) type TxResult<T> = Result<T, TxError<TenancyError>>;
 

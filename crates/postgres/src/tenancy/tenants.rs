@@ -165,14 +165,7 @@ async fn modify_batch(pool: &Pool, id: Uuid, mut jobs: Vec<ModifyJob>) {
     let batch = async {
         in_tx!(pool, TenancyError, |conn| {
             // Read what is replaced under the row lock, in the transaction that writes.
-            let row: Option<TenantRow> = tenants::table
-                .find(id)
-                .filter(tenants::status.eq(status::TENANT_ACTIVE))
-                .select(TenantRow::as_select())
-                .for_no_key_update()
-                .first(conn)
-                .await
-                .optional()?;
+            let row: Option<TenantRow> = lock_row(conn, id).await.optional()?;
             let Some(row) = row else {
                 return Ok((0..n).map(|_| Err(TenancyError::TenantNotFound)).collect());
             };
@@ -247,6 +240,37 @@ async fn modify_batch(pool: &Pool, id: Uuid, mut jobs: Vec<ModifyJob>) {
     }
 }
 
+/// The active tenant `id`, locked for the write that replaces it (the state a change reads
+/// inside the transaction that writes it). Takes the connection shared, so it can be
+/// pipelined with the statement before it.
+pub(super) async fn lock_row(conn: &AsyncPgConnection, id: Uuid) -> QueryResult<TenantRow> {
+    let mut shared = conn;
+    tenants::table
+        .find(id)
+        .filter(tenants::status.eq(status::TENANT_ACTIVE))
+        .select(TenantRow::as_select())
+        .for_no_key_update()
+        .first(&mut shared)
+        .await
+}
+
+/// Writes `state`'s name, slug, metadata, `updated_at` and version to its row; the number
+/// of rows written. Takes the connection shared, for pipelining.
+pub(super) async fn update_row(conn: &AsyncPgConnection, state: &Tenant) -> QueryResult<usize> {
+    let mut shared = conn;
+    diesel::update(tenants::table.find(state.id))
+        .set((
+            tenants::name.eq(&state.name),
+            tenants::slug.eq(&state.slug),
+            tenants::metadata.eq(&state.metadata),
+            tenants::updated_at.eq(state.updated_at),
+            tenants::version.eq(state.version),
+        ))
+        .cached()
+        .execute(&mut shared)
+        .await
+}
+
 /// Writes `state` (its name, slug, metadata, `updated_at` and version) and `records`,
 /// pipelined: every statement is sent before the first answer arrives, so the row stays
 /// locked one round trip however many journals there are. Nothing to do without records.
@@ -258,17 +282,7 @@ async fn write_tenant(
     if records.is_empty() {
         return Ok(());
     }
-    let mut shared = conn;
-    let update = diesel::update(tenants::table.find(state.id))
-        .set((
-            tenants::name.eq(&state.name),
-            tenants::slug.eq(&state.slug),
-            tenants::metadata.eq(&state.metadata),
-            tenants::updated_at.eq(state.updated_at),
-            tenants::version.eq(state.version),
-        ))
-        .cached()
-        .execute(&mut shared);
+    let update = update_row(conn, state);
     let appends = try_join_all(records.iter().map(|r| journal::append(conn, r)));
     let (updated, _) = try_join(update, appends)
         .await

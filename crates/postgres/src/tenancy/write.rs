@@ -14,12 +14,10 @@ use stratum_core::StoreError;
 use stratum_tenancy::{TenancyError, Tenant, TenantChange};
 use uuid::Uuid;
 
-use super::{slug_taken, TenantRow};
+use super::slug_taken;
 use crate::cached::CachedExt;
 use crate::error::map_pool_error;
 use crate::journal;
-use crate::schema::tenants;
-use crate::status;
 use crate::tx::TxError;
 use crate::{Pool, PooledConn};
 
@@ -117,14 +115,9 @@ impl From<TxError<TenancyError>> for Failure {
 }
 
 async fn write(owned: &mut Owned, id: Uuid, change: TenantChange) -> Result<Written, Failure> {
-    let (mut c1, mut c2) = (owned.conn(), owned.conn());
+    let mut c1 = owned.conn();
     let begin = diesel::sql_query("BEGIN").cached().execute(&mut c1);
-    let read = tenants::table
-        .find(id)
-        .filter(tenants::status.eq(status::TENANT_ACTIVE))
-        .select(TenantRow::as_select())
-        .for_no_key_update()
-        .first::<TenantRow>(&mut c2);
+    let read = super::tenants::lock_row(owned.conn(), id);
     let (begun, row) = futures_util::future::join(begin, read).await;
     if let Err(e) = begun {
         // No transaction is known to be open: the connection is closed, not reused.
@@ -162,17 +155,8 @@ async fn write(owned: &mut Owned, id: Uuid, change: TenantChange) -> Result<Writ
     next.version = current.version + 1;
     let record = journal::audit_record(&journal);
     let conn = owned.conn();
-    let (mut c1, mut c3) = (conn, conn);
-    let update = diesel::update(tenants::table.find(next.id))
-        .set((
-            tenants::name.eq(&next.name),
-            tenants::slug.eq(&next.slug),
-            tenants::metadata.eq(&next.metadata),
-            tenants::updated_at.eq(next.updated_at),
-            tenants::version.eq(next.version),
-        ))
-        .cached()
-        .execute(&mut c1);
+    let mut c3 = conn;
+    let update = super::tenants::update_row(conn, &next);
     let append = journal::append(conn, &record);
     // Sent with the statements before it: when one of them failed, the server has
     // already aborted the transaction and this `COMMIT` ends it as a rollback.
