@@ -15,6 +15,7 @@ pub mod listen;
 pub mod maintenance;
 pub mod migrate;
 pub mod partitions;
+mod pipeline;
 pub mod pool;
 pub mod probe;
 pub mod replays;

@@ -1186,6 +1186,184 @@ const CLAIM_TRACED: &str = "SELECT c.id, c.attempts, c.webhook_id, c.url, c.secr
    FROM stratum_claim_controlled($1, $2, $3, $4, $5, $6) c
    LEFT JOIN webhook_events e ON e.id = c.event_id";
 
+/// Leases up to `limit` due deliveries (see `stratum_claim_controlled`): of the webhooks
+/// in `webhooks` at most their `rooms`, of any other at most `default`.
+async fn claim_rows(
+    conn: &AsyncPgConnection,
+    traced: bool,
+    (limit, default): (i64, i64),
+    (webhooks, rooms): (&[Uuid], &[i64]),
+    (lease_id, lease): (Uuid, Duration),
+) -> QueryResult<Vec<ClaimRow>> {
+    let lease = diesel::data_types::PgInterval::from_microseconds(
+        i64::try_from(lease.as_micros()).unwrap_or(i64::MAX),
+    );
+    let mut shared = conn;
+    // The claim lives in a PL/pgSQL function so its plan is kept per connection.
+    diesel::sql_query(if traced { CLAIM_TRACED } else { CLAIM })
+        .bind::<BigInt, _>(limit)
+        .bind::<BigInt, _>(default)
+        .bind::<Array<SqlUuid>, _>(webhooks)
+        .bind::<Array<BigInt>, _>(rooms)
+        .bind::<SqlUuid, _>(lease_id)
+        .bind::<Interval, _>(lease)
+        .cached()
+        .load(&mut shared)
+        .await
+}
+
+impl ClaimRow {
+    fn into_claimed(self, lease_id: Uuid) -> ClaimedDelivery {
+        ClaimedDelivery {
+            id: self.id,
+            lease_id,
+            attempts: self.attempts,
+            webhook_id: self.webhook_id,
+            url: self.url,
+            secret_encrypted: self.secret_encrypted,
+            previous_secrets: self
+                .previous_secrets
+                .into_iter()
+                .zip(self.previous_secrets_expire_at)
+                .map(|(secret_encrypted, expires_at)| PreviousSecret {
+                    secret_encrypted,
+                    expires_at,
+                })
+                .collect(),
+            fifo: self.fifo,
+            not_before: self.not_before,
+            event_id: self.event_id,
+            event_type: self.event_type,
+            tenant_id: self.tenant_id,
+            payload: self.payload,
+            event_created_at: self.event_created_at,
+            trace_context: self.trace_context,
+        }
+    }
+}
+
+/// A batch of completions as the columns `stratum_complete_deliveries` takes.
+struct CompletionColumns {
+    ids: Vec<Uuid>,
+    event_ids: Vec<Uuid>,
+    leases: Vec<Uuid>,
+    statuses: Vec<&'static str>,
+    attempts: Vec<i32>,
+    next: Vec<OffsetDateTime>,
+    errors: Vec<Option<String>>,
+    codes: Vec<Option<i32>>,
+    completed: Vec<Option<OffsetDateTime>>,
+    counted: Vec<bool>,
+    durations: Vec<i32>,
+    bodies: Vec<Option<String>>,
+    /// Webhooks whose receivers answered 410 Gone.
+    gone: Vec<Uuid>,
+}
+
+impl CompletionColumns {
+    fn new(completions: &[Completion], now: OffsetDateTime) -> Self {
+        let n = completions.len();
+        let mut cols = Self {
+            ids: Vec::with_capacity(n),
+            event_ids: Vec::with_capacity(n),
+            leases: Vec::with_capacity(n),
+            statuses: Vec::with_capacity(n),
+            attempts: Vec::with_capacity(n),
+            next: Vec::with_capacity(n),
+            errors: Vec::with_capacity(n),
+            codes: Vec::with_capacity(n),
+            completed: Vec::with_capacity(n),
+            counted: Vec::with_capacity(n),
+            durations: Vec::with_capacity(n),
+            bodies: Vec::with_capacity(n),
+            gone: Vec::new(),
+        };
+        for c in completions {
+            let (status, at, done, is_attempt) = match &c.verdict {
+                Verdict::Success => (status::DELIVERY_SUCCESS, now, Some(now), true),
+                Verdict::Retry { at } => (status::DELIVERY_PENDING, *at, None, true),
+                Verdict::Failed => (status::DELIVERY_FAILED, now, Some(now), true),
+                Verdict::Gone => {
+                    cols.gone.push(c.webhook_id);
+                    (status::DELIVERY_FAILED, now, Some(now), true)
+                }
+                Verdict::Release { at } => (status::DELIVERY_PENDING, *at, None, false),
+            };
+            cols.ids.push(c.delivery_id);
+            cols.event_ids.push(c.event_id);
+            cols.leases.push(c.lease_id);
+            cols.statuses.push(status);
+            cols.attempts.push(c.attempt);
+            cols.next.push(at);
+            cols.errors
+                .push(match (&c.outcome.error, c.outcome.status) {
+                    (Some(e), _) => Some(e.clone()),
+                    (None, Some(s)) if !(200..300).contains(&s) => {
+                        Some(format!("receiver answered {s}"))
+                    }
+                    _ => None,
+                });
+            cols.codes.push(c.outcome.status.map(i32::from));
+            cols.completed.push(done);
+            cols.counted.push(is_attempt);
+            cols.durations
+                .push(c.outcome.duration_ms.min(i32::MAX as u32) as i32);
+            cols.bodies.push(c.outcome.body_excerpt.clone());
+        }
+        cols
+    }
+
+    /// Records the attempts and applies the verdicts, each only where its lease still
+    /// holds (a compare-and-set in one statement whose plan the function keeps; see the
+    /// migration); how many applied.
+    async fn apply(&self, conn: &AsyncPgConnection) -> QueryResult<usize> {
+        let mut shared = conn;
+        let applied: AppliedCount = diesel::sql_query(
+            "SELECT count(*) AS n FROM stratum_complete_deliveries($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind::<Array<SqlUuid>, _>(&self.ids)
+        .bind::<Array<SqlUuid>, _>(&self.event_ids)
+        .bind::<Array<SqlUuid>, _>(&self.leases)
+        .bind::<Array<Text>, _>(&self.statuses)
+        .bind::<Array<Integer>, _>(&self.attempts)
+        .bind::<Array<Timestamptz>, _>(&self.next)
+        .bind::<Array<Nullable<Text>>, _>(&self.errors)
+        .bind::<Array<Nullable<Integer>>, _>(&self.codes)
+        .bind::<Array<Nullable<Timestamptz>>, _>(&self.completed)
+        .bind::<Array<diesel::sql_types::Bool>, _>(&self.counted)
+        .bind::<Array<Integer>, _>(&self.durations)
+        .bind::<Array<Nullable<Text>>, _>(&self.bodies)
+        .cached()
+        .get_result(&mut shared)
+        .await?;
+        Ok(usize::try_from(applied.n).unwrap_or(0))
+    }
+}
+
+/// Closes the breakers of `clean` (webhooks whose attempts in a batch all succeeded),
+/// touching only those not already closed and clean; returns the states they left.
+async fn close_clean_breakers(
+    conn: &AsyncPgConnection,
+    clean: &[Uuid],
+) -> QueryResult<Vec<WasRow>> {
+    let mut shared = conn;
+    diesel::sql_query(
+        "UPDATE webhook_controls k
+            SET state = 'closed', consecutive_failures = 0, opened_at = NULL,
+                next_probe_at = NULL, cooldown_ms = 0
+           FROM (SELECT c.webhook_id, c.state AS was FROM webhook_controls c
+                  WHERE c.webhook_id = ANY($1)
+                    AND (c.state <> 'closed' OR c.consecutive_failures > 0)
+                  ORDER BY c.webhook_id FOR UPDATE) o
+          WHERE k.webhook_id = o.webhook_id
+         RETURNING o.was",
+    )
+    .bind::<Array<SqlUuid>, _>(clean)
+    .cached()
+    .load::<WasRow>(&mut shared)
+    .await
+}
+
 #[async_trait]
 impl DeliveryQueue for PgDeliveryQueue {
     async fn claim(
@@ -1197,60 +1375,22 @@ impl DeliveryQueue for PgDeliveryQueue {
     ) -> Result<Vec<ClaimedDelivery>, StoreError> {
         let lease_id = Uuid::now_v7();
         let limit = limit.max(1) as i64;
-        let lease_interval =
-            diesel::data_types::PgInterval::from_microseconds(lease.as_micros() as i64);
         let (webhooks, rooms): (Vec<Uuid>, Vec<i64>) = rooms
             .into_iter()
             .map(|(id, room)| (id, i64::try_from(room).unwrap_or(i64::MAX)))
             .unzip();
         // One statement, hence its own transaction: the lease is committed before any send.
-        // It lives in a PL/pgSQL function so its plan is kept per connection.
-        let mut conn = read_conn(&self.pool).await?;
-        let rows: Vec<ClaimRow> = {
-            diesel::sql_query(if self.trace_context {
-                CLAIM_TRACED
-            } else {
-                CLAIM
-            })
-            .bind::<BigInt, _>(limit)
-            .bind::<BigInt, _>(i64::try_from(per_webhook).unwrap_or(i64::MAX))
-            .bind::<Array<SqlUuid>, _>(&webhooks)
-            .bind::<Array<BigInt>, _>(&rooms)
-            .bind::<SqlUuid, _>(lease_id)
-            .bind::<Interval, _>(lease_interval)
-            .cached()
-            .load(&mut conn)
-            .await
-            .map_err(map_query_error)?
-        };
-        Ok(rows
-            .into_iter()
-            .map(|r| ClaimedDelivery {
-                id: r.id,
-                lease_id,
-                attempts: r.attempts,
-                webhook_id: r.webhook_id,
-                url: r.url,
-                secret_encrypted: r.secret_encrypted,
-                previous_secrets: r
-                    .previous_secrets
-                    .into_iter()
-                    .zip(r.previous_secrets_expire_at)
-                    .map(|(secret_encrypted, expires_at)| PreviousSecret {
-                        secret_encrypted,
-                        expires_at,
-                    })
-                    .collect(),
-                fifo: r.fifo,
-                not_before: r.not_before,
-                event_id: r.event_id,
-                event_type: r.event_type,
-                tenant_id: r.tenant_id,
-                payload: r.payload,
-                event_created_at: r.event_created_at,
-                trace_context: r.trace_context,
-            })
-            .collect())
+        let conn = read_conn(&self.pool).await?;
+        let rows = claim_rows(
+            &conn,
+            self.trace_context,
+            (limit, i64::try_from(per_webhook).unwrap_or(i64::MAX)),
+            (&webhooks, &rooms),
+            (lease_id, lease),
+        )
+        .await
+        .map_err(map_query_error)?;
+        Ok(rows.into_iter().map(|r| r.into_claimed(lease_id)).collect())
     }
 
     async fn complete(&self, completions: Vec<Completion>) -> Result<usize, StoreError> {
@@ -1258,78 +1398,79 @@ impl DeliveryQueue for PgDeliveryQueue {
             return Ok(0);
         }
         let now = OffsetDateTime::now_utc();
-        let n = completions.len();
-        let mut ids = Vec::with_capacity(n);
-        let mut event_ids = Vec::with_capacity(n);
-        let mut leases = Vec::with_capacity(n);
-        let mut statuses = Vec::with_capacity(n);
-        let mut attempts = Vec::with_capacity(n);
-        let mut next = Vec::with_capacity(n);
-        let mut errors: Vec<Option<String>> = Vec::with_capacity(n);
-        let mut codes: Vec<Option<i32>> = Vec::with_capacity(n);
-        let mut completed: Vec<Option<OffsetDateTime>> = Vec::with_capacity(n);
-        let mut counted: Vec<bool> = Vec::with_capacity(n);
-        let mut durations = Vec::with_capacity(n);
-        let mut bodies: Vec<Option<String>> = Vec::with_capacity(n);
-        let mut gone: Vec<Uuid> = Vec::new();
-        for c in &completions {
-            let (status, at, done, is_attempt) = match &c.verdict {
-                Verdict::Success => (status::DELIVERY_SUCCESS, now, Some(now), true),
-                Verdict::Retry { at } => (status::DELIVERY_PENDING, *at, None, true),
-                Verdict::Failed => (status::DELIVERY_FAILED, now, Some(now), true),
-                Verdict::Gone => {
-                    gone.push(c.webhook_id);
-                    (status::DELIVERY_FAILED, now, Some(now), true)
-                }
-                Verdict::Release { at } => (status::DELIVERY_PENDING, *at, None, false),
-            };
-            ids.push(c.delivery_id);
-            event_ids.push(c.event_id);
-            leases.push(c.lease_id);
-            statuses.push(status);
-            attempts.push(c.attempt);
-            next.push(at);
-            errors.push(match (&c.outcome.error, c.outcome.status) {
-                (Some(e), _) => Some(e.clone()),
-                (None, Some(s)) if !(200..300).contains(&s) => {
-                    Some(format!("receiver answered {s}"))
-                }
-                _ => None,
-            });
-            codes.push(c.outcome.status.map(i32::from));
-            completed.push(done);
-            counted.push(is_attempt);
-            durations.push(c.outcome.duration_ms.min(i32::MAX as u32) as i32);
-            bodies.push(c.outcome.body_excerpt.clone());
-        }
+        let columns = CompletionColumns::new(&completions, now);
         let results = attempt_results(&completions);
         in_tx!(self.pool, StoreError, |conn| {
-            // The compare-and-set on the lease and the attempts, in one statement whose
-            // plan the function keeps (see the migration).
-            let applied: AppliedCount = diesel::sql_query(
-                "SELECT count(*) AS n FROM stratum_complete_deliveries($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-            )
-            .bind::<Array<SqlUuid>, _>(&ids)
-            .bind::<Array<SqlUuid>, _>(&event_ids)
-            .bind::<Array<SqlUuid>, _>(&leases)
-            .bind::<Array<Text>, _>(&statuses)
-            .bind::<Array<Integer>, _>(&attempts)
-            .bind::<Array<Timestamptz>, _>(&next)
-            .bind::<Array<Nullable<Text>>, _>(&errors)
-            .bind::<Array<Nullable<Integer>>, _>(&codes)
-            .bind::<Array<Nullable<Timestamptz>>, _>(&completed)
-            .bind::<Array<diesel::sql_types::Bool>, _>(&counted)
-            .bind::<Array<Integer>, _>(&durations)
-            .bind::<Array<Nullable<Text>>, _>(&bodies)
-            .cached()
-            .get_result(conn)
-            .await?;
-            disable_webhooks(conn, &gone, DisabledReason::Gone, now).await?;
+            let applied = columns.apply(conn).await?;
+            disable_webhooks(conn, &columns.gone, DisabledReason::Gone, now).await?;
             if self.breaker.enabled() && !results.is_empty() {
                 self.apply_breakers(conn, &results, now).await?;
             }
-            Ok(usize::try_from(applied.n).unwrap_or(0))
+            Ok(applied)
         })
+    }
+
+    async fn complete_and_claim_next(
+        &self,
+        head: Completion,
+        lease: Duration,
+    ) -> Result<(bool, Option<ClaimedDelivery>), StoreError> {
+        if head.verdict != Verdict::Success {
+            // Only a success hands over; anything else takes the general path.
+            return Ok((self.complete(vec![head]).await? == 1, None));
+        }
+        let webhook_id = head.webhook_id;
+        let columns =
+            CompletionColumns::new(std::slice::from_ref(&head), OffsetDateTime::now_utc());
+        let lease_id = Uuid::now_v7();
+        let conn = read_conn(&self.pool).await?;
+        let mut owned = crate::pipeline::Owned::new(conn);
+        let (applied, closed, next, committed) = {
+            let conn = owned.conn();
+            let breaker = self.breaker.enabled();
+            // One round trip: BEGIN, the completion, the breaker reset, the lane's next
+            // head (room 1 for this webhook, none for any other) and COMMIT.
+            let ((begun, applied), (closed, next, committed)) = futures_util::future::join(
+                futures_util::future::join(crate::pipeline::begin(conn), columns.apply(conn)),
+                futures_util::future::join3(
+                    async move {
+                        if breaker {
+                            close_clean_breakers(conn, &[webhook_id]).await
+                        } else {
+                            Ok(Vec::new())
+                        }
+                    },
+                    claim_rows(
+                        conn,
+                        self.trace_context,
+                        (1, 0),
+                        (&[webhook_id], &[1]),
+                        (lease_id, lease),
+                    ),
+                    crate::pipeline::commit(conn),
+                ),
+            )
+            .await;
+            begun.map_err(map_query_error)?;
+            (applied, closed, next, committed)
+        };
+        // A failed statement aborted the transaction (the COMMIT then rolled it back); a
+        // failed COMMIT leaves the outcome unknown and the connection is not reused.
+        // Either way the caller records the head again, where its lease still holds.
+        committed.map_err(map_query_error)?;
+        owned.ended = true;
+        let applied = applied.map_err(map_query_error)?;
+        let closed = closed.map_err(map_query_error)?;
+        let next = next.map_err(map_query_error)?;
+        for was in closed {
+            if let Some(from) = BreakerState::parse(&was.was) {
+                self.transitions.count(from, BreakerState::Closed);
+            }
+        }
+        Ok((
+            applied == 1,
+            next.into_iter().next().map(|r| r.into_claimed(lease_id)),
+        ))
     }
 }
 
@@ -1356,26 +1497,8 @@ impl PgDeliveryQueue {
             .collect();
         failing.sort_unstable();
         if !clean.is_empty() {
-            let closed: Vec<String> = diesel::sql_query(
-                "UPDATE webhook_controls k
-                    SET state = 'closed', consecutive_failures = 0, opened_at = NULL,
-                        next_probe_at = NULL, cooldown_ms = 0
-                   FROM (SELECT c.webhook_id, c.state AS was FROM webhook_controls c
-                          WHERE c.webhook_id = ANY($1)
-                            AND (c.state <> 'closed' OR c.consecutive_failures > 0)
-                          ORDER BY c.webhook_id FOR UPDATE) o
-                  WHERE k.webhook_id = o.webhook_id
-                 RETURNING o.was",
-            )
-            .bind::<Array<SqlUuid>, _>(&clean)
-            .cached()
-            .load::<WasRow>(conn)
-            .await?
-            .into_iter()
-            .map(|r| r.was)
-            .collect();
-            for was in closed {
-                if let Some(from) = BreakerState::parse(&was) {
+            for was in close_clean_breakers(conn, &clean).await? {
+                if let Some(from) = BreakerState::parse(&was.was) {
                     self.transitions.count(from, BreakerState::Closed);
                 }
             }

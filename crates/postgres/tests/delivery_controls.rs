@@ -359,6 +359,171 @@ async fn a_fifo_lane_sends_one_at_a_time_in_commit_order_and_a_failing_head_hold
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_successful_head_hands_its_lane_over_in_the_transaction_that_records_it() {
+    let db = TestDb::new().await;
+    let q = PgDeliveryQueue::new(pool(&db)).with_breaker(breaker(10, None));
+    let w = webhook(&db.url, ", ordering = 'fifo'").await;
+    let other = webhook(&db.url, "").await;
+    publish(&db.url, 4).await;
+    exec(
+        &db.url,
+        &format!("UPDATE webhook_controls SET consecutive_failures = 3 WHERE webhook_id = '{w}'"),
+    )
+    .await;
+    let n_of = |d: &ClaimedDelivery| d.payload["n"].as_i64().unwrap();
+    let batch = claim(&q).await;
+    let mut head = batch.iter().find(|d| d.webhook_id == w).unwrap().clone();
+    assert_eq!(n_of(&head), 0);
+
+    let mut order = vec![n_of(&head)];
+    loop {
+        let (applied, next) = q
+            .complete_and_claim_next(result(&head, 200, Verdict::Success), LEASE)
+            .await
+            .unwrap();
+        assert!(applied);
+        let Some(next) = next else { break };
+        // Leased to the caller, and the lane's only delivery out: a claim finds nothing.
+        assert_eq!((next.webhook_id, next.fifo), (w, true));
+        assert_eq!(
+            text(
+                &db.url,
+                &format!(
+                    "SELECT lease_id::text AS t FROM webhook_deliveries WHERE id = '{}'",
+                    next.id
+                ),
+            )
+            .await,
+            next.lease_id.to_string()
+        );
+        assert!(claim(&q).await.is_empty(), "the lane is busy");
+        order.push(n_of(&next));
+        head = next;
+    }
+    assert_eq!(order, vec![0, 1, 2, 3]);
+    let q_succeeded = format!(
+        "SELECT count(*) AS n FROM webhook_deliveries WHERE webhook_id = '{w}' AND status = 'success'"
+    );
+    assert_eq!(count(&db.url, &q_succeeded).await, 4);
+    assert_eq!(
+        count(
+            &db.url,
+            &format!("SELECT count(*) AS n FROM webhook_delivery_attempts a JOIN webhook_deliveries d ON d.id = a.delivery_id WHERE d.webhook_id = '{w}'"),
+        )
+        .await,
+        4,
+        "one attempt recorded per delivery"
+    );
+    assert_eq!(
+        count(
+            &db.url,
+            &format!("SELECT consecutive_failures::bigint AS n FROM webhook_controls WHERE webhook_id = '{w}'"),
+        )
+        .await,
+        0,
+        "the success reset the breaker's count"
+    );
+    // The other webhook's deliveries were never handed over.
+    assert_eq!(
+        count(
+            &db.url,
+            &format!("SELECT count(*) AS n FROM webhook_deliveries WHERE webhook_id = '{other}' AND status = 'pending'"),
+        )
+        .await,
+        4
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_head_whose_lease_was_lost_hands_nothing_over() {
+    let db = TestDb::new().await;
+    let q = PgDeliveryQueue::new(pool(&db));
+    let w = webhook(&db.url, ", ordering = 'fifo'").await;
+    publish(&db.url, 2).await;
+    let head = claim(&q).await.remove(0);
+    // Its lease ran out and another worker holds it now.
+    exec(
+        &db.url,
+        &format!(
+            "UPDATE webhook_deliveries SET lease_id = gen_random_uuid(), lease_expires_at = now() + interval '1 minute' WHERE id = '{}'",
+            head.id
+        ),
+    )
+    .await;
+    let (applied, next) = q
+        .complete_and_claim_next(result(&head, 200, Verdict::Success), LEASE)
+        .await
+        .unwrap();
+    assert!(!applied);
+    assert!(next.is_none(), "the head is still out: the lane stays held");
+    assert_eq!(
+        count(
+            &db.url,
+            &format!("SELECT count(*) AS n FROM webhook_deliveries WHERE webhook_id = '{w}' AND status = 'pending'"),
+        )
+        .await,
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn four_workers_claiming_and_handing_over_one_lane_keep_one_in_flight_in_order() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    let db = TestDb::new().await;
+    let w = webhook(&db.url, ", ordering = 'fifo'").await;
+    let total = 60;
+    publish(&db.url, total).await;
+    let out = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let q = PgDeliveryQueue::new(pool(&db));
+        let (out, most, order) = (Arc::clone(&out), Arc::clone(&most), Arc::clone(&order));
+        workers.push(tokio::spawn(async move {
+            let mut idle = 0;
+            while idle < 50 {
+                let batch = q.claim(8, 8, Vec::new(), LEASE).await.unwrap();
+                let Some(mut d) = batch.into_iter().find(|d| d.webhook_id == w) else {
+                    idle += 1;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    continue;
+                };
+                idle = 0;
+                loop {
+                    let now = out.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    order.lock().unwrap().push(d.payload["n"].as_i64().unwrap());
+                    tokio::task::yield_now().await;
+                    out.fetch_sub(1, Ordering::SeqCst);
+                    let (applied, next) = q
+                        .complete_and_claim_next(result(&d, 200, Verdict::Success), LEASE)
+                        .await
+                        .unwrap();
+                    assert!(applied);
+                    match next {
+                        Some(n) => d = n,
+                        None => break,
+                    }
+                }
+            }
+        }));
+    }
+    for t in workers {
+        t.await.unwrap();
+    }
+    let order = order.lock().unwrap().clone();
+    let want: Vec<i64> = (0..i64::try_from(total).unwrap()).collect();
+    assert_eq!(order, want, "every delivery once, in commit order");
+    assert_eq!(
+        AtomicUsize::load(&most, Ordering::SeqCst),
+        1,
+        "never two of the lane out at once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn switching_to_fifo_puts_waiting_deliveries_in_the_lane_in_creation_order() {
     let db = TestDb::new().await;
     let q = PgDeliveryQueue::new(pool(&db));

@@ -44,4 +44,18 @@ pub trait DeliveryQueue: Send + Sync {
     /// Records the attempts and applies the verdicts, each only where its lease still
     /// holds; returns how many applied.
     async fn complete(&self, completions: Vec<Completion>) -> Result<usize, StoreError>;
+
+    /// Records `head`, a FIFO lane head's successful attempt, as [`Self::complete`] does and,
+    /// in the same transaction, leases the lane's next delivery for `lease` when it is due:
+    /// the lane hands over without waiting for a claim. Returns whether `head` applied and
+    /// the delivery leased, if any. A queue without hand-over leases nothing here (the next
+    /// claim finds the lane's next head).
+    async fn complete_and_claim_next(
+        &self,
+        head: Completion,
+        lease: Duration,
+    ) -> Result<(bool, Option<ClaimedDelivery>), StoreError> {
+        let _ = lease;
+        Ok((self.complete(vec![head]).await? == 1, None))
+    }
 }

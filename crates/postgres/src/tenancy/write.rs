@@ -1,62 +1,19 @@
 //! One write to one tenant in two round trips: `BEGIN` travels with the row's locking
-//! read, and the new row, its journal and `COMMIT` travel together.
-//!
-//! The transaction is opened and ended by this module's own statements, not by diesel's
-//! transaction manager (which would spend a round trip on each of `BEGIN` and `COMMIT`).
-//! Every path therefore ends it: with `COMMIT`, with `ROLLBACK`, or, when the connection
-//! can no longer say which, by closing the connection instead of returning it to the pool.
-//! A request-wide transaction (an `Idempotency-Key` request) and batches of several writes
+//! read, and the new row, its journal and `COMMIT` travel together (see
+//! [`crate::pipeline`]). A request-wide transaction (an `Idempotency-Key` request) and batches of several writes
 //! keep the general path (`in_tx!`), which nests savepoints.
 
 use diesel::prelude::*;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use stratum_core::StoreError;
 use stratum_tenancy::{TenancyError, Tenant, TenantChange};
 use uuid::Uuid;
 
 use super::slug_taken;
-use crate::cached::CachedExt;
 use crate::error::map_pool_error;
 use crate::journal;
+use crate::pipeline::Owned;
 use crate::tx::TxError;
-use crate::{Pool, PooledConn};
-
-/// A pooled connection that goes back to the pool only once its transaction is known to
-/// have ended; otherwise it is closed when dropped.
-struct Owned {
-    conn: Option<PooledConn>,
-    ended: bool,
-}
-
-impl Drop for Owned {
-    fn drop(&mut self) {
-        if !self.ended {
-            if let Some(conn) = self.conn.take() {
-                drop(deadpool::managed::Object::take(conn));
-            }
-        }
-    }
-}
-
-impl Owned {
-    #[allow(
-        clippy::expect_used,
-        reason = "the connection is taken only by `drop`, after every use"
-    )]
-    fn conn(&self) -> &AsyncPgConnection {
-        self.conn.as_deref().expect("held until dropped")
-    }
-
-    /// Ends the transaction with `ROLLBACK`; the connection stays usable when that worked.
-    async fn rollback(&mut self) {
-        let mut c = self.conn();
-        self.ended = diesel::sql_query("ROLLBACK")
-            .cached()
-            .execute(&mut c)
-            .await
-            .is_ok();
-    }
-}
+use crate::Pool;
 
 /// Applies `change` to tenant `id` (see the module documentation): the state it replaces
 /// is read under the row lock in the transaction that writes it; the change, its audit
@@ -70,10 +27,7 @@ pub(crate) async fn modify_one(
         .get()
         .await
         .map_err(|e| TenancyError::from(map_pool_error(e)))?;
-    let mut owned = Owned {
-        conn: Some(conn),
-        ended: false,
-    };
+    let mut owned = Owned::new(conn);
     let (out, due) = crate::tx::traced(crate::wake::deferred(write(&mut owned, id, change))).await;
     // Back to the pool (or closed) before anything else waits.
     drop(owned);
@@ -115,8 +69,7 @@ impl From<TxError<TenancyError>> for Failure {
 }
 
 async fn write(owned: &mut Owned, id: Uuid, change: TenantChange) -> Result<Written, Failure> {
-    let mut c1 = owned.conn();
-    let begin = diesel::sql_query("BEGIN").cached().execute(&mut c1);
+    let begin = crate::pipeline::begin(owned.conn());
     let read = super::tenants::lock_row(owned.conn(), id);
     let (begun, row) = futures_util::future::join(begin, read).await;
     if let Err(e) = begun {
@@ -155,12 +108,9 @@ async fn write(owned: &mut Owned, id: Uuid, change: TenantChange) -> Result<Writ
     next.version = current.version + 1;
     let record = journal::audit_record(&journal);
     let conn = owned.conn();
-    let mut c3 = conn;
     let update = super::tenants::update_row(conn, &next);
     let append = journal::append(conn, &record);
-    // Sent with the statements before it: when one of them failed, the server has
-    // already aborted the transaction and this `COMMIT` ends it as a rollback.
-    let commit = diesel::sql_query("COMMIT").cached().execute(&mut c3);
+    let commit = crate::pipeline::commit(conn);
     let (updated, appended, committed) = futures_util::future::join3(update, append, commit).await;
     if let Err(e) = committed {
         // A statement before COMMIT answered with an error: the transaction was aborted

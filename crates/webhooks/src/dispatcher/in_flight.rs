@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{Id as TaskId, JoinError, JoinSet};
 use tracing::{debug, error, warn};
 use uuid::Uuid;
@@ -177,6 +177,15 @@ impl WebhookGate {
     }
 }
 
+/// What a delivery task reports to: the completion writer (with whether the completion is
+/// urgent: a FIFO lane waits for it), the claim loop's wake-up, and shutdown.
+#[derive(Clone)]
+pub(super) struct TaskLinks {
+    pub(super) done: mpsc::Sender<(Completion, bool)>,
+    pub(super) wake: Arc<Notify>,
+    pub(super) shutdown: watch::Receiver<bool>,
+}
+
 /// Deliveries being sent (or waiting for their webhook's permit), per webhook.
 pub(super) struct InFlight {
     pub(super) tasks: JoinSet<()>,
@@ -235,12 +244,12 @@ impl InFlight {
     }
 
     /// Starts the attempt of `d` as a task that first waits for its webhook's permit.
-    pub(super) fn spawn(
-        &mut self,
-        inner: Arc<Inner>,
-        d: ClaimedDelivery,
-        done: mpsc::Sender<(Completion, bool)>,
-    ) {
+    ///
+    /// A FIFO lane's head that succeeds hands its lane over in the same task: the
+    /// transaction that records it leases the lane's next delivery, which this task sends
+    /// next (the lane keeps its one slot, and no claim round lies between two of its
+    /// deliveries). Anything else goes to the completion writer.
+    pub(super) fn spawn(&mut self, inner: Arc<Inner>, d: ClaimedDelivery, links: TaskLinks) {
         let webhook_id = d.webhook_id;
         let gate = {
             let mut gates = lock(&self.gates);
@@ -258,50 +267,43 @@ impl InFlight {
         self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
         let claimed = Instant::now();
         let handle = self.tasks.spawn(async move {
-            // A rate-limited delivery waits for its slot first (claimed with the lease, so
-            // no other worker takes it meanwhile).
-            if let Some(at) = d.not_before {
-                let wait = at - inner.clock.now();
-                if wait.is_positive() {
-                    tokio::time::sleep(wait.unsigned_abs()).await;
+            let (mut d, mut claimed) = (d, claimed);
+            loop {
+                let fifo = d.fifo;
+                let completion = attempt_in_gate(&inner, &gate, d, claimed).await;
+                if fifo
+                    && completion.verdict == Verdict::Success
+                    && !super::stopping(&links.shutdown)
+                {
+                    match inner
+                        .queue
+                        .complete_and_claim_next(completion.clone(), inner.config.lease)
+                        .await
+                    {
+                        Ok((_, Some(next))) => {
+                            inner.stats.claimed(std::slice::from_ref(&next));
+                            (d, claimed) = (next, Instant::now());
+                            continue;
+                        }
+                        // Nothing due in the lane now. A delivery committed while this
+                        // ran may have been skipped by a claim that still saw the head
+                        // leased: the claim loop looks again.
+                        Ok((_, None)) => {
+                            links.wake.notify_one();
+                            return;
+                        }
+                        // Whether it committed is unknown: the writer applies it again
+                        // (only where its lease still holds). Had it committed, the next
+                        // delivery's lease runs out before the lane moves on.
+                        Err(e) => {
+                            warn!(%webhook_id, error = %e, "handing a FIFO lane over failed; recording its head through the completion writer")
+                        }
+                    }
                 }
-            }
-            let claimed_at = tokio::time::Instant::now();
-            let urgent = d.fifo;
-            let permit = gate.acquire().await;
-            let waited = claimed_at.elapsed();
-            let late = d
-                .not_before
-                .map(|at| inner.clock.now() - at)
-                .filter(|late| *late > super::RATE_SLOT_TOLERANCE);
-            let (completion, sent) = if waited > inner.config.lease / 2 {
-                (inner.give_back(&d, waited), false)
-            } else if gate.claimed_before_trip(claimed) {
-                // Claimed before this webhook's failures opened its breaker: the breaker
-                // now admits only its probe, so this one waits for the breaker, unattempted.
-                (inner.give_back(&d, waited), false)
-            } else if let Some(late) = late {
-                // Sent this late, it would share a second with later slots: the rate limit
-                // holds only if each attempt starts near its slot. It goes back for a new one.
-                (inner.give_back(&d, late.unsigned_abs()), false)
-            } else {
-                inner.attempt_measured(d).await
-            };
-            let sample = sent.then(|| {
-                (
-                    Signal::from_status(completion.outcome.status),
-                    Duration::from_millis(u64::from(completion.outcome.duration_ms)),
-                )
-            });
-            if sent {
-                gate.record_result(
-                    completion.verdict == Verdict::Success,
-                    inner.config.breaker_threshold,
-                );
-            }
-            gate.release(permit, sample);
-            if done.send((completion, urgent)).await.is_err() {
-                warn!(%webhook_id, "completion writer is gone; the lease will expire and the delivery will be retried");
+                if links.done.send((completion, fifo)).await.is_err() {
+                    warn!(%webhook_id, "completion writer is gone; the lease will expire and the delivery will be retried");
+                }
+                return;
             }
         });
         self.webhook_of.insert(handle.id(), webhook_id);
@@ -353,4 +355,57 @@ impl InFlight {
         self.gate(webhook)
             .map_or(self.config.initial, |g| g.limit())
     }
+}
+
+/// Waits for `d`'s rate-limit slot and its webhook's permit, then attempts it, or gives it
+/// back unsent; feeds the webhook's gate with what happened. `claimed` is when this
+/// process got `d`.
+async fn attempt_in_gate(
+    inner: &Inner,
+    gate: &WebhookGate,
+    d: ClaimedDelivery,
+    claimed: Instant,
+) -> Completion {
+    // A rate-limited delivery waits for its slot first (claimed with the lease, so no
+    // other worker takes it meanwhile).
+    if let Some(at) = d.not_before {
+        let wait = at - inner.clock.now();
+        if wait.is_positive() {
+            tokio::time::sleep(wait.unsigned_abs()).await;
+        }
+    }
+    let claimed_at = tokio::time::Instant::now();
+    let permit = gate.acquire().await;
+    let waited = claimed_at.elapsed();
+    let late = d
+        .not_before
+        .map(|at| inner.clock.now() - at)
+        .filter(|late| *late > super::RATE_SLOT_TOLERANCE);
+    let (completion, sent) = if waited > inner.config.lease / 2 {
+        (inner.give_back(&d, waited), false)
+    } else if gate.claimed_before_trip(claimed) {
+        // Claimed before this webhook's failures opened its breaker: the breaker now
+        // admits only its probe, so this one waits for the breaker, unattempted.
+        (inner.give_back(&d, waited), false)
+    } else if let Some(late) = late {
+        // Sent this late, it would share a second with later slots: the rate limit holds
+        // only if each attempt starts near its slot. It goes back for a new one.
+        (inner.give_back(&d, late.unsigned_abs()), false)
+    } else {
+        inner.attempt_measured(d).await
+    };
+    let sample = sent.then(|| {
+        (
+            Signal::from_status(completion.outcome.status),
+            Duration::from_millis(u64::from(completion.outcome.duration_ms)),
+        )
+    });
+    if sent {
+        gate.record_result(
+            completion.verdict == Verdict::Success,
+            inner.config.breaker_threshold,
+        );
+    }
+    gate.release(permit, sample);
+    completion
 }

@@ -34,7 +34,7 @@ use crate::{
 
 use crate::concurrency::AimdConfig;
 use completer::{millis, run_completer, Backoff};
-use in_flight::{lock, Gates, InFlight};
+use in_flight::{lock, Gates, InFlight, TaskLinks};
 pub use request::{build_request, random_jitter, BuildError};
 pub use stats::{DispatcherSnapshot, DispatcherStats, WebhookConcurrency};
 
@@ -230,6 +230,11 @@ impl Dispatcher {
             Arc::clone(&self.inner.stats),
         );
         let mut backoff = Backoff::new(STORAGE_BACKOFF_MIN, STORAGE_BACKOFF_MAX);
+        let links = TaskLinks {
+            done: tx.clone(),
+            wake: Arc::clone(&wake),
+            shutdown: shutdown.clone(),
+        };
         let mut last_short_claim: Option<std::time::Instant> = None;
 
         loop {
@@ -284,7 +289,7 @@ impl Dispatcher {
                     let mut in_batch: HashMap<Uuid, usize> = HashMap::new();
                     for d in batch {
                         *in_batch.entry(d.webhook_id).or_insert(0) += 1;
-                        pool.spawn(Arc::clone(&self.inner), d, tx.clone());
+                        pool.spawn(Arc::clone(&self.inner), d, links.clone());
                     }
                     if claimed >= limit {
                         last_short_claim = None;
@@ -346,6 +351,8 @@ impl Dispatcher {
         while let Some(res) = pool.tasks.join_next_with_id().await {
             pool.finish(res);
         }
+        // Every sender must be gone for the writer to drain and stop.
+        drop(links);
         drop(tx);
         if let Err(e) = completer.await {
             error!(error = %e, "webhook completion writer failed");

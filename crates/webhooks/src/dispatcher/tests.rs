@@ -1251,16 +1251,66 @@ async fn a_rate_limited_delivery_waits_for_its_slot_and_a_late_one_goes_back_una
     assert_eq!(back.attempt, 2, "no attempt spent");
 }
 
+fn fifo_delivery() -> ClaimedDelivery {
+    ClaimedDelivery {
+        fifo: true,
+        ..good_delivery(0)
+    }
+}
+
 #[tokio::test(start_paused = true)]
-async fn a_fifo_head_is_written_without_waiting_for_company_and_wakes_the_claim_loop() {
-    let head = ClaimedDelivery {
-        fifo: true,
-        ..good_delivery(0)
+async fn a_fifo_head_that_succeeds_hands_its_lane_over_without_a_claim() {
+    let lane: Vec<ClaimedDelivery> = (0..3).map(|_| fifo_delivery()).collect();
+    let written = Written::default();
+    let mut queue = MockDeliveryQueue::new();
+    let mut first = Some(vec![lane[0].clone()]);
+    // Only the first head comes from a claim; the claim loop finds nothing afterwards.
+    queue
+        .expect_claim()
+        .returning(move |_, _, _, _| Ok(first.take().unwrap_or_default()));
+    let mut rest: VecDeque<ClaimedDelivery> = lane[1..].iter().cloned().collect();
+    let sink = written.clone();
+    queue
+        .expect_complete_and_claim_next()
+        .times(3)
+        .returning(move |head, lease| {
+            assert_eq!(lease, run_config().lease);
+            sink.push(vec![head], 3);
+            Ok((true, rest.pop_front()))
+        });
+    queue.expect_complete().never();
+    let mut client = MockDeliveryClient::new();
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let order = Arc::clone(&sent);
+    client.expect_send().times(3).returning(move |req| {
+        order.lock().unwrap().push(req.url.clone());
+        status(200)
+    });
+    let config = DispatcherConfig {
+        poll_interval: Duration::from_secs(30),
+        ..run_config()
     };
-    let next = ClaimedDelivery {
-        fifo: true,
-        ..good_delivery(0)
-    };
+    let dispatcher = dispatcher_with(queue, client, config);
+    let started = tokio::time::Instant::now();
+
+    run_until_written(&dispatcher, &written).await;
+
+    let got: Vec<Uuid> = written.take().iter().map(|c| c.delivery_id).collect();
+    let want: Vec<Uuid> = lane.iter().map(|d| d.id).collect();
+    assert_eq!(got, want, "in lane order, each once");
+    assert!(written.take().iter().all(|c| c.verdict == Verdict::Success));
+    // No claim, poll or completion flush lay between them.
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_fifo_head_is_written_without_waiting_for_company_and_wakes_the_claim_loop() {
+    let head = fifo_delivery();
+    let next = fifo_delivery();
     let written = Written::default();
     let mut queue = MockDeliveryQueue::new();
     // The lane gives one at a time: the next head only after the first was completed.
@@ -1284,8 +1334,10 @@ async fn a_fifo_head_is_written_without_waiting_for_company_and_wakes_the_claim_
         completed.fetch_add(batch.len(), Ordering::SeqCst);
         Ok(sink.push(batch, 2))
     });
+    // Only a success hands a lane over.
+    queue.expect_complete_and_claim_next().never();
     let mut client = MockDeliveryClient::new();
-    client.expect_send().times(2).return_const(status(200));
+    client.expect_send().times(2).return_const(status(503));
     let config = DispatcherConfig {
         completion_flush: Duration::from_secs(30),
         poll_interval: Duration::from_secs(30),
@@ -1303,6 +1355,36 @@ async fn a_fifo_head_is_written_without_waiting_for_company_and_wakes_the_claim_
         started.elapsed()
     );
     assert_eq!(*written.batch_sizes.lock().unwrap(), vec![1, 1]);
+    assert!(written
+        .take()
+        .iter()
+        .all(|c| matches!(c.verdict, Verdict::Retry { .. })));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hand_over_that_fails_records_the_head_through_the_completion_writer() {
+    let head = fifo_delivery();
+    let written = Written::default();
+    let mut queue = MockDeliveryQueue::new();
+    let mut first = Some(vec![head.clone()]);
+    queue
+        .expect_claim()
+        .returning(move |_, _, _, _| Ok(first.take().unwrap_or_default()));
+    queue
+        .expect_complete_and_claim_next()
+        .times(1)
+        .returning(|_, _| Err(StoreError::Unavailable));
+    let sink = written.clone();
+    queue
+        .expect_complete()
+        .returning(move |batch| Ok(sink.push(batch, 1)));
+    let dispatcher = dispatcher_with(queue, client_answering(status(200)), run_config());
+
+    run_until_written(&dispatcher, &written).await;
+
+    let completions = written.take();
+    assert_each_once(&completions, std::slice::from_ref(&head));
+    assert_eq!(completions[0].verdict, Verdict::Success);
 }
 
 #[tokio::test(start_paused = true)]
